@@ -1,0 +1,62 @@
+//! `flotillad`: one binary for every Flotilla process. This file parses flags and wires the
+//! libraries together; the work is in the libraries (see ARCHITECTURE.md).
+
+mod server;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "flotillad", version, about = "Flotilla: control plane, node agent and runtime")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// A whole single-node cluster in one process (today: the store; the API server, scheduler,
+    /// controllers, agent and dataplane join it as they land).
+    Up(UpArgs),
+    /// A control-plane member: the Raft store (etcd v3 API on --store-listen).
+    Server(server::ServerArgs),
+}
+
+#[derive(clap::Args)]
+struct UpArgs {
+    /// Where the cluster keeps its state.
+    #[arg(long, default_value = "/var/lib/flotilla")]
+    data_dir: PathBuf,
+    /// etcd v3 API of the embedded store.
+    #[arg(long, default_value = "127.0.0.1:2379")]
+    store_listen: String,
+    /// Raft peer address of the embedded store.
+    #[arg(long, default_value = "127.0.0.1:2380")]
+    peer_listen: String,
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Up(a) => {
+                server::run(server::ServerArgs {
+                    name: "default".into(),
+                    data_dir: a.data_dir.join("store"),
+                    store_listen: a.store_listen,
+                    peer_listen: a.peer_listen,
+                    ..server::ServerArgs::defaults()
+                })
+                .await
+            }
+            Cmd::Server(a) => server::run(a).await,
+        }
+    })
+}

@@ -1,0 +1,1 @@
+//! Helpers for end-to-end tests: start and stop real `flotillad` processes.

@@ -1,0 +1,35 @@
+//! `cargo xtask bench …`: release builds, our component and its peer in the same run.
+
+use crate::util::{cargo, workspace_root};
+use anyhow::Result;
+use clap::Subcommand;
+use std::process::Command;
+
+#[derive(Subcommand)]
+pub enum Bench {
+    /// Our store vs etcd (Debian etcd-server), both single-member and durable, over etcd v3 gRPC.
+    Store {
+        /// Seconds each put-throughput row runs.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Extra arguments for the harness (see `store-bench --help`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+pub fn run(what: Bench) -> Result<()> {
+    match what {
+        Bench::Store { seconds, args } => {
+            cargo(&["build", "--release", "-p", "flotilla-daemon", "-p", "flotilla-tests"])?;
+            let root = workspace_root();
+            let mut cmd = Command::new(root.join("target/release/store-bench"));
+            cmd.arg("--flotillad")
+                .arg(root.join("target/release/flotillad"))
+                .arg("--seconds")
+                .arg(seconds.to_string())
+                .args(&args);
+            crate::util::run(cmd)
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! `cargo xtask …`: everything plain cargo cannot do — install prerequisites, run the whole test
+//! suite, start a cluster, run benchmarks.
+//!
+//! ```text
+//! setup ──▶ (apt packages, nightly rust-src, bpf-linker)
+//! test  ──▶ setup ─▶ fmt --check ─▶ clippy -D warnings ─▶ cargo test --workspace
+//! up    ──▶ setup ─▶ build flotillad ─▶ exec `flotillad up`
+//! bench ──▶ setup ─▶ release build ─▶ peer (etcd) + ours, same run, ratio table
+//! ```
+
+mod bench;
+mod setup;
+mod util;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Flotilla's build, test and benchmark entry point")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install every prerequisite (apt packages, nightly rust-src, bpf-linker); idempotent.
+    Setup,
+    /// Run setup, formatting and lint checks, and every test in the workspace.
+    Test {
+        /// Skip `cargo fmt --check` and `cargo clippy` (quicker local iterations).
+        #[arg(long)]
+        no_lint: bool,
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Start a whole single-node cluster in the foreground (`flotillad up`).
+    Up {
+        /// Where the cluster keeps its state.
+        #[arg(long, default_value = "/var/lib/flotilla")]
+        data_dir: String,
+        /// Extra arguments passed to `flotillad up`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Benchmarks, each against its peer in the same run (`store`: our store vs etcd).
+    Bench {
+        #[command(subcommand)]
+        what: bench::Bench,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Setup => setup::setup(),
+        Cmd::Test { no_lint, args } => {
+            setup::setup()?;
+            if !no_lint {
+                util::cargo(&["fmt", "--all", "--", "--check"])?;
+                util::cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+            }
+            let mut test = vec!["test", "--workspace", "--no-fail-fast"];
+            if !args.is_empty() {
+                test.push("--");
+                test.extend(args.iter().map(String::as_str));
+            }
+            util::cargo(&test)
+        }
+        Cmd::Up { data_dir, args } => {
+            setup::setup()?;
+            util::cargo(&["build", "--release", "-p", "flotilla-daemon"])?;
+            let bin = util::workspace_root().join("target/release/flotillad");
+            let mut cmd = std::process::Command::new(bin);
+            cmd.args(["up", "--data-dir", &data_dir]).args(&args);
+            util::exec(cmd)
+        }
+        Cmd::Bench { what } => {
+            setup::setup()?;
+            bench::run(what)
+        }
+    }
+}

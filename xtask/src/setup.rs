@@ -1,0 +1,82 @@
+//! `cargo xtask setup`: installs what a fresh machine lacks, and nothing it already has.
+
+use crate::util::{have, run};
+use anyhow::{Context, Result};
+use std::path::PathBuf;
+use std::process::Command;
+
+/// Debian packages the build, the tests and the benchmarks need.
+const APT_PACKAGES: &[&str] = &[
+    // bpf-linker is built against LLVM 22 (see ARCHITECTURE.md, Toolchain for eBPF).
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    // protoc, for the etcd-client crate that the tests and benchmarks use as an independent client.
+    "protobuf-compiler",
+    // The peer the store is compared with, and the real etcdctl for compatibility tests.
+    "etcd-server",
+    "etcd-client",
+    "iproute2",
+];
+
+pub fn setup() -> Result<()> {
+    apt()?;
+    nightly()?;
+    bpf_linker()?;
+    Ok(())
+}
+
+fn installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+fn apt() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask setup: installing {}", missing.join(" "));
+    let mut update = Command::new("apt-get");
+    update.arg("update").arg("-q");
+    run(update)?;
+    let mut install = Command::new("apt-get");
+    install
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive");
+    run(install)
+}
+
+fn nightly() -> Result<()> {
+    let out = Command::new("rustup")
+        .args(["component", "list", "--installed", "--toolchain", "nightly"])
+        .output()
+        .context("rustup is required")?;
+    if out.status.success() && String::from_utf8_lossy(&out.stdout).contains("rust-src") {
+        return Ok(());
+    }
+    let mut cmd = Command::new("rustup");
+    cmd.args(["toolchain", "install", "nightly", "--profile", "minimal", "--component", "rust-src"]);
+    run(cmd)
+}
+
+fn cargo_bin(name: &str) -> PathBuf {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo"));
+    home.join("bin").join(name)
+}
+
+fn bpf_linker() -> Result<()> {
+    if have("bpf-linker") || cargo_bin("bpf-linker").exists() {
+        return Ok(());
+    }
+    // A plain `cargo install bpf-linker` looks for libLLVM in the wrong place on Debian.
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args(["install", "bpf-linker", "--no-default-features", "--features", "llvm-22"])
+        .env("LLVM_PREFIX", "/usr/lib/llvm-22");
+    run(cmd)
+}
