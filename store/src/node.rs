@@ -171,7 +171,8 @@ impl StoreNode {
             election_timeout_min: config.election_timeout_ms.0,
             election_timeout_max: config.election_timeout_ms.1,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_every),
-            max_in_snapshot_log_to_keep: 1000,
+            // Keep a window of log behind a snapshot so a briefly lagging follower needs no snapshot.
+            max_in_snapshot_log_to_keep: config.snapshot_every.min(1000),
             max_payload_entries: 512,
             ..Default::default()
         }
