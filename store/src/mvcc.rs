@@ -403,7 +403,8 @@ impl Mvcc {
                     Ok(command_result::Op::LeaseRevoke(LeaseRevokeResponse { header: None }))
                 }
             },
-            None => Err(StoreError::Fatal("empty command".into())),
+            // Batches are unpacked by the state machine; one reaching here is malformed.
+            Some(command::Op::Batch(_)) | None => Err(StoreError::Fatal("malformed command".into())),
         };
         if ctx.sub > 0 {
             self.rev = ctx.main;

@@ -127,8 +127,21 @@ pub struct StoreNode {
     config: StoreConfig,
     leaders: Mutex<HashMap<NodeId, RaftPeerClient<Channel>>>,
     lease_seq: AtomicI64,
+    proposals: tokio::sync::mpsc::Sender<Proposal>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
+
+/// A write waiting for the proposer.
+struct Proposal {
+    cmd: Command,
+    reply: tokio::sync::oneshot::Sender<Result<CommandResult, StoreError>>,
+}
+
+/// Most writes in one Raft entry, and most bytes.
+const MAX_BATCH: usize = 1024;
+const MAX_BATCH_BYTES: usize = 4 << 20;
+/// Batches handed to Raft before the proposer waits for one to finish.
+const BATCHES_IN_FLIGHT: usize = 2;
 
 impl StoreNode {
     /// Opens the data directory and starts Raft. A fresh single member or initial cluster is
@@ -189,6 +202,8 @@ impl StoreNode {
                 Err(e) => return Err(StoreError::Fatal(format!("raft initialise: {e}"))),
             }
         }
+        let (proposals, proposal_rx) = tokio::sync::mpsc::channel(MAX_BATCH * 4);
+        let proposer = tokio::spawn(proposer(raft.clone(), proposal_rx));
         let node = Arc::new(StoreNode {
             raft,
             sm: shared,
@@ -197,7 +212,8 @@ impl StoreNode {
             config,
             leaders: Mutex::new(HashMap::new()),
             lease_seq: AtomicI64::new(0),
-            tasks: Mutex::new(Vec::new()),
+            proposals,
+            tasks: Mutex::new(vec![proposer]),
         });
         let lease_task = tokio::spawn(lease_loop(Arc::downgrade(&node)));
         node.tasks.lock().expect("poisoned").push(lease_task);
@@ -309,16 +325,15 @@ impl StoreNode {
         }
     }
 
-    /// Proposes a write on this member, which must be the leader.
+    /// Proposes a write on this member, which must be the leader. Concurrent writes are
+    /// grouped into one Raft entry by the proposer, so they share one disk flush.
     pub(crate) async fn propose_local(&self, cmd: Command) -> Result<CommandResult, StoreError> {
-        match self.raft.client_write(Wire(cmd)).await {
-            Ok(resp) => Ok(resp.data.0),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(StoreError::NoLeader),
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                Err(StoreError::Unavailable(e.to_string()))
-            }
-            Err(RaftError::Fatal(e)) => Err(StoreError::Unavailable(format!("raft stopped: {e}"))),
-        }
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.proposals
+            .send(Proposal { cmd, reply })
+            .await
+            .map_err(|_| StoreError::Unavailable("store is shutting down".into()))?;
+        rx.await.map_err(|_| StoreError::Unavailable("store is shutting down".into()))?
     }
 
     async fn write(&self, cmd: Command) -> Result<command_result::Op, StoreError> {
@@ -352,6 +367,7 @@ impl StoreNode {
             Op::Compact(x) => &mut x.header,
             Op::LeaseGrant(x) => &mut x.header,
             Op::LeaseRevoke(x) => &mut x.header,
+            Op::Batch(_) => return,
         };
         let rev = h.as_ref().map_or(self.revision(), |h| h.revision);
         *h = Some(self.header(rev));
@@ -589,6 +605,86 @@ impl KvStore for StoreNode {
 
     fn revision(&self) -> i64 {
         self.sm.mvcc.read().expect("poisoned").revision()
+    }
+}
+
+/// Group commit: takes every write queued while the previous batch was being made durable and
+/// proposes them as one Raft entry. openraft 0.9 completes one log append (and its fsync) before
+/// starting the next, so without this each write would pay a whole fsync of its own.
+async fn proposer(raft: Raft, mut rx: tokio::sync::mpsc::Receiver<Proposal>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
+    let mut carry: Option<Proposal> = None;
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else { return };
+        let first = match carry.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => return,
+            },
+        };
+        let mut bytes = first.cmd.encoded_len();
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => {
+                    let len = p.cmd.encoded_len();
+                    if bytes + len > MAX_BATCH_BYTES {
+                        carry = Some(p);
+                        break;
+                    }
+                    bytes += len;
+                    batch.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let (cmds, replies): (Vec<Command>, Vec<_>) =
+                batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
+            let single = cmds.len() == 1;
+            let cmd = if single {
+                cmds.into_iter().next().expect("one command")
+            } else {
+                Command { op: Some(command::Op::Batch(crate::proto::peer::CommandBatch { commands: cmds })) }
+            };
+            let outcome = match raft.client_write(Wire(cmd)).await {
+                Ok(resp) => Ok(resp.data.0),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(StoreError::NoLeader),
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                    Err(StoreError::Unavailable(e.to_string()))
+                }
+                Err(RaftError::Fatal(e)) => Err(StoreError::Unavailable(format!("raft stopped: {e}"))),
+            };
+            match outcome {
+                Ok(result) if single => {
+                    let _ = replies.into_iter().next().expect("one reply").send(Ok(result));
+                }
+                Ok(result) => {
+                    let results = match result.op {
+                        Some(command_result::Op::Batch(b)) => b.results,
+                        _ => Vec::new(),
+                    };
+                    if results.len() != replies.len() {
+                        tracing::error!(got = results.len(), want = replies.len(), "batch result mismatch");
+                    }
+                    let mut results = results.into_iter();
+                    for reply in replies {
+                        let r = results
+                            .next()
+                            .ok_or_else(|| StoreError::Fatal("missing result in batch".into()));
+                        let _ = reply.send(r);
+                    }
+                }
+                Err(e) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        });
     }
 }
 

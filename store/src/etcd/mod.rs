@@ -49,7 +49,7 @@ pub async fn serve(
                 .max_encoding_message_size(256 << 20),
         )
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(peer),
+            incoming(peer),
             stop(stop_rx.clone()),
         );
     // Leave headroom over the request limit so an oversized request reaches our own check and
@@ -63,11 +63,17 @@ pub async fn serve(
         .add_service(ClusterServer::new(maintenance::ClusterService { node: node.clone() }))
         .add_service(MaintenanceServer::new(maintenance::MaintenanceService { node }))
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(client),
+            incoming(client),
             stop(stop_rx),
         );
     let (a, b) = tokio::join!(peer_srv, client_srv);
     a.and(b)
+}
+
+/// Accepted connections with Nagle off: small gRPC frames must not wait for delayed ACKs (the
+/// builder's `tcp_nodelay` only applies to listeners tonic binds itself).
+fn incoming(l: TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true))
 }
 
 /// Binds a listener, naming the address in the error.

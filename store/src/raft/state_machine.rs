@@ -9,7 +9,9 @@
 use super::log_store::flush_failed;
 use super::types::{LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig, Wire};
 use crate::mvcc::{meta_key, LeaseEffect, Mvcc};
-use crate::proto::peer::CommandResult;
+use crate::proto::peer::command::Op;
+use crate::proto::peer::command_result::Op as ResultOp;
+use crate::proto::peer::{CommandResult, CommandResults};
 use crate::watch::WatchHub;
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
@@ -165,15 +167,27 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     results.push(Wire(CommandResult::default()));
                 }
                 EntryPayload::Normal(Wire(cmd)) => {
-                    let mut a = m.apply(&cmd, &mut batch);
-                    if let Some(header) = header_slot(&mut a.result) {
-                        *header = a.revision;
-                    }
-                    if !a.changes.is_empty() {
-                        published.push((a.revision, a.changes));
-                    }
-                    lease_effects.extend(a.lease_effect);
-                    results.push(Wire(a.result));
+                    let mut apply_one = |cmd: &crate::proto::peer::Command| {
+                        let mut a = m.apply(cmd, &mut batch);
+                        if let Some(header) = header_slot(&mut a.result) {
+                            *header = a.revision;
+                        }
+                        if !a.changes.is_empty() {
+                            published.push((a.revision, a.changes));
+                        }
+                        lease_effects.extend(a.lease_effect);
+                        a.result
+                    };
+                    let result = match &cmd.op {
+                        Some(Op::Batch(b)) => CommandResult {
+                            op: Some(ResultOp::Batch(CommandResults {
+                                results: b.commands.iter().map(&mut apply_one).collect(),
+                            })),
+                            ..Default::default()
+                        },
+                        _ => apply_one(&cmd),
+                    };
+                    results.push(Wire(result));
                 }
             }
         }
@@ -281,6 +295,7 @@ fn header_slot(r: &mut CommandResult) -> Option<&mut i64> {
         Op::Compact(x) => &mut x.header,
         Op::LeaseGrant(x) => &mut x.header,
         Op::LeaseRevoke(x) => &mut x.header,
+        Op::Batch(_) => return None,
     };
     Some(&mut h.get_or_insert_with(Default::default).revision)
 }
