@@ -25,7 +25,9 @@ pub enum StoreError {
     TooManyOps { max: usize },
     #[error("etcdserver: duplicate key given in txn request")]
     DuplicateKey { key: String },
-    #[error("etcdserver: range_end {range_end:?} is not after key {key:?}; a range is [key, range_end)")]
+    #[error(
+        "etcdserver: range_end {range_end:?} is not after key {key:?}; a range is [key, range_end)"
+    )]
     InvertedRange { key: String, range_end: String },
     #[error("etcdserver: mvcc: required revision has been compacted")]
     Compacted { compact_revision: i64 },
@@ -57,10 +59,14 @@ impl StoreError {
     pub fn code(&self) -> Code {
         use StoreError::*;
         match self {
-            EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps { .. }
-            | DuplicateKey { .. } | InvertedRange { .. } | RequestTooLarge { .. } => {
-                Code::InvalidArgument
-            }
+            EmptyKey
+            | KeyNotFound
+            | ValueProvided
+            | LeaseProvided
+            | TooManyOps { .. }
+            | DuplicateKey { .. }
+            | InvertedRange { .. }
+            | RequestTooLarge { .. } => Code::InvalidArgument,
             Compacted { .. } | FutureRevision { .. } | LeaseTtlTooLarge { .. } => Code::OutOfRange,
             LeaseNotFound { .. } => Code::NotFound,
             LeaseExists { .. } => Code::FailedPrecondition,

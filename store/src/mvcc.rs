@@ -364,19 +364,16 @@ impl Mvcc {
         let mut ctx = WriteCtx { main: self.rev + 1, sub: 0, batch, changes: Vec::new() };
         let mut lease_effect = None;
         let outcome: Result<command_result::Op, StoreError> = match &cmd.op {
-            Some(command::Op::Put(p)) => self
-                .check_put(p)
-                .and_then(|()| self.put(&mut ctx, p))
-                .map(command_result::Op::Put),
-            Some(command::Op::DeleteRange(d)) => {
-                KeyRange::new(&d.key, &d.range_end).validate().map(|()| {
-                    command_result::Op::DeleteRange(self.delete_range(&mut ctx, d))
-                })
+            Some(command::Op::Put(p)) => {
+                self.check_put(p).and_then(|()| self.put(&mut ctx, p)).map(command_result::Op::Put)
             }
+            Some(command::Op::DeleteRange(d)) => KeyRange::new(&d.key, &d.range_end)
+                .validate()
+                .map(|()| command_result::Op::DeleteRange(self.delete_range(&mut ctx, d))),
             Some(command::Op::Txn(t)) => self.txn(&mut ctx, t).map(command_result::Op::Txn),
-            Some(command::Op::Compact(c)) => {
-                self.compact(c.revision, ctx.batch).map(|()| command_result::Op::Compact(Default::default()))
-            }
+            Some(command::Op::Compact(c)) => self
+                .compact(c.revision, ctx.batch)
+                .map(|()| command_result::Op::Compact(Default::default())),
             Some(command::Op::LeaseGrant(g)) => {
                 if self.leases.contains_key(&g.id) || g.id == 0 {
                     Err(StoreError::LeaseExists { id: g.id })
@@ -404,7 +401,9 @@ impl Mvcc {
                 }
             },
             // Batches are unpacked by the state machine; one reaching here is malformed.
-            Some(command::Op::Batch(_)) | None => Err(StoreError::Fatal("malformed command".into())),
+            Some(command::Op::Batch(_)) | None => {
+                Err(StoreError::Fatal("malformed command".into()))
+            }
         };
         if ctx.sub > 0 {
             self.rev = ctx.main;
@@ -482,7 +481,11 @@ impl Mvcc {
         })
     }
 
-    fn delete_range(&mut self, ctx: &mut WriteCtx<'_>, d: &DeleteRangeRequest) -> DeleteRangeResponse {
+    fn delete_range(
+        &mut self,
+        ctx: &mut WriteCtx<'_>,
+        d: &DeleteRangeRequest,
+    ) -> DeleteRangeResponse {
         let range = KeyRange::new(&d.key, &d.range_end);
         let keys: Vec<Vec<u8>> = self
             .index
@@ -507,7 +510,8 @@ impl Mvcc {
         let sub = ctx.sub;
         ctx.sub += 1;
         hist.revs.push(Rev { main: ctx.main, sub, tombstone: true });
-        let kv = Arc::new(KeyValue { key: key.to_vec(), mod_revision: ctx.main, ..Default::default() });
+        let kv =
+            Arc::new(KeyValue { key: key.to_vec(), mod_revision: ctx.main, ..Default::default() });
         let ev = Event { r#type: EventType::Delete as i32, kv: Some((*kv).clone()), prev_kv: None };
         ctx.batch.insert(&event_key(ctx.main, sub), ev.encode_to_vec());
         if let Some(l) = self.leases.get_mut(&prev.lease) {
@@ -685,7 +689,10 @@ impl Mvcc {
             if out.len() >= max && out.last().is_some_and(|(r, _)| *r != main) {
                 break;
             }
-            out.push((main, Event::decode(v.as_ref()).map_err(|e| StoreError::Fatal(e.to_string()))?));
+            out.push((
+                main,
+                Event::decode(v.as_ref()).map_err(|e| StoreError::Fatal(e.to_string()))?,
+            ));
         }
         Ok(out)
     }

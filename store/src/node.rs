@@ -25,6 +25,7 @@ use crate::proto::peer::{
     command, command_result, Command, CommandResult, ForwardKeepAliveRequest, ForwardReadRequest,
     ForwardTimeToLiveRequest, MemberInfoRequest,
 };
+use crate::raft::durability::Durability;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{endpoint, PeerNetwork};
 use crate::raft::state_machine::{SmShared, StateMachine};
@@ -47,17 +48,33 @@ pub const MIN_LEASE_TTL: i64 = 2;
 
 /// The store's library API: everything the API server (or a test) needs, in etcd's terms.
 pub trait KvStore: Send + Sync + 'static {
-    fn range(&self, req: RangeRequest) -> impl Future<Output = Result<RangeResponse, StoreError>> + Send;
+    fn range(
+        &self,
+        req: RangeRequest,
+    ) -> impl Future<Output = Result<RangeResponse, StoreError>> + Send;
     fn put(&self, req: PutRequest) -> impl Future<Output = Result<PutResponse, StoreError>> + Send;
     fn delete_range(
         &self,
         req: DeleteRangeRequest,
     ) -> impl Future<Output = Result<DeleteRangeResponse, StoreError>> + Send;
     fn txn(&self, req: TxnRequest) -> impl Future<Output = Result<TxnResponse, StoreError>> + Send;
-    fn compact(&self, revision: i64) -> impl Future<Output = Result<CompactionResponse, StoreError>> + Send;
-    fn lease_grant(&self, ttl: i64, id: i64) -> impl Future<Output = Result<LeaseGrantResponse, StoreError>> + Send;
-    fn lease_revoke(&self, id: i64) -> impl Future<Output = Result<LeaseRevokeResponse, StoreError>> + Send;
-    fn lease_keep_alive(&self, id: i64) -> impl Future<Output = Result<LeaseKeepAliveResponse, StoreError>> + Send;
+    fn compact(
+        &self,
+        revision: i64,
+    ) -> impl Future<Output = Result<CompactionResponse, StoreError>> + Send;
+    fn lease_grant(
+        &self,
+        ttl: i64,
+        id: i64,
+    ) -> impl Future<Output = Result<LeaseGrantResponse, StoreError>> + Send;
+    fn lease_revoke(
+        &self,
+        id: i64,
+    ) -> impl Future<Output = Result<LeaseRevokeResponse, StoreError>> + Send;
+    fn lease_keep_alive(
+        &self,
+        id: i64,
+    ) -> impl Future<Output = Result<LeaseKeepAliveResponse, StoreError>> + Send;
     fn lease_time_to_live(
         &self,
         req: LeaseTimeToLiveRequest,
@@ -157,9 +174,20 @@ impl StoreNode {
             // unflushed state machine writes.
             .flush_every_ms(Some(1000))
             .open()
-            .map_err(|e| StoreError::Fatal(format!("cannot open store in {}: {e}", config.data_dir.display())))?;
-        let log = LogStore::open(&db).map_err(|e| StoreError::Fatal(e.to_string()))?;
-        let sm = StateMachine::open(&db, config.watch_ring).map_err(|e| StoreError::Fatal(e.to_string()))?;
+            .map_err(|e| {
+                StoreError::Fatal(format!(
+                    "cannot open store in {}: {e}",
+                    config.data_dir.display()
+                ))
+            })?;
+        let durability = Arc::new(
+            Durability::open(&db, &config.data_dir.join("store"))
+                .map_err(|e| StoreError::Fatal(format!("store files: {e}")))?,
+        );
+        let log = LogStore::open(&db, durability.clone())
+            .map_err(|e| StoreError::Fatal(e.to_string()))?;
+        let sm = StateMachine::open(&db, durability, config.watch_ring)
+            .map_err(|e| StoreError::Fatal(e.to_string()))?;
         let shared = sm.shared.clone();
         let id = member_id(&config.name);
         let mut members: BTreeMap<NodeId, BasicNode> = BTreeMap::new();
@@ -176,8 +204,9 @@ impl StoreNode {
                 )));
             }
         }
-        let cluster_id =
-            member_id(&members.iter().map(|(id, n)| format!("{id}={},", n.addr)).collect::<String>());
+        let cluster_id = member_id(
+            &members.iter().map(|(id, n)| format!("{id}={},", n.addr)).collect::<String>(),
+        );
         let raft_config = openraft::Config {
             cluster_name: "flotilla".into(),
             heartbeat_interval: config.heartbeat_ms,
@@ -239,7 +268,7 @@ impl StoreNode {
             t.abort();
         }
         let _ = self.raft.shutdown().await;
-        let _ = self.sm.db.flush_async().await;
+        let _ = self.sm.durability.sync(true).await;
     }
 
     pub fn header(&self, revision: i64) -> ResponseHeader {
@@ -307,7 +336,9 @@ impl StoreNode {
                 Some(l) if l == self.id => local().await,
                 Some(l) => match remote(self.leader_client(l)?).await {
                     Ok(v) => Ok(v),
-                    Err(s) if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown) => {
+                    Err(s)
+                        if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown) =>
+                    {
                         self.leaders.lock().expect("poisoned").remove(&l);
                         Err(StoreError::Unavailable(s.message().to_string()))
                     }
@@ -417,15 +448,17 @@ impl StoreNode {
         let header = Some(self.header(m.revision()));
         let Some(lease) = m.leases().get(&req.id) else {
             // etcd answers an unknown lease with TTL -1 rather than an error.
-            return Ok(LeaseTimeToLiveResponse { header, id: req.id, ttl: -1, ..Default::default() });
+            return Ok(LeaseTimeToLiveResponse {
+                header,
+                id: req.id,
+                ttl: -1,
+                ..Default::default()
+            });
         };
-        let remaining = self
-            .sm
-            .lease_deadlines
-            .lock()
-            .expect("poisoned")
-            .get(&req.id)
-            .map_or(lease.ttl, |d| d.saturating_duration_since(Instant::now()).as_secs() as i64);
+        let remaining =
+            self.sm.lease_deadlines.lock().expect("poisoned").get(&req.id).map_or(lease.ttl, |d| {
+                d.saturating_duration_since(Instant::now()).as_secs() as i64
+            });
         Ok(LeaseTimeToLiveResponse {
             header,
             id: req.id,
@@ -510,7 +543,9 @@ impl KvStore for StoreNode {
             || self.read_local(&req),
             |mut c| {
                 let req = req.clone();
-                async move { c.read(ForwardReadRequest { range: Some(req) }).await.map(|r| r.into_inner()) }
+                async move {
+                    c.read(ForwardReadRequest { range: Some(req) }).await.map(|r| r.into_inner())
+                }
             },
         )
         .await
@@ -526,7 +561,10 @@ impl KvStore for StoreNode {
         }
     }
 
-    async fn delete_range(&self, req: DeleteRangeRequest) -> Result<DeleteRangeResponse, StoreError> {
+    async fn delete_range(
+        &self,
+        req: DeleteRangeRequest,
+    ) -> Result<DeleteRangeResponse, StoreError> {
         crate::mvcc::KeyRange::new(&req.key, &req.range_end).validate()?;
         match self.write(Command { op: Some(command::Op::DeleteRange(req)) }).await? {
             command_result::Op::DeleteRange(r) => Ok(r),
@@ -587,12 +625,10 @@ impl KvStore for StoreNode {
     ) -> Result<LeaseTimeToLiveResponse, StoreError> {
         self.on_leader(
             || async { self.time_to_live_local(&req) },
-            |mut c| {
-                async move {
-                    c.time_to_live(ForwardTimeToLiveRequest { request: Some(req) })
-                        .await
-                        .map(|r| r.into_inner())
-                }
+            |mut c| async move {
+                c.time_to_live(ForwardTimeToLiveRequest { request: Some(req) })
+                    .await
+                    .map(|r| r.into_inner())
             },
         )
         .await
@@ -648,15 +684,23 @@ async fn proposer(raft: Raft, mut rx: tokio::sync::mpsc::Receiver<Proposal>) {
             let cmd = if single {
                 cmds.into_iter().next().expect("one command")
             } else {
-                Command { op: Some(command::Op::Batch(crate::proto::peer::CommandBatch { commands: cmds })) }
+                Command {
+                    op: Some(command::Op::Batch(crate::proto::peer::CommandBatch {
+                        commands: cmds,
+                    })),
+                }
             };
             let outcome = match raft.client_write(Wire(cmd)).await {
                 Ok(resp) => Ok(resp.data.0),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(StoreError::NoLeader),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                    Err(StoreError::NoLeader)
+                }
                 Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
                     Err(StoreError::Unavailable(e.to_string()))
                 }
-                Err(RaftError::Fatal(e)) => Err(StoreError::Unavailable(format!("raft stopped: {e}"))),
+                Err(RaftError::Fatal(e)) => {
+                    Err(StoreError::Unavailable(format!("raft stopped: {e}")))
+                }
             };
             match outcome {
                 Ok(result) if single => {
@@ -668,7 +712,11 @@ async fn proposer(raft: Raft, mut rx: tokio::sync::mpsc::Receiver<Proposal>) {
                         _ => Vec::new(),
                     };
                     if results.len() != replies.len() {
-                        tracing::error!(got = results.len(), want = replies.len(), "batch result mismatch");
+                        tracing::error!(
+                            got = results.len(),
+                            want = replies.len(),
+                            "batch result mismatch"
+                        );
                     }
                     let mut results = results.into_iter();
                     for reply in replies {
@@ -733,7 +781,10 @@ async fn lease_loop(node: std::sync::Weak<StoreNode>) {
             let target = rev - retention;
             if target > compacted {
                 let cmd = Command {
-                    op: Some(command::Op::Compact(CompactionRequest { revision: target, physical: true })),
+                    op: Some(command::Op::Compact(CompactionRequest {
+                        revision: target,
+                        physical: true,
+                    })),
                 };
                 if let Err(e) = node.propose_local(cmd).await {
                     tracing::warn!(%e, "automatic compaction failed");

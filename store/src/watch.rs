@@ -61,9 +61,14 @@ impl SharedEvent {
 /// Everything that happened at one revision.
 #[derive(Debug)]
 pub enum HubMessage {
-    Revision { rev: i64, events: Vec<SharedEvent> },
+    Revision {
+        rev: i64,
+        events: Vec<SharedEvent>,
+    },
     /// The member's state was replaced by a snapshot: history watchers had may be gone.
-    Reset { rev: i64 },
+    Reset {
+        rev: i64,
+    },
 }
 
 pub struct WatchHub {
@@ -104,7 +109,10 @@ impl WatchHub {
 
     /// Subscribes under the MVCC read lock, so that history up to the returned revision plus the
     /// ring from there on cover every revision exactly once.
-    pub fn subscribe(&self, mvcc: &RwLock<Mvcc>) -> (broadcast::Receiver<Arc<HubMessage>>, i64, i64) {
+    pub fn subscribe(
+        &self,
+        mvcc: &RwLock<Mvcc>,
+    ) -> (broadcast::Receiver<Arc<HubMessage>>, i64, i64) {
         let m = mvcc.read().expect("mvcc lock poisoned");
         (self.tx.subscribe(), m.revision(), m.compact_revision())
     }

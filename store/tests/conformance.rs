@@ -54,7 +54,8 @@ async fn suite<S: KvStore>(s: &S, ns: &str) {
     assert_eq!(kv.value, b"2");
 
     // prev_kv on put; reads at a past revision.
-    let prev = s.put(PutRequest { prev_kv: true, ..put(&k("a"), "3") }).await.unwrap().prev_kv.unwrap();
+    let prev =
+        s.put(PutRequest { prev_kv: true, ..put(&k("a"), "3") }).await.unwrap().prev_kv.unwrap();
     assert_eq!(prev.value, b"2");
     let old = s.range(RangeRequest { revision: r1, ..get(&k("a")) }).await.unwrap();
     assert_eq!(old.kvs[0].value, b"1", "read at revision {r1}");
@@ -83,7 +84,10 @@ async fn suite<S: KvStore>(s: &S, ns: &str) {
         .await
         .unwrap();
     assert_eq!(desc.kvs[0].key, k("r/4").as_bytes());
-    let from_key = s.range(RangeRequest { key: k("r/3").into(), range_end: vec![0], ..Default::default() }).await.unwrap();
+    let from_key = s
+        .range(RangeRequest { key: k("r/3").into(), range_end: vec![0], ..Default::default() })
+        .await
+        .unwrap();
     assert!(from_key.kvs.iter().all(|kv| kv.key >= k("r/3").into_bytes()));
     assert!(from_key.kvs.iter().any(|kv| kv.key == k("r/4").as_bytes()));
 
@@ -104,7 +108,10 @@ async fn suite<S: KvStore>(s: &S, ns: &str) {
     assert_eq!(d.deleted, 2);
     assert_eq!(d.prev_kvs.len(), 2);
     assert_eq!(d.header.unwrap().revision, before + 1, "one revision for the whole delete");
-    let none = s.delete_range(DeleteRangeRequest { key: k("nothing").into(), ..Default::default() }).await.unwrap();
+    let none = s
+        .delete_range(DeleteRangeRequest { key: k("nothing").into(), ..Default::default() })
+        .await
+        .unwrap();
     assert_eq!(none.deleted, 0);
     assert_eq!(none.header.unwrap().revision, before + 1, "a no-op delete takes no revision");
     // Recreated key: version restarts, create revision moves.
@@ -114,7 +121,9 @@ async fn suite<S: KvStore>(s: &S, ns: &str) {
     assert_eq!(kv.create_revision, kv.mod_revision);
 
     // Txn: compare on value/version/mod/create; both branches; one revision for all writes.
-    let cmp = |target: compare::CompareTarget, result: compare::CompareResult, u: compare::TargetUnion| Compare {
+    let cmp = |target: compare::CompareTarget,
+               result: compare::CompareResult,
+               u: compare::TargetUnion| Compare {
         result: result as i32,
         target: target as i32,
         key: k("a").into(),
@@ -125,14 +134,32 @@ async fn suite<S: KvStore>(s: &S, ns: &str) {
     let t = s
         .txn(TxnRequest {
             compare: vec![
-                cmp(compare::CompareTarget::Value, compare::CompareResult::Equal, compare::TargetUnion::Value(b"3".to_vec())),
-                cmp(compare::CompareTarget::Version, compare::CompareResult::Greater, compare::TargetUnion::Version(2)),
-                cmp(compare::CompareTarget::Create, compare::CompareResult::Equal, compare::TargetUnion::CreateRevision(r1)),
-                cmp(compare::CompareTarget::Mod, compare::CompareResult::Less, compare::TargetUnion::ModRevision(before + 1)),
+                cmp(
+                    compare::CompareTarget::Value,
+                    compare::CompareResult::Equal,
+                    compare::TargetUnion::Value(b"3".to_vec()),
+                ),
+                cmp(
+                    compare::CompareTarget::Version,
+                    compare::CompareResult::Greater,
+                    compare::TargetUnion::Version(2),
+                ),
+                cmp(
+                    compare::CompareTarget::Create,
+                    compare::CompareResult::Equal,
+                    compare::TargetUnion::CreateRevision(r1),
+                ),
+                cmp(
+                    compare::CompareTarget::Mod,
+                    compare::CompareResult::Less,
+                    compare::TargetUnion::ModRevision(before + 1),
+                ),
             ],
-            success: vec![op_put(&k("t1"), "x"), op_put(&k("t2"), "y"), RequestOp {
-                request: Some(request_op::Request::RequestRange(get(&k("t1")))),
-            }],
+            success: vec![
+                op_put(&k("t1"), "x"),
+                op_put(&k("t2"), "y"),
+                RequestOp { request: Some(request_op::Request::RequestRange(get(&k("t1")))) },
+            ],
             failure: vec![op_put(&k("tf"), "no")],
         })
         .await
@@ -149,7 +176,11 @@ async fn suite<S: KvStore>(s: &S, ns: &str) {
     assert_eq!(t1.mod_revision, t2.mod_revision);
     let f = s
         .txn(TxnRequest {
-            compare: vec![cmp(compare::CompareTarget::Value, compare::CompareResult::Equal, compare::TargetUnion::Value(b"nope".to_vec()))],
+            compare: vec![cmp(
+                compare::CompareTarget::Value,
+                compare::CompareResult::Equal,
+                compare::TargetUnion::Value(b"nope".to_vec()),
+            )],
             success: vec![op_put(&k("ts"), "no")],
             failure: vec![op_put(&k("tf"), "yes")],
         })
@@ -177,17 +208,25 @@ async fn suite<S: KvStore>(s: &S, ns: &str) {
     let before = rev_of(s);
     let e = s.put(put("", "v")).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
-    let e = s.range(RangeRequest { key: k("b").into(), range_end: k("a").into(), ..Default::default() }).await.unwrap_err();
+    let e = s
+        .range(RangeRequest { key: k("b").into(), range_end: k("a").into(), ..Default::default() })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
     assert!(e.to_string().contains("range_end"), "{e}");
     let e = s.put(PutRequest { lease: 0x7777, ..put(&k("l"), "v") }).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound, "{e}");
     assert!(e.to_string().contains("lease not found"), "{e}");
     let many: Vec<RequestOp> = (0..200).map(|i| op_put(&k(&format!("m{i}")), "v")).collect();
-    let e = s.txn(TxnRequest { compare: vec![], success: many, failure: vec![] }).await.unwrap_err();
+    let e =
+        s.txn(TxnRequest { compare: vec![], success: many, failure: vec![] }).await.unwrap_err();
     assert!(e.to_string().contains("too many operations"), "{e}");
     let e = s
-        .txn(TxnRequest { compare: vec![], success: vec![op_put(&k("d"), "1"), op_put(&k("d"), "2")], failure: vec![] })
+        .txn(TxnRequest {
+            compare: vec![],
+            success: vec![op_put(&k("d"), "1"), op_put(&k("d"), "2")],
+            failure: vec![],
+        })
         .await
         .unwrap_err();
     assert!(e.to_string().contains("duplicate key"), "{e}");
@@ -200,9 +239,15 @@ async fn suite<S: KvStore>(s: &S, ns: &str) {
     let e = s
         .txn(TxnRequest {
             compare: vec![],
-            success: vec![op_put(&k("half"), "1"), RequestOp {
-                request: Some(request_op::Request::RequestPut(PutRequest { lease: 0x7778, ..put(&k("half2"), "2") })),
-            }],
+            success: vec![
+                op_put(&k("half"), "1"),
+                RequestOp {
+                    request: Some(request_op::Request::RequestPut(PutRequest {
+                        lease: 0x7778,
+                        ..put(&k("half2"), "2")
+                    })),
+                },
+            ],
             failure: vec![],
         })
         .await
@@ -226,7 +271,8 @@ async fn suite<S: KvStore>(s: &S, ns: &str) {
     assert_eq!(value(s, &k("leased")).await, None, "revoking a lease deletes its keys");
     let e = s.lease_revoke(l.id).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound);
-    let gone = s.lease_time_to_live(LeaseTimeToLiveRequest { id: l.id, keys: false }).await.unwrap();
+    let gone =
+        s.lease_time_to_live(LeaseTimeToLiveRequest { id: l.id, keys: false }).await.unwrap();
     assert_eq!(gone.ttl, -1);
 
     // Expiry: a lease not kept alive is revoked through Raft and its keys deleted.
@@ -256,7 +302,9 @@ async fn suite<S: KvStore>(s: &S, ns: &str) {
     let mut seen = Vec::new();
     while seen.len() < 3 {
         if seen.len() == 2 {
-            s.delete_range(DeleteRangeRequest { key: k("w").into(), ..Default::default() }).await.unwrap();
+            s.delete_range(DeleteRangeRequest { key: k("w").into(), ..Default::default() })
+                .await
+                .unwrap();
         }
         match tokio::time::timeout(Duration::from_secs(5), w.next()).await.expect("watch event") {
             Some(WatchUpdate::Events { events, .. }) => {
@@ -277,7 +325,10 @@ async fn suite<S: KvStore>(s: &S, ns: &str) {
     let e = s.range(RangeRequest { revision: at - 1, ..get(&k("a")) }).await.unwrap_err();
     assert!(matches!(e.code(), tonic::Code::OutOfRange), "{e}");
     assert!(e.to_string().contains("compacted"), "{e}");
-    assert_eq!(s.range(RangeRequest { revision: at, ..get(&k("a")) }).await.unwrap().kvs[0].value, b"3");
+    assert_eq!(
+        s.range(RangeRequest { revision: at, ..get(&k("a")) }).await.unwrap().kvs[0].value,
+        b"3"
+    );
     let e = s.compact(at).await.unwrap_err();
     assert!(e.to_string().contains("compacted"), "{e}");
     let e = s.range(RangeRequest { revision: rev_of(s) + 100, ..get(&k("a")) }).await.unwrap_err();

@@ -1,10 +1,12 @@
 //! Proves the sled-backed Raft log and state machine satisfy openraft's own storage suite
 //! (log state, membership, vote, truncation, purge, apply, snapshots).
 
+use flotilla_store::raft::durability::Durability;
 use flotilla_store::raft::log_store::LogStore;
 use flotilla_store::raft::state_machine::StateMachine;
 use flotilla_store::raft::types::{StorageError, TypeConfig};
 use openraft::testing::{StoreBuilder, Suite};
+use std::sync::Arc;
 use tempfile::TempDir;
 
 struct SledBuilder;
@@ -13,8 +15,9 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for SledBuilder {
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError> {
         let dir = TempDir::new().expect("tempdir");
         let db = sled::Config::new().path(dir.path()).open().expect("open sled");
-        let log = LogStore::open(&db).expect("open log");
-        let sm = StateMachine::open(&db, 1024)?;
+        let durability = Arc::new(Durability::open(&db, dir.path()).expect("open files"));
+        let log = LogStore::open(&db, durability.clone()).expect("open log");
+        let sm = StateMachine::open(&db, durability, 1024)?;
         Ok((dir, log, sm))
     }
 }

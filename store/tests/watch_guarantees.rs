@@ -40,7 +40,14 @@ async fn write_load(node: Arc<StoreNode>, writers: usize, ops: usize) -> Expecte
                 let rev = match i % 5 {
                     0..=2 => {
                         let k = key(i);
-                        let r = node.put(PutRequest { key: k.clone().into(), value: vec![i as u8], ..Default::default() }).await.unwrap();
+                        let r = node
+                            .put(PutRequest {
+                                key: k.clone().into(),
+                                value: vec![i as u8],
+                                ..Default::default()
+                            })
+                            .await
+                            .unwrap();
                         rec.push((k.into_bytes(), EventType::Put));
                         r.header.unwrap().revision
                     }
@@ -48,16 +55,34 @@ async fn write_load(node: Arc<StoreNode>, writers: usize, ops: usize) -> Expecte
                         // Two keys in one revision.
                         let (a, b) = (key(i), format!("/g/c/{w}-{i}"));
                         let op = |k: &str| RequestOp {
-                            request: Some(request_op::Request::RequestPut(PutRequest { key: k.into(), value: b"t".to_vec(), ..Default::default() })),
+                            request: Some(request_op::Request::RequestPut(PutRequest {
+                                key: k.into(),
+                                value: b"t".to_vec(),
+                                ..Default::default()
+                            })),
                         };
-                        let r = node.txn(TxnRequest { compare: vec![], success: vec![op(&a), op(&b)], failure: vec![] }).await.unwrap();
+                        let r = node
+                            .txn(TxnRequest {
+                                compare: vec![],
+                                success: vec![op(&a), op(&b)],
+                                failure: vec![],
+                            })
+                            .await
+                            .unwrap();
                         rec.push((a.into_bytes(), EventType::Put));
                         rec.push((b.into_bytes(), EventType::Put));
                         r.header.unwrap().revision
                     }
                     _ => {
                         let k = key(i + 1);
-                        let r = node.delete_range(DeleteRangeRequest { key: k.into(), range_end: vec![], prev_kv: true }).await.unwrap();
+                        let r = node
+                            .delete_range(DeleteRangeRequest {
+                                key: k.into(),
+                                range_end: vec![],
+                                prev_kv: true,
+                            })
+                            .await
+                            .unwrap();
                         for kv in r.prev_kvs {
                             rec.push((kv.key, EventType::Delete));
                         }
@@ -87,7 +112,10 @@ async fn watchers_should_see_every_revision_once_in_order_under_concurrent_write
         ("all", node.watch(spec("/g/", b"/g0", 0)).unwrap()),
         ("prefix /g/b/", node.watch(spec("/g/b/", &prefix_end, 0)).unwrap()),
         ("one key", node.watch(spec("/g/a/0", &[], 0)).unwrap()),
-        ("no deletes", node.watch(WatchSpec { no_delete: true, ..spec("/g/", b"/g0", 0) }).unwrap()),
+        (
+            "no deletes",
+            node.watch(WatchSpec { no_delete: true, ..spec("/g/", b"/g0", 0) }).unwrap(),
+        ),
     ];
     let expected = write_load(node.clone(), 6, 150).await;
     let end = node.revision();
@@ -193,7 +221,9 @@ async fn progress_notifications_should_never_precede_events_they_cover() {
         }
         if let Ok(Some(u)) = tokio::time::timeout(Duration::from_millis(2), w.next()).await {
             match u {
-                WatchUpdate::Events { events, .. } => obs.push(Observed::Events(common::decode_events(&events))),
+                WatchUpdate::Events { events, .. } => {
+                    obs.push(Observed::Events(common::decode_events(&events)))
+                }
                 other => panic!("{other:?}"),
             }
         }
@@ -240,10 +270,17 @@ fn checker_should_reject_gaps_duplicates_splits_reordering_and_early_progress() 
     let good = vec![
         Observed::Events(vec![ev(1, "a", EventType::Put)]),
         Observed::Progress(1),
-        Observed::Events(vec![ev(2, "a", EventType::Put), ev(2, "b", EventType::Put), ev(3, "a", EventType::Delete)]),
+        Observed::Events(vec![
+            ev(2, "a", EventType::Put),
+            ev(2, "b", EventType::Put),
+            ev(3, "a", EventType::Delete),
+        ]),
     ];
     check_watch(&expected, all, 1, 3, &good).unwrap();
-    let gap = vec![Observed::Events(vec![ev(1, "a", EventType::Put)]), Observed::Events(vec![ev(3, "a", EventType::Delete)])];
+    let gap = vec![
+        Observed::Events(vec![ev(1, "a", EventType::Put)]),
+        Observed::Events(vec![ev(3, "a", EventType::Delete)]),
+    ];
     assert!(check_watch(&expected, all, 1, 3, &gap).is_err(), "gap");
     let mut dup = good.clone();
     dup.push(Observed::Events(vec![ev(3, "a", EventType::Delete)]));
@@ -262,9 +299,18 @@ fn checker_should_reject_gaps_duplicates_splits_reordering_and_early_progress() 
     let early = vec![
         Observed::Events(vec![ev(1, "a", EventType::Put)]),
         Observed::Progress(2),
-        Observed::Events(vec![ev(2, "a", EventType::Put), ev(2, "b", EventType::Put), ev(3, "a", EventType::Delete)]),
+        Observed::Events(vec![
+            ev(2, "a", EventType::Put),
+            ev(2, "b", EventType::Put),
+            ev(3, "a", EventType::Delete),
+        ]),
     ];
     assert!(check_watch(&expected, all, 1, 3, &early).is_err(), "progress before covered events");
-    let wrong_kind = vec![Observed::Events(vec![ev(1, "a", EventType::Put), ev(2, "a", EventType::Put), ev(2, "b", EventType::Put), ev(3, "a", EventType::Put)])];
+    let wrong_kind = vec![Observed::Events(vec![
+        ev(1, "a", EventType::Put),
+        ev(2, "a", EventType::Put),
+        ev(2, "b", EventType::Put),
+        ev(3, "a", EventType::Put),
+    ])];
     assert!(check_watch(&expected, all, 1, 3, &wrong_kind).is_err(), "wrong event type");
 }

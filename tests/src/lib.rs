@@ -56,7 +56,8 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, mut cmd: Command, log: &Path) -> Result<Proc> {
-        let out = std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
+        let out =
+            std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
         let child = cmd
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
@@ -143,9 +144,12 @@ impl Member {
             .arg(&self.data_dir)
             .args(["--store-listen", &self.client, "--peer-listen", &self.peer])
             .args(&self.extra)
-            .env("RUST_LOG", self.log_level.clone().unwrap_or_else(|| {
-                std::env::var("FLOTILLA_TEST_LOG").unwrap_or_else(|_| "warn".into())
-            }));
+            .env(
+                "RUST_LOG",
+                self.log_level.clone().unwrap_or_else(|| {
+                    std::env::var("FLOTILLA_TEST_LOG").unwrap_or_else(|_| "warn".into())
+                }),
+            );
         if let Some(ic) = &self.initial_cluster {
             cmd.args(["--initial-cluster", ic]);
         }

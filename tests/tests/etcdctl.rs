@@ -65,13 +65,24 @@ fn etcdctl_should_work_unchanged_against_flotilla_store() {
     assert_eq!(ctl.ok(&["put", "/k/a", "1"]).trim(), "OK");
     assert_eq!(ctl.ok(&["put", "/k/b", "2"]).trim(), "OK");
     assert_eq!(ctl.ok(&["get", "/k/a"]), "/k/a\n1\n");
-    assert_eq!(ctl.ok(&["get", "/k/", "--prefix", "--keys-only"]).split_whitespace().collect::<Vec<_>>(), ["/k/a", "/k/b"]);
+    assert_eq!(
+        ctl.ok(&["get", "/k/", "--prefix", "--keys-only"]).split_whitespace().collect::<Vec<_>>(),
+        ["/k/a", "/k/b"]
+    );
     let json = ctl.ok(&["get", "/k/a", "-w", "json"]);
     assert!(json.contains("\"version\":1"), "{json}");
     assert!(json.contains("\"count\":1"), "{json}");
     ctl.ok(&["put", "/k/a", "1b"]);
     // Read at the first revision of /k/a.
-    let rev1: i64 = json.split("\"mod_revision\":").nth(1).unwrap().split([',', '}']).next().unwrap().parse().unwrap();
+    let rev1: i64 = json
+        .split("\"mod_revision\":")
+        .nth(1)
+        .unwrap()
+        .split([',', '}'])
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert_eq!(ctl.ok(&["get", "/k/a", &format!("--rev={rev1}")]), "/k/a\n1\n");
     assert_eq!(ctl.ok(&["del", "/k/b"]).trim(), "1");
     assert_eq!(ctl.ok(&["get", "/k/b"]), "");
@@ -80,7 +91,8 @@ fn etcdctl_should_work_unchanged_against_flotilla_store() {
     let out = ctl.ok_stdin(&["txn"], "value(\"/k/a\") = \"1b\"\n\nput /k/t yes\n\nput /k/t no\n\n");
     assert!(out.starts_with("SUCCESS"), "{out}");
     assert_eq!(ctl.ok(&["get", "/k/t", "--print-value-only"]).trim(), "yes");
-    let out = ctl.ok_stdin(&["txn"], "version(\"/k/a\") = \"7\"\n\nput /k/t yes2\n\nput /k/t no\n\n");
+    let out =
+        ctl.ok_stdin(&["txn"], "version(\"/k/a\") = \"7\"\n\nput /k/t yes2\n\nput /k/t no\n\n");
     assert!(out.starts_with("FAILURE"), "{out}");
     assert_eq!(ctl.ok(&["get", "/k/t", "--print-value-only"]).trim(), "no");
 
@@ -101,11 +113,18 @@ fn etcdctl_should_work_unchanged_against_flotilla_store() {
     let lines: Vec<&str> = seen.lines().filter(|l| !l.is_empty()).collect();
     assert_eq!(
         lines,
-        ["PUT", "/w/x", "one", "PUT", "/w/x", "one", "/w/x", "two", "DELETE", "/w/x", "two", "/w/x"],
+        [
+            "PUT", "/w/x", "one", "PUT", "/w/x", "one", "/w/x", "two", "DELETE", "/w/x", "two",
+            "/w/x"
+        ],
         "{seen}"
     );
     // watch from a past revision replays history.
-    let out = ctl.cmd(&["watch", "/k/a", &format!("--rev={rev1}")]).stdout(Stdio::piped()).spawn().unwrap();
+    let out = ctl
+        .cmd(&["watch", "/k/a", &format!("--rev={rev1}")])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let pid = out.id() as i32;
     // SAFETY: signalling our own child, not yet reaped.
@@ -127,13 +146,27 @@ fn etcdctl_should_work_unchanged_against_flotilla_store() {
     assert!(ctl.ok(&["lease", "list"]).contains(&id));
     ctl.ok(&["lease", "revoke", &id]);
     assert_eq!(ctl.ok(&["get", "/k/leased"]), "");
-    assert!(ctl.fails(&["put", "/k/x", "v", "--lease=1234abcd"]).contains("requested lease not found"));
+    assert!(ctl
+        .fails(&["put", "/k/x", "v", "--lease=1234abcd"])
+        .contains("requested lease not found"));
 
     // compaction: older revisions become unreadable with etcd's error.
     let rev = ctl.ok(&["get", "/k/a", "-w", "json"]);
-    let cur: i64 = rev.split("\"revision\":").nth(1).unwrap().split([',', '}']).next().unwrap().parse().unwrap();
-    assert!(ctl.ok(&["compaction", &cur.to_string()]).contains(&format!("compacted revision {cur}")));
-    assert!(ctl.fails(&["get", "/k/a", &format!("--rev={rev1}")]).contains("required revision has been compacted"));
+    let cur: i64 = rev
+        .split("\"revision\":")
+        .nth(1)
+        .unwrap()
+        .split([',', '}'])
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(ctl
+        .ok(&["compaction", &cur.to_string()])
+        .contains(&format!("compacted revision {cur}")));
+    assert!(ctl
+        .fails(&["get", "/k/a", &format!("--rev={rev1}")])
+        .contains("required revision has been compacted"));
 
     // maintenance and cluster.
     let status = ctl.ok(&["endpoint", "status", "-w", "json"]);

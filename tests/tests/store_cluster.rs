@@ -137,13 +137,21 @@ async fn three_members_should_survive_leader_loss_and_catch_up_a_returning_membe
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let mut c = Client::connect([members[old_leader].endpoint()], None).await.unwrap();
-        let r = c.get("/ha/", Some(GetOptions::new().with_prefix().with_serializable().with_count_only())).await;
+        let r = c
+            .get(
+                "/ha/",
+                Some(GetOptions::new().with_prefix().with_serializable().with_count_only()),
+            )
+            .await;
         if let Ok(r) = r {
             if r.header().unwrap().revision() >= target {
                 break;
             }
         }
-        assert!(Instant::now() < deadline, "returning member did not catch up to revision {target}");
+        assert!(
+            Instant::now() < deadline,
+            "returning member did not catch up to revision {target}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     check_all(&members[old_leader].endpoint(), &acked, true).await;

@@ -57,7 +57,8 @@ async fn store_should_keep_every_acknowledged_write_across_sigkill() {
         for (k, v) in acked.iter() {
             // A write may be durable without its ack reaching the client, so the stored value can
             // be newer than the last acknowledged one, never older.
-            let got = stored.get(k).unwrap_or_else(|| panic!("round {round}: acknowledged key {k} lost"));
+            let got =
+                stored.get(k).unwrap_or_else(|| panic!("round {round}: acknowledged key {k} lost"));
             let seq = |s: &str| s.rsplit('-').next().unwrap().parse::<u64>().unwrap();
             assert!(seq(got) >= seq(v), "round {round}: {k} went back from {v} to {got}");
         }

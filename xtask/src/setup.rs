@@ -59,14 +59,22 @@ fn nightly() -> Result<()> {
         return Ok(());
     }
     let mut cmd = Command::new("rustup");
-    cmd.args(["toolchain", "install", "nightly", "--profile", "minimal", "--component", "rust-src"]);
+    cmd.args([
+        "toolchain",
+        "install",
+        "nightly",
+        "--profile",
+        "minimal",
+        "--component",
+        "rust-src",
+    ]);
     run(cmd)
 }
 
 fn cargo_bin(name: &str) -> PathBuf {
-    let home = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo"));
+    let home = std::env::var_os("CARGO_HOME").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo")
+    });
     home.join("bin").join(name)
 }
 

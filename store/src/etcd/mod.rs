@@ -48,24 +48,22 @@ pub async fn serve(
                 .max_decoding_message_size(256 << 20)
                 .max_encoding_message_size(256 << 20),
         )
-        .serve_with_incoming_shutdown(
-            incoming(peer),
-            stop(stop_rx.clone()),
-        );
+        .serve_with_incoming_shutdown(incoming(peer), stop(stop_rx.clone()));
     // Leave headroom over the request limit so an oversized request reaches our own check and
     // gets etcd's error rather than a transport error.
     let max = MAX_REQUEST_BYTES * 2;
     let client_srv = tonic::transport::Server::builder()
         .tcp_nodelay(true)
-        .add_service(KvServer::new(kv::KvService { node: node.clone() }).max_decoding_message_size(max))
-        .add_service(WatchServer::new(WatchService::new(node.clone())).max_decoding_message_size(max))
+        .add_service(
+            KvServer::new(kv::KvService { node: node.clone() }).max_decoding_message_size(max),
+        )
+        .add_service(
+            WatchServer::new(WatchService::new(node.clone())).max_decoding_message_size(max),
+        )
         .add_service(LeaseServer::new(lease::LeaseService { node: node.clone() }))
         .add_service(ClusterServer::new(maintenance::ClusterService { node: node.clone() }))
         .add_service(MaintenanceServer::new(maintenance::MaintenanceService { node }))
-        .serve_with_incoming_shutdown(
-            incoming(client),
-            stop(stop_rx),
-        );
+        .serve_with_incoming_shutdown(incoming(client), stop(stop_rx));
     let (a, b) = tokio::join!(peer_srv, client_srv);
     a.and(b)
 }

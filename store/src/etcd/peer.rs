@@ -32,7 +32,10 @@ impl RaftPeer for PeerService {
         Ok(Response::new(self.node.propose_local(r.into_inner()).await?))
     }
 
-    async fn read(&self, r: Request<ForwardReadRequest>) -> Result<Response<RangeResponse>, Status> {
+    async fn read(
+        &self,
+        r: Request<ForwardReadRequest>,
+    ) -> Result<Response<RangeResponse>, Status> {
         let req = r.into_inner().range.unwrap_or_default();
         Ok(Response::new(self.node.read_local(&req).await?))
     }

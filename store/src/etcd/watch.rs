@@ -167,11 +167,8 @@ async fn run_watch(
     ticker.tick().await;
     let mut sent_since_tick = false;
     let mut want_progress = false;
-    let progress = |rev| WatchResponse {
-        header: Some(node.header(rev)),
-        watch_id: id,
-        ..Default::default()
-    };
+    let progress =
+        |rev| WatchResponse { header: Some(node.header(rev)), watch_id: id, ..Default::default() };
     loop {
         if want_progress {
             if let Some(rev) = w.progress_revision() {

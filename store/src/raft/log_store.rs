@@ -1,13 +1,18 @@
 //! The Raft log and vote on sled. Appends and votes are flushed to disk before they are
 //! acknowledged; a failed flush ends the process (an fsync is never retried: after a failed
 //! fsync the kernel may have dropped the dirty pages, so a retry could report success falsely).
-#![expect(clippy::result_large_err, reason = "openraft fixes StorageError as the storage traits' error type")]
+#![expect(
+    clippy::result_large_err,
+    reason = "openraft fixes StorageError as the storage traits' error type"
+)]
 
+use super::durability::{Durability, BLOB_HINT_BYTES};
 use super::types::{LogId, NodeId, StorageError, TypeConfig};
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{Entry, ErrorSubject, ErrorVerb, OptionalSend, RaftLogId, StorageIOError, Vote};
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
 
 const ENTRY: u8 = b'e';
 const VOTE: &[u8] = b"vote";
@@ -30,24 +35,27 @@ pub(crate) fn flush_failed(what: &str, err: &dyn std::fmt::Display) -> ! {
 
 #[derive(Clone)]
 pub struct LogStore {
-    db: sled::Db,
+    durability: Arc<Durability>,
     tree: sled::Tree,
 }
 
 impl LogStore {
-    pub fn open(db: &sled::Db) -> Result<Self, sled::Error> {
-        Ok(LogStore { db: db.clone(), tree: db.open_tree("raft")? })
+    pub fn open(db: &sled::Db, durability: Arc<Durability>) -> Result<Self, sled::Error> {
+        Ok(LogStore { durability, tree: db.open_tree("raft")? })
     }
 
-    fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
+    fn get_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<T>, StorageError> {
         let v = self.tree.get(key).map_err(|e| read_err(ErrorSubject::Store, e))?;
         v.map(|v| bincode::deserialize(&v))
             .transpose()
             .map_err(|e| read_err(ErrorSubject::Store, e))
     }
 
-    async fn flush(&self, what: &str) {
-        if let Err(e) = self.db.flush_async().await {
+    async fn flush(&self, what: &str, deep: bool) {
+        if let Err(e) = self.durability.sync(deep).await {
             flush_failed(what, &e);
         }
     }
@@ -116,7 +124,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
         let v = bincode::serialize(vote).map_err(|e| write_err(ErrorSubject::Vote, e))?;
         self.tree.insert(VOTE, v).map_err(|e| write_err(ErrorSubject::Vote, e))?;
-        self.flush("vote").await;
+        self.flush("vote", false).await;
         Ok(())
     }
 
@@ -136,19 +144,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.get_meta::<Option<LogId>>(COMMITTED)?.flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         let mut batch = sled::Batch::default();
+        let mut deep = false;
         for e in entries {
             let v = bincode::serialize(&e).map_err(|err| write_err(ErrorSubject::Logs, err))?;
+            deep |= v.len() >= BLOB_HINT_BYTES;
             batch.insert(&entry_key(e.get_log_id().index), v);
         }
         self.tree.apply_batch(batch).map_err(|e| write_err(ErrorSubject::Logs, e))?;
         // Acknowledged only once durable; concurrent proposals share this flush (group commit).
-        self.flush("log entries").await;
+        self.flush("log entries", deep).await;
         callback.log_io_completed(Ok(()));
         Ok(())
     }
@@ -160,7 +174,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.remove(k);
         }
         self.tree.apply_batch(batch).map_err(|e| write_err(ErrorSubject::Logs, e))?;
-        self.flush("log truncation").await;
+        self.flush("log truncation", false).await;
         Ok(())
     }
 

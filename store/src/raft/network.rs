@@ -5,7 +5,9 @@
 use super::types::{NodeId, Raft, TypeConfig};
 use crate::proto::peer::raft_peer_client::RaftPeerClient;
 use crate::proto::peer::RaftBytes;
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -133,7 +135,10 @@ pub(crate) async fn serve_vote(raft: &Raft, req: &RaftBytes) -> Result<RaftBytes
     Ok(encode(&raft.vote(rpc).await))
 }
 
-pub(crate) async fn serve_snapshot(raft: &Raft, req: &RaftBytes) -> Result<RaftBytes, tonic::Status> {
+pub(crate) async fn serve_snapshot(
+    raft: &Raft,
+    req: &RaftBytes,
+) -> Result<RaftBytes, tonic::Status> {
     let rpc: InstallSnapshotRequest<TypeConfig> = decode(req).map_err(bad_request)?;
     Ok(encode(&raft.install_snapshot(rpc).await))
 }

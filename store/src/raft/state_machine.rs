@@ -4,8 +4,12 @@
 //! Applied state is written to sled without a flush: the Raft log is durable before anything is
 //! applied, and the last-applied log id is written in the same atomic batch as the changes, so
 //! after a crash the state machine resumes from a consistent point and Raft re-applies the rest.
-#![expect(clippy::result_large_err, reason = "openraft fixes StorageError as the storage traits' error type")]
+#![expect(
+    clippy::result_large_err,
+    reason = "openraft fixes StorageError as the storage traits' error type"
+)]
 
+use super::durability::Durability;
 use super::log_store::flush_failed;
 use super::types::{LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig, Wire};
 use crate::mvcc::{meta_key, LeaseEffect, Mvcc};
@@ -15,8 +19,7 @@ use crate::proto::peer::{CommandResult, CommandResults};
 use crate::watch::WatchHub;
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
-    Entry, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder,
-    StorageIOError,
+    Entry, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder, StorageIOError,
 };
 use std::collections::HashMap;
 use std::io::Cursor;
@@ -28,6 +31,7 @@ const SNAPSHOT_KEY: &[u8] = b"current";
 /// State shared by the state machine, readers and watchers of one member.
 pub struct SmShared {
     pub(crate) db: sled::Db,
+    pub(crate) durability: Arc<Durability>,
     pub(crate) mvcc: RwLock<Mvcc>,
     pub(crate) hub: WatchHub,
     applied: Mutex<(Option<LogId>, StoredMembership)>,
@@ -69,16 +73,24 @@ struct StoredSnapshot {
 }
 
 impl StateMachine {
-    pub fn open(db: &sled::Db, ring: usize) -> Result<Self, StorageError> {
-        let tree = db.open_tree("state").map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
+    pub fn open(
+        db: &sled::Db,
+        durability: Arc<Durability>,
+        ring: usize,
+    ) -> Result<Self, StorageError> {
+        let tree = db
+            .open_tree("state")
+            .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
         let snapshots = db
             .open_tree("snapshots")
             .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
-        let mvcc = Mvcc::open(tree).map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
+        let mvcc =
+            Mvcc::open(tree).map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
         let applied = read_applied(mvcc.tree())?;
         let hub = WatchHub::new(ring, mvcc.revision());
         let shared = Arc::new(SmShared {
             db: db.clone(),
+            durability,
             mvcc: RwLock::new(mvcc),
             hub,
             applied: Mutex::new(applied),
@@ -91,13 +103,17 @@ impl StateMachine {
 }
 
 fn read_applied(tree: &sled::Tree) -> Result<(Option<LogId>, StoredMembership), StorageError> {
-    let get = |name: &str| tree.get(meta_key(name)).map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e));
+    let get = |name: &str| {
+        tree.get(meta_key(name)).map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))
+    };
     let applied = match get("applied")? {
-        Some(v) => bincode::deserialize(&v).map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?,
+        Some(v) => bincode::deserialize(&v)
+            .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?,
         None => None,
     };
     let membership = match get("membership")? {
-        Some(v) => bincode::deserialize(&v).map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?,
+        Some(v) => bincode::deserialize(&v)
+            .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?,
         None => StoredMembership::default(),
     };
     Ok((applied, membership))
@@ -112,7 +128,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             let (applied, membership) = sh.applied();
             let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
             for item in m.tree().iter() {
-                let (k, v) = item.map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
+                let (k, v) =
+                    item.map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
                 pairs.push((k.to_vec(), v.to_vec()));
             }
             let data = bincode::serialize(&pairs)
@@ -132,7 +149,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             .insert(SNAPSHOT_KEY, bytes)
             .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
         // Raft purges the log up to this snapshot next: it and the applied state must be durable.
-        if let Err(e) = sh.db.flush_async().await {
+        if let Err(e) = sh.durability.sync(true).await {
             flush_failed("snapshot", &e);
         }
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(stored.data)) })
@@ -234,14 +251,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), StorageError> {
         let sh = &self.shared;
         let data = snapshot.into_inner();
-        let pairs: Vec<(Vec<u8>, Vec<u8>)> = bincode::deserialize(&data)
-            .map_err(|e| io_err(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Read, e))?;
+        let pairs: Vec<(Vec<u8>, Vec<u8>)> = bincode::deserialize(&data).map_err(|e| {
+            io_err(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Read, e)
+        })?;
         let rev = {
             let mut m = sh.mvcc.write().expect("poisoned");
             let tree = m.tree().clone();
             let mut batch = sled::Batch::default();
             for item in tree.iter() {
-                let (k, _) = item.map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
+                let (k, _) =
+                    item.map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
                 batch.remove(k);
             }
             for (k, v) in pairs {
@@ -252,7 +271,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             tree.apply_batch(batch)
                 .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
             m.rebuild().map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
-            *sh.applied.lock().expect("poisoned") = (meta.last_log_id, meta.last_membership.clone());
+            *sh.applied.lock().expect("poisoned") =
+                (meta.last_log_id, meta.last_membership.clone());
             let stored = StoredSnapshot { meta: meta.clone(), data };
             let bytes = bincode::serialize(&stored)
                 .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
@@ -263,7 +283,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             m.revision()
         };
         sh.refresh_leases();
-        if let Err(e) = sh.db.flush_async().await {
+        if let Err(e) = sh.durability.sync(true).await {
             flush_failed("installed snapshot", &e);
         }
         tracing::info!(revision = rev, snapshot = %meta.snapshot_id, "installed snapshot");

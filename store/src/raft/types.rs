@@ -51,7 +51,10 @@ impl<'de, T: Message + Default> Deserialize<'de> for Wire<T> {
             fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Self::Value, E> {
                 self.visit_bytes(&v)
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Self::Value, A::Error> {
                 let mut buf = Vec::new();
                 while let Some(b) = a.next_element::<u8>()? {
                     buf.push(b);

@@ -48,7 +48,12 @@ pub async fn start_cluster(n: usize, tweak: impl Fn(&mut StoreConfig)) -> Vec<Me
     let mut members = Vec::new();
     for (i, (c, p)) in listeners.into_iter().enumerate() {
         let dir = Arc::new(TempDir::new().expect("tempdir"));
-        let mut cfg = StoreConfig::single(&format!("m{i}"), dir.path().to_path_buf(), &addrs[i].1, &addrs[i].0);
+        let mut cfg = StoreConfig::single(
+            &format!("m{i}"),
+            dir.path().to_path_buf(),
+            &addrs[i].1,
+            &addrs[i].0,
+        );
         if n > 1 {
             cfg.initial_cluster = initial.clone();
         }
@@ -100,7 +105,11 @@ pub fn decode_events(events: &[bytes::Bytes]) -> Vec<(i64, Vec<u8>, EventType)> 
         .map(|b| {
             let ev = Event::decode(b.as_ref()).expect("event decodes");
             let kv = ev.kv.expect("event has kv");
-            let kind = if ev.r#type == EventType::Delete as i32 { EventType::Delete } else { EventType::Put };
+            let kind = if ev.r#type == EventType::Delete as i32 {
+                EventType::Delete
+            } else {
+                EventType::Put
+            };
             (kv.mod_revision, kv.key, kind)
         })
         .collect()
@@ -134,18 +143,26 @@ pub fn check_watch(
                 }
                 let mut revs_here: Vec<i64> = evs.iter().map(|e| e.0).collect();
                 if revs_here.windows(2).any(|w| w[0] > w[1]) {
-                    return Err(format!("#{i}: events out of order within a response: {revs_here:?}"));
+                    return Err(format!(
+                        "#{i}: events out of order within a response: {revs_here:?}"
+                    ));
                 }
                 revs_here.dedup();
                 for r in revs_here {
                     if r <= last_rev {
-                        return Err(format!("#{i}: revision {r} after {last_rev} (out of order or duplicate)"));
+                        return Err(format!(
+                            "#{i}: revision {r} after {last_rev} (out of order or duplicate)"
+                        ));
                     }
                     if r <= progress_floor {
-                        return Err(format!("#{i}: revision {r} after a progress notification at {progress_floor}"));
+                        return Err(format!(
+                            "#{i}: revision {r} after a progress notification at {progress_floor}"
+                        ));
                     }
                     if delivered.contains_key(&r) {
-                        return Err(format!("#{i}: revision {r} split over two responses or repeated"));
+                        return Err(format!(
+                            "#{i}: revision {r} split over two responses or repeated"
+                        ));
                     }
                     let got: Vec<(Vec<u8>, EventType)> =
                         evs.iter().filter(|e| e.0 == r).map(|e| (e.1.clone(), e.2)).collect();
@@ -185,7 +202,11 @@ fn show(v: &[(Vec<u8>, EventType)]) -> Vec<String> {
 
 /// Drives a watcher until it has delivered revision `to` (or ended), with a deadline.
 /// Returns the observations and, if the watch was cancelled, the cancel update.
-pub async fn collect_until(w: &mut Watcher, to: i64, timeout: Duration) -> (Vec<Observed>, Option<WatchUpdate>) {
+pub async fn collect_until(
+    w: &mut Watcher,
+    to: i64,
+    timeout: Duration,
+) -> (Vec<Observed>, Option<WatchUpdate>) {
     let mut obs = Vec::new();
     let deadline = tokio::time::Instant::now() + timeout;
     loop {

@@ -66,7 +66,12 @@ fn start_flotilla(bin: &PathBuf) -> Result<Server> {
     cmd.arg("server")
         .arg("--data-dir")
         .arg(dir.path().join("data"))
-        .args(["--store-listen", &format!("127.0.0.1:{c}"), "--peer-listen", &format!("127.0.0.1:{p}")])
+        .args([
+            "--store-listen",
+            &format!("127.0.0.1:{c}"),
+            "--peer-listen",
+            &format!("127.0.0.1:{p}"),
+        ])
         .env("RUST_LOG", "warn");
     let proc = Proc::spawn("flotillad", cmd, &dir.path().join("flotillad.log"))?;
     let addr = format!("127.0.0.1:{c}");
@@ -137,7 +142,11 @@ async fn bench_put(ep: &str, clients: usize, secs: u64) -> Result<PutResult> {
     }
     let elapsed = start.elapsed().as_secs_f64();
     all.sort_by(f64::total_cmp);
-    Ok(PutResult { per_sec: all.len() as f64 / elapsed, p50_ms: pct(&all, 0.5), p99_ms: pct(&all, 0.99) })
+    Ok(PutResult {
+        per_sec: all.len() as f64 / elapsed,
+        p50_ms: pct(&all, 0.5),
+        p99_ms: pct(&all, 0.99),
+    })
 }
 
 struct WatchResult {
@@ -269,7 +278,10 @@ async fn run(args: Args) -> Result<()> {
     let ours = start_flotilla(&args.flotillad)?;
     ready(&etcd.endpoint).await?;
     ready(&ours.endpoint).await?;
-    println!("store benchmark: etcd 3.4 ({}) vs flotilla ({}), single member, durable, same client harness", etcd.endpoint, ours.endpoint);
+    println!(
+        "store benchmark: {} 3.4 ({}) vs {} ({}), single member, durable, same client harness",
+        etcd.name, etcd.endpoint, ours.name, ours.endpoint
+    );
     println!("ratio: how many times better flotilla is than etcd (>1 = flotilla better)\n");
     println!("| {:<44} | {:>12} | {:>12} | {:>9} |", "row", "etcd", "flotilla", "ratio");
     println!("|{:-<46}|{:-<14}|{:-<14}|{:-<11}|", "", "", "", "");
@@ -288,8 +300,18 @@ async fn run(args: Args) -> Result<()> {
         for watchers in [1usize, 100, 1000] {
             let e = bench_watch(&etcd.endpoint, watchers, 1000, args.watch_seconds).await?;
             let o = bench_watch(&ours.endpoint, watchers, 1000, args.watch_seconds).await?;
-            t.row(&format!("watch, {watchers} watchers @1000 w/s: p50 ms"), e.p50_ms, o.p50_ms, false);
-            t.row(&format!("watch, {watchers} watchers @1000 w/s: p99 ms"), e.p99_ms, o.p99_ms, false);
+            t.row(
+                &format!("watch, {watchers} watchers @1000 w/s: p50 ms"),
+                e.p50_ms,
+                o.p50_ms,
+                false,
+            );
+            t.row(
+                &format!("watch, {watchers} watchers @1000 w/s: p99 ms"),
+                e.p99_ms,
+                o.p99_ms,
+                false,
+            );
             if e.missing + o.missing > 0 {
                 println!("  (events not received: etcd {}, flotilla {})", e.missing, o.missing);
             }
@@ -299,7 +321,12 @@ async fn run(args: Args) -> Result<()> {
         let n = 10_000;
         let (eb, ea) = bench_memory(&etcd, n).await?;
         let (ob, oa) = bench_memory(&ours, n).await?;
-        t.row("memory: RSS with 10,000 idle watchers, MiB", ea as f64 / 1024.0, oa as f64 / 1024.0, false);
+        t.row(
+            "memory: RSS with 10,000 idle watchers, MiB",
+            ea as f64 / 1024.0,
+            oa as f64 / 1024.0,
+            false,
+        );
         let per = |b: u64, a: u64| (a.saturating_sub(b)) as f64 * 1024.0 / n as f64;
         t.row("memory: per idle watcher, bytes", per(eb, ea), per(ob, oa), false);
     }
