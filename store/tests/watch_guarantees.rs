@@ -14,6 +14,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// Which events a watch should receive.
+type Selector = dyn Fn(&[u8], EventType) -> bool;
+
 fn spec(key: &str, end: &[u8], start: i64) -> WatchSpec {
     WatchSpec {
         range: KeyRange::new(key.as_bytes(), end),
@@ -122,7 +125,7 @@ async fn watchers_should_see_every_revision_once_in_order_under_concurrent_write
     for (name, w) in &mut watchers {
         let (obs, cancel) = collect_until(w, end, Duration::from_secs(20)).await;
         assert!(cancel.is_none(), "{name}: cancelled: {cancel:?}");
-        let sel: Box<dyn Fn(&[u8], EventType) -> bool> = match *name {
+        let sel: Box<Selector> = match *name {
             "all" => Box::new(|k: &[u8], _| k.starts_with(b"/g/")),
             "prefix /g/b/" => Box::new(|k: &[u8], _| k.starts_with(b"/g/b/")),
             "one key" => Box::new(|k: &[u8], _| k == b"/g/a/0"),
