@@ -66,7 +66,7 @@ fn main() -> Result<()> {
                 test.push("--");
                 test.extend(args.iter().map(String::as_str));
             }
-            util::cargo(&test)
+            util::cargo_test(&test)
         }
         Cmd::Up { data_dir, args } => {
             setup::setup()?;
