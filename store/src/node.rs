@@ -38,7 +38,7 @@ use prost::Message;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
@@ -99,8 +99,9 @@ pub struct StoreConfig {
     pub election_timeout_ms: (u64, u64),
     /// Applied entries between snapshots (after which the log is purged).
     pub snapshot_every: u64,
-    /// Revisions the watch ring holds before a watcher that has not read them is cancelled.
-    pub watch_ring: usize,
+    /// Bytes a watch stream (or in-process watcher) may have queued before its watchers are cut
+    /// off with a resumable error.
+    pub watch_queue_limit: usize,
     /// Keep this much history (in revisions) and compact older automatically; 0: never.
     pub retention_revisions: i64,
     /// How often a watch that asked for progress notifications gets one when idle.
@@ -118,7 +119,7 @@ impl StoreConfig {
             heartbeat_ms: 100,
             election_timeout_ms: (500, 1000),
             snapshot_every: 10_000,
-            watch_ring: crate::watch::DEFAULT_RING,
+            watch_queue_limit: crate::watch::DEFAULT_QUEUE_LIMIT,
             retention_revisions: 0,
             progress_notify_interval: Duration::from_secs(600),
         }
@@ -144,6 +145,9 @@ pub struct StoreNode {
     config: StoreConfig,
     leaders: Mutex<HashMap<NodeId, RaftPeerClient<Channel>>>,
     lease_seq: AtomicI64,
+    /// The current Raft term, mirrored from the metrics channel: every response header carries
+    /// it, and reading the channel on each would contend across all watch streams.
+    term: Arc<AtomicU64>,
     proposals: tokio::sync::mpsc::Sender<Proposal>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -186,8 +190,8 @@ impl StoreNode {
         );
         let log = LogStore::open(&db, durability.clone())
             .map_err(|e| StoreError::Fatal(e.to_string()))?;
-        let sm = StateMachine::open(&db, durability, config.watch_ring)
-            .map_err(|e| StoreError::Fatal(e.to_string()))?;
+        let sm =
+            StateMachine::open(&db, durability).map_err(|e| StoreError::Fatal(e.to_string()))?;
         let shared = sm.shared.clone();
         let id = member_id(&config.name);
         let mut members: BTreeMap<NodeId, BasicNode> = BTreeMap::new();
@@ -231,6 +235,16 @@ impl StoreNode {
                 Err(e) => return Err(StoreError::Fatal(format!("raft initialise: {e}"))),
             }
         }
+        let term = Arc::new(AtomicU64::new(raft.metrics().borrow().current_term));
+        let term_task = {
+            let (term, mut rx) = (term.clone(), raft.metrics());
+            tokio::spawn(async move {
+                while rx.changed().await.is_ok() {
+                    let t = rx.borrow().current_term;
+                    term.store(t, Ordering::Relaxed);
+                }
+            })
+        };
         let (proposals, proposal_rx) = tokio::sync::mpsc::channel(MAX_BATCH * 4);
         let proposer = tokio::spawn(proposer(raft.clone(), proposal_rx));
         let node = Arc::new(StoreNode {
@@ -241,8 +255,9 @@ impl StoreNode {
             config,
             leaders: Mutex::new(HashMap::new()),
             lease_seq: AtomicI64::new(0),
+            term,
             proposals,
-            tasks: Mutex::new(vec![proposer]),
+            tasks: Mutex::new(vec![proposer, term_task]),
         });
         let lease_task = tokio::spawn(lease_loop(Arc::downgrade(&node)));
         node.tasks.lock().expect("poisoned").push(lease_task);
@@ -276,7 +291,7 @@ impl StoreNode {
             cluster_id: self.cluster_id,
             member_id: self.id,
             revision,
-            raft_term: self.raft.metrics().borrow().current_term,
+            raft_term: self.term.load(Ordering::Relaxed),
         }
     }
 
@@ -635,8 +650,7 @@ impl KvStore for StoreNode {
     }
 
     fn watch(&self, spec: WatchSpec) -> Result<Watcher, StoreError> {
-        spec.range.validate()?;
-        Ok(Watcher::new(self.sm.clone(), spec))
+        Watcher::new(&self.sm, spec, self.config.watch_queue_limit)
     }
 
     fn revision(&self) -> i64 {

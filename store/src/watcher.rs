@@ -1,29 +1,15 @@
-//! One watch: replays history from its start revision, then follows the hub. A step function
-//! ([`Watcher::next`]) the caller drives; cancellation-safe, so it can sit in a `select!` next to
-//! progress timers and cancel requests.
-//!
-//! ```text
-//!   CatchUp (history chunks from sled, up to the revision at subscribe time)
-//!      │ caught up
-//!      ▼
-//!   Live (ring: skip what history covered, filter, coalesce queued revisions)
-//!      │ fell a ring behind / snapshot reset / compacted start
-//!      ▼
-//!   Done (one Canceled update, then None)
-//! ```
+//! One in-process watch: what the API server (and tests) use instead of a gRPC stream. A step
+//! function ([`Watcher::next`]) over the watch's own sink; cancellation-safe, so it can sit in a
+//! `select!` next to timers. Dropping it unregisters the watch.
 
 use crate::error::StoreError;
-use crate::proto::mvccpb::{event::EventType, Event};
 use crate::raft::state_machine::SmShared;
-use crate::watch::{HubMessage, WatchSpec};
+use crate::watch::{sink, SinkMsg, SinkReceiver, WatchHandle, WatchHub, WatchSpec};
 use bytes::Bytes;
-use prost::Message;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 
-/// Events read from history per step.
-const CATCH_UP_CHUNK: usize = 1024;
-/// Revisions already queued that one live step may merge into one update.
+/// Queued updates one step may merge.
 const COALESCE: usize = 64;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -35,28 +21,39 @@ pub enum WatchUpdate {
 }
 
 pub struct Watcher {
-    sm: Arc<SmShared>,
+    hub: Arc<WatchHub>,
+    handle: Arc<WatchHandle>,
+    rx: SinkReceiver,
     spec: WatchSpec,
-    rx: broadcast::Receiver<Arc<HubMessage>>,
-    /// The next revision this watcher has not delivered.
-    next_rev: i64,
-    /// History up to here comes from sled; the ring only holds later revisions.
-    catch_up_until: i64,
-    /// The newest revision taken from the ring (delivered or filtered out).
-    seen_rev: i64,
+    /// The newest revision delivered.
+    last_rev: i64,
+    /// A cancel that arrived behind events, delivered on the next step.
+    pending_cancel: Option<WatchUpdate>,
     done: bool,
 }
 
 impl Watcher {
-    pub(crate) fn new(sm: Arc<SmShared>, spec: WatchSpec) -> Self {
-        let (rx, rev, _) = sm.hub.subscribe(&sm.mvcc);
-        let next_rev = if spec.start_revision > 0 { spec.start_revision } else { rev + 1 };
-        Watcher { sm, spec, rx, next_rev, catch_up_until: rev, seen_rev: rev, done: false }
+    pub(crate) fn new(
+        sm: &SmShared,
+        spec: WatchSpec,
+        queue_limit: usize,
+    ) -> Result<Self, StoreError> {
+        let (tx, rx) = sink(queue_limit);
+        let handle = sm.hub.watch(&sm.mvcc, spec.clone(), 0, tx, false)?;
+        Ok(Watcher {
+            hub: sm.hub.clone(),
+            handle,
+            rx,
+            spec,
+            last_rev: 0,
+            pending_cancel: None,
+            done: false,
+        })
     }
 
     /// The revision the watch was registered at: events after it come live from the hub.
     pub fn subscribed_at(&self) -> i64 {
-        self.catch_up_until
+        self.handle.registered_at
     }
 
     pub fn spec(&self) -> &WatchSpec {
@@ -65,129 +62,75 @@ impl Watcher {
 
     /// The next update; `None` once the watch has ended.
     pub async fn next(&mut self) -> Option<WatchUpdate> {
+        if let Some(c) = self.pending_cancel.take() {
+            return Some(c);
+        }
+        if self.done {
+            return None;
+        }
+        let mut msg = self.rx.recv().await;
+        let mut out: Option<(i64, Vec<Bytes>)> = None;
+        let mut merged = 0;
         loop {
-            if self.done {
-                return None;
-            }
-            if self.next_rev <= self.catch_up_until {
-                if let Some(u) = self.catch_up_step() {
-                    return Some(u);
-                }
-                continue;
-            }
-            let msg = match self.rx.recv().await {
-                Ok(m) => m,
-                Err(RecvError::Lagged(_)) => return Some(self.fell_behind()),
-                Err(RecvError::Closed) => {
-                    self.done = true;
-                    return None;
-                }
-            };
-            let mut revision = 0;
-            let mut events = Vec::new();
-            let mut next = Some(msg);
-            let mut merged = 0;
-            while let Some(msg) = next.take() {
-                match &*msg {
-                    HubMessage::Revision { rev, events: evs } => {
-                        self.seen_rev = *rev;
-                        if *rev >= self.next_rev {
-                            for e in evs.iter().filter(|e| self.spec.wants(e.kind, e.key())) {
-                                events.push(e.encoded(self.spec.prev_kv));
-                            }
-                            self.next_rev = rev + 1;
-                            revision = *rev;
+            match msg {
+                Some(SinkMsg::Events { revision, events, .. }) => {
+                    self.last_rev = revision;
+                    match &mut out {
+                        Some((r, evs)) => {
+                            *r = revision;
+                            evs.extend(events);
                         }
-                    }
-                    HubMessage::Reset { rev } => {
-                        self.done = true;
-                        return Some(WatchUpdate::Canceled {
-                            reason: format!(
-                                "flotilla: member was restored from a snapshot at revision {rev}; \
-                                 re-watch from revision {}",
-                                self.next_rev
-                            ),
-                            compact_revision: 0,
-                        });
+                        None => out = Some((revision, events)),
                     }
                 }
-                merged += 1;
-                if merged < COALESCE {
-                    match self.rx.try_recv() {
-                        Ok(m) => next = Some(m),
-                        Err(TryRecvError::Lagged(_)) => return Some(self.fell_behind()),
-                        Err(_) => {}
+                Some(SinkMsg::Canceled { reason, compact_revision, .. }) => {
+                    self.done = true;
+                    // Deliver what came before the cancel first, the cancel on the next step.
+                    if let Some((revision, events)) = out {
+                        self.pending_cancel =
+                            Some(WatchUpdate::Canceled { reason, compact_revision });
+                        return Some(WatchUpdate::Events { revision, events });
                     }
+                    return Some(WatchUpdate::Canceled { reason, compact_revision });
+                }
+                Some(SinkMsg::Created { .. } | SinkMsg::Progress { .. }) => {}
+                None => {
+                    self.done = true;
+                    return out.map(|(revision, events)| WatchUpdate::Events { revision, events });
                 }
             }
-            if !events.is_empty() {
-                return Some(WatchUpdate::Events { revision, events });
+            merged += 1;
+            if merged >= COALESCE {
+                break;
+            }
+            match self.rx.try_recv() {
+                Some(m) => msg = Some(m),
+                None => break,
             }
         }
-    }
-
-    fn fell_behind(&mut self) -> WatchUpdate {
-        self.done = true;
-        tracing::warn!(next_revision = self.next_rev, "watcher fell behind; cancelling it");
-        WatchUpdate::Canceled {
-            reason: format!(
-                "flotilla: watcher could not keep up; re-watch from revision {}",
-                self.next_rev
-            ),
-            compact_revision: 0,
-        }
-    }
-
-    fn catch_up_step(&mut self) -> Option<WatchUpdate> {
-        let m = self.sm.mvcc.read().expect("mvcc lock poisoned");
-        let chunk = match m.history(self.next_rev, self.catch_up_until, CATCH_UP_CHUNK) {
-            Ok(c) => c,
-            Err(StoreError::Compacted { compact_revision }) => {
-                self.done = true;
-                return Some(WatchUpdate::Canceled {
-                    reason: "etcdserver: mvcc: required revision has been compacted".into(),
-                    compact_revision,
-                });
-            }
-            Err(e) => {
-                self.done = true;
-                return Some(WatchUpdate::Canceled { reason: e.to_string(), compact_revision: 0 });
-            }
-        };
-        let full = chunk.len() >= CATCH_UP_CHUNK;
-        let mut revision = 0;
-        let mut events = Vec::new();
-        for (rev, mut ev) in chunk {
-            revision = rev;
-            let key = ev.kv.as_ref().map(|kv| kv.key.as_slice()).unwrap_or_default();
-            let kind = if ev.r#type == EventType::Delete as i32 {
-                EventType::Delete
-            } else {
-                EventType::Put
-            };
-            if !self.spec.wants(kind, key) {
-                continue;
-            }
-            if self.spec.prev_kv {
-                ev.prev_kv = m.prev_of(key, rev);
-            }
-            events.push(Bytes::from(Event::encode_to_vec(&ev)));
-        }
-        self.next_rev = if full && revision > 0 { revision + 1 } else { self.catch_up_until + 1 };
-        (!events.is_empty()).then_some(WatchUpdate::Events { revision, events })
+        out.map(|(revision, events)| WatchUpdate::Events { revision, events })
     }
 
     /// The revision a progress notification may report now: every event up to it has been
-    /// delivered and any later one will have a higher revision. `None` while the watcher still
-    /// has revisions to process.
+    /// delivered and any later one will have a higher revision. `None` while history is still
+    /// being replayed or updates are waiting.
     pub fn progress_revision(&self) -> Option<i64> {
-        if self.done || self.next_rev <= self.catch_up_until {
+        if self.done || !self.handle.synced.load(Ordering::Acquire) {
             return None;
         }
-        let published = self.sm.hub.published();
+        // Read the published revision before looking at the queue: everything up to it was
+        // queued before it was stored.
+        let published = self.hub.published();
         if !self.rx.is_empty() {
             return None;
         }
-        Some(published.max(self.seen_rev))
+        Some(published.max(self.last_rev))
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.handle.done.store(true, Ordering::Release);
+        self.hub.unregister(self.handle.id);
     }
 }

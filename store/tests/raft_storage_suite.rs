@@ -17,7 +17,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for SledBuilder {
         let db = sled::Config::new().path(dir.path()).open().expect("open sled");
         let durability = Arc::new(Durability::open(&db, dir.path()).expect("open files"));
         let log = LogStore::open(&db, durability.clone()).expect("open log");
-        let sm = StateMachine::open(&db, durability, 1024)?;
+        let sm = StateMachine::open(&db, durability)?;
         Ok((dir, log, sm))
     }
 }

@@ -142,9 +142,9 @@ async fn watchers_should_see_every_revision_once_in_order_under_concurrent_write
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_watcher_should_be_cut_off_with_bounded_memory_and_resume_without_loss() {
-    // A ring of 64 revisions: a watcher that reads nothing while 600 revisions are written must
-    // be cancelled, not buffered.
-    let mut members = start_cluster(1, |c| c.watch_ring = 64).await;
+    // A 16 KiB queue: a watcher that reads nothing while 600 revisions are written must be
+    // cancelled, not buffered.
+    let mut members = start_cluster(1, |c| c.watch_queue_limit = 16 << 10).await;
     let node = members[0].node.clone();
     let start = node.revision() + 1;
     let mut slow = node.watch(spec("/g/", b"/g0", 0)).unwrap();

@@ -32,8 +32,8 @@ const SNAPSHOT_KEY: &[u8] = b"current";
 pub struct SmShared {
     pub(crate) db: sled::Db,
     pub(crate) durability: Arc<Durability>,
-    pub(crate) mvcc: RwLock<Mvcc>,
-    pub(crate) hub: WatchHub,
+    pub(crate) mvcc: Arc<RwLock<Mvcc>>,
+    pub(crate) hub: Arc<WatchHub>,
     applied: Mutex<(Option<LogId>, StoredMembership)>,
     /// When each lease expires if not kept alive. Acted on by the leader only.
     pub(crate) lease_deadlines: Mutex<HashMap<i64, Instant>>,
@@ -73,11 +73,7 @@ struct StoredSnapshot {
 }
 
 impl StateMachine {
-    pub fn open(
-        db: &sled::Db,
-        durability: Arc<Durability>,
-        ring: usize,
-    ) -> Result<Self, StorageError> {
+    pub fn open(db: &sled::Db, durability: Arc<Durability>) -> Result<Self, StorageError> {
         let tree = db
             .open_tree("state")
             .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
@@ -87,11 +83,11 @@ impl StateMachine {
         let mvcc =
             Mvcc::open(tree).map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
         let applied = read_applied(mvcc.tree())?;
-        let hub = WatchHub::new(ring, mvcc.revision());
+        let hub = Arc::new(WatchHub::new(mvcc.revision()));
         let shared = Arc::new(SmShared {
             db: db.clone(),
             durability,
-            mvcc: RwLock::new(mvcc),
+            mvcc: Arc::new(RwLock::new(mvcc)),
             hub,
             applied: Mutex::new(applied),
             lease_deadlines: Mutex::new(HashMap::new()),
@@ -233,6 +229,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if sh.hub.published() < m.revision() {
             sh.hub.publish(m.revision(), Vec::new());
         }
+        drop(m);
         Ok(results)
     }
 

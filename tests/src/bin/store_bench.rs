@@ -31,6 +31,12 @@ struct Args {
     /// Only these sections (put, watch, memory); default all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Wait this many seconds before each flotilla measurement (to attach a profiler).
+    #[arg(long, default_value_t = 0)]
+    pause_before_ours: u64,
+    /// Watcher counts for the watch rows.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 100, 1000])]
+    watchers: Vec<usize>,
 }
 
 struct Server {
@@ -297,8 +303,12 @@ async fn run(args: Args) -> Result<()> {
         }
     }
     if want("watch") {
-        for watchers in [1usize, 100, 1000] {
+        for &watchers in &args.watchers {
             let e = bench_watch(&etcd.endpoint, watchers, 1000, args.watch_seconds).await?;
+            if args.pause_before_ours > 0 {
+                eprintln!("flotilla (pid {:?}) next", ours.proc.pid());
+                tokio::time::sleep(Duration::from_secs(args.pause_before_ours)).await;
+            }
             let o = bench_watch(&ours.endpoint, watchers, 1000, args.watch_seconds).await?;
             t.row(
                 &format!("watch, {watchers} watchers @1000 w/s: p50 ms"),
