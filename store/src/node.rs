@@ -148,6 +148,8 @@ pub struct StoreNode {
     /// The current Raft term, mirrored from the metrics channel: every response header carries
     /// it, and reading the channel on each would contend across all watch streams.
     term: Arc<AtomicU64>,
+    log_durability: Arc<Durability>,
+    log_db: sled::Db,
     proposals: tokio::sync::mpsc::Sender<Proposal>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -171,27 +173,28 @@ impl StoreNode {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             StoreError::Fatal(format!("cannot create {}: {e}", config.data_dir.display()))
         })?;
-        let db = sled::Config::new()
-            .path(config.data_dir.join("store"))
-            .cache_capacity(256 << 20)
-            // Our own flushes make writes durable; the background flusher only bounds the
-            // unflushed state machine writes.
-            .flush_every_ms(Some(1000))
-            .open()
-            .map_err(|e| {
-                StoreError::Fatal(format!(
-                    "cannot open store in {}: {e}",
-                    config.data_dir.display()
-                ))
-            })?;
-        let durability = Arc::new(
-            Durability::open(&db, &config.data_dir.join("store"))
-                .map_err(|e| StoreError::Fatal(format!("store files: {e}")))?,
-        );
-        let log = LogStore::open(&db, durability.clone())
+        // Two sled databases: the Raft log is flushed on every append, so it lives apart from
+        // the state machine, whose writes would otherwise ride along in every log flush. The
+        // state is made durable at snapshots (before the log behind it is purged); after a crash
+        // Raft re-applies the log past the state's last-applied entry.
+        let open = |name: &str, flush_every_ms: Option<u64>| {
+            let path = config.data_dir.join(name);
+            let db = sled::Config::new()
+                .path(&path)
+                .cache_capacity(128 << 20)
+                .flush_every_ms(flush_every_ms)
+                .open()
+                .map_err(|e| StoreError::Fatal(format!("cannot open {}: {e}", path.display())))?;
+            let d = Durability::open(&db, &path)
+                .map_err(|e| StoreError::Fatal(format!("{}: {e}", path.display())))?;
+            Ok::<_, StoreError>((db, Arc::new(d)))
+        };
+        let (log_db, log_durability) = open("raft-log", None)?;
+        let (state_db, state_durability) = open("state", Some(1000))?;
+        let log = LogStore::open(&log_db, log_durability.clone())
             .map_err(|e| StoreError::Fatal(e.to_string()))?;
-        let sm =
-            StateMachine::open(&db, durability).map_err(|e| StoreError::Fatal(e.to_string()))?;
+        let sm = StateMachine::open(&state_db, state_durability)
+            .map_err(|e| StoreError::Fatal(e.to_string()))?;
         let shared = sm.shared.clone();
         let id = member_id(&config.name);
         let mut members: BTreeMap<NodeId, BasicNode> = BTreeMap::new();
@@ -256,6 +259,8 @@ impl StoreNode {
             leaders: Mutex::new(HashMap::new()),
             lease_seq: AtomicI64::new(0),
             term,
+            log_durability,
+            log_db,
             proposals,
             tasks: Mutex::new(vec![proposer, term_task]),
         });
@@ -283,6 +288,7 @@ impl StoreNode {
             t.abort();
         }
         let _ = self.raft.shutdown().await;
+        let _ = self.log_durability.sync(true).await;
         let _ = self.sm.durability.sync(true).await;
     }
 
@@ -493,7 +499,8 @@ impl StoreNode {
 
     pub fn status(&self) -> StatusResponse {
         let metrics = self.raft.metrics().borrow().clone();
-        let db_size = self.sm.db.size_on_disk().unwrap_or(0) as i64;
+        let db_size = (self.sm.db.size_on_disk().unwrap_or(0)
+            + self.log_db.size_on_disk().unwrap_or(0)) as i64;
         StatusResponse {
             header: Some(self.header(self.revision())),
             version: "3.4.0-flotilla".into(),
