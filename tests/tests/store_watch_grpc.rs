@@ -45,7 +45,7 @@ async fn grpc_watch_streams_should_multiplex_replay_report_progress_and_cancel()
     let last = c.put("/w/a", "3", None).await.unwrap().header().unwrap().revision();
     // Expected per watch id: 0 sees the new put; 1 (key /w/a) sees it; 2 replays 1, 2, then 3.
     let mut seen: [Vec<(String, String)>; 3] = Default::default();
-    while seen[0].len() < 1 || seen[1].len() < 1 || seen[2].len() < 3 {
+    while seen[0].is_empty() || seen[1].is_empty() || seen[2].len() < 3 {
         let r = next(&mut s).await;
         assert!(!r.canceled(), "unexpected cancel: {}", r.cancel_reason());
         for e in r.events() {
