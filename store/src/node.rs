@@ -163,8 +163,6 @@ struct Proposal {
 /// Most writes in one Raft entry, and most bytes.
 const MAX_BATCH: usize = 1024;
 const MAX_BATCH_BYTES: usize = 4 << 20;
-/// Batches handed to Raft before the proposer waits for one to finish.
-const BATCHES_IN_FLIGHT: usize = 2;
 
 impl StoreNode {
     /// Opens the data directory and starts Raft. A fresh single member or initial cluster is
@@ -667,12 +665,13 @@ impl KvStore for StoreNode {
 
 /// Group commit: takes every write queued while the previous batch was being made durable and
 /// proposes them as one Raft entry. openraft 0.9 completes one log append (and its fsync) before
-/// starting the next, so without this each write would pay a whole fsync of its own.
+/// starting the next, so without this each write would pay a whole fsync of its own. One batch
+/// at a time is deliberate: a second batch in flight would be cut while the first is still
+/// flushing and so carry only the few writes that arrived in between (measured: 16 clients drop
+/// from ~11k to ~7k writes/s with two in flight).
 async fn proposer(raft: Raft, mut rx: tokio::sync::mpsc::Receiver<Proposal>) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
     let mut carry: Option<Proposal> = None;
     loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else { return };
         let first = match carry.take() {
             Some(p) => p,
             None => match rx.recv().await {
@@ -696,64 +695,54 @@ async fn proposer(raft: Raft, mut rx: tokio::sync::mpsc::Receiver<Proposal>) {
                 Err(_) => break,
             }
         }
-        let raft = raft.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let (cmds, replies): (Vec<Command>, Vec<_>) =
-                batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
-            let single = cmds.len() == 1;
-            let cmd = if single {
-                cmds.into_iter().next().expect("one command")
-            } else {
-                Command {
-                    op: Some(command::Op::Batch(crate::proto::peer::CommandBatch {
-                        commands: cmds,
-                    })),
-                }
+        propose_batch(&raft, batch).await;
+    }
+}
+
+async fn propose_batch(raft: &Raft, batch: Vec<Proposal>) {
+    let (cmds, replies): (Vec<Command>, Vec<_>) =
+        batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
+    let single = cmds.len() == 1;
+    let cmd = if single {
+        cmds.into_iter().next().expect("one command")
+    } else {
+        Command {
+            op: Some(command::Op::Batch(crate::proto::peer::CommandBatch { commands: cmds })),
+        }
+    };
+    let outcome = match raft.client_write(Wire(cmd)).await {
+        Ok(resp) => Ok(resp.data.0),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(StoreError::NoLeader),
+        Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+            Err(StoreError::Unavailable(e.to_string()))
+        }
+        Err(RaftError::Fatal(e)) => Err(StoreError::Unavailable(format!("raft stopped: {e}"))),
+    };
+    match outcome {
+        Ok(result) if single => {
+            let _ = replies.into_iter().next().expect("one reply").send(Ok(result));
+        }
+        Ok(result) => {
+            let results = match result.op {
+                Some(command_result::Op::Batch(b)) => b.results,
+                _ => Vec::new(),
             };
-            let outcome = match raft.client_write(Wire(cmd)).await {
-                Ok(resp) => Ok(resp.data.0),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                    Err(StoreError::NoLeader)
-                }
-                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                    Err(StoreError::Unavailable(e.to_string()))
-                }
-                Err(RaftError::Fatal(e)) => {
-                    Err(StoreError::Unavailable(format!("raft stopped: {e}")))
-                }
-            };
-            match outcome {
-                Ok(result) if single => {
-                    let _ = replies.into_iter().next().expect("one reply").send(Ok(result));
-                }
-                Ok(result) => {
-                    let results = match result.op {
-                        Some(command_result::Op::Batch(b)) => b.results,
-                        _ => Vec::new(),
-                    };
-                    if results.len() != replies.len() {
-                        tracing::error!(
-                            got = results.len(),
-                            want = replies.len(),
-                            "batch result mismatch"
-                        );
-                    }
-                    let mut results = results.into_iter();
-                    for reply in replies {
-                        let r = results
-                            .next()
-                            .ok_or_else(|| StoreError::Fatal("missing result in batch".into()));
-                        let _ = reply.send(r);
-                    }
-                }
-                Err(e) => {
-                    for reply in replies {
-                        let _ = reply.send(Err(e.clone()));
-                    }
-                }
+            if results.len() != replies.len() {
+                tracing::error!(got = results.len(), want = replies.len(), "batch result mismatch");
             }
-        });
+            let mut results = results.into_iter();
+            for reply in replies {
+                let r = results
+                    .next()
+                    .ok_or_else(|| StoreError::Fatal("missing result in batch".into()));
+                let _ = reply.send(r);
+            }
+        }
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
     }
 }
 
