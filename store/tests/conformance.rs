@@ -367,3 +367,31 @@ async fn follower_of_three_member_store_should_pass_the_conformance_suite() {
         m.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_window_should_compact_older_history_automatically() {
+    let mut members = start_cluster(1, |c| c.retention_revisions = 10).await;
+    let n = members[0].node.clone();
+    for i in 0..40 {
+        n.put(put(&format!("/ret/{}", i % 3), &i.to_string())).await.unwrap();
+    }
+    let rev = n.revision();
+    // The leader compacts to `revision - 10` every few seconds.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let old = n.range(RangeRequest { revision: rev - 20, ..prefix("/ret/") }).await;
+        if let Err(e) = old {
+            assert!(e.to_string().contains("compacted"), "{e}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "history older than the window was not compacted"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Inside the window history is intact.
+    let inside = n.range(RangeRequest { revision: rev - 5, ..prefix("/ret/") }).await.unwrap();
+    assert_eq!(inside.kvs.len(), 3);
+    members[0].stop().await;
+}
