@@ -1,6 +1,8 @@
 //! `flotillad`: one binary for every Flotilla process. This file parses flags and wires the
 //! libraries together; the work is in the libraries (see ARCHITECTURE.md).
 
+#![forbid(unsafe_code)]
+
 mod server;
 
 use anyhow::Result;

@@ -9,6 +9,8 @@
 //!                          Mvcc (mvcc.rs) ◀──────────── state machine ──▶ WatchHub (watch.rs)
 //! ```
 
+#![forbid(unsafe_code)]
+
 pub mod error;
 pub mod etcd;
 pub mod mvcc;

@@ -409,16 +409,7 @@ impl StoreNode {
     }
 
     fn fill_header(&self, op: &mut command_result::Op) {
-        use command_result::Op;
-        let h = match op {
-            Op::Put(x) => &mut x.header,
-            Op::DeleteRange(x) => &mut x.header,
-            Op::Txn(x) => &mut x.header,
-            Op::Compact(x) => &mut x.header,
-            Op::LeaseGrant(x) => &mut x.header,
-            Op::LeaseRevoke(x) => &mut x.header,
-            Op::Batch(_) => return,
-        };
+        let Some(h) = crate::raft::state_machine::result_header(op) else { return };
         let rev = h.as_ref().map_or(self.revision(), |h| h.revision);
         *h = Some(self.header(rev));
     }

@@ -8,6 +8,8 @@
 //! bench ──▶ setup ─▶ release build ─▶ peer (etcd) + ours, same run, ratio table
 //! ```
 
+#![forbid(unsafe_code)]
+
 mod bench;
 mod setup;
 mod util;

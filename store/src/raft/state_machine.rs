@@ -13,6 +13,7 @@ use super::durability::Durability;
 use super::log_store::flush_failed;
 use super::types::{LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig, Wire};
 use crate::mvcc::{meta_key, LeaseEffect, Mvcc};
+use crate::proto::etcdserverpb::ResponseHeader;
 use crate::proto::peer::command::Op;
 use crate::proto::peer::command_result::Op as ResultOp;
 use crate::proto::peer::{CommandResult, CommandResults};
@@ -138,17 +139,12 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             applied.map_or(0, |l| l.index)
         );
         let meta = SnapshotMeta { last_log_id: applied, last_membership: membership, snapshot_id };
-        let stored = StoredSnapshot { meta: meta.clone(), data };
-        let bytes = bincode::serialize(&stored)
-            .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
-        sh.snapshots
-            .insert(SNAPSHOT_KEY, bytes)
-            .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
+        keep_snapshot(sh, &meta, &data)?;
         // Raft purges the log up to this snapshot next: it and the applied state must be durable.
         if let Err(e) = sh.durability.sync(true).await {
             flush_failed("snapshot", &e);
         }
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(stored.data)) })
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
 }
 
@@ -270,12 +266,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             m.rebuild().map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
             *sh.applied.lock().expect("poisoned") =
                 (meta.last_log_id, meta.last_membership.clone());
-            let stored = StoredSnapshot { meta: meta.clone(), data };
-            let bytes = bincode::serialize(&stored)
-                .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
-            sh.snapshots
-                .insert(SNAPSHOT_KEY, bytes)
-                .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
+            keep_snapshot(sh, meta, &data)?;
             sh.hub.reset(m.revision());
             m.revision()
         };
@@ -302,19 +293,39 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 }
 
+/// The response header of a command's result (`None` for a batch, whose parts have their own).
+pub(crate) fn result_header(op: &mut ResultOp) -> Option<&mut Option<ResponseHeader>> {
+    Some(match op {
+        ResultOp::Put(x) => &mut x.header,
+        ResultOp::DeleteRange(x) => &mut x.header,
+        ResultOp::Txn(x) => &mut x.header,
+        ResultOp::Compact(x) => &mut x.header,
+        ResultOp::LeaseGrant(x) => &mut x.header,
+        ResultOp::LeaseRevoke(x) => &mut x.header,
+        ResultOp::Batch(_) => return None,
+    })
+}
+
 /// Where the revision goes in a command's response header.
 fn header_slot(r: &mut CommandResult) -> Option<&mut i64> {
-    use crate::proto::peer::command_result::Op;
-    let h = match r.op.as_mut()? {
-        Op::Put(x) => &mut x.header,
-        Op::DeleteRange(x) => &mut x.header,
-        Op::Txn(x) => &mut x.header,
-        Op::Compact(x) => &mut x.header,
-        Op::LeaseGrant(x) => &mut x.header,
-        Op::LeaseRevoke(x) => &mut x.header,
-        Op::Batch(_) => return None,
-    };
+    let h = result_header(r.op.as_mut()?)?;
     Some(&mut h.get_or_insert_with(Default::default).revision)
+}
+
+/// Keeps `data` as the member's current snapshot (what `get_current_snapshot` returns).
+fn keep_snapshot(sh: &SmShared, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
+    // Same encoding as `StoredSnapshot`, without copying the data.
+    #[derive(serde::Serialize)]
+    struct Ref<'a> {
+        meta: &'a SnapshotMeta,
+        data: &'a [u8],
+    }
+    let bytes = bincode::serialize(&Ref { meta, data })
+        .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
+    sh.snapshots
+        .insert(SNAPSHOT_KEY, bytes)
+        .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
+    Ok(())
 }
 
 /// bincode of the plain meta records, which cannot fail.
