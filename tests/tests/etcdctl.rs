@@ -54,12 +54,22 @@ fn etcdctl_should_work_unchanged_against_flotilla_store() {
     m.start().unwrap();
     let ctl = Ctl { endpoint: m.client.clone() };
 
-    // Watch in the background from the start, with prev-kv.
+    // Watch in the background with prev-kv, from the next revision: however late etcdctl
+    // connects, it sees everything from here on.
+    let start = ctl.ok(&["put", "/start", "x", "-w", "json"]);
+    let start: i64 = start
+        .split("\"revision\":")
+        .nth(1)
+        .unwrap()
+        .split([',', '}'])
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     let watch_log = dir.path().join("watch.out");
-    let mut watch_cmd = ctl.cmd(&["watch", "--prefix", "/w/", "--prev-kv"]);
-    watch_cmd.env("ETCDCTL_API", "3");
+    let watch_cmd =
+        ctl.cmd(&["watch", "--prefix", "/w/", "--prev-kv", &format!("--rev={}", start + 1)]);
     let mut watch = Proc::spawn("etcdctl-watch", watch_cmd, &watch_log).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
 
     // put / get / del
     assert_eq!(ctl.ok(&["put", "/k/a", "1"]).trim(), "OK");
@@ -120,18 +130,22 @@ fn etcdctl_should_work_unchanged_against_flotilla_store() {
         "{seen}"
     );
     // watch from a past revision replays history.
-    let out = ctl
-        .cmd(&["watch", "/k/a", &format!("--rev={rev1}")])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    let pid = out.id() as i32;
-    // SAFETY: signalling our own child, not yet reaped.
-    unsafe {
-        libc::kill(pid, libc::SIGTERM);
-    }
-    let replay = String::from_utf8(out.wait_with_output().unwrap().stdout).unwrap();
+    let replay_log = dir.path().join("replay.out");
+    let mut replayer = Proc::spawn(
+        "etcdctl-replay",
+        ctl.cmd(&["watch", "/k/a", &format!("--rev={rev1}")]),
+        &replay_log,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let replay = loop {
+        let s = std::fs::read_to_string(&replay_log).unwrap();
+        if s.matches("PUT").count() >= 2 || Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    replayer.kill();
     assert!(replay.starts_with("PUT\n/k/a\n1\nPUT\n/k/a\n1b\n"), "{replay}");
 
     // leases: grant, attach, keep-alive, time-to-live, list, revoke.

@@ -4,7 +4,7 @@
 use etcd_client::{Client, GetOptions};
 use flotilla_tests::{cluster, Member};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,11 +34,13 @@ async fn leader_of(members: &[Member]) -> Option<(usize, u64)> {
 fn spawn_writers(
     endpoints: Arc<Mutex<Vec<String>>>,
     acked: Arc<Mutex<BTreeMap<String, String>>>,
+    acks: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     (0..4)
         .map(|w| {
             let (endpoints, acked, stop) = (endpoints.clone(), acked.clone(), stop.clone());
+            let acks = acks.clone();
             tokio::spawn(async move {
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
@@ -52,6 +54,7 @@ fn spawn_writers(
                     };
                     if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(3), put).await {
                         acked.lock().unwrap().insert(key, val);
+                        acks.fetch_add(1, Ordering::Relaxed);
                     }
                     i += 1;
                 }
@@ -99,7 +102,8 @@ async fn three_members_should_survive_leader_loss_and_catch_up_a_returning_membe
     let endpoints = Arc::new(Mutex::new(members.iter().map(Member::endpoint).collect::<Vec<_>>()));
     let acked: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
-    let writers = spawn_writers(endpoints.clone(), acked.clone(), stop.clone());
+    let acks = Arc::new(AtomicU64::new(0));
+    let writers = spawn_writers(endpoints.clone(), acked.clone(), acks.clone(), stop.clone());
     tokio::time::sleep(Duration::from_millis(800)).await;
 
     // Kill the leader mid-stream.
@@ -117,15 +121,25 @@ async fn three_members_should_survive_leader_loss_and_catch_up_a_returning_membe
     };
     let failover = killed_at.elapsed();
     eprintln!("new leader {} after {failover:?}", members[new_leader].name);
-    // Keep writing long enough for several snapshots while the old leader is down.
-    let before = acked.lock().unwrap().len();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Keep writing until the log has moved well past what the old leader has (snapshots every
+    // 100 entries, 100 kept behind), so it can only catch up through a snapshot.
+    let before = acks.load(Ordering::Relaxed);
+    let raft_index = |ep: String| async move {
+        let mut c = Client::connect([ep], None).await.ok()?;
+        Some(c.status().await.ok()?.raft_index())
+    };
+    let at_kill = raft_index(members[new_leader].endpoint()).await.unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while raft_index(members[new_leader].endpoint()).await.unwrap_or(0) < at_kill + 400 {
+        assert!(Instant::now() < deadline, "writes stalled after the failover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     stop.store(true, Ordering::Relaxed);
     for w in writers {
         w.await.unwrap();
     }
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() > before, "writes continued after the failover");
+    assert!(acks.load(Ordering::Relaxed) > before, "writes continued after the failover");
     for m in members.iter().filter(|m| m.proc.is_some()) {
         check_all(&m.endpoint(), &acked, false).await;
     }
