@@ -358,7 +358,12 @@ async fn run(args: Args) -> Result<()> {
         let (eb, ea) = bench_memory(&etcd, n).await?;
         let (ob, oa) = bench_memory(&ours, n).await?;
         t.row("memory: RSS before watchers, MiB", eb as f64 / 1024.0, ob as f64 / 1024.0, false);
-        t.row("memory: RSS with 10,000 idle watchers, MiB", ea as f64 / 1024.0, oa as f64 / 1024.0, false);
+        t.row(
+            "memory: RSS with 10,000 idle watchers, MiB",
+            ea as f64 / 1024.0,
+            oa as f64 / 1024.0,
+            false,
+        );
         let per = |b: u64, a: u64| (a.saturating_sub(b)) as f64 * 1024.0 / n as f64;
         t.row("memory: per idle watcher, bytes", per(eb, ea), per(ob, oa), false);
     }
