@@ -6,6 +6,13 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The first integer field `field` in etcdctl's JSON output.
+fn json_int(json: &str, field: &str) -> i64 {
+    let pat = format!("\"{field}\":");
+    let rest = json.split(&pat).nth(1).unwrap_or_else(|| panic!("no {field} in {json}"));
+    rest.split([',', '}']).next().unwrap().parse().unwrap()
+}
+
 struct Ctl {
     endpoint: String,
 }
@@ -57,15 +64,7 @@ fn etcdctl_should_work_unchanged_against_flotilla_store() {
     // Watch in the background with prev-kv, from the next revision: however late etcdctl
     // connects, it sees everything from here on.
     let start = ctl.ok(&["put", "/start", "x", "-w", "json"]);
-    let start: i64 = start
-        .split("\"revision\":")
-        .nth(1)
-        .unwrap()
-        .split([',', '}'])
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let start: i64 = json_int(&start, "revision");
     let watch_log = dir.path().join("watch.out");
     let watch_cmd =
         ctl.cmd(&["watch", "--prefix", "/w/", "--prev-kv", &format!("--rev={}", start + 1)]);
@@ -84,15 +83,7 @@ fn etcdctl_should_work_unchanged_against_flotilla_store() {
     assert!(json.contains("\"count\":1"), "{json}");
     ctl.ok(&["put", "/k/a", "1b"]);
     // Read at the first revision of /k/a.
-    let rev1: i64 = json
-        .split("\"mod_revision\":")
-        .nth(1)
-        .unwrap()
-        .split([',', '}'])
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let rev1: i64 = json_int(&json, "mod_revision");
     assert_eq!(ctl.ok(&["get", "/k/a", &format!("--rev={rev1}")]), "/k/a\n1\n");
     assert_eq!(ctl.ok(&["del", "/k/b"]).trim(), "1");
     assert_eq!(ctl.ok(&["get", "/k/b"]), "");
@@ -166,15 +157,7 @@ fn etcdctl_should_work_unchanged_against_flotilla_store() {
 
     // compaction: older revisions become unreadable with etcd's error.
     let rev = ctl.ok(&["get", "/k/a", "-w", "json"]);
-    let cur: i64 = rev
-        .split("\"revision\":")
-        .nth(1)
-        .unwrap()
-        .split([',', '}'])
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let cur: i64 = json_int(&rev, "revision");
     assert!(ctl
         .ok(&["compaction", &cur.to_string()])
         .contains(&format!("compacted revision {cur}")));
