@@ -270,14 +270,12 @@ async fn bench_memory(server: &Server, n: usize) -> Result<(u64, u64)> {
     Ok((before, after))
 }
 
-struct Table {
-    rows: Vec<(String, f64, f64, bool)>,
-}
+/// Prints the comparison table row by row, as each figure is measured.
+struct Table;
 
 impl Table {
     /// `higher_better`: throughput; otherwise latency/memory.
     fn row(&mut self, name: &str, etcd: f64, ours: f64, higher_better: bool) {
-        self.rows.push((name.to_string(), etcd, ours, higher_better));
         Self::print_row(name, etcd, ours, higher_better);
     }
 
@@ -313,7 +311,7 @@ async fn run(args: Args) -> Result<()> {
     println!("ratio: how many times better flotilla is than etcd (>1 = flotilla better)\n");
     println!("| {:<48} | {:>12} | {:>12} | {:>9} |", "row", "etcd", "flotilla", "ratio");
     println!("|{:-<50}|{:-<14}|{:-<14}|{:-<11}|", "", "", "", "");
-    let mut t = Table { rows: Vec::new() };
+    let mut t = Table;
     if want("put") {
         for clients in [1usize, 16, 256] {
             // Interleave: each system runs on a machine in the same state.
