@@ -280,18 +280,19 @@ impl WatchHub {
             let events: Vec<SharedEvent> =
                 changes.into_iter().map(|c| SharedEvent::new(c.kind, c.kv, c.prev)).collect();
             let mut reg = self.registry.lock().expect("poisoned");
-            let mut matched: Vec<u64> = reg.ranges.clone();
+            // Range watchers are checked one by one; single-key watchers are looked up by key.
+            let mut keyed: Vec<u64> = Vec::new();
             for e in &events {
                 if let Some(ids) = reg.by_key.get(e.key()) {
-                    matched.extend_from_slice(ids);
+                    keyed.extend_from_slice(ids);
                 }
             }
             if events.len() > 1 {
-                matched.sort_unstable();
-                matched.dedup();
+                keyed.sort_unstable();
+                keyed.dedup();
             }
             let mut cut = Vec::new();
-            for id in matched {
+            for &id in reg.ranges.iter().chain(keyed.iter()) {
                 let Some(entry) = reg.entries.get(&id) else { continue };
                 let spec = &entry.spec;
                 let out: Vec<Bytes> = events

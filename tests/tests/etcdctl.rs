@@ -13,6 +13,18 @@ fn json_int(json: &str, field: &str) -> i64 {
     rest.split([',', '}']).next().unwrap().parse().unwrap()
 }
 
+/// What a background etcdctl has written to `log` once `done` holds (or after 10 s).
+fn wait_for_output(log: &std::path::Path, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = std::fs::read_to_string(log).unwrap();
+        if done(&s) || Instant::now() > deadline {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 struct Ctl {
     endpoint: String,
 }
@@ -101,14 +113,7 @@ fn etcdctl_should_work_unchanged_against_flotilla_store() {
     ctl.ok(&["put", "/w/x", "one"]);
     ctl.ok(&["put", "/w/x", "two"]);
     ctl.ok(&["del", "/w/x"]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let seen = loop {
-        let s = std::fs::read_to_string(&watch_log).unwrap();
-        if s.matches("DELETE").count() >= 1 || Instant::now() > deadline {
-            break s;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let seen = wait_for_output(&watch_log, |s| s.contains("DELETE"));
     watch.kill();
     // Event type, then (with --prev-kv) the previous key/value, then the new key/value.
     let lines: Vec<&str> = seen.lines().filter(|l| !l.is_empty()).collect();
@@ -128,14 +133,7 @@ fn etcdctl_should_work_unchanged_against_flotilla_store() {
         &replay_log,
     )
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let replay = loop {
-        let s = std::fs::read_to_string(&replay_log).unwrap();
-        if s.matches("PUT").count() >= 2 || Instant::now() > deadline {
-            break s;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let replay = wait_for_output(&replay_log, |s| s.matches("PUT").count() >= 2);
     replayer.kill();
     assert!(replay.starts_with("PUT\n/k/a\n1\nPUT\n/k/a\n1b\n"), "{replay}");
 

@@ -6,7 +6,6 @@ use crate::proto::etcdserverpb::{
     LeaseKeepAliveResponse, LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest,
     LeaseRevokeResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
-use crate::StoreError;
 use futures::StreamExt;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -50,22 +49,13 @@ impl Lease for LeaseService {
             while let Some(Ok(req)) = incoming.next().await {
                 let resp = match node.lease_keep_alive(req.id).await {
                     Ok(r) => Ok(r),
-                    // etcd answers a keep-alive for an unknown lease with TTL 0, not an error.
-                    Err(StoreError::LeaseNotFound { id }) => Ok(LeaseKeepAliveResponse {
+                    // etcd answers a keep-alive for an unknown lease with TTL 0, not an error
+                    // (locally, or from the leader: the code survives forwarding).
+                    Err(e) if e.code() == tonic::Code::NotFound => Ok(LeaseKeepAliveResponse {
                         header: Some(node.header(node.revision())),
-                        id,
+                        id: req.id,
                         ttl: 0,
                     }),
-                    Err(StoreError::Remote { code, message })
-                        if code == tonic::Code::NotFound as i32 =>
-                    {
-                        let _ = message;
-                        Ok(LeaseKeepAliveResponse {
-                            header: Some(node.header(node.revision())),
-                            id: req.id,
-                            ttl: 0,
-                        })
-                    }
                     Err(e) => Err(e.to_status()),
                 };
                 if tx.send(resp).await.is_err() {
