@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+mod runtime;
 mod server;
 
 use anyhow::Result;
@@ -24,6 +25,8 @@ enum Cmd {
     Up(UpArgs),
     /// A control-plane member: the Raft store (etcd v3 API on --store-listen).
     Server(server::ServerArgs),
+    /// An OCI runtime with runc's command line (create, start, state, kill, delete).
+    Runtime(runtime::RuntimeArgs),
 }
 
 #[derive(clap::Args)]
@@ -48,9 +51,21 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    let cmd = match cli.cmd {
+        // No async runtime: create forks and must stay single-threaded.
+        Cmd::Runtime(a) => {
+            // runc prints the error chain on one line and exits 1; so do we.
+            if let Err(e) = runtime::run(a) {
+                eprintln!("flotillad runtime: {e:#}");
+                std::process::exit(1);
+            }
+            return Ok(());
+        }
+        other => other,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
-        match cli.cmd {
+        match cmd {
             Cmd::Up(a) => {
                 server::run(server::ServerArgs {
                     name: "default".into(),
@@ -62,6 +77,7 @@ fn main() -> Result<()> {
                 .await
             }
             Cmd::Server(a) => server::run(a).await,
+            Cmd::Runtime(_) => unreachable!("handled above"),
         }
     })
 }

@@ -1,0 +1,223 @@
+//! A container's cgroup, through `cgroups-rs`: unified (v2) hosts and v1/hybrid hosts alike.
+//!
+//! The cgroup is created and its limits written before the container's init runs user
+//! code; the init is placed in it while it waits on its sync pipe.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use cgroups_rs::fs::hierarchies;
+use cgroups_rs::manager::{FsManager, Manager};
+use cgroups_rs::CgroupPid;
+use oci_spec::runtime::{
+    LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxResources,
+};
+
+use crate::error::{Error, Result};
+use crate::mounts::CgroupBind;
+
+/// Where cgroups live when the spec names no `cgroupsPath`.
+pub const DEFAULT_PARENT: &str = "flotilla";
+
+/// The cgroup path (relative to each hierarchy's root) for a container.
+pub fn path_for(id: &str, spec_path: Option<&Path>) -> String {
+    match spec_path {
+        Some(p) if !p.as_os_str().is_empty() => {
+            p.to_string_lossy().trim_start_matches('/').to_string()
+        }
+        _ => format!("{DEFAULT_PARENT}/{id}"),
+    }
+}
+
+/// Device rules every container gets after the spec's own, as runc adds them: mknod of
+/// anything (use still needs a rule), and the standard nodes of `/dev` plus ptys.
+pub fn default_device_rules() -> Vec<LinuxDeviceCgroup> {
+    let rule = |typ, major: Option<i64>, minor: Option<i64>, access: &str| {
+        LinuxDeviceCgroupBuilder::default()
+            .allow(true)
+            .typ(typ)
+            .access(access.to_string())
+            .build()
+            .map(|mut r| {
+                r.set_major(major);
+                r.set_minor(minor);
+                r
+            })
+    };
+    let c = LinuxDeviceType::C;
+    [
+        rule(c, None, None, "m"),
+        rule(LinuxDeviceType::B, None, None, "m"),
+        rule(c, Some(1), Some(3), "rwm"), // null
+        rule(c, Some(1), Some(5), "rwm"), // zero
+        rule(c, Some(1), Some(7), "rwm"), // full
+        rule(c, Some(1), Some(8), "rwm"), // random
+        rule(c, Some(1), Some(9), "rwm"), // urandom
+        rule(c, Some(5), Some(0), "rwm"), // tty
+        rule(c, Some(5), Some(1), "rwm"), // console
+        rule(c, Some(5), Some(2), "rwm"), // ptmx
+        rule(c, Some(136), None, "rwm"),  // pts/*
+    ]
+    .into_iter()
+    .map(|r| r.expect("complete device rule"))
+    .collect()
+}
+
+/// The spec's resources with the default device rules appended.
+pub fn with_default_devices(resources: Option<&LinuxResources>) -> LinuxResources {
+    let mut r = resources.cloned().unwrap_or_default();
+    let mut devices = r.devices().clone().unwrap_or_default();
+    devices.extend(default_device_rules());
+    r.set_devices(Some(devices));
+    r
+}
+
+/// Usage figures for metrics.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Stats {
+    /// CPU time used, nanoseconds.
+    pub cpu_usage_ns: u64,
+    pub memory_usage_bytes: u64,
+    pub memory_limit_bytes: Option<u64>,
+    pub oom_kills: u64,
+    pub pids: u64,
+}
+
+/// One container's cgroup.
+pub struct Cgroup {
+    id: String,
+    path: String,
+    manager: FsManager,
+}
+
+impl Cgroup {
+    fn err(id: &str, path: &str, what: impl std::fmt::Display) -> Error {
+        Error::Cgroup { id: id.to_string(), path: path.to_string(), what: what.to_string() }
+    }
+
+    /// Creates the cgroup (every hierarchy on v1) and writes the limits.
+    pub fn create(id: &str, path: &str, resources: &LinuxResources) -> Result<Self> {
+        cgroups_rs::fs::Cgroup::new(hierarchies::auto(), path)
+            .map_err(|e| Self::err(id, path, format!("creating: {e}")))?;
+        let mut cg = Self::open(id, path)?;
+        {
+            if let Err(e) = cg.manager.set(resources) {
+                let err = Self::err(id, path, format!("setting limits: {e}"));
+                let _ = cg.destroy();
+                return Err(err);
+            }
+        }
+        Ok(cg)
+    }
+
+    /// Opens an existing cgroup (or one that may be gone, for cleanup).
+    pub fn open(id: &str, path: &str) -> Result<Self> {
+        let manager =
+            FsManager::new(path).map_err(|e| Self::err(id, path, format!("opening: {e}")))?;
+        Ok(Self { id: id.to_string(), path: path.to_string(), manager })
+    }
+
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    pub fn is_v2(&self) -> bool {
+        self.manager.v2()
+    }
+
+    /// Moves a process (all its threads) into the cgroup.
+    pub fn add(&mut self, pid: i32) -> Result<()> {
+        self.manager
+            .add_proc(CgroupPid::from(pid as u64))
+            .map_err(|e| Self::err(&self.id, &self.path, format!("adding pid {pid}: {e}")))
+    }
+
+    /// The container's directory in each hierarchy, as the container should see them.
+    pub fn binds(&self) -> Vec<CgroupBind> {
+        let mut out: Vec<CgroupBind> = Vec::new();
+        for mountpoint in self.manager.mounts().values() {
+            let mp = Path::new(mountpoint);
+            let Some(name) = mp.file_name() else { continue };
+            let host_dir = mp.join(&self.path);
+            if host_dir.is_dir() && !out.iter().any(|b| b.host_dir == host_dir) {
+                out.push(CgroupBind { name: name.to_string_lossy().into_owned(), host_dir });
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// The memory controller's directory for this cgroup.
+    fn memory_dir(&self) -> PathBuf {
+        if self.is_v2() {
+            Path::new(hierarchies::UNIFIED_MOUNTPOINT).join(&self.path)
+        } else {
+            let mp = self
+                .manager
+                .mounts()
+                .get("memory")
+                .cloned()
+                .unwrap_or_else(|| "/sys/fs/cgroup/memory".into());
+            Path::new(&mp).join(&self.path)
+        }
+    }
+
+    /// How many times the kernel's OOM killer killed a process of this cgroup.
+    pub fn oom_kills(&self) -> u64 {
+        let dir = self.memory_dir();
+        let file =
+            if self.is_v2() { dir.join("memory.events") } else { dir.join("memory.oom_control") };
+        std::fs::read_to_string(file)
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("oom_kill ").and_then(|v| v.trim().parse().ok()))
+            })
+            .unwrap_or(0)
+    }
+
+    pub fn stats(&self) -> Stats {
+        let s = self.manager.stats();
+        let mem = s.memory.memory.as_ref();
+        Stats {
+            cpu_usage_ns: s.cpu.cpu_acct.as_ref().map(|c| c.total_usage).unwrap_or(0),
+            memory_usage_bytes: mem.map(|m| m.usage).unwrap_or(0),
+            memory_limit_bytes: mem
+                .and_then(|m| u64::try_from(m.limit).ok())
+                .filter(|l| *l < i64::MAX as u64 / 2),
+            oom_kills: self.oom_kills(),
+            pids: s.pids.current,
+        }
+    }
+
+    /// Removes the cgroup. Processes that are still exiting keep it busy for a moment,
+    /// so EBUSY is retried for up to `patience`.
+    pub fn destroy_within(&mut self, patience: Duration) -> Result<()> {
+        let deadline = Instant::now() + patience;
+        loop {
+            match self.manager.destroy() {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() < deadline => {
+                    tracing::trace!(cgroup = %self.path, %e, "cgroup busy, retrying");
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => return Err(Self::err(&self.id, &self.path, format!("removing: {e}"))),
+            }
+        }
+    }
+
+    pub fn destroy(&mut self) -> Result<()> {
+        self.destroy_within(Duration::from_secs(2))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_default_under_flotilla_and_lose_their_leading_slash() {
+        assert_eq!(path_for("c1", None), "flotilla/c1");
+        assert_eq!(path_for("c1", Some(Path::new("/pods/p1/c1"))), "pods/p1/c1");
+    }
+}

@@ -1,0 +1,331 @@
+//! `create`: from a bundle to an init waiting on exec.fifo.
+//!
+//! ```text
+//!  create ──fork──► monitor ──(unshare pid ns) fork──► init
+//!    │  ◄── init pid ───┘                               │
+//!    ├── cgroup.add(init) ── "go" ─────────────────────►│ namespaces, rootfs, …
+//!    │  ◄───────────────────────────── ready / error ───┤
+//!    └── state.json, exit                               └ blocks on exec.fifo
+//! ```
+
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use nix::fcntl::OFlag;
+use nix::sched::CloneFlags;
+use nix::sys::signal::Signal;
+use nix::unistd::ForkResult;
+use oci_spec::runtime::LinuxNamespaceType;
+
+use super::init::{InitPlan, InitStdio, InitSync};
+use super::monitor::{self, MonitorPlan, MonitorSync, PidNamespace};
+use super::Runtime;
+use crate::cgroups::{self, Cgroup};
+use crate::error::{Error, Result};
+use crate::logs::{LogConfig, LogWriter};
+use crate::mounts;
+use crate::process::ProcessPlan;
+use crate::spec::{self, Bundle};
+use crate::state::{self, State, FIFO_FILE};
+use crate::sys;
+
+/// How to create a container.
+#[derive(Debug, Clone, Default)]
+pub struct CreateOptions {
+    pub bundle: PathBuf,
+    /// Where to write the init's pid (runc's `--pid-file`).
+    pub pid_file: Option<PathBuf>,
+    /// Send stdout/stderr to a CRI log instead of passing the runtime's stdio through.
+    pub log: Option<LogConfig>,
+}
+
+/// Undoes a half-made container when create fails.
+struct Cleanup<'a> {
+    dir: &'a Path,
+    cgroup: Option<Cgroup>,
+    monitor: Option<i32>,
+    init: Option<i32>,
+    armed: bool,
+}
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Some(pid) = self.init {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        if let Some(m) = self.monitor {
+            // The monitor is our child: reap it.
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(m), None);
+        }
+        if let Some(cg) = &mut self.cgroup {
+            let _ = cg.destroy();
+        }
+        let _ = std::fs::remove_dir_all(self.dir);
+    }
+}
+
+const NS_FLAGS: &[(LinuxNamespaceType, CloneFlags, &str)] = &[
+    (LinuxNamespaceType::Mount, CloneFlags::CLONE_NEWNS, "mnt"),
+    (LinuxNamespaceType::Uts, CloneFlags::CLONE_NEWUTS, "uts"),
+    (LinuxNamespaceType::Ipc, CloneFlags::CLONE_NEWIPC, "ipc"),
+    (LinuxNamespaceType::Network, CloneFlags::CLONE_NEWNET, "net"),
+    (LinuxNamespaceType::Cgroup, CloneFlags::CLONE_NEWCGROUP, "cgroup"),
+    (LinuxNamespaceType::Pid, CloneFlags::CLONE_NEWPID, "pid"),
+];
+
+pub(super) fn validate_id(id: &str) -> Result<()> {
+    let bad = |reason| Err(Error::InvalidId { id: id.to_string(), reason });
+    if id.is_empty() || id.len() > 1024 {
+        return bad("must be 1 to 1024 characters");
+    }
+    if id == "." || id == ".." {
+        return bad("must not be . or ..");
+    }
+    if !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"_+-.".contains(&b)) {
+        return bad("may only hold letters, digits and _ + - .");
+    }
+    Ok(())
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::sys("creating a sync pipe", e))
+}
+
+impl Runtime {
+    /// Creates container `id` from a bundle. On return the init waits for [`Runtime::start`];
+    /// on error nothing of the container is left.
+    pub fn create(&self, id: &str, opts: &CreateOptions) -> Result<State> {
+        validate_id(id)?;
+        let bundle = spec::load_bundle(&opts.bundle)?;
+        if sys::thread_count() > 1 {
+            // fork of a multi-threaded process may deadlock in the child.
+            return Err(Error::Init { id: id.into(), message: "create must be called from a single-threaded process (run `flotillad runtime create`)".into() });
+        }
+        std::fs::create_dir_all(&self.root)
+            .map_err(|e| Error::io("creating runtime root", &self.root, e))?;
+        let dir = self.dir(id);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(Error::Exists { id: id.into() })
+            }
+            Err(e) => return Err(Error::io("creating state dir", dir, e)),
+        }
+        let mut cleanup =
+            Cleanup { dir: &dir, cgroup: None, monitor: None, init: None, armed: true };
+        let state = self.create_in(id, &bundle, opts, &dir, &mut cleanup)?;
+        cleanup.armed = false;
+        Ok(state)
+    }
+
+    fn create_in(
+        &self,
+        id: &str,
+        bundle: &Bundle,
+        opts: &CreateOptions,
+        dir: &Path,
+        cleanup: &mut Cleanup<'_>,
+    ) -> Result<State> {
+        let spec = &bundle.spec;
+        let cfg_err = |field: &str, reason: String| Error::config(&bundle.dir, field, reason);
+        let linux = spec.linux().clone().unwrap_or_default();
+        let process = spec.process().as_ref().expect("checked by spec::check");
+
+        // Namespaces: new ones are unshared, ones with a path are joined.
+        let mut unshare = CloneFlags::empty();
+        let mut join = Vec::new();
+        let mut pid_ns = PidNamespace::Host;
+        let mut ns_names = Vec::new();
+        for (i, ns) in linux.namespaces().iter().flatten().enumerate() {
+            let Some((_, flag, name)) = NS_FLAGS.iter().find(|(t, _, _)| *t == ns.typ()) else {
+                return Err(cfg_err(
+                    &format!("linux.namespaces[{i}]"),
+                    format!("namespace {} is not supported", ns.typ()),
+                ));
+            };
+            ns_names.push(name.to_string());
+            match ns.path() {
+                Some(p) => {
+                    let f = File::open(p).map_err(|e| {
+                        cfg_err(
+                            &format!("linux.namespaces[{i}].path"),
+                            format!("{}: {e}", p.display()),
+                        )
+                    })?;
+                    if *flag == CloneFlags::CLONE_NEWPID {
+                        pid_ns = PidNamespace::Join(f);
+                    } else {
+                        join.push((*flag, f));
+                    }
+                }
+                None if *flag == CloneFlags::CLONE_NEWPID => pid_ns = PidNamespace::New,
+                None => unshare |= *flag,
+            }
+        }
+        let new_mount_ns = unshare.contains(CloneFlags::CLONE_NEWNS)
+            || join.iter().any(|(f, _)| *f == CloneFlags::CLONE_NEWNS);
+        if !new_mount_ns {
+            return Err(cfg_err(
+                "linux.namespaces",
+                "a mount namespace is required (pivot_root needs one)".into(),
+            ));
+        }
+
+        let process_plan = ProcessPlan::new(process, linux.seccomp().as_ref())
+            .map_err(|e| cfg_err(&e.field, e.reason))?;
+        let mut sysctls = Vec::new();
+        for (k, v) in linux.sysctl().iter().flatten() {
+            if k.contains('/') || k.contains("..") {
+                return Err(cfg_err(&format!("linux.sysctl.{k}"), "not a sysctl name".into()));
+            }
+            sysctls.push((Path::new("/proc/sys").join(k.replace('.', "/")), v.clone()));
+        }
+        let hostname = spec.hostname().clone().filter(|h| !h.is_empty());
+        if hostname.is_some() && !unshare.contains(CloneFlags::CLONE_NEWUTS) {
+            return Err(cfg_err("hostname", "setting a hostname needs a new uts namespace".into()));
+        }
+
+        // cgroup before anything runs in it.
+        let cg_path = cgroups::path_for(id, linux.cgroups_path().as_deref());
+        let cgroup = Cgroup::create(
+            id,
+            &cg_path,
+            &cgroups::with_default_devices(linux.resources().as_ref()),
+        )?;
+        let binds = cgroup.binds();
+        let v2 = cgroup.is_v2();
+        let oom_at_create = cgroup.oom_kills();
+        cleanup.cgroup = Some(cgroup);
+
+        let mount_plan = mounts::plan(spec, &bundle.dir, &bundle.rootfs, binds, v2);
+
+        let fifo = dir.join(FIFO_FILE);
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .map_err(|e| Error::sys(format!("mkfifo {}", fifo.display()), e))?;
+        let fifo_fd = nix::fcntl::open(
+            &fifo,
+            OFlag::O_PATH | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| Error::sys("opening exec fifo", e))?;
+        // SAFETY: open just returned this fd; it is owned here only.
+        let fifo_fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fifo_fd) };
+
+        let (stdio, log) = match &opts.log {
+            None => (InitStdio::Inherit, None),
+            Some(cfg) => {
+                let writer = LogWriter::open(cfg.clone())
+                    .map_err(|e| Error::io("opening log", &cfg.path, e))?;
+                let (out_r, out_w) = pipe()?;
+                let (err_r, err_w) = pipe()?;
+                (InitStdio::Pipes { stdout: out_w, stderr: err_w }, Some((writer, out_r, err_r)))
+            }
+        };
+        let init_plan = InitPlan {
+            unshare,
+            join,
+            mounts: Some(mount_plan),
+            hostname,
+            sysctls,
+            process: process_plan,
+            stdio,
+        };
+
+        let (pid_r, pid_w) = pipe()?;
+        let (go_r, go_w) = pipe()?;
+        let (ready_r, ready_w) = pipe()?;
+        let oom_cg = cg_path.clone();
+        let oom_id = id.to_string();
+        let mplan = MonitorPlan {
+            state_dir: dir.to_path_buf(),
+            pid_ns,
+            log,
+            oom_kills: Box::new(move || {
+                Cgroup::open(&oom_id, &oom_cg).map(|c| c.oom_kills()).unwrap_or(0)
+            }),
+            oom_kills_at_create: oom_at_create,
+        };
+
+        // SAFETY: create checked above that this process is single-threaded.
+        match unsafe { sys::fork() } {
+            Ok(ForkResult::Child) => {
+                drop((pid_r, go_w, ready_r));
+                let ready_for_monitor = match ready_w.try_clone() {
+                    Ok(f) => f,
+                    Err(_) => sys::exit_now(1),
+                };
+                monitor::run(
+                    mplan,
+                    &init_plan,
+                    MonitorSync { pid: pid_w, ready: ready_for_monitor },
+                    InitSync { go: go_r, ready: ready_w, fifo: fifo_fd },
+                )
+            }
+            Ok(ForkResult::Parent { child }) => cleanup.monitor = Some(child.as_raw()),
+            Err(e) => return Err(Error::sys("forking the monitor", e)),
+        }
+        drop((pid_w, go_r, ready_w, fifo_fd, init_plan, mplan));
+
+        let init_err = |message: String| Error::Init { id: id.into(), message };
+        let pid_bytes = sys::read_to_end(&pid_r);
+        let Ok(pid_bytes) = <[u8; 4]>::try_from(pid_bytes.as_slice()) else {
+            let msg = String::from_utf8_lossy(&sys::read_to_end(&ready_r)).into_owned();
+            return Err(init_err(if msg.is_empty() {
+                "the monitor exited before starting the init".into()
+            } else {
+                msg
+            }));
+        };
+        let pid = i32::from_ne_bytes(pid_bytes);
+        cleanup.init = Some(pid);
+        cleanup.cgroup.as_mut().expect("set above").add(pid)?;
+        sys::write_all(&go_w, b"g").map_err(|e| Error::sys("signalling the init", e))?;
+        drop(go_w);
+        let msg = sys::read_to_end(&ready_r);
+        if !msg.is_empty() {
+            return Err(init_err(String::from_utf8_lossy(&msg).into_owned()));
+        }
+
+        let monitor_pid = cleanup.monitor.expect("set above");
+        let state = State {
+            id: id.to_string(),
+            bundle: bundle.dir.clone(),
+            rootfs: bundle.rootfs.clone(),
+            pid,
+            pid_start: state::process_start_time(pid)
+                .ok_or_else(|| init_err("the init exited during create".into()))?,
+            monitor_pid,
+            monitor_start: state::process_start_time(monitor_pid).unwrap_or(0),
+            cgroup: cg_path,
+            created: state::rfc3339(SystemTime::now()),
+            annotations: spec.annotations().clone().unwrap_or_default().into_iter().collect(),
+            namespaces: ns_names,
+            oom_kills_at_create: oom_at_create,
+        };
+        state.save(dir)?;
+        if let Some(p) = &opts.pid_file {
+            state::write_atomic(p, pid.to_string().as_bytes())
+                .map_err(|e| Error::io("writing pid file", p, e))?;
+        }
+        tracing::debug!(container = %id, pid, monitor = monitor_pid, "created");
+        Ok(state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_checked_like_runc() {
+        assert!(validate_id("web-1.2_x+y").is_ok());
+        for bad in ["", ".", "..", "a/b", "a b", "é"] {
+            assert!(validate_id(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! Loading and checking an OCI bundle's `config.json` before anything is created.
+//!
+//! Every check here runs in the caller, before a cgroup, a state directory or a
+//! process exists, so a bad bundle leaves nothing behind.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+
+use crate::error::{Error, Result};
+
+/// A bundle whose config parsed and passed the checks.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    pub dir: PathBuf,
+    pub spec: Spec,
+    /// Absolute path of the root filesystem.
+    pub rootfs: PathBuf,
+}
+
+/// Reads `<dir>/config.json` and checks it. Errors name the JSON path of the bad field.
+pub fn load_bundle(dir: &Path) -> Result<Bundle> {
+    let dir = std::path::absolute(dir).map_err(|e| Error::io("resolving bundle", dir, e))?;
+    let path = dir.join("config.json");
+    let bytes =
+        std::fs::read(&path).map_err(|source| Error::ReadConfig { bundle: dir.clone(), source })?;
+    let spec = parse(&dir, &bytes)?;
+    let rootfs = check(&dir, &spec)?;
+    Ok(Bundle { dir, spec, rootfs })
+}
+
+/// Parses a config, reporting the JSON path of a field that does not fit the OCI schema.
+pub fn parse(bundle: &Path, bytes: &[u8]) -> Result<Spec> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = e.path().to_string();
+        let inner = e.into_inner();
+        let reason = if inner.is_syntax() || inner.is_eof() {
+            format!("malformed JSON: {inner}")
+        } else {
+            inner.to_string()
+        };
+        Error::config(bundle, if field == "." { "(document)".to_string() } else { field }, reason)
+    })
+}
+
+/// Checks what the schema cannot: a runnable process, a root that exists, namespaces we
+/// support, absolute mount destinations. Returns the absolute rootfs path.
+pub fn check(bundle: &Path, spec: &Spec) -> Result<PathBuf> {
+    let err = |field: &str, reason: String| Error::config(bundle, field, reason);
+
+    let root = spec.root().as_ref().ok_or_else(|| err("root", "missing".into()))?;
+    let rootfs =
+        if root.path().is_absolute() { root.path().clone() } else { bundle.join(root.path()) };
+    match std::fs::metadata(&rootfs) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(err("root.path", format!("{} is not a directory", rootfs.display()))),
+        Err(e) => return Err(err("root.path", format!("{}: {e}", rootfs.display()))),
+    }
+
+    let process = spec.process().as_ref().ok_or_else(|| err("process", "missing".into()))?;
+    match process.args() {
+        Some(args) if !args.is_empty() && !args[0].is_empty() => {}
+        _ => return Err(err("process.args", "must name the program to run".into())),
+    }
+    if !process.cwd().is_absolute() {
+        return Err(err("process.cwd", format!("{:?} is not absolute", process.cwd())));
+    }
+    if process.terminal() == Some(true) {
+        return Err(err(
+            "process.terminal",
+            "terminals are not supported for the container's init process; use exec --tty".into(),
+        ));
+    }
+    for (i, e) in process.env().iter().flatten().enumerate() {
+        if !e.contains('=') || e.contains('\0') {
+            return Err(err(&format!("process.env[{i}]"), format!("{e:?} is not KEY=VALUE")));
+        }
+    }
+
+    if let Some(linux) = spec.linux() {
+        let mut seen = HashSet::new();
+        for (i, ns) in linux.namespaces().iter().flatten().enumerate() {
+            let field = format!("linux.namespaces[{i}]");
+            if !seen.insert(ns.typ()) {
+                return Err(err(&field, format!("namespace {} listed twice", ns.typ())));
+            }
+            match ns.typ() {
+                LinuxNamespaceType::User => {
+                    return Err(err(&field, "user namespaces are not supported yet".into()));
+                }
+                LinuxNamespaceType::Time => {
+                    return Err(err(&field, "time namespaces are not supported yet".into()));
+                }
+                _ => {}
+            }
+            if let Some(p) = ns.path() {
+                if !p.is_absolute() || !p.exists() {
+                    return Err(err(
+                        &format!("{field}.path"),
+                        format!("{} is not an existing absolute path", p.display()),
+                    ));
+                }
+            }
+        }
+        for (field, list) in [
+            ("linux.maskedPaths", linux.masked_paths()),
+            ("linux.readonlyPaths", linux.readonly_paths()),
+        ] {
+            for (i, p) in list.iter().flatten().enumerate() {
+                if !p.starts_with('/') {
+                    return Err(err(&format!("{field}[{i}]"), format!("{p:?} is not absolute")));
+                }
+            }
+        }
+        if let Some(p) = linux.rootfs_propagation() {
+            if crate::mounts::propagation_flag(p).is_none() {
+                return Err(err("linux.rootfsPropagation", format!("unknown propagation {p:?}")));
+            }
+        }
+    }
+    for (i, m) in spec.mounts().iter().flatten().enumerate() {
+        if !m.destination().is_absolute() {
+            return Err(err(
+                &format!("mounts[{i}].destination"),
+                format!("{:?} is not absolute", m.destination()),
+            ));
+        }
+    }
+    Ok(rootfs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bundle_with(config: &str) -> (tempfile::TempDir, Result<Bundle>) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("rootfs")).unwrap();
+        std::fs::write(dir.path().join("config.json"), config).unwrap();
+        let r = load_bundle(dir.path());
+        (dir, r)
+    }
+
+    const GOOD: &str = r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},
+        "process":{"user":{"uid":0,"gid":0},"args":["/bin/true"],"cwd":"/"},
+        "linux":{"namespaces":[{"type":"pid"},{"type":"mount"}]}}"#;
+
+    #[test]
+    fn a_minimal_bundle_loads_with_an_absolute_rootfs() {
+        let (dir, r) = bundle_with(GOOD);
+        let b = r.unwrap();
+        assert_eq!(b.rootfs, dir.path().join("rootfs"));
+    }
+
+    #[test]
+    fn an_unknown_namespace_type_is_named_with_its_path() {
+        let (_d, r) = bundle_with(&GOOD.replace(r#"{"type":"mount"}"#, r#"{"type":"bogus"}"#));
+        let msg = r.unwrap_err().to_string();
+        assert!(msg.contains("linux.namespaces[1].type"), "{msg}");
+        assert!(msg.contains("bogus"), "{msg}");
+    }
+
+    #[test]
+    fn malformed_json_is_reported_as_such() {
+        let (_d, r) = bundle_with("{\"ociVersion\": ");
+        let msg = r.unwrap_err().to_string();
+        assert!(msg.contains("malformed JSON"), "{msg}");
+    }
+
+    #[test]
+    fn a_missing_rootfs_is_named() {
+        let (_d, r) = bundle_with(&GOOD.replace("\"rootfs\"", "\"nothere\""));
+        let msg = r.unwrap_err().to_string();
+        assert!(msg.contains("root.path") && msg.contains("nothere"), "{msg}");
+    }
+
+    #[test]
+    fn empty_args_and_relative_cwd_are_rejected() {
+        let (_d, r) = bundle_with(&GOOD.replace(r#"["/bin/true"]"#, "[]"));
+        assert!(r.unwrap_err().to_string().contains("process.args"));
+        let (_d, r) = bundle_with(&GOOD.replace(r#""cwd":"/""#, r#""cwd":"tmp""#));
+        assert!(r.unwrap_err().to_string().contains("process.cwd"));
+    }
+
+    #[test]
+    fn duplicate_and_user_namespaces_are_rejected() {
+        let (_d, r) = bundle_with(&GOOD.replace(r#"{"type":"mount"}"#, r#"{"type":"pid"}"#));
+        assert!(r.unwrap_err().to_string().contains("listed twice"));
+        let (_d, r) = bundle_with(&GOOD.replace(r#"{"type":"mount"}"#, r#"{"type":"user"}"#));
+        assert!(r.unwrap_err().to_string().contains("user namespaces"));
+    }
+}

@@ -1,0 +1,105 @@
+//! The few raw syscalls the runtime needs that `nix` does not wrap safely.
+
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+/// Forks the calling process. Only for single-threaded callers: the child of a
+/// multi-threaded process may only make async-signal-safe calls, and ours allocate.
+///
+/// # Safety
+/// The caller must be single-threaded.
+pub unsafe fn fork() -> nix::Result<nix::unistd::ForkResult> {
+    // SAFETY: the caller guarantees it is single-threaded.
+    unsafe { nix::unistd::fork() }
+}
+
+/// The number of threads of this process, from /proc/self/stat.
+pub fn thread_count() -> usize {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            s.rfind(')').and_then(|i| s[i + 2..].split(' ').nth(17).and_then(|n| n.parse().ok()))
+        })
+        .unwrap_or(1)
+}
+
+/// A pidfd for `pid`, which becomes readable when the process exits (child or not).
+pub fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Waits until `pid` has exited, or `timeout` passes. Returns whether it exited.
+/// A pid that is already gone counts as exited.
+pub fn wait_exit(pid: i32, timeout: Duration) -> bool {
+    let fd = match pidfd_open(pid) {
+        Ok(fd) => fd,
+        Err(_) => return true,
+    };
+    wait_readable(&fd, timeout)
+}
+
+/// Polls `fd` for readability (or hang-up) for up to `timeout`.
+pub fn wait_readable(fd: &impl AsFd, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ms = PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32)
+            .unwrap_or(PollTimeout::MAX);
+        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, ms) {
+            Ok(0) => return false,
+            Ok(_) => return true,
+            Err(nix::Error::EINTR) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Reads until EOF (retrying EINTR), for the sync pipes.
+pub fn read_to_end(fd: &OwnedFd) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match nix::unistd::read(fd.as_raw_fd(), &mut buf) {
+            Ok(0) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(nix::Error::EINTR) => continue,
+            Err(_) => return out,
+        }
+    }
+}
+
+/// Writes all of `buf`, retrying EINTR and short writes.
+pub fn write_all(fd: &impl AsFd, mut buf: &[u8]) -> nix::Result<()> {
+    while !buf.is_empty() {
+        match nix::unistd::write(fd, buf) {
+            Ok(n) => buf = &buf[n..],
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Exits the current (forked) process without running destructors or atexit handlers
+/// that belong to the parent.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and is async-signal-safe.
+    unsafe { libc::_exit(code) }
+}
+
+/// Makes this process undumpable, so that processes of the container cannot open its
+/// /proc entries (`/proc/PID/exe` is the runtime binary) while it joins the container.
+/// exec resets it for the workload.
+pub fn set_undumpable() {
+    // SAFETY: prctl(PR_SET_DUMPABLE, 0) changes a flag of this process only.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+}
