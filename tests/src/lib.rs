@@ -191,3 +191,76 @@ pub fn cluster(n: usize, dir: &Path, extra: &[&str]) -> Result<Vec<Member>> {
     }
     Ok(members)
 }
+
+/// OCI bundles for runtime tests and benchmarks: busybox from Debian's `busybox-static`.
+pub mod bundle {
+    use anyhow::{Context, Result};
+    use std::path::{Path, PathBuf};
+
+    /// Where Debian's busybox-static installs its binary.
+    pub const BUSYBOX: &str = "/bin/busybox";
+
+    /// The config `runc spec` writes (runc 1.1), with `args` as the process.
+    pub fn runc_default_config(args: &[&str]) -> serde_json::Value {
+        let caps = serde_json::json!(["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]);
+        serde_json::json!({
+            "ociVersion": "1.0.2-dev",
+            "process": {
+                "terminal": false, "user": {"uid": 0, "gid": 0}, "args": args,
+                "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TERM=xterm"],
+                "cwd": "/",
+                "capabilities": {"bounding": caps, "effective": caps, "permitted": caps, "ambient": caps},
+                "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+                "noNewPrivileges": true
+            },
+            "root": {"path": "rootfs", "readonly": true},
+            "hostname": "runc",
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+                {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+                {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+                {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
+                {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+                {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}
+            ],
+            "linux": {
+                "resources": {"devices": [{"allow": false, "access": "rwm"}]},
+                "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
+                "maskedPaths": ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi"],
+                "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+            }
+        })
+    }
+
+    /// A rootfs holding busybox (and its applets as links) plus `extra` files copied in
+    /// at the given paths.
+    pub fn busybox_rootfs(rootfs: &Path, extra: &[(&Path, &str)]) -> Result<()> {
+        let bin = rootfs.join("bin");
+        std::fs::create_dir_all(&bin)?;
+        std::fs::copy(BUSYBOX, bin.join("busybox"))
+            .with_context(|| format!("copying {BUSYBOX} (apt install busybox-static)"))?;
+        for applet in [
+            "sh", "true", "false", "cat", "ls", "echo", "sleep", "hostname", "id", "grep", "mount",
+            "head", "readlink", "ps", "dd", "touch", "stat", "wc", "tail",
+        ] {
+            std::os::unix::fs::symlink("busybox", bin.join(applet))?;
+        }
+        for dir in ["proc", "sys", "dev", "etc", "tmp"] {
+            std::fs::create_dir_all(rootfs.join(dir))?;
+        }
+        for (src, dst) in extra {
+            let to = rootfs.join(dst.trim_start_matches('/'));
+            std::fs::create_dir_all(to.parent().expect("has parent"))?;
+            std::fs::copy(src, &to)
+                .with_context(|| format!("copying {} into the rootfs", src.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Writes `config` as `<dir>/config.json` and returns `dir`.
+    pub fn write_config(dir: &Path, config: &serde_json::Value) -> Result<PathBuf> {
+        std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(config)?)?;
+        Ok(dir.to_path_buf())
+    }
+}

@@ -16,6 +16,15 @@ pub enum Bench {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// `flotillad runtime` vs runc and crun: create && start && delete -f of busybox /bin/true.
+    Runtime {
+        /// Measured rounds per runtime.
+        #[arg(long, default_value_t = 200)]
+        rounds: usize,
+        /// Extra arguments for the harness (see `runtime-bench --help`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
 }
 
 pub fn run(what: Bench) -> Result<()> {
@@ -28,6 +37,18 @@ pub fn run(what: Bench) -> Result<()> {
                 .arg(root.join("target/release/flotillad"))
                 .arg("--seconds")
                 .arg(seconds.to_string())
+                .args(&args);
+            crate::util::run(cmd)
+        }
+        Bench::Runtime { rounds, args } => {
+            crate::setup::setup()?;
+            cargo(&["build", "--release", "-p", "flotilla-daemon", "-p", "flotilla-tests"])?;
+            let root = workspace_root();
+            let mut cmd = Command::new(root.join("target/release/runtime-bench"));
+            cmd.arg("--flotillad")
+                .arg(root.join("target/release/flotillad"))
+                .arg("--rounds")
+                .arg(rounds.to_string())
                 .args(&args);
             crate::util::run(cmd)
         }

@@ -17,6 +17,13 @@ const APT_PACKAGES: &[&str] = &[
     "etcd-server",
     "etcd-client",
     "iproute2",
+    // The runtime's test images and peers: busybox for bundles, runc and crun to compare
+    // with, a real registry and skopeo for the image tests.
+    "busybox-static",
+    "runc",
+    "crun",
+    "docker-registry",
+    "skopeo",
 ];
 
 pub fn setup() -> Result<()> {
