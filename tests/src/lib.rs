@@ -264,3 +264,102 @@ pub mod bundle {
         Ok(dir.to_path_buf())
     }
 }
+
+/// The `flotilla-probe` test binary, built static (glibc, crt-static) so it runs in a
+/// busybox rootfs; built once per test process into `target/images`.
+pub fn probe() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("current_exe");
+        let target = exe
+            .ancestors()
+            .find(|p| p.file_name().is_some_and(|n| n == "target"))
+            .expect("target dir")
+            .to_path_buf();
+        let images = target.join("images");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "--release", "-p", "flotilla-probe", "--target-dir"])
+            .arg(&images)
+            .env("RUSTFLAGS", "-C target-feature=+crt-static")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building flotilla-probe failed");
+        images.join("release/flotilla-probe")
+    })
+    .clone()
+}
+
+/// `flotillad runtime --root <root>`: runs commands and deletes (with --force) every
+/// container it created when dropped, so a failing test leaves no process or cgroup.
+pub struct RuntimeCli {
+    pub root: PathBuf,
+    created: std::cell::RefCell<Vec<String>>,
+}
+
+/// What a runtime command printed and how it ended.
+pub struct CmdOut {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl RuntimeCli {
+    pub fn new(root: &Path) -> Self {
+        Self { root: root.to_path_buf(), created: Default::default() }
+    }
+
+    /// Runs a command. Output goes through files, not pipes: a created container
+    /// inherits the runtime's stdio (runc's pass-through) and would hold a pipe open.
+    pub fn run(&self, args: &[&str]) -> CmdOut {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (o, e) = (dir.path().join("out"), dir.path().join("err"));
+        let status = Command::new(flotillad())
+            .arg("runtime")
+            .arg("--root")
+            .arg(&self.root)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&o).expect("stdout file"))
+            .stderr(std::fs::File::create(&e).expect("stderr file"))
+            .status()
+            .expect("run flotillad runtime");
+        CmdOut {
+            ok: status.success(),
+            stdout: std::fs::read_to_string(&o).unwrap_or_default(),
+            stderr: std::fs::read_to_string(&e).unwrap_or_default(),
+        }
+    }
+
+    /// Runs and panics with stderr unless it succeeds.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(o.ok, "flotillad runtime {}: {}", args.join(" "), o.stderr);
+        o.stdout
+    }
+
+    /// `create` (remembered for cleanup).
+    pub fn create(&self, id: &str, bundle: &Path, extra: &[&str]) -> CmdOut {
+        self.created.borrow_mut().push(id.to_string());
+        let mut args = vec!["create", "--bundle", bundle.to_str().expect("utf-8")];
+        args.extend_from_slice(extra);
+        args.push(id);
+        self.run(&args)
+    }
+
+    /// The `status` field of `state`.
+    pub fn status(&self, id: &str) -> String {
+        let v: serde_json::Value =
+            serde_json::from_str(&self.ok(&["state", id])).expect("state JSON");
+        v["status"].as_str().unwrap_or_default().to_string()
+    }
+}
+
+impl Drop for RuntimeCli {
+    fn drop(&mut self) {
+        for id in self.created.borrow().iter() {
+            let _ = self.run(&["delete", "--force", id]);
+        }
+    }
+}

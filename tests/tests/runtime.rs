@@ -1,0 +1,244 @@
+//! `flotillad runtime` end to end, as root: real namespaces, cgroups, seccomp and mounts,
+//! checked from inside the container by `flotilla-probe`. Every test deletes its
+//! containers (and with them their cgroups) even when it fails.
+
+use flotilla_tests::{bundle, probe, RuntimeCli};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+// Fields drop in order: the containers go before the directory holding their state.
+struct Fixture {
+    rt: RuntimeCli,
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir =
+            tempfile::Builder::new().prefix("rt-test").tempdir_in("/var/tmp").expect("tempdir");
+        let rt = RuntimeCli::new(&dir.path().join("state"));
+        let rootfs = dir.path().join("rootfs");
+        bundle::busybox_rootfs(&rootfs, &[(probe().as_path(), "/bin/flotilla-probe")])
+            .expect("rootfs");
+        Self { dir, rt }
+    }
+
+    /// A bundle dir named `name` whose config is `config` (rootfs shared).
+    fn bundle(&self, name: &str, config: &Value) -> PathBuf {
+        let b = self.dir.path().join(name);
+        std::fs::create_dir_all(&b).unwrap();
+        let mut config = config.clone();
+        config["root"]["path"] = json!(self.dir.path().join("rootfs"));
+        bundle::write_config(&b, &config).unwrap()
+    }
+
+    fn log(&self, id: &str) -> PathBuf {
+        self.dir.path().join(format!("{id}.log"))
+    }
+
+    /// create (logging to a CRI file), start, wait; returns the exit JSON and the log's stdout lines.
+    fn run_to_exit(&self, id: &str, config: &Value) -> (Value, Vec<String>) {
+        let b = self.bundle(id, config);
+        let log = self.log(id);
+        let out = self.rt.create(id, &b, &["--log-path", log.to_str().unwrap()]);
+        assert!(out.ok, "create: {}", out.stderr);
+        self.rt.ok(&["start", id]);
+        let exit: Value =
+            serde_json::from_str(&self.rt.ok(&["wait", id, "--timeout", "60"])).unwrap();
+        (exit, stdout_lines(&log))
+    }
+}
+
+/// The stdout lines of a CRI log, checking each record's shape on the way.
+fn stdout_lines(log: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let mut out = Vec::new();
+    for rec in text.lines() {
+        let parts: Vec<&str> = rec.splitn(4, ' ').collect();
+        assert_eq!(parts.len(), 4, "CRI record {rec:?}");
+        assert!(parts[0].ends_with('Z') && parts[0].contains('T'), "timestamp in {rec:?}");
+        assert!(parts[2] == "F" || parts[2] == "P", "tag in {rec:?}");
+        if parts[1] == "stdout" {
+            out.push(parts[3].to_string());
+        } else {
+            assert_eq!(parts[1], "stderr", "stream in {rec:?}");
+        }
+    }
+    out
+}
+
+fn facts(lines: &[String]) -> HashMap<String, String> {
+    lines
+        .iter()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// A pod-like config: containerd's default capabilities, masked and read-only paths, our
+/// default seccomp profile, limits, and a cgroup namespace.
+fn hardened(args: &[&str]) -> Value {
+    let mut c = bundle::runc_default_config(args);
+    let caps = json!(flotilla_isolation::spec::DEFAULT_CAPABILITIES);
+    c["process"]["capabilities"] = json!({"bounding": caps, "effective": caps, "permitted": caps});
+    c["hostname"] = json!("probe-host");
+    c["linux"]["maskedPaths"] = json!(flotilla_isolation::spec::DEFAULT_MASKED_PATHS);
+    c["linux"]["readonlyPaths"] = json!(flotilla_isolation::spec::DEFAULT_READONLY_PATHS);
+    c["linux"]["seccomp"] =
+        serde_json::to_value(flotilla_isolation::seccomp::default_profile()).unwrap();
+    c["linux"]["resources"]["memory"] = json!({"limit": 64 << 20});
+    c["linux"]["resources"]["pids"] = json!({"limit": 64});
+    c["linux"]["resources"]["cpu"] = json!({"shares": 512, "quota": 50000, "period": 100000});
+    c["linux"]["namespaces"].as_array_mut().unwrap().push(json!({"type": "cgroup"}));
+    c
+}
+
+/// The workload is PID 1 with its hostname, no_new_privs, seccomp filter, containerd's
+/// capabilities, only stdio open, masked and read-only paths in place, and its cgroup
+/// limits visible at /sys/fs/cgroup.
+#[test]
+fn a_container_is_isolated_as_seen_from_inside() {
+    let f = Fixture::new();
+    let (exit, lines) = f.run_to_exit("inspect", &hardened(&["/bin/flotilla-probe", "inspect"]));
+    assert_eq!(exit["code"], 0, "exit {exit}; output {lines:?}");
+    let got = facts(&lines);
+    let want = [
+        ("pid", "1"),
+        ("hostname", "probe-host"),
+        ("NoNewPrivs", "1"),
+        ("Seccomp", "2"),
+        // containerd's default set: the well-known 00000000a80425fb.
+        ("CapEff", "00000000a80425fb"),
+        ("CapBnd", "00000000a80425fb"),
+        ("CapAmb", "0000000000000000"),
+        ("fds", "0,1,2"),
+        // Masked files read as /dev/null, masked directories are empty.
+        ("read:/proc/keys", "ok:0"),
+        ("read:/proc/timer_list", "ok:0"),
+        ("entries:/sys/firmware", "0"),
+        // EROFS: /proc/sys and the root are read-only.
+        ("write:/proc/sys/kernel/hostname", "err:30"),
+        ("write:/bin/busybox", "err:30"),
+        ("pids.max", "64"),
+        ("cpu.shares", "512"),
+        ("cpu.cfs_quota_us", "50000"),
+    ];
+    // Absent on some kernels; where present it must read as empty.
+    assert!(matches!(got["read:/proc/kcore"].as_str(), "ok:0" | "err:2"), "{got:#?}");
+    assert!(matches!(got["write:/proc/sysrq-trigger"].as_str(), "err:30" | "err:2"), "{got:#?}");
+    for (k, v) in want {
+        assert_eq!(got.get(k).map(String::as_str), Some(v), "{k}; all facts: {got:#?}");
+    }
+    let limit = got.get("memory.limit").filter(|v| *v != "none").or(got.get("memory.max")).unwrap();
+    assert_eq!(limit, &(64u64 << 20).to_string(), "memory limit visible inside: {got:#?}");
+    f.rt.ok(&["delete", "inspect"]);
+}
+
+/// A process past its memory limit is OOM-killed, and wait reports it as such.
+#[test]
+fn a_process_over_its_memory_limit_is_oom_killed_and_reported() {
+    let f = Fixture::new();
+    let mut c = hardened(&["/bin/flotilla-probe", "hog", "512"]);
+    c["linux"]["resources"]["memory"] = json!({"limit": 32 << 20, "swap": 32 << 20});
+    let (exit, lines) = f.run_to_exit("hog", &c);
+    assert_eq!(exit["oom_killed"], true, "exit {exit}; output {lines:?}");
+    assert_eq!(exit["signal"], 9, "exit {exit}");
+    assert!(!lines.iter().any(|l| l.contains("survived")), "{lines:?}");
+}
+
+/// created → running → (SIGTERM, handled by the workload) stopped → deleted, with the
+/// state dir and cgroup gone.
+#[test]
+fn the_lifecycle_follows_the_oci_states_and_delete_leaves_nothing() {
+    let f = Fixture::new();
+    let b = f.bundle(
+        "life",
+        &bundle::runc_default_config(&["/bin/sh", "-c", "trap 'exit 7' TERM; sleep 300 & wait"]),
+    );
+    let out = f.rt.create("life", &b, &["--pid-file", f.dir.path().join("pid").to_str().unwrap()]);
+    assert!(out.ok, "{}", out.stderr);
+    assert_eq!(f.rt.status("life"), "created");
+    let pid: i32 =
+        std::fs::read_to_string(f.dir.path().join("pid")).unwrap().trim().parse().unwrap();
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+    // Not running yet: delete without --force of a created container is allowed, but
+    // first check start and kill.
+    f.rt.ok(&["start", "life"]);
+    assert_eq!(f.rt.status("life"), "running");
+    let refused = f.rt.run(&["delete", "life"]);
+    assert!(!refused.ok && refused.stderr.contains("running"), "{}", refused.stderr);
+    f.rt.ok(&["kill", "life", "TERM"]);
+    let exit: Value = serde_json::from_str(&f.rt.ok(&["wait", "life", "--timeout", "30"])).unwrap();
+    assert_eq!(exit["code"], 7, "the TERM trap ran: {exit}");
+    assert_eq!(f.rt.status("life"), "stopped");
+    let st: Value = serde_json::from_str(&f.rt.ok(&["state", "life"])).unwrap();
+    assert_eq!(st["pid"], 0);
+    f.rt.ok(&["delete", "life"]);
+    assert!(!f.rt.root.join("life").exists());
+    assert!(
+        !Path::new("/sys/fs/cgroup/memory/flotilla/life").exists()
+            && !Path::new("/sys/fs/cgroup/flotilla/life").exists()
+    );
+    let gone = f.rt.run(&["state", "life"]);
+    assert!(!gone.ok && gone.stderr.contains("does not exist"), "{}", gone.stderr);
+}
+
+/// Output lands in the CRI log, stdout and stderr apart, each line a record.
+#[test]
+fn stdout_and_stderr_are_logged_in_the_cri_format() {
+    let f = Fixture::new();
+    let c = bundle::runc_default_config(&[
+        "/bin/sh",
+        "-c",
+        "echo one; echo two >&2; printf 'no newline'",
+    ]);
+    let (exit, lines) = f.run_to_exit("logs", &c);
+    assert_eq!(exit["code"], 0);
+    assert_eq!(lines, vec!["one".to_string(), "no newline".to_string()]);
+    let text = std::fs::read_to_string(f.log("logs")).unwrap();
+    assert!(text.lines().any(|l| l.ends_with(" stderr F two")), "{text}");
+}
+
+/// Bad bundles fail with the field and reason named, and leave no state dir and no cgroup.
+#[test]
+fn bad_bundles_are_refused_by_name_and_leave_nothing() {
+    let f = Fixture::new();
+    let base = bundle::runc_default_config(&["/bin/true"]);
+    let mut bogus_ns = base.clone();
+    bogus_ns["linux"]["namespaces"][1] = json!({"type": "bogus"});
+    let mut no_rootfs = base.clone();
+    no_rootfs["root"]["path"] = json!("/nonexistent/rootfs");
+    let mut no_program = base.clone();
+    no_program["process"]["args"] = json!(["/bin/not-there"]);
+    let cases: Vec<(&str, Value, &str)> = vec![
+        ("bogus-ns", bogus_ns, "linux.namespaces[1].type"),
+        ("no-program", no_program, "not-there"),
+    ];
+    for (id, config, needle) in cases {
+        let b = f.bundle(id, &config);
+        let out = f.rt.create(id, &b, &[]);
+        assert!(!out.ok, "{id} was accepted");
+        assert!(out.stderr.contains(needle), "{id}: {}", out.stderr);
+        assert!(!f.rt.root.join(id).exists(), "{id} left a state dir");
+        assert!(
+            !Path::new(&format!("/sys/fs/cgroup/memory/flotilla/{id}")).exists(),
+            "{id} left a cgroup"
+        );
+    }
+    // The rootfs check needs the bundle's own path, not the fixture's.
+    let b = f.dir.path().join("no-rootfs");
+    std::fs::create_dir_all(&b).unwrap();
+    bundle::write_config(&b, &no_rootfs).unwrap();
+    let out = f.rt.create("no-rootfs", &b, &[]);
+    assert!(
+        !out.ok && out.stderr.contains("root.path") && out.stderr.contains("/nonexistent/rootfs"),
+        "{}",
+        out.stderr
+    );
+    let malformed = f.dir.path().join("malformed");
+    std::fs::create_dir_all(&malformed).unwrap();
+    std::fs::write(malformed.join("config.json"), "{\"ociVersion\": ").unwrap();
+    let out = f.rt.create("malformed", &malformed, &[]);
+    assert!(!out.ok && out.stderr.contains("malformed JSON"), "{}", out.stderr);
+}
