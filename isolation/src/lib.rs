@@ -14,6 +14,7 @@
 pub mod cgroups;
 pub mod container;
 pub mod error;
+pub mod image;
 pub mod logs;
 pub mod mounts;
 pub mod paths;
