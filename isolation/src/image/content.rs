@@ -8,7 +8,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use super::digest::{Digest, HashingReader};
+use super::digest::Digest;
 use super::ImageError;
 
 /// Manifests, indexes and configs larger than this are refused (containerd uses 4 MiB for
@@ -37,79 +37,67 @@ impl ContentStore {
         self.path(d).exists()
     }
 
-    /// Stores what `reader` yields as blob `expected`. `size` is the size the descriptor
-    /// gives; `limit` caps it. `progress` hears the byte count as data arrives.
+    /// Starts writing blob `expected`. `size` is the size the descriptor gives; `limit`
+    /// caps it. Nothing is visible under the digest until [`Ingest::commit`].
+    pub fn begin(&self, expected: Option<&Digest>, size: Option<u64>, limit: Option<u64>) -> Result<Ingest, ImageError> {
+        let name = expected.map(|d| d.to_string()).unwrap_or_else(|| "(unnamed blob)".into());
+        if let (Some(s), Some(l)) = (size, limit) {
+            if s > l {
+                return Err(ImageError::TooLarge { digest: name, size: s, limit: l });
+            }
+        }
+        let dir = self.root.join("ingest");
+        let tmp = tempfile::Builder::new().prefix("blob").tempfile_in(&dir).map_err(|e| ImageError::io("creating ingest file in", &dir, e))?;
+        Ok(Ingest {
+            store: self.clone(),
+            name,
+            expected: expected.cloned(),
+            size,
+            cap: limit.or(size).unwrap_or(u64::MAX),
+            tmp,
+            hasher: sha2::Sha256::default(),
+            count: 0,
+        })
+    }
+
+    /// Stores what `reader` yields as blob `expected`; `progress` hears the byte count.
     pub fn ingest(
         &self,
         expected: &Digest,
         size: Option<u64>,
         limit: Option<u64>,
-        reader: impl Read,
+        mut reader: impl Read,
         progress: &mut dyn FnMut(u64),
     ) -> Result<PathBuf, ImageError> {
-        let dest = self.path(expected);
-        if dest.exists() {
-            return Ok(dest);
+        if self.has(expected) {
+            return Ok(self.path(expected));
         }
-        if let (Some(s), Some(l)) = (size, limit) {
-            if s > l {
-                return Err(ImageError::TooLarge {
-                    digest: expected.to_string(),
-                    size: s,
-                    limit: l,
-                });
-            }
-        }
-        let tmp = tempfile::Builder::new()
-            .prefix(expected.hex())
-            .tempfile_in(self.root.join("ingest"))
-            .map_err(|e| ImageError::io("creating ingest file in", self.root.join("ingest"), e))?;
-        let cap = limit.or(size.map(|s| s + 1)).unwrap_or(u64::MAX);
-        let mut hashing = HashingReader::new(reader.take(cap.saturating_add(1)));
-        let mut file = tmp.as_file();
+        let mut ing = self.begin(Some(expected), size, limit)?;
         let mut buf = vec![0u8; 256 * 1024];
-        let mut total = 0u64;
         loop {
-            let n = hashing.read(&mut buf).map_err(|e| ImageError::Fetch {
-                digest: expected.to_string(),
-                reason: e.to_string(),
-            })?;
+            let n = reader.read(&mut buf).map_err(|e| ImageError::Fetch { digest: expected.to_string(), reason: e.to_string() })?;
             if n == 0 {
                 break;
             }
-            file.write_all(&buf[..n]).map_err(|e| ImageError::io("writing", tmp.path(), e))?;
-            total += n as u64;
-            progress(total);
-            if total > cap {
-                return Err(ImageError::TooLarge {
-                    digest: expected.to_string(),
-                    size: total,
-                    limit: cap,
-                });
+            ing.write(&buf[..n])?;
+            progress(ing.count);
+        }
+        ing.commit().map(|(_, p)| p)
+    }
+
+    /// Stores a blob whose digest is not known beforehand (docker-archive members).
+    pub fn ingest_unnamed(&self, mut reader: impl Read) -> Result<(Digest, u64), ImageError> {
+        let mut ing = self.begin(None, None, None)?;
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = reader.read(&mut buf).map_err(|e| ImageError::Fetch { digest: "(unnamed blob)".into(), reason: e.to_string() })?;
+            if n == 0 {
+                break;
             }
+            ing.write(&buf[..n])?;
         }
-        let (got, count) = hashing.finish().map_err(|e| ImageError::Fetch {
-            digest: expected.to_string(),
-            reason: e.to_string(),
-        })?;
-        if let Some(s) = size {
-            if count != s {
-                return Err(ImageError::SizeMismatch {
-                    digest: expected.to_string(),
-                    expected: s,
-                    actual: count,
-                });
-            }
-        }
-        if &got != expected {
-            return Err(ImageError::DigestMismatch {
-                expected: expected.to_string(),
-                actual: got.to_string(),
-            });
-        }
-        file.sync_all().map_err(|e| ImageError::io("syncing", tmp.path(), e))?;
-        tmp.persist(&dest).map_err(|e| ImageError::io("storing blob", &dest, e.error))?;
-        Ok(dest)
+        let size = ing.count;
+        ing.commit().map(|(d, _)| (d, size))
     }
 
     /// Stores bytes already in memory (manifests, configs).
@@ -166,6 +154,54 @@ impl ContentStore {
 
     pub fn remove(&self, d: &Digest) -> io::Result<()> {
         std::fs::remove_file(self.path(d))
+    }
+}
+
+/// A blob being written: hashed and counted as it arrives.
+pub struct Ingest {
+    store: ContentStore,
+    name: String,
+    expected: Option<Digest>,
+    size: Option<u64>,
+    cap: u64,
+    tmp: tempfile::NamedTempFile,
+    hasher: sha2::Sha256,
+    count: u64,
+}
+
+impl Ingest {
+    pub fn write(&mut self, chunk: &[u8]) -> Result<(), ImageError> {
+        use sha2::Digest as _;
+        self.count += chunk.len() as u64;
+        if self.count > self.cap {
+            return Err(ImageError::TooLarge { digest: self.name.clone(), size: self.count, limit: self.cap });
+        }
+        self.hasher.update(chunk);
+        self.tmp.as_file_mut().write_all(chunk).map_err(|e| ImageError::io("writing", self.tmp.path(), e))
+    }
+
+    pub fn written(&self) -> u64 {
+        self.count
+    }
+
+    /// Checks size and digest, syncs, and moves the blob into place.
+    pub fn commit(self) -> Result<(Digest, PathBuf), ImageError> {
+        use sha2::Digest as _;
+        let got = Digest::from_sha256(self.hasher.finalize().into());
+        if let Some(s) = self.size {
+            if self.count != s {
+                return Err(ImageError::SizeMismatch { digest: self.name, expected: s, actual: self.count });
+            }
+        }
+        if let Some(e) = &self.expected {
+            if &got != e {
+                return Err(ImageError::DigestMismatch { expected: e.to_string(), actual: got.to_string() });
+            }
+        }
+        self.tmp.as_file().sync_all().map_err(|e| ImageError::io("syncing", self.tmp.path(), e))?;
+        let dest = self.store.path(&got);
+        self.tmp.persist(&dest).map_err(|e| ImageError::io("storing blob", &dest, e.error))?;
+        Ok((got, dest))
     }
 }
 

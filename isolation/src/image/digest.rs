@@ -29,7 +29,10 @@ impl Digest {
     }
 
     fn from_hasher(h: Sha256) -> Self {
-        let out = h.finalize();
+        Self::from_sha256(h.finalize().into())
+    }
+
+    pub(crate) fn from_sha256(out: [u8; 32]) -> Self {
         let mut hex = String::with_capacity(64);
         for b in out {
             hex.push_str(&format!("{b:02x}"));

@@ -13,7 +13,9 @@
 
 pub mod content;
 pub mod digest;
+pub mod pull;
 pub mod rootfs;
+pub mod store;
 pub mod unpack;
 
 use std::io::{self, BufRead, BufReader, Read};
