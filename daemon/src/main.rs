@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+mod image;
 mod runtime;
 mod server;
 
@@ -27,6 +28,8 @@ enum Cmd {
     Server(server::ServerArgs),
     /// An OCI runtime with runc's command line (create, start, state, kill, delete).
     Runtime(runtime::RuntimeArgs),
+    /// The node's image store: pull, import, list, rm, gc, mount.
+    Image(image::ImageArgs),
 }
 
 #[derive(clap::Args)]
@@ -61,12 +64,20 @@ fn main() -> Result<()> {
             }
             return Ok(());
         }
+        Cmd::Image(a) => {
+            if let Err(e) = image::run(a) {
+                eprintln!("flotillad image: {e:#}");
+                std::process::exit(1);
+            }
+            return Ok(());
+        }
         other => other,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         match cmd {
             Cmd::Up(a) => {
+                image::preload(&a.data_dir).await?;
                 server::run(server::ServerArgs {
                     name: "default".into(),
                     data_dir: a.data_dir.join("store"),
@@ -77,7 +88,7 @@ fn main() -> Result<()> {
                 .await
             }
             Cmd::Server(a) => server::run(a).await,
-            Cmd::Runtime(_) => unreachable!("handled above"),
+            Cmd::Runtime(_) | Cmd::Image(_) => unreachable!("handled above"),
         }
     })
 }

@@ -39,7 +39,12 @@ impl ContentStore {
 
     /// Starts writing blob `expected`. `size` is the size the descriptor gives; `limit`
     /// caps it. Nothing is visible under the digest until [`Ingest::commit`].
-    pub fn begin(&self, expected: Option<&Digest>, size: Option<u64>, limit: Option<u64>) -> Result<Ingest, ImageError> {
+    pub fn begin(
+        &self,
+        expected: Option<&Digest>,
+        size: Option<u64>,
+        limit: Option<u64>,
+    ) -> Result<Ingest, ImageError> {
         let name = expected.map(|d| d.to_string()).unwrap_or_else(|| "(unnamed blob)".into());
         if let (Some(s), Some(l)) = (size, limit) {
             if s > l {
@@ -47,7 +52,10 @@ impl ContentStore {
             }
         }
         let dir = self.root.join("ingest");
-        let tmp = tempfile::Builder::new().prefix("blob").tempfile_in(&dir).map_err(|e| ImageError::io("creating ingest file in", &dir, e))?;
+        let tmp = tempfile::Builder::new()
+            .prefix("blob")
+            .tempfile_in(&dir)
+            .map_err(|e| ImageError::io("creating ingest file in", &dir, e))?;
         Ok(Ingest {
             store: self.clone(),
             name,
@@ -75,7 +83,10 @@ impl ContentStore {
         let mut ing = self.begin(Some(expected), size, limit)?;
         let mut buf = vec![0u8; 256 * 1024];
         loop {
-            let n = reader.read(&mut buf).map_err(|e| ImageError::Fetch { digest: expected.to_string(), reason: e.to_string() })?;
+            let n = reader.read(&mut buf).map_err(|e| ImageError::Fetch {
+                digest: expected.to_string(),
+                reason: e.to_string(),
+            })?;
             if n == 0 {
                 break;
             }
@@ -90,7 +101,10 @@ impl ContentStore {
         let mut ing = self.begin(None, None, None)?;
         let mut buf = vec![0u8; 256 * 1024];
         loop {
-            let n = reader.read(&mut buf).map_err(|e| ImageError::Fetch { digest: "(unnamed blob)".into(), reason: e.to_string() })?;
+            let n = reader.read(&mut buf).map_err(|e| ImageError::Fetch {
+                digest: "(unnamed blob)".into(),
+                reason: e.to_string(),
+            })?;
             if n == 0 {
                 break;
             }
@@ -174,10 +188,17 @@ impl Ingest {
         use sha2::Digest as _;
         self.count += chunk.len() as u64;
         if self.count > self.cap {
-            return Err(ImageError::TooLarge { digest: self.name.clone(), size: self.count, limit: self.cap });
+            return Err(ImageError::TooLarge {
+                digest: self.name.clone(),
+                size: self.count,
+                limit: self.cap,
+            });
         }
         self.hasher.update(chunk);
-        self.tmp.as_file_mut().write_all(chunk).map_err(|e| ImageError::io("writing", self.tmp.path(), e))
+        self.tmp
+            .as_file_mut()
+            .write_all(chunk)
+            .map_err(|e| ImageError::io("writing", self.tmp.path(), e))
     }
 
     pub fn written(&self) -> u64 {
@@ -190,12 +211,19 @@ impl Ingest {
         let got = Digest::from_sha256(self.hasher.finalize().into());
         if let Some(s) = self.size {
             if self.count != s {
-                return Err(ImageError::SizeMismatch { digest: self.name, expected: s, actual: self.count });
+                return Err(ImageError::SizeMismatch {
+                    digest: self.name,
+                    expected: s,
+                    actual: self.count,
+                });
             }
         }
         if let Some(e) = &self.expected {
             if &got != e {
-                return Err(ImageError::DigestMismatch { expected: e.to_string(), actual: got.to_string() });
+                return Err(ImageError::DigestMismatch {
+                    expected: e.to_string(),
+                    actual: got.to_string(),
+                });
             }
         }
         self.tmp.as_file().sync_all().map_err(|e| ImageError::io("syncing", self.tmp.path(), e))?;

@@ -9,8 +9,8 @@ use oci_client::{Client, Reference};
 
 use super::content::MAX_METADATA_BYTES;
 use super::store::{
-    normalize, parse_manifest_doc, select_platform, Image, ImageStore, ManifestDoc, Progress, MEDIA_DOCKER_LIST,
-    MEDIA_DOCKER_MANIFEST, MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST,
+    normalize, parse_manifest_doc, select_platform, Image, ImageStore, ManifestDoc, Progress,
+    MEDIA_DOCKER_LIST, MEDIA_DOCKER_MANIFEST, MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST,
 };
 use super::{Digest, ImageError};
 
@@ -33,7 +33,8 @@ pub struct PullOptions {
     pub insecure_registries: Vec<String>,
 }
 
-const ACCEPT: &[&str] = &[MEDIA_OCI_MANIFEST, MEDIA_OCI_INDEX, MEDIA_DOCKER_MANIFEST, MEDIA_DOCKER_LIST];
+const ACCEPT: &[&str] =
+    &[MEDIA_OCI_MANIFEST, MEDIA_OCI_INDEX, MEDIA_DOCKER_MANIFEST, MEDIA_DOCKER_LIST];
 
 fn fetch_err(what: &str, e: impl std::fmt::Display) -> ImageError {
     ImageError::Fetch { digest: what.to_string(), reason: e.to_string() }
@@ -41,20 +42,31 @@ fn fetch_err(what: &str, e: impl std::fmt::Display) -> ImageError {
 
 impl ImageStore {
     /// Pulls `reference` (manifest, config, missing layers), tags it and returns it resolved.
-    pub async fn pull(&self, reference: &str, opts: &PullOptions, progress: &mut (dyn FnMut(Progress) + Send)) -> Result<Image, ImageError> {
+    pub async fn pull(
+        &self,
+        reference: &str,
+        opts: &PullOptions,
+        progress: &mut (dyn FnMut(Progress) + Send),
+    ) -> Result<Image, ImageError> {
         let norm = normalize(reference);
-        let r: Reference = norm.parse().map_err(|e| ImageError::Invalid { what: format!("reference {reference:?}"), reason: format!("{e}") })?;
+        let r: Reference = norm.parse().map_err(|e| ImageError::Invalid {
+            what: format!("reference {reference:?}"),
+            reason: format!("{e}"),
+        })?;
         let client = Client::new(ClientConfig {
             protocol: ClientProtocol::HttpsExcept(opts.insecure_registries.clone()),
             ..Default::default()
         });
         let auth = match &opts.auth {
             Auth::Anonymous => RegistryAuth::Anonymous,
-            Auth::Basic { username, password } => RegistryAuth::Basic(username.clone(), password.clone()),
+            Auth::Basic { username, password } => {
+                RegistryAuth::Basic(username.clone(), password.clone())
+            }
             Auth::Bearer(t) => RegistryAuth::Bearer(t.clone()),
         };
 
-        let top = self.fetch_manifest(&client, &r, &auth, r.digest().map(str::to_string), &norm).await?;
+        let top =
+            self.fetch_manifest(&client, &r, &auth, r.digest().map(str::to_string), &norm).await?;
         let bytes = self.content.read_verified(&top, MAX_METADATA_BYTES)?;
         let manifest_digest = match parse_manifest_doc(&norm, &bytes)? {
             ManifestDoc::Manifest(_) => top.clone(),
@@ -66,12 +78,24 @@ impl ImageStore {
         };
         let bytes = self.content.read_verified(&manifest_digest, MAX_METADATA_BYTES)?;
         let ManifestDoc::Manifest(manifest) = parse_manifest_doc(&norm, &bytes)? else {
-            return Err(ImageError::Invalid { what: format!("image {norm}"), reason: "nested image indexes are not supported".into() });
+            return Err(ImageError::Invalid {
+                what: format!("image {norm}"),
+                reason: "nested image indexes are not supported".into(),
+            });
         };
 
         let config = manifest.config();
-        let config_digest = Digest::parse(&config.digest().to_string()).map_err(|e| ImageError::Invalid { what: norm.clone(), reason: e })?;
-        self.fetch_blob(&client, &r, &config_digest, config.size(), Some(MAX_METADATA_BYTES), &mut |_| {}).await?;
+        let config_digest = Digest::parse(config.digest().as_ref())
+            .map_err(|e| ImageError::Invalid { what: norm.clone(), reason: e })?;
+        self.fetch_blob(
+            &client,
+            &r,
+            &config_digest,
+            config.size(),
+            Some(MAX_METADATA_BYTES),
+            &mut |_| {},
+        )
+        .await?;
 
         let mut p = Progress {
             layers_total: manifest.layers().len(),
@@ -80,7 +104,8 @@ impl ImageStore {
         };
         progress(p);
         for l in manifest.layers() {
-            let d = Digest::parse(&l.digest().to_string()).map_err(|e| ImageError::Invalid { what: norm.clone(), reason: e })?;
+            let d = Digest::parse(l.digest().as_ref())
+                .map_err(|e| ImageError::Invalid { what: norm.clone(), reason: e })?;
             let base = p.bytes_done;
             self.fetch_blob(&client, &r, &d, l.size(), None, &mut |n| {
                 p.bytes_done = base + n;
@@ -100,27 +125,51 @@ impl ImageStore {
         Ok(image)
     }
 
-    async fn fetch_manifest(&self, client: &Client, r: &Reference, auth: &RegistryAuth, expected: Option<String>, name: &str) -> Result<Digest, ImageError> {
-        let (bytes, _) = client.pull_manifest_raw(r, auth, ACCEPT).await.map_err(|e| fetch_err(&format!("manifest of {name}"), e))?;
+    async fn fetch_manifest(
+        &self,
+        client: &Client,
+        r: &Reference,
+        auth: &RegistryAuth,
+        expected: Option<String>,
+        name: &str,
+    ) -> Result<Digest, ImageError> {
+        let (bytes, _) = client
+            .pull_manifest_raw(r, auth, ACCEPT)
+            .await
+            .map_err(|e| fetch_err(&format!("manifest of {name}"), e))?;
         if bytes.len() as u64 > MAX_METADATA_BYTES {
-            return Err(ImageError::TooLarge { digest: format!("manifest of {name}"), size: bytes.len() as u64, limit: MAX_METADATA_BYTES });
+            return Err(ImageError::TooLarge {
+                digest: format!("manifest of {name}"),
+                size: bytes.len() as u64,
+                limit: MAX_METADATA_BYTES,
+            });
         }
         // The digest is ours to compute; a registry's header is not trusted.
         let d = match expected {
-            Some(e) => Digest::parse(&e).map_err(|er| ImageError::Invalid { what: name.to_string(), reason: er })?,
+            Some(e) => Digest::parse(&e)
+                .map_err(|er| ImageError::Invalid { what: name.to_string(), reason: er })?,
             None => Digest::of(&bytes),
         };
         self.content.put(&d, &bytes)?;
         Ok(d)
     }
 
-    async fn fetch_blob(&self, client: &Client, r: &Reference, d: &Digest, size: u64, limit: Option<u64>, progress: &mut (dyn FnMut(u64) + Send)) -> Result<(), ImageError> {
+    async fn fetch_blob(
+        &self,
+        client: &Client,
+        r: &Reference,
+        d: &Digest,
+        size: u64,
+        limit: Option<u64>,
+        progress: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<(), ImageError> {
         if self.content.has(d) {
             return Ok(());
         }
         let mut ing = self.content.begin(Some(d), Some(size), limit)?;
         let digest = d.to_string();
-        let mut stream = client.pull_blob_stream(r, digest.as_str()).await.map_err(|e| fetch_err(&digest, e))?;
+        let mut stream =
+            client.pull_blob_stream(r, digest.as_str()).await.map_err(|e| fetch_err(&digest, e))?;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| fetch_err(&digest, e))?;
             ing.write(&chunk)?;

@@ -81,7 +81,8 @@ pub fn normalize(reference: &str) -> String {
         None => (reference, None),
     };
     let first = name.split('/').next().unwrap_or("");
-    let has_registry = name.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
+    let has_registry =
+        name.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
     let mut full = if has_registry {
         name.to_string()
     } else if name.contains('/') {
@@ -113,30 +114,40 @@ pub fn select_platform(what: &str, index: &ImageIndex) -> Result<(Digest, u64), 
     for m in index.manifests() {
         match m.platform() {
             Some(p) if p.os().to_string() == OS && p.architecture().to_string() == ARCH => {
-                return Ok((parse_digest(what, &m.digest().to_string())?, m.size()));
+                return Ok((parse_digest(what, m.digest().as_ref())?, m.size()));
             }
             Some(p) => seen.push(format!("{}/{}", p.os(), p.architecture())),
             None => seen.push("(no platform)".into()),
         }
     }
-    Err(invalid(what, format!("no {OS}/{ARCH} manifest in the index (it has: {})", seen.join(", "))))
+    Err(invalid(
+        what,
+        format!("no {OS}/{ARCH} manifest in the index (it has: {})", seen.join(", ")),
+    ))
 }
 
 /// What a manifest-or-index document is.
 pub enum ManifestDoc {
-    Index(ImageIndex),
-    Manifest(ImageManifest),
+    Index(Box<ImageIndex>),
+    Manifest(Box<ImageManifest>),
 }
 
 /// Parses a manifest or index, by its `mediaType` or, failing that, its shape.
 pub fn parse_manifest_doc(what: &str, bytes: &[u8]) -> Result<ManifestDoc, ImageError> {
-    let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| invalid(what, format!("not JSON: {e}")))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| invalid(what, format!("not JSON: {e}")))?;
     let mt = v.get("mediaType").and_then(|m| m.as_str()).unwrap_or("");
-    let is_index = mt == MEDIA_OCI_INDEX || mt == MEDIA_DOCKER_LIST || (mt.is_empty() && v.get("manifests").is_some());
+    let is_index = mt == MEDIA_OCI_INDEX
+        || mt == MEDIA_DOCKER_LIST
+        || (mt.is_empty() && v.get("manifests").is_some());
     if is_index {
-        ImageIndex::from_reader(bytes).map(ManifestDoc::Index).map_err(|e| invalid(what, format!("bad image index: {e}")))
+        ImageIndex::from_reader(bytes)
+            .map(|i| ManifestDoc::Index(Box::new(i)))
+            .map_err(|e| invalid(what, format!("bad image index: {e}")))
     } else {
-        ImageManifest::from_reader(bytes).map(ManifestDoc::Manifest).map_err(|e| invalid(what, format!("bad manifest: {e}")))
+        ImageManifest::from_reader(bytes)
+            .map(|m| ManifestDoc::Manifest(Box::new(m)))
+            .map_err(|e| invalid(what, format!("bad manifest: {e}")))
     }
 }
 
@@ -154,7 +165,8 @@ impl ImageStore {
     fn read_refs(&self) -> Result<Refs, ImageError> {
         let p = self.root.join("refs.json");
         match std::fs::read(&p) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| invalid(format!("{}", p.display()), e.to_string())),
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| invalid(format!("{}", p.display()), e.to_string())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Refs::default()),
             Err(e) => Err(ImageError::io("reading", p, e)),
         }
@@ -162,7 +174,8 @@ impl ImageStore {
 
     fn write_refs(&self, refs: &Refs) -> Result<(), ImageError> {
         let p = self.root.join("refs.json");
-        crate::state::write_atomic(&p, &serde_json::to_vec_pretty(refs).expect("refs serialize")).map_err(|e| ImageError::io("writing", p, e))
+        crate::state::write_atomic(&p, &serde_json::to_vec_pretty(refs).expect("refs serialize"))
+            .map_err(|e| ImageError::io("writing", p, e))
     }
 
     /// Points `reference` at a stored manifest (or index).
@@ -194,7 +207,12 @@ impl ImageStore {
             Some((_, d)) => parse_digest(reference, d)?,
             None => {
                 let refs = self.read_refs()?;
-                let d = refs.refs.get(&norm).ok_or_else(|| invalid(format!("image {reference}"), "not found in the image store (pull or import it)"))?;
+                let d = refs.refs.get(&norm).ok_or_else(|| {
+                    invalid(
+                        format!("image {reference}"),
+                        "not found in the image store (pull or import it)",
+                    )
+                })?;
                 parse_digest(reference, d)?
             }
         };
@@ -205,44 +223,82 @@ impl ImageStore {
         let what = format!("image {reference}");
         let bytes = self.content.read_verified(top, MAX_METADATA_BYTES)?;
         let (manifest_digest, manifest) = match parse_manifest_doc(&what, &bytes)? {
-            ManifestDoc::Manifest(m) => (top.clone(), m),
+            ManifestDoc::Manifest(m) => (top.clone(), *m),
             ManifestDoc::Index(idx) => {
                 let (d, _) = select_platform(&what, &idx)?;
                 let b = self.content.read_verified(&d, MAX_METADATA_BYTES)?;
                 match parse_manifest_doc(&what, &b)? {
-                    ManifestDoc::Manifest(m) => (d, m),
-                    ManifestDoc::Index(_) => return Err(invalid(what, "nested image indexes are not supported")),
+                    ManifestDoc::Manifest(m) => (d, *m),
+                    ManifestDoc::Index(_) => {
+                        return Err(invalid(what, "nested image indexes are not supported"))
+                    }
                 }
             }
         };
-        let config_digest = parse_digest(&what, &manifest.config().digest().to_string())?;
+        let config_digest = parse_digest(&what, manifest.config().digest().as_ref())?;
         let config_bytes = self.content.read_verified(&config_digest, MAX_METADATA_BYTES)?;
-        let config = ImageConfiguration::from_reader(&config_bytes[..]).map_err(|e| invalid(format!("{what} config {config_digest}"), e.to_string()))?;
+        let config = ImageConfiguration::from_reader(&config_bytes[..])
+            .map_err(|e| invalid(format!("{what} config {config_digest}"), e.to_string()))?;
         if config.os().to_string() != OS || config.architecture().to_string() != ARCH {
-            return Err(invalid(&what, format!("image is for {}/{}, this node runs {OS}/{ARCH}", config.os(), config.architecture())));
+            return Err(invalid(
+                &what,
+                format!(
+                    "image is for {}/{}, this node runs {OS}/{ARCH}",
+                    config.os(),
+                    config.architecture()
+                ),
+            ));
         }
         let diff_ids = config.rootfs().diff_ids();
         if diff_ids.len() != manifest.layers().len() {
-            return Err(invalid(&what, format!("manifest has {} layers but the config lists {} diff_ids", manifest.layers().len(), diff_ids.len())));
+            return Err(invalid(
+                &what,
+                format!(
+                    "manifest has {} layers but the config lists {} diff_ids",
+                    manifest.layers().len(),
+                    diff_ids.len()
+                ),
+            ));
         }
         let mut layers = Vec::new();
         for (l, diff) in manifest.layers().iter().zip(diff_ids) {
             layers.push(Layer {
-                digest: parse_digest(&what, &l.digest().to_string())?,
+                digest: parse_digest(&what, l.digest().as_ref())?,
                 size: l.size(),
                 media_type: l.media_type().to_string(),
                 diff_id: parse_digest(&what, diff)?,
             });
         }
-        Ok(Image { reference: reference.to_string(), manifest: manifest_digest, config_digest, config, layers })
+        Ok(Image {
+            reference: reference.to_string(),
+            manifest: manifest_digest,
+            config_digest,
+            config,
+            layers,
+        })
     }
 
     /// Unpacks every layer not yet unpacked; returns the snapshot dirs, base layer first.
-    pub fn unpack(&self, image: &Image, opts: UnpackOptions, progress: &mut dyn FnMut(Progress)) -> Result<Vec<PathBuf>, ImageError> {
-        let mut p = Progress { layers_total: image.layers.len(), bytes_total: image.layers.iter().map(|l| l.size).sum(), ..Default::default() };
+    pub fn unpack(
+        &self,
+        image: &Image,
+        opts: UnpackOptions,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Vec<PathBuf>, ImageError> {
+        let mut p = Progress {
+            layers_total: image.layers.len(),
+            bytes_total: image.layers.iter().map(|l| l.size).sum(),
+            ..Default::default()
+        };
         let mut dirs = Vec::new();
         for l in &image.layers {
-            let dir = self.snapshots.apply(&self.content, &l.digest, &l.diff_id, Compression::from_media_type(&l.media_type), opts)?;
+            let dir = self.snapshots.apply(
+                &self.content,
+                &l.digest,
+                &l.diff_id,
+                Compression::from_media_type(&l.media_type),
+                opts,
+            )?;
             dirs.push(dir);
             p.layers_done += 1;
             p.bytes_done += l.size;
@@ -264,7 +320,8 @@ impl ImageStore {
             if entry.header().entry_type() != tar::EntryType::Regular {
                 continue;
             }
-            let name = String::from_utf8_lossy(&entry.path_bytes()).trim_start_matches("./").to_string();
+            let name =
+                String::from_utf8_lossy(&entry.path_bytes()).trim_start_matches("./").to_string();
             if let Some(hex) = name.strip_prefix("blobs/sha256/") {
                 // An OCI layout blob: its name is its digest.
                 let d = parse_digest(&what(&name), &format!("sha256:{hex}"))?;
@@ -273,7 +330,10 @@ impl ImageStore {
                 files.insert(name, d);
             } else if name == "index.json" || name == "manifest.json" || name == "oci-layout" {
                 let mut b = Vec::new();
-                (&mut entry).take(MAX_METADATA_BYTES + 1).read_to_end(&mut b).map_err(|e| ImageError::io("reading", path, e))?;
+                (&mut entry)
+                    .take(MAX_METADATA_BYTES + 1)
+                    .read_to_end(&mut b)
+                    .map_err(|e| ImageError::io("reading", path, e))?;
                 if b.len() as u64 > MAX_METADATA_BYTES {
                     return Err(invalid(what(&name), "over the metadata size limit"));
                 }
@@ -289,7 +349,10 @@ impl ImageStore {
         } else if let Some(manifest) = small.get("manifest.json") {
             self.import_docker_manifest(path, manifest, &files)
         } else {
-            Err(invalid(path.display().to_string(), "neither an OCI layout (index.json) nor a docker-archive (manifest.json)"))
+            Err(invalid(
+                path.display().to_string(),
+                "neither an OCI layout (index.json) nor a docker-archive (manifest.json)",
+            ))
         }
     }
 
@@ -298,15 +361,22 @@ impl ImageStore {
         let idx = ImageIndex::from_reader(index).map_err(|e| invalid(&what, e.to_string()))?;
         let mut tagged = Vec::new();
         for m in idx.manifests() {
-            let d = parse_digest(&what, &m.digest().to_string())?;
+            let d = parse_digest(&what, m.digest().as_ref())?;
             if !self.content.has(&d) {
                 return Err(ImageError::MissingBlob { digest: d.to_string() });
             }
             let ann = m.annotations().clone().unwrap_or_default();
-            let name = ann.get("io.containerd.image.name").or_else(|| ann.get("org.opencontainers.image.ref.name")).cloned();
+            let name = ann
+                .get("io.containerd.image.name")
+                .or_else(|| ann.get("org.opencontainers.image.ref.name"))
+                .cloned();
             let Some(name) = name else { continue };
             // A bare ref.name is a tag ("latest"), not a repository.
-            let reference = if name.contains('/') || name.contains(':') { name } else { format!("localhost/imported:{name}") };
+            let reference = if name.contains('/') || name.contains(':') {
+                name
+            } else {
+                format!("localhost/imported:{name}")
+            };
             // Resolve now, so a broken import fails here and not at container start.
             self.resolve_digest(&reference, &d)?;
             self.tag(&reference, &d)?;
@@ -315,7 +385,12 @@ impl ImageStore {
         Ok(tagged)
     }
 
-    fn import_docker_manifest(&self, path: &Path, manifest: &[u8], files: &BTreeMap<String, Digest>) -> Result<Vec<String>, ImageError> {
+    fn import_docker_manifest(
+        &self,
+        path: &Path,
+        manifest: &[u8],
+        files: &BTreeMap<String, Digest>,
+    ) -> Result<Vec<String>, ImageError> {
         #[derive(Deserialize)]
         #[serde(rename_all = "PascalCase")]
         struct Entry {
@@ -325,18 +400,28 @@ impl ImageStore {
             layers: Vec<String>,
         }
         let what = format!("{} manifest.json", path.display());
-        let entries: Vec<Entry> = serde_json::from_slice(manifest).map_err(|e| invalid(&what, e.to_string()))?;
-        let find = |name: &str| files.get(name.trim_start_matches("./")).cloned().ok_or_else(|| invalid(&what, format!("names {name}, which the archive lacks")));
+        let entries: Vec<Entry> =
+            serde_json::from_slice(manifest).map_err(|e| invalid(&what, e.to_string()))?;
+        let find = |name: &str| {
+            files
+                .get(name.trim_start_matches("./"))
+                .cloned()
+                .ok_or_else(|| invalid(&what, format!("names {name}, which the archive lacks")))
+        };
         let mut tagged = Vec::new();
         for e in entries {
             let config = find(&e.config)?;
             let mut layers = Vec::new();
             for l in &e.layers {
                 let d = find(l)?;
-                let size = std::fs::metadata(self.content.path(&d)).map_err(|er| ImageError::io("stat", self.content.path(&d), er))?.len();
+                let size = std::fs::metadata(self.content.path(&d))
+                    .map_err(|er| ImageError::io("stat", self.content.path(&d), er))?
+                    .len();
                 layers.push(serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d.to_string(), "size": size}));
             }
-            let config_size = std::fs::metadata(self.content.path(&config)).map_err(|er| ImageError::io("stat", self.content.path(&config), er))?.len();
+            let config_size = std::fs::metadata(self.content.path(&config))
+                .map_err(|er| ImageError::io("stat", self.content.path(&config), er))?
+                .len();
             // docker-archive layers are uncompressed tars: an OCI manifest describes them exactly.
             let m = serde_json::json!({
                 "schemaVersion": 2,
@@ -360,7 +445,13 @@ impl ImageStore {
     /// tarball is reported and skipped; the others still import.
     pub fn import_dir(&self, dir: &Path) -> Vec<(PathBuf, Result<Vec<String>, ImageError>)> {
         let mut out = Vec::new();
-        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir).into_iter().flatten().flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "tar")).collect();
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "tar"))
+            .collect();
         paths.sort();
         for p in paths {
             let r = self.import_tar(&p);
@@ -382,7 +473,7 @@ impl ImageStore {
             if let Ok(bytes) = self.content.read_verified(&top, MAX_METADATA_BYTES) {
                 if let Ok(ManifestDoc::Index(idx)) = parse_manifest_doc(&reference, &bytes) {
                     for m in idx.manifests() {
-                        if let Ok(d) = Digest::parse(&m.digest().to_string()) {
+                        if let Ok(d) = Digest::parse(m.digest().as_ref()) {
                             keep_blobs.insert(d);
                         }
                     }

@@ -1,0 +1,194 @@
+//! Images end to end (root): an image built here is pushed with skopeo to Debian's
+//! docker-registry on loopback, pulled back by `flotillad image`, verified, unpacked,
+//! mounted as an overlay and run; tampered blobs, foreign platforms and tarball imports.
+
+use flotilla_tests::{bundle, flotillad, oci, probe, Registry, RuntimeCli};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// `flotillad image --root <root>`; unmounts what it mounted when dropped.
+struct Images {
+    root: PathBuf,
+    mounted: std::cell::RefCell<Vec<PathBuf>>,
+}
+
+impl Images {
+    fn new(root: &Path) -> Self {
+        Self { root: root.to_path_buf(), mounted: Default::default() }
+    }
+
+    fn run(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(flotillad())
+            .arg("image")
+            .arg("--root")
+            .arg(&self.root)
+            .args(args)
+            .output()
+            .expect("run flotillad image");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.run(args);
+        assert!(ok, "flotillad image {}: {err}", args.join(" "));
+        out
+    }
+
+    fn mount(&self, reference: &str, dir: &Path) -> PathBuf {
+        self.mounted.borrow_mut().push(dir.to_path_buf());
+        PathBuf::from(self.ok(&["mount", reference, dir.to_str().unwrap()]).trim())
+    }
+}
+
+impl Drop for Images {
+    fn drop(&mut self) {
+        for d in self.mounted.borrow().iter() {
+            let _ = self.run(&["unmount", d.to_str().unwrap()]);
+        }
+    }
+}
+
+fn skopeo(args: &[&str]) {
+    let out = Command::new("skopeo").args(args).output().expect("run skopeo (apt install skopeo)");
+    assert!(
+        out.status.success(),
+        "skopeo {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("img-test").tempdir_in("/var/tmp").unwrap()
+}
+
+/// Push with skopeo, pull with flotillad, digests equal, the overlay hides whited-out
+/// files, and a container runs on it with the overlay as its root.
+#[test]
+fn an_image_from_a_real_registry_pulls_verified_and_runs_on_an_overlay() {
+    let dir = tmp();
+    let layout = dir.path().join("layout");
+    let built = oci::write_probe_layout(&layout, &probe(), "latest", "amd64", true).unwrap();
+    let reg = Registry::start(dir.path()).unwrap();
+    let remote = format!("{}/probe:latest", reg.addr);
+    skopeo(&[
+        "copy",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:latest", layout.display()),
+        &format!("docker://{remote}"),
+    ]);
+
+    // The runtime is declared after the images: its container goes before the overlay.
+    let images = Images::new(&dir.path().join("store"));
+    let out = images.ok(&["pull", "--insecure-registry", &reg.addr, &remote]);
+    assert!(out.contains(&remote), "{out}");
+    let listed = images.ok(&["list"]);
+    assert!(listed.contains(&remote), "{listed}");
+    for l in &built.layers {
+        let blob = images.root.join("content/blobs/sha256").join(l.trim_start_matches("sha256:"));
+        assert_eq!(
+            oci::sha256(&std::fs::read(&blob).unwrap()),
+            *l,
+            "layer stored under its digest"
+        );
+    }
+
+    let merged = images.mount(&remote, &dir.path().join("c1"));
+    assert!(merged.join("bin/flotilla-probe").is_file());
+    assert!(merged.join("etc/hostname").is_file());
+    assert!(!merged.join("etc/removed").exists(), "the whiteout of layer 2 hides layer 1's file");
+
+    let rt = RuntimeCli::new(&dir.path().join("state"));
+    let b = dir.path().join("bundle");
+    std::fs::create_dir_all(&b).unwrap();
+    let mut config = bundle::runc_default_config(&["/bin/flotilla-probe", "inspect"]);
+    config["root"] = json!({"path": merged, "readonly": false});
+    bundle::write_config(&b, &config).unwrap();
+    let log = dir.path().join("c1.log");
+    let created = rt.create("img", &b, &["--log-path", log.to_str().unwrap()]);
+    assert!(created.ok, "{}", created.stderr);
+    rt.ok(&["start", "img"]);
+    let exit: serde_json::Value =
+        serde_json::from_str(&rt.ok(&["wait", "img", "--timeout", "30"])).unwrap();
+    assert_eq!(exit["code"], 0, "{exit}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains(" stdout F rootfs=overlay"),
+        "the container's root is the overlay: {text}"
+    );
+    rt.ok(&["delete", "img"]);
+    drop(rt);
+
+    images.ok(&["rm", &remote]);
+    let gc = images.ok(&["gc"]);
+    assert!(gc.contains("removed 4 blobs"), "manifest, config, two layers: {gc}");
+}
+
+/// A blob changed in the registry's storage is refused, named by its digest, and the
+/// reference is not created.
+#[test]
+fn a_tampered_blob_is_refused_and_nothing_is_tagged() {
+    let dir = tmp();
+    let layout = dir.path().join("layout");
+    let built = oci::write_probe_layout(&layout, &probe(), "latest", "amd64", true).unwrap();
+    let reg = Registry::start(dir.path()).unwrap();
+    let remote = format!("{}/probe:latest", reg.addr);
+    skopeo(&[
+        "copy",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:latest", layout.display()),
+        &format!("docker://{remote}"),
+    ]);
+    let victim = &built.layers[1];
+    let path = reg.blob_path(victim);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+
+    let images = Images::new(&dir.path().join("store"));
+    let (ok, _, err) = images.run(&["pull", "--insecure-registry", &reg.addr, &remote]);
+    assert!(!ok, "a tampered layer was accepted");
+    assert!(err.contains(victim.as_str()), "the error names the blob: {err}");
+    assert_eq!(images.ok(&["list"]).trim(), "", "nothing tagged");
+    assert!(!images
+        .root
+        .join("content/blobs/sha256")
+        .join(victim.trim_start_matches("sha256:"))
+        .exists());
+}
+
+/// OCI layout and docker-archive tarballs import (as a node's images/ directory does at
+/// start-up); an image for another architecture is refused by name.
+#[test]
+fn tarballs_import_and_foreign_platforms_are_refused() {
+    let dir = tmp();
+    let layout = dir.path().join("layout");
+    oci::write_probe_layout(&layout, &probe(), "v1", "amd64", false).unwrap();
+    let tarball = dir.path().join("probe-oci.tar");
+    oci::tar_layout(&layout, &tarball).unwrap();
+    let archive = dir.path().join("probe-docker.tar");
+    skopeo(&[
+        "copy",
+        &format!("oci:{}:v1", layout.display()),
+        &format!("docker-archive:{}:localhost/probe:v2", archive.display()),
+    ]);
+
+    let images = Images::new(&dir.path().join("store"));
+    let out = images.ok(&["import", tarball.to_str().unwrap(), archive.to_str().unwrap()]);
+    assert!(out.contains("localhost/probe:v1") && out.contains("localhost/probe:v2"), "{out}");
+    let merged = images.mount("localhost/probe:v2", &dir.path().join("c2"));
+    assert!(merged.join("bin/flotilla-probe").is_file() && !merged.join("etc/removed").exists());
+
+    let arm = dir.path().join("arm");
+    oci::write_probe_layout(&arm, &probe(), "arm", "arm64", true).unwrap();
+    let arm_tar = dir.path().join("arm.tar");
+    oci::tar_layout(&arm, &arm_tar).unwrap();
+    let (ok, _, err) = images.run(&["import", arm_tar.to_str().unwrap()]);
+    assert!(!ok && err.contains("linux/arm64"), "{err}");
+}
