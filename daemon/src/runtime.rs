@@ -69,6 +69,28 @@ enum RuntimeCmd {
         #[arg(long, default_value_t = 3600)]
         timeout: u64,
     },
+    /// Run another process in a running container; exits with its exit code.
+    Exec {
+        /// Allocate a pty inside the container for the process.
+        #[arg(short, long)]
+        tty: bool,
+        /// Working directory (default: the container's).
+        #[arg(long)]
+        cwd: Option<PathBuf>,
+        /// KEY=VALUE added to the container's environment; repeatable.
+        #[arg(short, long)]
+        env: Vec<String>,
+        /// Return once the process runs instead of waiting for it.
+        #[arg(short, long)]
+        detach: bool,
+        /// File to write the process's pid to.
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
+        id: String,
+        /// The command and its arguments.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
     /// List containers.
     List,
     /// Print the container's cgroup usage as JSON.
@@ -98,6 +120,18 @@ pub fn run(args: RuntimeArgs) -> Result<()> {
                 .wait(&id, Duration::from_secs(timeout))?
                 .with_context(|| format!("container {id:?} still running after {timeout}s"))?;
             println!("{}", serde_json::to_string(&exit)?);
+        }
+        RuntimeCmd::Exec { tty, cwd, env, detach, pid_file, id, command } => {
+            let opts = container::ExecOptions { args: command, env, cwd, tty, detach };
+            match rt.exec(&id, &opts)? {
+                container::ExecResult::Detached(pid) => {
+                    if let Some(p) = pid_file {
+                        std::fs::write(&p, pid.to_string())
+                            .with_context(|| format!("writing {}", p.display()))?;
+                    }
+                }
+                container::ExecResult::Exited(code) => std::process::exit(code),
+            }
         }
         RuntimeCmd::List => {
             println!("{:<24} {:>8} {:<8} BUNDLE", "ID", "PID", "STATUS");

@@ -242,3 +242,57 @@ fn bad_bundles_are_refused_by_name_and_leave_nothing() {
     let out = f.rt.create("malformed", &malformed, &[]);
     assert!(!out.ok && out.stderr.contains("malformed JSON"), "{}", out.stderr);
 }
+
+/// exec joins a running container: same hostname, cgroup and pid namespace (not PID 1),
+/// the container's no_new_privs, seccomp and capabilities, its exit code passed back; with
+/// --tty the process gets a terminal from the container's own /dev/pts.
+#[test]
+fn exec_runs_a_process_inside_a_running_container_with_its_restrictions() {
+    let f = Fixture::new();
+    let b = f.bundle("ex", &hardened(&["/bin/sleep", "300"]));
+    let out = f.rt.create("ex", &b, &["--log-path", f.log("ex").to_str().unwrap()]);
+    assert!(out.ok, "{}", out.stderr);
+    f.rt.ok(&["start", "ex"]);
+    let got = facts(
+        &f.rt
+            .ok(&["exec", "ex", "/bin/flotilla-probe", "inspect"])
+            .lines()
+            .map(str::to_string)
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(got.get("hostname").map(String::as_str), Some("probe-host"), "{got:#?}");
+    assert_eq!(got.get("NoNewPrivs").map(String::as_str), Some("1"));
+    assert_eq!(got.get("Seccomp").map(String::as_str), Some("2"));
+    assert_eq!(got.get("CapEff").map(String::as_str), Some("00000000a80425fb"));
+    assert_eq!(
+        got.get("pids.max").map(String::as_str),
+        Some("64"),
+        "in the container's cgroup: {got:#?}"
+    );
+    let pid: u32 = got["pid"].parse().unwrap();
+    assert!(pid > 1, "a second process in the pid namespace, got pid {pid}");
+
+    let status = std::process::Command::new(flotilla_tests::flotillad())
+        .args([
+            "runtime",
+            "--root",
+            f.rt.root.to_str().unwrap(),
+            "exec",
+            "ex",
+            "/bin/sh",
+            "-c",
+            "exit 3",
+        ])
+        .stdin(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(3), "exec exits with the process's code");
+
+    let tty =
+        f.rt.ok(&["exec", "--tty", "ex", "/bin/sh", "-c", "tty; [ -t 0 ] && echo stdin-is-a-tty"]);
+    assert!(tty.contains("/dev/pts/0") && tty.contains("stdin-is-a-tty"), "{tty:?}");
+
+    let missing = f.rt.run(&["exec", "ex", "/bin/not-there"]);
+    assert!(!missing.ok && missing.stderr.contains("not-there"), "{}", missing.stderr);
+    f.rt.ok(&["delete", "--force", "ex"]);
+}

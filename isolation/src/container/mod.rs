@@ -9,6 +9,7 @@
 //! command, which long-running supervisors (the agent) call.
 
 mod create;
+mod exec;
 mod init;
 mod monitor;
 mod ops;
@@ -16,6 +17,7 @@ mod ops;
 use std::path::{Path, PathBuf};
 
 pub use create::CreateOptions;
+pub use exec::{ExecOptions, ExecResult};
 pub use ops::parse_signal;
 
 /// Default state root, as runc uses /run/runc.
