@@ -122,6 +122,8 @@ pub fn run(args: RuntimeArgs) -> Result<()> {
             println!("{}", serde_json::to_string(&exit)?);
         }
         RuntimeCmd::Exec { tty, cwd, env, detach, pid_file, id, command } => {
+            flotilla_isolation::reexec_from_sealed_copy()
+                .context("re-executing from a sealed copy")?;
             let opts = container::ExecOptions { args: command, env, cwd, tty, detach };
             match rt.exec(&id, &opts)? {
                 container::ExecResult::Detached(pid) => {

@@ -27,3 +27,4 @@ mod sys;
 pub use container::{CreateOptions, Runtime};
 pub use error::{Error, Result};
 pub use state::{Exit, State, Status};
+pub use sys::{reexec_from_sealed_copy, CLONED_ENV};

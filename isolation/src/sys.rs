@@ -103,3 +103,51 @@ pub fn set_undumpable() {
     // SAFETY: prctl(PR_SET_DUMPABLE, 0) changes a flag of this process only.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
 }
+
+/// Set in the environment of a runtime re-executed from a sealed copy of itself.
+pub const CLONED_ENV: &str = "_FLOTILLA_CLONED_BINARY";
+
+/// Re-executes the current binary from a sealed memfd copy, unless already running from
+/// one. A process joining a container (`exec`) is then, until its own execve, a binary
+/// that cannot be written: a container that tricks it into running `/proc/self/exe`
+/// (the CVE-2019-5736 class) gets a read-only, sealed copy, never the file on the host.
+/// Costs one copy of the binary, so only `exec` does it; `create` never runs where a
+/// container process could reach it (the init is alone in its namespaces until start).
+pub fn reexec_from_sealed_copy() -> std::io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+    use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
+    if std::env::var_os(CLONED_ENV).is_some() {
+        return Ok(());
+    }
+    let mut src = std::fs::File::open("/proc/self/exe")?;
+    let memfd = memfd_create(
+        c"flotillad-sealed",
+        MemFdCreateFlag::MFD_ALLOW_SEALING | MemFdCreateFlag::MFD_CLOEXEC,
+    )?;
+    let mut dst = std::fs::File::from(memfd);
+    std::io::copy(&mut src, &mut dst)?;
+    fcntl(
+        dst.as_raw_fd(),
+        FcntlArg::F_ADD_SEALS(
+            SealFlag::F_SEAL_SEAL
+                | SealFlag::F_SEAL_SHRINK
+                | SealFlag::F_SEAL_GROW
+                | SealFlag::F_SEAL_WRITE,
+        ),
+    )?;
+    let args: Vec<std::ffi::CString> = std::env::args_os()
+        .map(|a| std::ffi::CString::new(std::os::unix::ffi::OsStringExt::into_vec(a)))
+        .collect::<Result<_, _>>()
+        .map_err(std::io::Error::other)?;
+    let mut env: Vec<std::ffi::CString> = std::env::vars_os()
+        .filter_map(|(k, v)| {
+            let mut kv = std::os::unix::ffi::OsStringExt::into_vec(k);
+            kv.push(b'=');
+            kv.extend(std::os::unix::ffi::OsStringExt::into_vec(v));
+            std::ffi::CString::new(kv).ok()
+        })
+        .collect();
+    env.push(std::ffi::CString::new(format!("{CLONED_ENV}=1")).expect("no NUL"));
+    let err = nix::unistd::fexecve(dst.as_raw_fd(), &args, &env).unwrap_err();
+    Err(err.into())
+}

@@ -292,6 +292,20 @@ fn exec_runs_a_process_inside_a_running_container_with_its_restrictions() {
         f.rt.ok(&["exec", "--tty", "ex", "/bin/sh", "-c", "tty; [ -t 0 ] && echo stdin-is-a-tty"]);
     assert!(tty.contains("/dev/pts/0") && tty.contains("stdin-is-a-tty"), "{tty:?}");
 
+    // The CVE-2019-5736 class: what joins the container runs from a sealed memfd copy of
+    // the runtime, so /proc/PID/exe inside leads to nothing writable on the host.
+    let mut joiner = std::process::Command::new(flotilla_tests::flotillad())
+        .args(["runtime", "--root", f.rt.root.to_str().unwrap(), "exec", "ex", "/bin/sleep", "2"])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let exe = std::fs::read_link(format!("/proc/{}/exe", joiner.id())).unwrap();
+    assert!(exe.to_string_lossy().contains("memfd:flotillad-sealed"), "exec runs from {exe:?}");
+    let w = std::fs::OpenOptions::new().write(true).open(format!("/proc/{}/exe", joiner.id()));
+    assert!(w.is_err(), "the sealed copy cannot be opened for writing");
+    assert!(joiner.wait().unwrap().success());
+
     let missing = f.rt.run(&["exec", "ex", "/bin/not-there"]);
     assert!(!missing.ok && missing.stderr.contains("not-there"), "{}", missing.stderr);
     f.rt.ok(&["delete", "--force", "ex"]);
