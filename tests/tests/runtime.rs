@@ -166,6 +166,11 @@ fn the_lifecycle_follows_the_oci_states_and_delete_leaves_nothing() {
     // first check start and kill.
     f.rt.ok(&["start", "life"]);
     assert_eq!(f.rt.status("life"), "running");
+    let stats: Value = serde_json::from_str(&f.rt.ok(&["stats", "life"])).unwrap();
+    assert!(
+        stats["memory_usage_bytes"].as_u64().unwrap() > 0 && stats["pids"].as_u64().unwrap() >= 2,
+        "{stats}"
+    );
     let refused = f.rt.run(&["delete", "life"]);
     assert!(!refused.ok && refused.stderr.contains("running"), "{}", refused.stderr);
     f.rt.ok(&["kill", "life", "TERM"]);
