@@ -516,14 +516,29 @@ pub struct Registry {
 
 impl Registry {
     pub fn start(dir: &Path) -> Result<Registry> {
+        Self::start_with_auth(dir, None)
+    }
+
+    /// With `Some((user, password))`, the registry demands HTTP basic auth (htpasswd).
+    pub fn start_with_auth(dir: &Path, auth: Option<(&str, &str)>) -> Result<Registry> {
         let addr = format!("127.0.0.1:{}", free_port());
         let storage = dir.join("registry-data");
         std::fs::create_dir_all(&storage)?;
         let config = dir.join("registry.yml");
-        std::fs::write(
-            &config,
-            format!("version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n", storage.display()),
-        )?;
+        let mut yaml = format!("version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n", storage.display());
+        if let Some((user, password)) = auth {
+            let out = Command::new("htpasswd")
+                .args(["-Bbn", user, password])
+                .output()
+                .context("htpasswd (apt install apache2-utils)")?;
+            let file = dir.join("htpasswd");
+            std::fs::write(&file, &out.stdout)?;
+            yaml.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: flotilla-test\n    path: {}\n",
+                file.display()
+            ));
+        }
+        std::fs::write(&config, yaml)?;
         let mut cmd = Command::new("docker-registry");
         cmd.arg("serve").arg(&config);
         let proc = Proc::spawn("docker-registry", cmd, &dir.join("registry.log"))

@@ -192,3 +192,47 @@ fn tarballs_import_and_foreign_platforms_are_refused() {
     let (ok, _, err) = images.run(&["import", arm_tar.to_str().unwrap()]);
     assert!(!ok && err.contains("linux/arm64"), "{err}");
 }
+
+/// A registry that demands basic auth: pulls without credentials are refused, with them
+/// they succeed.
+#[test]
+fn basic_auth_registries_need_and_accept_credentials() {
+    let dir = tmp();
+    let layout = dir.path().join("layout");
+    oci::write_probe_layout(&layout, &probe(), "latest", "amd64", true).unwrap();
+    let reg = Registry::start_with_auth(dir.path(), Some(("alice", "s3cret"))).unwrap();
+    let remote = format!("{}/probe:latest", reg.addr);
+    skopeo(&[
+        "copy",
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        "alice:s3cret",
+        &format!("oci:{}:latest", layout.display()),
+        &format!("docker://{remote}"),
+    ]);
+    let images = Images::new(&dir.path().join("store"));
+    let (ok, _, err) = images.run(&["pull", "--insecure-registry", &reg.addr, &remote]);
+    assert!(!ok, "an anonymous pull from an auth registry succeeded");
+    assert!(err.contains("manifest of") && err.contains(&remote), "{err}");
+    let (ok, _, err) = images.run(&[
+        "pull",
+        "--insecure-registry",
+        &reg.addr,
+        "--username",
+        "alice",
+        "--password",
+        "wrong",
+        &remote,
+    ]);
+    assert!(!ok, "a wrong password was accepted: {err}");
+    images.ok(&[
+        "pull",
+        "--insecure-registry",
+        &reg.addr,
+        "--username",
+        "alice",
+        "--password",
+        "s3cret",
+        &remote,
+    ]);
+}

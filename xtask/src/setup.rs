@@ -24,6 +24,8 @@ const APT_PACKAGES: &[&str] = &[
     "crun",
     "docker-registry",
     "skopeo",
+    // htpasswd, for the registry that demands basic auth.
+    "apache2-utils",
 ];
 
 pub fn setup() -> Result<()> {
