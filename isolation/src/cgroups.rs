@@ -100,8 +100,17 @@ impl Cgroup {
         cgroups_rs::fs::Cgroup::new(hierarchies::auto(), path)
             .map_err(|e| Self::err(id, path, format!("creating: {e}")))?;
         let mut cg = Self::open(id, path)?;
+        // cgroup v2 has no devices controller: device rules there are an eBPF program
+        // (BPF_CGROUP_DEVICE), which we do not attach yet, so they are left out.
+        let mut resources = resources.clone();
+        if cg.is_v2() {
+            if resources.devices().as_ref().is_some_and(|d| !d.is_empty()) {
+                tracing::warn!(container = %id, "cgroup v2: device rules are not enforced yet");
+            }
+            resources.set_devices(None);
+        }
         {
-            if let Err(e) = cg.manager.set(resources) {
+            if let Err(e) = cg.manager.set(&resources) {
                 let err = Self::err(id, path, format!("setting limits: {e}"));
                 let _ = cg.destroy();
                 return Err(err);

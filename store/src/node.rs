@@ -386,7 +386,10 @@ impl StoreNode {
         rx.await.map_err(|_| StoreError::Unavailable("store is shutting down".into()))?
     }
 
-    async fn write(&self, cmd: Command) -> Result<command_result::Op, StoreError> {
+    async fn write(&self, mut cmd: Command) -> Result<command_result::Op, StoreError> {
+        // Retries below resend the same id, so a write whose first attempt was applied
+        // (its answer lost on the way) is not applied again.
+        cmd.request_id = self.next_request_id();
         let size = cmd.encoded_len();
         if size > crate::error::MAX_REQUEST_BYTES {
             return Err(StoreError::RequestTooLarge { size, max: crate::error::MAX_REQUEST_BYTES });
@@ -543,6 +546,18 @@ impl StoreNode {
         let id = ((self.id as i64 & 0xffff) << 47) ^ (now << 4) ^ seq;
         (id & i64::MAX).max(1)
     }
+
+    fn next_request_id(&self) -> u64 {
+        use std::hash::{BuildHasher, Hasher};
+        // Random per process (RandomState), then the member and a counter: unique enough
+        // for the window in which a write is retried.
+        static SEED: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+            std::sync::OnceLock::new();
+        let mut h = SEED.get_or_init(Default::default).build_hasher();
+        h.write_u64(self.id);
+        h.write_i64(self.lease_seq.fetch_add(1, Ordering::Relaxed));
+        h.finish().max(1)
+    }
 }
 
 impl KvStore for StoreNode {
@@ -566,7 +581,7 @@ impl KvStore for StoreNode {
         if req.key.is_empty() {
             return Err(StoreError::EmptyKey);
         }
-        match self.write(Command { op: Some(command::Op::Put(req)) }).await? {
+        match self.write(Command { op: Some(command::Op::Put(req)), request_id: 0 }).await? {
             command_result::Op::Put(r) => Ok(r),
             _ => Err(StoreError::Fatal("mismatched result".into())),
         }
@@ -577,7 +592,8 @@ impl KvStore for StoreNode {
         req: DeleteRangeRequest,
     ) -> Result<DeleteRangeResponse, StoreError> {
         crate::mvcc::KeyRange::new(&req.key, &req.range_end).validate()?;
-        match self.write(Command { op: Some(command::Op::DeleteRange(req)) }).await? {
+        match self.write(Command { op: Some(command::Op::DeleteRange(req)), request_id: 0 }).await?
+        {
             command_result::Op::DeleteRange(r) => Ok(r),
             _ => Err(StoreError::Fatal("mismatched result".into())),
         }
@@ -585,7 +601,7 @@ impl KvStore for StoreNode {
 
     async fn txn(&self, req: TxnRequest) -> Result<TxnResponse, StoreError> {
         validate_txn(&req)?;
-        match self.write(Command { op: Some(command::Op::Txn(req)) }).await? {
+        match self.write(Command { op: Some(command::Op::Txn(req)), request_id: 0 }).await? {
             command_result::Op::Txn(r) => Ok(r),
             _ => Err(StoreError::Fatal("mismatched result".into())),
         }
@@ -593,7 +609,7 @@ impl KvStore for StoreNode {
 
     async fn compact(&self, revision: i64) -> Result<CompactionResponse, StoreError> {
         let req = CompactionRequest { revision, physical: true };
-        match self.write(Command { op: Some(command::Op::Compact(req)) }).await? {
+        match self.write(Command { op: Some(command::Op::Compact(req)), request_id: 0 }).await? {
             command_result::Op::Compact(r) => Ok(r),
             _ => Err(StoreError::Fatal("mismatched result".into())),
         }
@@ -606,7 +622,7 @@ impl KvStore for StoreNode {
         let ttl = ttl.max(MIN_LEASE_TTL);
         let id = if id == 0 { self.next_lease_id() } else { id };
         let req = LeaseGrantRequest { ttl, id };
-        match self.write(Command { op: Some(command::Op::LeaseGrant(req)) }).await? {
+        match self.write(Command { op: Some(command::Op::LeaseGrant(req)), request_id: 0 }).await? {
             command_result::Op::LeaseGrant(r) => Ok(r),
             _ => Err(StoreError::Fatal("mismatched result".into())),
         }
@@ -614,7 +630,8 @@ impl KvStore for StoreNode {
 
     async fn lease_revoke(&self, id: i64) -> Result<LeaseRevokeResponse, StoreError> {
         let req = LeaseRevokeRequest { id };
-        match self.write(Command { op: Some(command::Op::LeaseRevoke(req)) }).await? {
+        match self.write(Command { op: Some(command::Op::LeaseRevoke(req)), request_id: 0 }).await?
+        {
             command_result::Op::LeaseRevoke(r) => Ok(r),
             _ => Err(StoreError::Fatal("mismatched result".into())),
         }
@@ -699,6 +716,7 @@ async fn propose_batch(raft: &Raft, batch: Vec<Proposal>) {
     } else {
         Command {
             op: Some(command::Op::Batch(crate::proto::peer::CommandBatch { commands: cmds })),
+            request_id: 0,
         }
     };
     let outcome = match raft.client_write(Wire(cmd)).await {
@@ -767,7 +785,10 @@ async fn lease_loop(node: std::sync::Weak<StoreNode>) {
             .collect();
         for id in expired {
             tracing::debug!(lease = id, "lease expired; revoking");
-            let cmd = Command { op: Some(command::Op::LeaseRevoke(LeaseRevokeRequest { id })) };
+            let cmd = Command {
+                op: Some(command::Op::LeaseRevoke(LeaseRevokeRequest { id })),
+                request_id: 0,
+            };
             if let Err(e) = node.propose_local(cmd).await {
                 tracing::warn!(lease = id, %e, "revoking expired lease failed; will retry");
             }
@@ -786,6 +807,7 @@ async fn lease_loop(node: std::sync::Weak<StoreNode>) {
                         revision: target,
                         physical: true,
                     })),
+                    request_id: 0,
                 };
                 if let Err(e) = node.propose_local(cmd).await {
                     tracing::warn!(%e, "automatic compaction failed");

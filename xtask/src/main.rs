@@ -13,6 +13,7 @@
 mod bench;
 mod setup;
 mod util;
+mod vm;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -45,6 +46,19 @@ enum Cmd {
         /// Extra arguments passed to `flotillad up`.
         #[arg(last = true)]
         args: Vec<String>,
+    },
+    /// Run a command as root in a guest with pure cgroup v2 (Debian's kernel, this
+    /// host's root over 9p, the workspace read-write).
+    Vm {
+        #[arg(long, default_value_t = 4096)]
+        memory: u32,
+        #[arg(long, default_value_t = 2)]
+        cpus: u32,
+        /// Use KVM (nested KVM hangs on the development machines; the default emulates).
+        #[arg(long)]
+        kvm: bool,
+        #[arg(last = true)]
+        command: Vec<String>,
     },
     /// Benchmarks, each against its peer in the same run (`store`: our store vs etcd).
     Bench {
@@ -81,6 +95,10 @@ fn main() -> Result<()> {
         Cmd::Bench { what } => {
             setup::setup()?;
             bench::run(what)
+        }
+        Cmd::Vm { memory, cpus, kvm, command } => {
+            setup::setup()?;
+            vm::run(memory, cpus, kvm, &command)
         }
     }
 }

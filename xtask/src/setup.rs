@@ -26,6 +26,10 @@ const APT_PACKAGES: &[&str] = &[
     "skopeo",
     // htpasswd, for the registry that demands basic auth.
     "apache2-utils",
+    // `cargo xtask vm`: a KVM guest with pure cgroup v2 (where crun runs).
+    "qemu-system-x86",
+    "linux-image-amd64",
+    "cpio",
 ];
 
 pub fn setup() -> Result<()> {

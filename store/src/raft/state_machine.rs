@@ -39,6 +39,31 @@ pub struct SmShared {
     /// When each lease expires if not kept alive. Acted on by the leader only.
     pub(crate) lease_deadlines: Mutex<HashMap<i64, Instant>>,
     snapshots: sled::Tree,
+    /// Results of recently applied writes by request id, so that a retried write is answered
+    /// instead of applied twice. Every member applies the same log, so a new leader knows
+    /// the ids too; kept in memory, for the seconds a write is retried.
+    recent: Mutex<RecentRequests>,
+}
+
+#[derive(Default)]
+pub(crate) struct RecentRequests {
+    results: HashMap<u64, CommandResult>,
+    order: std::collections::VecDeque<u64>,
+}
+
+impl RecentRequests {
+    const CAPACITY: usize = 16_384;
+
+    fn insert(&mut self, id: u64, result: &CommandResult) {
+        if self.results.insert(id, result.clone()).is_none() {
+            self.order.push_back(id);
+            if self.order.len() > Self::CAPACITY {
+                if let Some(old) = self.order.pop_front() {
+                    self.results.remove(&old);
+                }
+            }
+        }
+    }
 }
 
 impl SmShared {
@@ -93,6 +118,7 @@ impl StateMachine {
             applied: Mutex::new(applied),
             lease_deadlines: Mutex::new(HashMap::new()),
             snapshots,
+            recent: Mutex::new(RecentRequests::default()),
         });
         shared.refresh_leases();
         Ok(StateMachine { shared })
@@ -167,6 +193,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut published = Vec::new();
         let mut lease_effects = Vec::new();
         let (mut applied, mut membership) = sh.applied();
+        let mut recent = sh.recent.lock().expect("poisoned");
         for entry in entries {
             applied = Some(entry.log_id);
             match entry.payload {
@@ -177,6 +204,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
                 EntryPayload::Normal(Wire(cmd)) => {
                     let mut apply_one = |cmd: &crate::proto::peer::Command| {
+                        if cmd.request_id != 0 {
+                            if let Some(r) = recent.results.get(&cmd.request_id) {
+                                return r.clone();
+                            }
+                        }
                         let mut a = m.apply(cmd, &mut batch);
                         if let Some(header) = header_slot(&mut a.result) {
                             *header = a.revision;
@@ -185,6 +217,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             published.push((a.revision, a.changes));
                         }
                         lease_effects.extend(a.lease_effect);
+                        if cmd.request_id != 0 {
+                            recent.insert(cmd.request_id, &a.result);
+                        }
                         a.result
                     };
                     let result = match &cmd.op {
