@@ -32,8 +32,10 @@ fn op_put(k: &str, v: &str) -> RequestOp {
     RequestOp { request: Some(request_op::Request::RequestPut(put(k, v))) }
 }
 
-fn rev_of<S: KvStore>(s: &S) -> i64 {
-    s.revision()
+/// The store's revision as a linearizable read sees it. A member's own applied revision
+/// can lag behind writes it forwarded (a follower applies after the leader commits).
+async fn rev_of<S: KvStore>(s: &S) -> i64 {
+    s.range(get("\0rev-probe")).await.expect("range").header.expect("header").revision
 }
 
 async fn value<S: KvStore>(s: &S, k: &str) -> Option<String> {
@@ -96,7 +98,7 @@ async fn suite<S: KvStore>(s: &S, ns: &str) {
     assert!(ser.header.unwrap().revision >= r2);
 
     // Delete: prev_kvs and count; deleting nothing takes no revision.
-    let before = rev_of(s);
+    let before = rev_of(s).await;
     let d = s
         .delete_range(DeleteRangeRequest {
             key: k("r/0").into(),
@@ -130,7 +132,7 @@ async fn suite<S: KvStore>(s: &S, ns: &str) {
         target_union: Some(u),
         range_end: vec![],
     };
-    let before = rev_of(s);
+    let before = rev_of(s).await;
     let t = s
         .txn(TxnRequest {
             compare: vec![
@@ -205,7 +207,7 @@ async fn suite<S: KvStore>(s: &S, ns: &str) {
     assert!(!s.txn(create(&k("once"))).await.unwrap().succeeded);
 
     // Bad input: each rejected with a clear error and nothing applied.
-    let before = rev_of(s);
+    let before = rev_of(s).await;
     let e = s.put(put("", "v")).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
     let e = s
@@ -254,7 +256,7 @@ async fn suite<S: KvStore>(s: &S, ns: &str) {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound);
     assert_eq!(value(s, &k("half")).await, None);
-    assert_eq!(rev_of(s), before, "rejected requests took no revision");
+    assert_eq!(rev_of(s).await, before, "rejected requests took no revision");
 
     // Leases: grant, attach, time-to-live, keep-alive, revoke deletes the keys.
     let l = s.lease_grant(30, 0).await.unwrap();
@@ -286,7 +288,7 @@ async fn suite<S: KvStore>(s: &S, ns: &str) {
     }
 
     // Watch: from a past revision, with prev_kv, then live.
-    let start = rev_of(s) + 1;
+    let start = rev_of(s).await + 1;
     s.put(put(&k("w"), "1")).await.unwrap();
     s.put(put(&k("w"), "2")).await.unwrap();
     let mut w = s
@@ -319,7 +321,7 @@ async fn suite<S: KvStore>(s: &S, ns: &str) {
     assert_eq!(seen[2].prev_kv.as_ref().unwrap().value, b"2");
 
     // Compaction: older revisions become unreadable; the compacted revision itself stays.
-    let at = rev_of(s);
+    let at = rev_of(s).await;
     s.put(put(&k("a"), "after-compact")).await.unwrap();
     s.compact(at).await.unwrap();
     let e = s.range(RangeRequest { revision: at - 1, ..get(&k("a")) }).await.unwrap_err();
@@ -331,7 +333,10 @@ async fn suite<S: KvStore>(s: &S, ns: &str) {
     );
     let e = s.compact(at).await.unwrap_err();
     assert!(e.to_string().contains("compacted"), "{e}");
-    let e = s.range(RangeRequest { revision: rev_of(s) + 100, ..get(&k("a")) }).await.unwrap_err();
+    let e = s
+        .range(RangeRequest { revision: rev_of(s).await + 100, ..get(&k("a")) })
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("future revision"), "{e}");
     let mut w = s
         .watch(WatchSpec {
