@@ -105,15 +105,10 @@ poweroff -f
         ws = ws.display()
     );
     std::fs::write(root.join("init"), init)?;
-    std::os::unix::fs::PermissionsExt::set_mode(
-        &mut std::fs::metadata(root.join("init"))?.permissions(),
-        0o755,
-    );
-    crate::util::run({
-        let mut c = Command::new("chmod");
-        c.args(["755"]).arg(root.join("init"));
-        c
-    })?;
+    std::fs::set_permissions(
+        root.join("init"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
     let out = dir.join("initramfs.cpio");
     let status = Command::new("sh")
         .arg("-c")
