@@ -200,9 +200,9 @@ impl Cgroup {
     }
 
     /// Removes the cgroup. Processes that are still exiting keep it busy for a moment,
-    /// so EBUSY is retried for up to `patience`.
-    pub fn destroy_within(&mut self, patience: Duration) -> Result<()> {
-        let deadline = Instant::now() + patience;
+    /// so EBUSY is retried for up to two seconds.
+    pub fn destroy(&mut self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(2);
         loop {
             match self.manager.destroy() {
                 Ok(()) => return Ok(()),
@@ -213,10 +213,6 @@ impl Cgroup {
                 Err(e) => return Err(Self::err(&self.id, &self.path, format!("removing: {e}"))),
             }
         }
-    }
-
-    pub fn destroy(&mut self) -> Result<()> {
-        self.destroy_within(Duration::from_secs(2))
     }
 }
 

@@ -7,7 +7,6 @@
 //!                                          pivot_root; masked + read-only paths
 //! ```
 
-use std::ffi::CString;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -405,11 +404,6 @@ fn make_readonly(p: &Path) -> SetupResult {
             | MsFlags::MS_NODEV
             | MsFlags::MS_NOEXEC,
     )
-}
-
-/// A NUL-free C string or a setup error naming `what`.
-pub fn cstring(what: &str, s: &str) -> Result<CString, String> {
-    CString::new(s).map_err(|_| format!("{what} {s:?} contains a NUL byte"))
 }
 
 #[cfg(test)]

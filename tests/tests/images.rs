@@ -63,6 +63,24 @@ fn skopeo(args: &[&str]) {
     );
 }
 
+/// The probe image built in `dir`, pushed with skopeo to a registry started there
+/// (demanding `auth` if given): what was built, the registry, the image's reference.
+fn pushed_probe(dir: &Path, auth: Option<(&str, &str)>) -> (oci::Layout, Registry, String) {
+    let layout = dir.join("layout");
+    let built = oci::write_probe_layout(&layout, &probe(), "latest", "amd64", true).unwrap();
+    let reg = Registry::start_with_auth(dir, auth).unwrap();
+    let remote = format!("{}/probe:latest", reg.addr);
+    let creds = auth.map(|(u, p)| format!("{u}:{p}"));
+    let mut args = vec!["copy", "--dest-tls-verify=false"];
+    if let Some(c) = &creds {
+        args.extend(["--dest-creds", c.as_str()]);
+    }
+    let (src, dst) = (format!("oci:{}:latest", layout.display()), format!("docker://{remote}"));
+    args.extend([src.as_str(), dst.as_str()]);
+    skopeo(&args);
+    (built, reg, remote)
+}
+
 fn tmp() -> tempfile::TempDir {
     tempfile::Builder::new().prefix("img-test").tempdir_in("/var/tmp").unwrap()
 }
@@ -72,16 +90,7 @@ fn tmp() -> tempfile::TempDir {
 #[test]
 fn an_image_from_a_real_registry_pulls_verified_and_runs_on_an_overlay() {
     let dir = tmp();
-    let layout = dir.path().join("layout");
-    let built = oci::write_probe_layout(&layout, &probe(), "latest", "amd64", true).unwrap();
-    let reg = Registry::start(dir.path()).unwrap();
-    let remote = format!("{}/probe:latest", reg.addr);
-    skopeo(&[
-        "copy",
-        "--dest-tls-verify=false",
-        &format!("oci:{}:latest", layout.display()),
-        &format!("docker://{remote}"),
-    ]);
+    let (built, reg, remote) = pushed_probe(dir.path(), None);
 
     // The runtime is declared after the images: its container goes before the overlay.
     let images = Images::new(&dir.path().join("store"));
@@ -134,16 +143,7 @@ fn an_image_from_a_real_registry_pulls_verified_and_runs_on_an_overlay() {
 #[test]
 fn a_tampered_blob_is_refused_and_nothing_is_tagged() {
     let dir = tmp();
-    let layout = dir.path().join("layout");
-    let built = oci::write_probe_layout(&layout, &probe(), "latest", "amd64", true).unwrap();
-    let reg = Registry::start(dir.path()).unwrap();
-    let remote = format!("{}/probe:latest", reg.addr);
-    skopeo(&[
-        "copy",
-        "--dest-tls-verify=false",
-        &format!("oci:{}:latest", layout.display()),
-        &format!("docker://{remote}"),
-    ]);
+    let (built, reg, remote) = pushed_probe(dir.path(), None);
     let victim = &built.layers[1];
     let path = reg.blob_path(victim);
     let mut bytes = std::fs::read(&path).unwrap();
@@ -198,18 +198,7 @@ fn tarballs_import_and_foreign_platforms_are_refused() {
 #[test]
 fn basic_auth_registries_need_and_accept_credentials() {
     let dir = tmp();
-    let layout = dir.path().join("layout");
-    oci::write_probe_layout(&layout, &probe(), "latest", "amd64", true).unwrap();
-    let reg = Registry::start_with_auth(dir.path(), Some(("alice", "s3cret"))).unwrap();
-    let remote = format!("{}/probe:latest", reg.addr);
-    skopeo(&[
-        "copy",
-        "--dest-tls-verify=false",
-        "--dest-creds",
-        "alice:s3cret",
-        &format!("oci:{}:latest", layout.display()),
-        &format!("docker://{remote}"),
-    ]);
+    let (_, reg, remote) = pushed_probe(dir.path(), Some(("alice", "s3cret")));
     let images = Images::new(&dir.path().join("store"));
     let (ok, _, err) = images.run(&["pull", "--insecure-registry", &reg.addr, &remote]);
     assert!(!ok, "an anonymous pull from an auth registry succeeded");

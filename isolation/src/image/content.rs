@@ -156,14 +156,7 @@ impl ContentStore {
 
     /// Every stored blob.
     pub fn list(&self) -> Vec<Digest> {
-        std::fs::read_dir(self.root.join("blobs/sha256"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| {
-                Digest::parse(&format!("sha256:{}", e.file_name().to_string_lossy())).ok()
-            })
-            .collect()
+        super::digest::hex_named_entries(&self.root.join("blobs/sha256"))
     }
 
     pub fn remove(&self, d: &Digest) -> io::Result<()> {

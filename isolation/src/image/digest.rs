@@ -51,6 +51,16 @@ impl fmt::Display for Digest {
     }
 }
 
+/// The entries of `dir` named by a digest's hex (content blobs, snapshots).
+pub fn hex_named_entries(dir: &std::path::Path) -> Vec<Digest> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| Digest::parse(&format!("sha256:{}", e.file_name().to_string_lossy())).ok())
+        .collect()
+}
+
 /// Hashes and counts what is read through it.
 pub struct HashingReader<R> {
     inner: R,

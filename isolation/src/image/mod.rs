@@ -193,14 +193,7 @@ impl Snapshots {
 
     /// Every complete snapshot, by diff_id.
     pub fn list(&self) -> Vec<Digest> {
-        std::fs::read_dir(&self.root)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| {
-                Digest::parse(&format!("sha256:{}", e.file_name().to_string_lossy())).ok()
-            })
-            .collect()
+        digest::hex_named_entries(&self.root)
     }
 
     pub fn remove(&self, diff_id: &Digest) -> io::Result<()> {
