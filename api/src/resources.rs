@@ -1,0 +1,225 @@
+//! The one table of resources every layer uses: the API server (keys, status subresource,
+//! admission), the CLI (short names, `api-resources`) and the client.
+
+use crate::admit::{admit, AdmitFn};
+use k8s_openapi::api::{apps::v1 as apps, batch::v1 as batch, coordination::v1 as coord};
+use k8s_openapi::api::{core::v1 as core, discovery::v1 as discovery};
+
+/// How an object's name is checked, as in Kubernetes' per-kind `ValidateName`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameRule {
+    /// DNS-1123 subdomain: most kinds.
+    Subdomain,
+    /// DNS-1123 label: namespaces.
+    Label,
+    /// DNS-1035 label (starts with a letter): services, which become DNS names.
+    Label1035,
+}
+
+pub struct ResourceInfo {
+    pub kind: &'static str,
+    /// "" for the core group.
+    pub group: &'static str,
+    pub version: &'static str,
+    pub plural: &'static str,
+    pub short_names: &'static [&'static str],
+    pub namespaced: bool,
+    /// Status is written only through the status subresource.
+    pub has_status: bool,
+    pub name_rule: NameRule,
+    /// Field selector paths beyond metadata.name and metadata.namespace.
+    pub field_selectors: &'static [&'static str],
+    pub admit: AdmitFn,
+}
+
+impl std::fmt::Debug for ResourceInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ResourceInfo({})", self.plural)
+    }
+}
+
+impl ResourceInfo {
+    /// `v1`, `apps/v1`.
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// `Deployment.apps`, `Pod`: how error messages name the kind.
+    pub fn qualified_kind(&self) -> String {
+        if self.group.is_empty() {
+            self.kind.to_string()
+        } else {
+            format!("{}.{}", self.kind, self.group)
+        }
+    }
+
+    /// `deployments.apps`, `pods`.
+    pub fn qualified_plural(&self) -> String {
+        if self.group.is_empty() {
+            self.plural.to_string()
+        } else {
+            format!("{}.{}", self.plural, self.group)
+        }
+    }
+
+    /// Store key prefix of this resource: `/registry/<group>/<plural>/` (group "core" for "").
+    pub fn key_prefix(&self) -> String {
+        let g = if self.group.is_empty() { "core" } else { self.group };
+        format!("/registry/{g}/{}/", self.plural)
+    }
+
+    /// The object's store key.
+    pub fn key(&self, namespace: &str, name: &str) -> String {
+        if self.namespaced {
+            format!("{}{namespace}/{name}", self.key_prefix())
+        } else {
+            format!("{}{name}", self.key_prefix())
+        }
+    }
+
+    /// Key prefix of one namespace's objects (or of all of them for "").
+    pub fn namespace_prefix(&self, namespace: &str) -> String {
+        if self.namespaced && !namespace.is_empty() {
+            format!("{}{namespace}/", self.key_prefix())
+        } else {
+            self.key_prefix()
+        }
+    }
+}
+
+macro_rules! resources {
+    ($( $ty:ty => { $kind:literal, $group:literal, $plural:literal, [$($short:literal),*],
+        namespaced: $ns:literal, status: $st:literal, name: $rule:ident,
+        fields: [$($field:literal),*] } ),* $(,)?) => {
+        /// Every resource the API serves.
+        pub static RESOURCES: &[ResourceInfo] = &[$(
+            ResourceInfo {
+                kind: $kind,
+                group: $group,
+                version: "v1",
+                plural: $plural,
+                short_names: &[$($short),*],
+                namespaced: $ns,
+                has_status: $st,
+                name_rule: NameRule::$rule,
+                field_selectors: &[$($field),*],
+                admit: admit::<$ty>,
+            }
+        ),*];
+    };
+}
+
+resources! {
+    core::Namespace => { "Namespace", "", "namespaces", ["ns"], namespaced: false, status: true,
+        name: Label, fields: ["status.phase"] },
+    core::Node => { "Node", "", "nodes", ["no"], namespaced: false, status: true,
+        name: Subdomain, fields: ["spec.unschedulable"] },
+    core::Pod => { "Pod", "", "pods", ["po"], namespaced: true, status: true, name: Subdomain,
+        fields: ["spec.nodeName", "status.phase", "spec.restartPolicy", "spec.schedulerName",
+            "spec.serviceAccountName", "status.podIP", "status.nominatedNodeName"] },
+    core::Service => { "Service", "", "services", ["svc"], namespaced: true, status: true,
+        name: Label1035, fields: ["spec.clusterIP", "spec.type"] },
+    core::Endpoints => { "Endpoints", "", "endpoints", ["ep"], namespaced: true, status: false,
+        name: Subdomain, fields: [] },
+    core::ConfigMap => { "ConfigMap", "", "configmaps", ["cm"], namespaced: true, status: false,
+        name: Subdomain, fields: [] },
+    core::Secret => { "Secret", "", "secrets", [], namespaced: true, status: false,
+        name: Subdomain, fields: ["type"] },
+    core::ServiceAccount => { "ServiceAccount", "", "serviceaccounts", ["sa"], namespaced: true,
+        status: false, name: Subdomain, fields: [] },
+    core::Event => { "Event", "", "events", ["ev"], namespaced: true, status: false,
+        name: Subdomain, fields: ["involvedObject.kind", "involvedObject.name",
+            "involvedObject.namespace", "involvedObject.uid", "reason", "type", "source"] },
+    coord::Lease => { "Lease", "coordination.k8s.io", "leases", [], namespaced: true,
+        status: false, name: Subdomain, fields: [] },
+    discovery::EndpointSlice => { "EndpointSlice", "discovery.k8s.io", "endpointslices", [],
+        namespaced: true, status: false, name: Subdomain, fields: [] },
+    apps::ReplicaSet => { "ReplicaSet", "apps", "replicasets", ["rs"], namespaced: true,
+        status: true, name: Subdomain, fields: [] },
+    apps::Deployment => { "Deployment", "apps", "deployments", ["deploy"], namespaced: true,
+        status: true, name: Subdomain, fields: [] },
+    apps::DaemonSet => { "DaemonSet", "apps", "daemonsets", ["ds"], namespaced: true,
+        status: true, name: Subdomain, fields: [] },
+    apps::StatefulSet => { "StatefulSet", "apps", "statefulsets", ["sts"], namespaced: true,
+        status: true, name: Subdomain, fields: [] },
+    batch::Job => { "Job", "batch", "jobs", [], namespaced: true, status: true,
+        name: Subdomain, fields: ["status.successful"] },
+    batch::CronJob => { "CronJob", "batch", "cronjobs", ["cj"], namespaced: true, status: true,
+        name: Subdomain, fields: [] },
+}
+
+/// Finds a resource the way kubectl does: by plural, singular (kind, any case), short name,
+/// or `plural.group`.
+pub fn lookup(name: &str) -> Option<&'static ResourceInfo> {
+    let lower = name.to_ascii_lowercase();
+    let (base, group) = match lower.split_once('.') {
+        Some((b, g)) => (b.to_string(), Some(g.to_string())),
+        None => (lower.clone(), None),
+    };
+    RESOURCES.iter().find(|r| {
+        let name_ok = r.plural == base
+            || r.kind.to_ascii_lowercase() == base
+            || r.short_names.contains(&base.as_str());
+        name_ok
+            && group.as_deref().is_none_or(|g| g == r.group || (g == "core" && r.group.is_empty()))
+    })
+}
+
+/// The resource of a manifest's `apiVersion` and `kind`.
+pub fn by_kind(api_version: &str, kind: &str) -> Option<&'static ResourceInfo> {
+    RESOURCES.iter().find(|r| r.kind == kind && r.api_version() == api_version)
+}
+
+/// The resource of a kind with any version, for "did you mean" errors.
+pub fn by_kind_any_version(kind: &str) -> Option<&'static ResourceInfo> {
+    RESOURCES.iter().find(|r| r.kind == kind)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookup_like_kubectl() {
+        for (q, plural) in [
+            ("po", "pods"),
+            ("pod", "pods"),
+            ("Pods", "pods"),
+            ("deploy", "deployments"),
+            ("deployment.apps", "deployments"),
+            ("deployments.apps", "deployments"),
+            ("svc", "services"),
+            ("ns", "namespaces"),
+            ("cj", "cronjobs"),
+            ("leases.coordination.k8s.io", "leases"),
+        ] {
+            assert_eq!(lookup(q).map(|r| r.plural), Some(plural), "{q}");
+        }
+        assert!(lookup("deploy.batch").is_none());
+        assert!(lookup("widgets").is_none());
+        assert_eq!(by_kind("apps/v1", "Deployment").unwrap().plural, "deployments");
+        assert!(by_kind("extensions/v1beta1", "Deployment").is_none());
+    }
+
+    #[test]
+    fn table_is_consistent_with_k8s_openapi() {
+        let mut plurals = std::collections::HashSet::new();
+        for r in RESOURCES {
+            assert!(plurals.insert(r.plural), "duplicate plural {}", r.plural);
+            // The typed decoder checks apiVersion and kind: an empty object of this kind must
+            // admit up to validation (a missing name), not fail on the type.
+            let obj = serde_json::json!({"apiVersion": r.api_version(), "kind": r.kind});
+            let err = (r.admit)(&obj, None, r).unwrap_err();
+            assert!(err.message.contains("metadata.name"), "{}: {}", r.kind, err.message);
+        }
+        assert_eq!(
+            lookup("pods").unwrap().key("default", "web"),
+            "/registry/core/pods/default/web"
+        );
+        assert_eq!(lookup("nodes").unwrap().key("", "n1"), "/registry/core/nodes/n1");
+    }
+}
