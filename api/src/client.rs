@@ -1,1 +1,581 @@
-pub fn _x() {}
+//! The client every component uses: generic calls over JSON values, typed helpers over
+//! k8s-openapi types, and an [`Informer`] (list, then watch; resume after disconnects; relist
+//! when the watch expires; a local cache and a change feed).
+
+use crate::error::{ApiError, Reason};
+use crate::proto::{self, api_client::ApiClient};
+use serde::{de::DeserializeOwned, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::broadcast;
+use tonic::transport::{Channel, Endpoint};
+
+#[derive(Clone)]
+pub struct Client {
+    inner: ApiClient<Channel>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ListParams {
+    pub label_selector: String,
+    pub field_selector: String,
+    pub limit: i64,
+    pub continue_token: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ObjectList {
+    pub items: Vec<Value>,
+    pub resource_version: String,
+    pub continue_token: String,
+    pub remaining: i64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct DeleteParams {
+    pub grace_period_seconds: Option<i64>,
+    pub propagation_policy: String,
+    pub precondition_uid: String,
+    pub precondition_resource_version: String,
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct WatchParams {
+    pub label_selector: String,
+    pub field_selector: String,
+    /// "": the current state as ADDED events first.
+    pub resource_version: String,
+    pub send_initial_events: bool,
+    pub allow_bookmarks: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    Added,
+    Modified,
+    Deleted,
+    Bookmark,
+}
+
+#[derive(Debug, Clone)]
+pub struct WatchEvent {
+    pub kind: EventType,
+    pub object: Value,
+}
+
+impl WatchEvent {
+    pub fn resource_version(&self) -> &str {
+        self.object.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or("")
+    }
+}
+
+fn to_json<T: Serialize>(v: &T) -> Result<bytes::Bytes, ApiError> {
+    serde_json::to_vec(v)
+        .map(Into::into)
+        .map_err(|e| ApiError::bad_request(format!("cannot encode the object: {e}")))
+}
+
+fn from_json<T: DeserializeOwned>(b: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(b)
+        .map_err(|e| ApiError::internal(format!("undecodable object from the server: {e}")))
+}
+
+/// A namespaced key as the informer keeps it: `namespace/name`, or `name`.
+pub fn object_key(v: &Value) -> String {
+    let ns = v.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("");
+    let name = v.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+    if ns.is_empty() {
+        name.to_string()
+    } else {
+        format!("{ns}/{name}")
+    }
+}
+
+impl Client {
+    /// Connects now: a wrong address is reported at once.
+    pub async fn connect(url: &str) -> Result<Self, ApiError> {
+        let ep = Self::endpoint(url)?;
+        let ch = ep.connect().await.map_err(|e| {
+            ApiError::new(Reason::Unavailable, format!("cannot reach the API server at {url}: {e}"))
+        })?;
+        Ok(Self::from_channel(ch))
+    }
+
+    /// Connects on first use and reconnects as needed: for long-running components.
+    pub fn connect_lazy(url: &str) -> Result<Self, ApiError> {
+        Ok(Self::from_channel(Self::endpoint(url)?.connect_lazy()))
+    }
+
+    fn endpoint(url: &str) -> Result<Endpoint, ApiError> {
+        let url = if url.contains("://") { url.to_string() } else { format!("http://{url}") };
+        Ok(Endpoint::from_shared(url.clone())
+            .map_err(|e| ApiError::bad_request(format!("invalid server address {url:?}: {e}")))?
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_while_idle(true))
+    }
+
+    fn from_channel(ch: Channel) -> Self {
+        Client {
+            inner: ApiClient::new(ch)
+                .max_decoding_message_size(256 << 20)
+                .max_encoding_message_size(64 << 20),
+        }
+    }
+
+    pub async fn create(
+        &self,
+        resource: &str,
+        ns: &str,
+        obj: &Value,
+    ) -> Result<(Value, Vec<String>), ApiError> {
+        self.create_opts(resource, ns, obj, false).await
+    }
+
+    pub async fn create_opts(
+        &self,
+        resource: &str,
+        ns: &str,
+        obj: &Value,
+        dry_run: bool,
+    ) -> Result<(Value, Vec<String>), ApiError> {
+        let r = self
+            .inner
+            .clone()
+            .create(proto::CreateRequest {
+                resource: resource.into(),
+                namespace: ns.into(),
+                object: to_json(obj)?,
+                dry_run,
+            })
+            .await?
+            .into_inner();
+        Ok((from_json(&r.object)?, r.warnings))
+    }
+
+    pub async fn get(&self, resource: &str, ns: &str, name: &str) -> Result<Value, ApiError> {
+        let r = self
+            .inner
+            .clone()
+            .get(proto::GetRequest {
+                resource: resource.into(),
+                namespace: ns.into(),
+                name: name.into(),
+            })
+            .await?
+            .into_inner();
+        from_json(&r.object)
+    }
+
+    pub async fn list(
+        &self,
+        resource: &str,
+        ns: &str,
+        p: &ListParams,
+    ) -> Result<ObjectList, ApiError> {
+        let r = self
+            .inner
+            .clone()
+            .list(proto::ListRequest {
+                resource: resource.into(),
+                namespace: ns.into(),
+                label_selector: p.label_selector.clone(),
+                field_selector: p.field_selector.clone(),
+                limit: p.limit,
+                continue_token: p.continue_token.clone(),
+            })
+            .await?
+            .into_inner();
+        let items = r.items.iter().map(|b| from_json(b)).collect::<Result<_, _>>()?;
+        Ok(ObjectList {
+            items,
+            resource_version: r.resource_version,
+            continue_token: r.continue_token,
+            remaining: r.remaining_item_count,
+        })
+    }
+
+    /// Every page of a list.
+    pub async fn list_all(
+        &self,
+        resource: &str,
+        ns: &str,
+        p: &ListParams,
+    ) -> Result<ObjectList, ApiError> {
+        let mut p = p.clone();
+        if p.limit == 0 {
+            p.limit = 500;
+        }
+        let mut all = self.list(resource, ns, &p).await?;
+        while !all.continue_token.is_empty() {
+            p.continue_token = std::mem::take(&mut all.continue_token);
+            let page = self.list(resource, ns, &p).await?;
+            all.items.extend(page.items);
+            all.continue_token = page.continue_token;
+            all.resource_version = page.resource_version;
+        }
+        Ok(all)
+    }
+
+    pub async fn update(
+        &self,
+        resource: &str,
+        ns: &str,
+        obj: &Value,
+    ) -> Result<(Value, Vec<String>), ApiError> {
+        self.update_sub(resource, ns, obj, "").await
+    }
+
+    pub async fn update_status(
+        &self,
+        resource: &str,
+        ns: &str,
+        obj: &Value,
+    ) -> Result<Value, ApiError> {
+        Ok(self.update_sub(resource, ns, obj, "status").await?.0)
+    }
+
+    async fn update_sub(
+        &self,
+        resource: &str,
+        ns: &str,
+        obj: &Value,
+        sub: &str,
+    ) -> Result<(Value, Vec<String>), ApiError> {
+        let r = self
+            .inner
+            .clone()
+            .update(proto::UpdateRequest {
+                resource: resource.into(),
+                namespace: ns.into(),
+                object: to_json(obj)?,
+                subresource: sub.into(),
+                dry_run: false,
+            })
+            .await?
+            .into_inner();
+        Ok((from_json(&r.object)?, r.warnings))
+    }
+
+    /// A JSON merge patch (`json: false`) or a JSON patch.
+    pub async fn patch(
+        &self,
+        resource: &str,
+        ns: &str,
+        name: &str,
+        patch: &Value,
+        json: bool,
+        status: bool,
+    ) -> Result<(Value, Vec<String>), ApiError> {
+        let r = self
+            .inner
+            .clone()
+            .patch(proto::PatchRequest {
+                resource: resource.into(),
+                namespace: ns.into(),
+                name: name.into(),
+                patch_type: if json { proto::PatchType::Json } else { proto::PatchType::Merge }
+                    as i32,
+                patch: to_json(patch)?,
+                subresource: if status { "status".into() } else { String::new() },
+                dry_run: false,
+            })
+            .await?
+            .into_inner();
+        Ok((from_json(&r.object)?, r.warnings))
+    }
+
+    pub async fn delete(
+        &self,
+        resource: &str,
+        ns: &str,
+        name: &str,
+        p: &DeleteParams,
+    ) -> Result<Value, ApiError> {
+        let r = self
+            .inner
+            .clone()
+            .delete(proto::DeleteRequest {
+                resource: resource.into(),
+                namespace: ns.into(),
+                name: name.into(),
+                grace_period_seconds: p.grace_period_seconds,
+                propagation_policy: p.propagation_policy.clone(),
+                precondition_uid: p.precondition_uid.clone(),
+                precondition_resource_version: p.precondition_resource_version.clone(),
+                dry_run: p.dry_run,
+            })
+            .await?
+            .into_inner();
+        from_json(&r.object)
+    }
+
+    /// A watch as a stream of events; it ends with an error telling the caller to resume
+    /// (TooManyRequests, Unavailable) or relist (Expired).
+    pub async fn watch(
+        &self,
+        resource: &str,
+        ns: &str,
+        p: &WatchParams,
+    ) -> Result<
+        impl futures::Stream<Item = Result<Vec<WatchEvent>, ApiError>> + Send + 'static,
+        ApiError,
+    > {
+        use futures::StreamExt;
+        let stream = self
+            .inner
+            .clone()
+            .watch(proto::WatchRequest {
+                resource: resource.into(),
+                namespace: ns.into(),
+                label_selector: p.label_selector.clone(),
+                field_selector: p.field_selector.clone(),
+                resource_version: p.resource_version.clone(),
+                send_initial_events: p.send_initial_events,
+                allow_bookmarks: p.allow_bookmarks,
+            })
+            .await?
+            .into_inner();
+        Ok(stream.map(|r| {
+            let r = r.map_err(ApiError::from)?;
+            r.events
+                .into_iter()
+                .map(|e| {
+                    let kind = match proto::EventType::try_from(e.r#type) {
+                        Ok(proto::EventType::Added) => EventType::Added,
+                        Ok(proto::EventType::Modified) => EventType::Modified,
+                        Ok(proto::EventType::Deleted) => EventType::Deleted,
+                        _ => EventType::Bookmark,
+                    };
+                    Ok(WatchEvent { kind, object: from_json(&e.object)? })
+                })
+                .collect()
+        }))
+    }
+
+    pub async fn discovery(&self) -> Result<proto::DiscoveryResponse, ApiError> {
+        Ok(self.inner.clone().discovery(proto::DiscoveryRequest {}).await?.into_inner())
+    }
+
+    // ---- typed helpers over k8s-openapi types ----
+
+    pub async fn get_typed<K: k8s_openapi::Resource + DeserializeOwned>(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Result<K, ApiError> {
+        let v = self.get(K::URL_PATH_SEGMENT, ns, name).await?;
+        serde_json::from_value(v).map_err(|e| ApiError::internal(e.to_string()))
+    }
+
+    pub async fn create_typed<K: k8s_openapi::Resource + Serialize + DeserializeOwned>(
+        &self,
+        ns: &str,
+        obj: &K,
+    ) -> Result<K, ApiError> {
+        let v = serde_json::to_value(obj).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let (out, _) = self.create(K::URL_PATH_SEGMENT, ns, &v).await?;
+        serde_json::from_value(out).map_err(|e| ApiError::internal(e.to_string()))
+    }
+
+    pub async fn list_typed<K: k8s_openapi::Resource + DeserializeOwned>(
+        &self,
+        ns: &str,
+        p: &ListParams,
+    ) -> Result<Vec<K>, ApiError> {
+        let l = self.list_all(K::URL_PATH_SEGMENT, ns, p).await?;
+        l.items
+            .into_iter()
+            .map(|v| serde_json::from_value(v).map_err(|e| ApiError::internal(e.to_string())))
+            .collect()
+    }
+}
+
+/// A change the informer applied to its cache.
+#[derive(Debug, Clone)]
+pub enum Change {
+    Added(Arc<Value>),
+    Modified {
+        old: Arc<Value>,
+        new: Arc<Value>,
+    },
+    Deleted(Arc<Value>),
+    /// A relist replaced the cache (after an expired watch); consumers resync.
+    Resynced,
+}
+
+struct InformerState {
+    objects: BTreeMap<String, Arc<Value>>,
+    resource_version: String,
+    synced: bool,
+}
+
+/// A local, always-current copy of one resource type (optionally narrowed by namespace and
+/// selectors), as controllers, the scheduler and agents use it.
+pub struct Informer {
+    state: RwLock<InformerState>,
+    changes: broadcast::Sender<Change>,
+    synced: tokio::sync::watch::Sender<bool>,
+}
+
+impl Informer {
+    /// Starts listing and watching in the background.
+    pub fn start(client: Client, resource: &str, ns: &str, selectors: WatchParams) -> Arc<Self> {
+        let (changes, _) = broadcast::channel(4096);
+        let inf = Arc::new(Informer {
+            state: RwLock::new(InformerState {
+                objects: BTreeMap::new(),
+                resource_version: String::new(),
+                synced: false,
+            }),
+            changes,
+            synced: tokio::sync::watch::channel(false).0,
+        });
+        let (me, resource, ns) = (Arc::downgrade(&inf), resource.to_string(), ns.to_string());
+        tokio::spawn(async move { run_informer(me, client, resource, ns, selectors).await });
+        inf
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+
+    /// Waits for the first complete list.
+    pub async fn wait_synced(&self, timeout: Duration) -> Result<(), ApiError> {
+        let mut rx = self.synced.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|s| *s))
+            .await
+            .map_err(|_| ApiError::new(Reason::Unavailable, "informer did not sync in time"))?
+            .map_err(|_| ApiError::internal("informer stopped"))?;
+        Ok(())
+    }
+
+    pub fn has_synced(&self) -> bool {
+        self.state.read().expect("informer lock").synced
+    }
+
+    pub fn get(&self, key: &str) -> Option<Arc<Value>> {
+        self.state.read().expect("informer lock").objects.get(key).cloned()
+    }
+
+    pub fn list(&self) -> Vec<Arc<Value>> {
+        self.state.read().expect("informer lock").objects.values().cloned().collect()
+    }
+
+    pub fn resource_version(&self) -> String {
+        self.state.read().expect("informer lock").resource_version.clone()
+    }
+
+    fn replace(&self, items: Vec<Value>, rv: String) {
+        let mut st = self.state.write().expect("informer lock");
+        st.objects = items.into_iter().map(|v| (object_key(&v), Arc::new(v))).collect();
+        st.resource_version = rv;
+        st.synced = true;
+        drop(st);
+        let _ = self.changes.send(Change::Resynced);
+        self.synced.send_replace(true);
+    }
+
+    fn apply(&self, ev: WatchEvent) {
+        let mut st = self.state.write().expect("informer lock");
+        let rv = ev.resource_version().to_string();
+        if !rv.is_empty() {
+            st.resource_version = rv;
+        }
+        let change = match ev.kind {
+            EventType::Bookmark => None,
+            EventType::Added | EventType::Modified => {
+                let key = object_key(&ev.object);
+                let new = Arc::new(ev.object);
+                Some(match st.objects.insert(key, new.clone()) {
+                    Some(old) => Change::Modified { old, new },
+                    None => Change::Added(new),
+                })
+            }
+            EventType::Deleted => {
+                let key = object_key(&ev.object);
+                st.objects.remove(&key);
+                Some(Change::Deleted(Arc::new(ev.object)))
+            }
+        };
+        drop(st);
+        if let Some(c) = change {
+            let _ = self.changes.send(c);
+        }
+    }
+}
+
+async fn run_informer(
+    me: std::sync::Weak<Informer>,
+    client: Client,
+    resource: String,
+    ns: String,
+    p: WatchParams,
+) {
+    use futures::StreamExt;
+    let mut backoff = Duration::from_millis(100);
+    let mut need_list = true;
+    loop {
+        let Some(inf) = me.upgrade() else { return };
+        if need_list {
+            let lp = ListParams {
+                label_selector: p.label_selector.clone(),
+                field_selector: p.field_selector.clone(),
+                ..Default::default()
+            };
+            match client.list_all(&resource, &ns, &lp).await {
+                Ok(l) => {
+                    inf.replace(l.items, l.resource_version);
+                    need_list = false;
+                    backoff = Duration::from_millis(100);
+                }
+                Err(e) => {
+                    tracing::debug!(%resource, error = %e, "informer list failed; retrying");
+                    drop(inf);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            }
+        }
+        let wp = WatchParams {
+            resource_version: inf.resource_version(),
+            allow_bookmarks: true,
+            ..p.clone()
+        };
+        drop(inf);
+        let stream = match client.watch(&resource, &ns, &wp).await {
+            Ok(s) => s,
+            Err(e) => {
+                need_list = e.reason == Reason::Expired;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        futures::pin_mut!(stream);
+        while let Some(item) = stream.next().await {
+            let Some(inf) = me.upgrade() else { return };
+            match item {
+                Ok(events) => {
+                    backoff = Duration::from_millis(100);
+                    for ev in events {
+                        inf.apply(ev);
+                    }
+                }
+                Err(e) => {
+                    // Expired: the history we need is gone, relist. Anything else: resume
+                    // from the last resourceVersion seen.
+                    need_list = e.reason == Reason::Expired;
+                    tracing::debug!(%resource, error = %e, relist = need_list, "informer watch ended");
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+    }
+}

@@ -31,6 +31,41 @@ pub fn apply(target: &Value, kind: PatchKind, patch: &[u8]) -> Result<Value, Api
     Ok(out)
 }
 
+/// The merge patch that turns `from` into `to` (RFC 7386: removed keys become null, arrays
+/// are replaced whole). `kubectl apply` sends this from the last applied manifest to the new one.
+pub fn merge_diff(from: &Value, to: &Value) -> Value {
+    match (from, to) {
+        (Value::Object(a), Value::Object(b)) => {
+            let mut out = serde_json::Map::new();
+            for (k, av) in a {
+                match b.get(k) {
+                    None => {
+                        out.insert(k.clone(), Value::Null);
+                    }
+                    Some(bv) if bv != av => {
+                        let d = merge_diff(av, bv);
+                        // An object diff that is empty means no change below it.
+                        if !(d.is_object()
+                            && d.as_object().is_some_and(|m| m.is_empty())
+                            && av.is_object())
+                        {
+                            out.insert(k.clone(), d);
+                        }
+                    }
+                    Some(_) => {}
+                }
+            }
+            for (k, bv) in b {
+                if !a.contains_key(k) {
+                    out.insert(k.clone(), bv.clone());
+                }
+            }
+            Value::Object(out)
+        }
+        (_, b) => b.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,5 +99,19 @@ mod tests {
         .is_err());
         assert!(apply(&obj, PatchKind::Merge, b"[1]").is_err());
         assert!(apply(&obj, PatchKind::Merge, b"{").is_err());
+    }
+
+    #[test]
+    fn merge_diff_round_trips() {
+        let a = json!({"metadata": {"labels": {"a": "1", "b": "2"}}, "spec": {"replicas": 1, "ports": [1, 2]}});
+        let b = json!({"metadata": {"labels": {"a": "1", "c": "3"}}, "spec": {"ports": [1]}});
+        let d = merge_diff(&a, &b);
+        assert_eq!(
+            d,
+            json!({"metadata": {"labels": {"b": null, "c": "3"}}, "spec": {"replicas": null, "ports": [1]}})
+        );
+        let applied = apply(&a, PatchKind::Merge, &serde_json::to_vec(&d).unwrap()).unwrap();
+        assert_eq!(applied, b);
+        assert_eq!(merge_diff(&a, &a), json!({}));
     }
 }

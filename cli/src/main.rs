@@ -1,20 +1,869 @@
-//! `flotilla`: the user's command line. Resource commands arrive with the API server.
+//! `flotilla`: the user's command line, with kubectl's conventions.
 #![forbid(unsafe_code)]
 
-use clap::Parser;
+mod print;
+
+use anyhow::{bail, Context, Result};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use flotilla_api::client::{Client, DeleteParams, ListParams, WatchParams};
+use flotilla_api::error::ApiError;
+use flotilla_api::manifest::{self, Manifest};
+use flotilla_api::ResourceInfo;
+use futures::StreamExt;
+use serde_json::{json, Value};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 #[derive(Parser)]
-#[command(name = "flotilla", version, about = "Command line for a Flotilla cluster")]
+#[command(
+    name = "flotilla",
+    version,
+    about = "Command line for a Flotilla cluster (kubectl conventions)"
+)]
 struct Cli {
-    /// API server address (also FLOTILLA_SERVER).
-    #[arg(long, env = "FLOTILLA_SERVER", default_value = "http://127.0.0.1:6443", global = true)]
-    server: String,
+    /// API server address (also FLOTILLA_SERVER, or `server:` in ~/.flotilla/config).
+    #[arg(long, env = "FLOTILLA_SERVER", global = true)]
+    server: Option<String>,
+    /// Namespace of the request (default: "default").
+    #[arg(short = 'n', long, global = true)]
+    namespace: Option<String>,
+    #[command(subcommand)]
+    cmd: Cmd,
 }
 
-fn main() -> anyhow::Result<()> {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Wide,
+    Yaml,
+    Json,
+    Name,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create or update objects from manifests (idempotent).
+    Apply {
+        /// File, directory (every .yaml/.yml/.json in it) or "-" for stdin.
+        #[arg(short, long, required = true)]
+        filename: Vec<String>,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Create objects from manifests; existing ones are an error.
+    Create {
+        #[arg(short, long, required = true)]
+        filename: Vec<String>,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// List or show objects.
+    Get {
+        /// Kind (pods, po, deploy, svc, …), or several separated by commas.
+        kind: String,
+        names: Vec<String>,
+        /// Every namespace.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        #[arg(short = 'l', long)]
+        selector: Option<String>,
+        #[arg(long)]
+        field_selector: Option<String>,
+        #[arg(short, long, value_enum)]
+        output: Option<Output>,
+        /// After listing, print changes as they happen.
+        #[arg(short, long)]
+        watch: bool,
+        /// Print only the changes, not the initial list.
+        #[arg(long)]
+        watch_only: bool,
+        /// List in pages of this many.
+        #[arg(long, default_value_t = 500)]
+        chunk_size: i64,
+    },
+    /// Show an object in detail, with its events.
+    Describe {
+        kind: String,
+        names: Vec<String>,
+        #[arg(short = 'l', long)]
+        selector: Option<String>,
+    },
+    /// Delete objects by name, from manifests, or all of a kind.
+    Delete {
+        kind: Option<String>,
+        names: Vec<String>,
+        #[arg(short, long)]
+        filename: Vec<String>,
+        #[arg(long)]
+        all: bool,
+        #[arg(short = 'l', long)]
+        selector: Option<String>,
+        #[arg(long)]
+        grace_period: Option<i64>,
+        /// background, foreground or orphan.
+        #[arg(long, default_value = "background")]
+        cascade: String,
+        #[arg(long)]
+        ignore_not_found: bool,
+    },
+    /// Edit an object in $EDITOR; the update fails if someone else changed it meanwhile.
+    Edit { kind: String, name: String },
+    /// Patch an object (JSON merge patch by default).
+    Patch {
+        kind: String,
+        name: String,
+        #[arg(short, long)]
+        patch: String,
+        /// merge or json.
+        #[arg(long = "type", default_value = "merge")]
+        patch_type: String,
+        #[arg(long)]
+        subresource: Option<String>,
+    },
+    /// Set or remove labels: key=value, key- .
+    Label {
+        kind: String,
+        name: String,
+        changes: Vec<String>,
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// Set or remove annotations: key=value, key- .
+    Annotate {
+        kind: String,
+        name: String,
+        changes: Vec<String>,
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// Set the replicas of a Deployment, ReplicaSet or StatefulSet.
+    Scale {
+        kind: String,
+        name: String,
+        #[arg(long)]
+        replicas: i32,
+    },
+    /// The kinds this server serves.
+    ApiResources,
+    /// Client and server versions.
+    Version,
+    /// Shell completion script.
+    Completion { shell: clap_complete::Shell },
+}
+
+struct Ctx {
+    client: Client,
+    namespace: String,
+    explicit_ns: bool,
+}
+
+fn server_url(flag: Option<String>) -> String {
+    if let Some(s) = flag {
+        return s;
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+    if let Ok(text) = std::fs::read_to_string(home.join(".flotilla/config")) {
+        for line in text.lines() {
+            if let Some(v) = line.trim().strip_prefix("server:") {
+                return v.trim().trim_matches('"').to_string();
+            }
+        }
+    }
+    "http://127.0.0.1:6443".into()
+}
+
+fn resource(kind: &str) -> Result<&'static ResourceInfo> {
+    flotilla_api::lookup(kind).with_context(|| {
+        format!("the server doesn't have a resource type \"{kind}\" (see `flotilla api-resources`)")
+    })
+}
+
+/// `kubectl`-style server errors: `Error from server (NotFound): pods "x" not found`.
+fn server_error(e: ApiError) -> anyhow::Error {
+    let reason = format!("{:?}", e.reason);
+    let reason = match reason.as_str() {
+        "Forbidden" => "Forbidden".to_string(),
+        r => r.to_string(),
+    };
+    anyhow::anyhow!("Error from server ({reason}): {}", e.message)
+}
+
+fn warn(ws: &[String]) {
+    for w in ws {
+        eprintln!("Warning: {w}");
+    }
+}
+
+fn read_manifests(files: &[String]) -> Result<Vec<Manifest>> {
+    let mut out = Vec::new();
+    for f in files {
+        let mut paths = Vec::new();
+        if f == "-" {
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s)?;
+            out.extend(
+                manifest::decode(&s).map_err(|e| anyhow::anyhow!("error parsing stdin: {e}"))?,
+            );
+            continue;
+        }
+        let p = Path::new(f);
+        if p.is_dir() {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(p)
+                .with_context(|| format!("reading directory {f}"))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
+                })
+                .collect();
+            entries.sort();
+            paths.extend(entries);
+        } else {
+            paths.push(p.to_path_buf());
+        }
+        for p in paths {
+            let text = std::fs::read_to_string(&p).with_context(|| {
+                format!("the path \"{}\" does not exist or cannot be read", p.display())
+            })?;
+            out.extend(
+                manifest::decode(&text)
+                    .map_err(|e| anyhow::anyhow!("error parsing {}: {e}", p.display()))?,
+            );
+        }
+    }
+    Ok(out)
+}
+
+fn ref_name(info: &ResourceInfo, name: &str) -> String {
+    let k = info.kind.to_ascii_lowercase();
+    if info.group.is_empty() {
+        format!("{k}/{name}")
+    } else {
+        format!("{k}.{}/{name}", info.group)
+    }
+}
+
+impl Ctx {
+    fn ns_for(&self, info: &ResourceInfo, m: Option<&str>) -> Result<String> {
+        if !info.namespaced {
+            return Ok(String::new());
+        }
+        match m {
+            Some(ns) if self.explicit_ns && ns != self.namespace => bail!(
+                "the namespace from the provided object \"{ns}\" does not match the namespace \"{}\". You must pass '--namespace={ns}' to perform this operation.",
+                self.namespace
+            ),
+            Some(ns) if !ns.is_empty() => Ok(ns.to_string()),
+            _ => Ok(self.namespace.clone()),
+        }
+    }
+
+    async fn apply(&self, files: &[String], dry_run: bool) -> Result<()> {
+        let manifests = read_manifests(files)?;
+        let mut failed = false;
+        for m in manifests {
+            if let Err(e) = self.apply_one(&m, dry_run).await {
+                eprintln!("{e:#}");
+                failed = true;
+            }
+        }
+        if failed {
+            std::process::exit(1);
+        }
+        Ok(())
+    }
+
+    async fn apply_one(&self, m: &Manifest, dry_run: bool) -> Result<()> {
+        let info = m.resource;
+        let ns = self.ns_for(info, m.namespace())?;
+        let name = m.name().to_string();
+        if name.is_empty() {
+            bail!("error from {}: {} needs metadata.name to be applied", m.origin, info.kind);
+        }
+        let mut desired = m.object.clone();
+        let mut last = desired.clone();
+        if let Some(a) = last.pointer_mut("/metadata/annotations").and_then(Value::as_object_mut) {
+            a.remove(LAST_APPLIED);
+        }
+        let last_text = serde_json::to_string(&last)?;
+        desired["metadata"]["annotations"][LAST_APPLIED] = Value::String(last_text.clone());
+        let suffix = if dry_run { " (dry run)" } else { "" };
+        match self.client.get(info.plural, &ns, &name).await {
+            Err(e) if e.reason == flotilla_api::Reason::NotFound => {
+                let (_, w) = self
+                    .client
+                    .create_opts(info.plural, &ns, &desired, dry_run)
+                    .await
+                    .map_err(server_error)?;
+                warn(&w);
+                println!("{} created{suffix}", ref_name(info, &name));
+            }
+            Err(e) => return Err(server_error(e)),
+            Ok(current) => {
+                // kubectl's three-way merge: the diff from what was last applied to what is
+                // applied now, laid over the live object.
+                let previous: Value = current
+                    .pointer(&format!("/metadata/annotations/{}", LAST_APPLIED.replace('/', "~1")))
+                    .and_then(Value::as_str)
+                    .and_then(|s| serde_json::from_str(s).ok())
+                    .unwrap_or_else(|| json!({}));
+                let mut patch = flotilla_api::patch::merge_diff(&previous, &last);
+                patch["metadata"]["annotations"][LAST_APPLIED] = Value::String(last_text);
+                if dry_run {
+                    println!("{} configured{suffix}", ref_name(info, &name));
+                    return Ok(());
+                }
+                let (after, w) = self
+                    .client
+                    .patch(info.plural, &ns, &name, &patch, false, false)
+                    .await
+                    .map_err(server_error)?;
+                warn(&w);
+                let rv = |v: &Value| v.pointer("/metadata/resourceVersion").cloned();
+                let what = if rv(&after) == rv(&current) { "unchanged" } else { "configured" };
+                println!("{} {what}", ref_name(info, &name));
+            }
+        }
+        Ok(())
+    }
+
+    async fn create(&self, files: &[String], dry_run: bool) -> Result<()> {
+        let mut failed = false;
+        for m in read_manifests(files)? {
+            let info = m.resource;
+            let ns = self.ns_for(info, m.namespace())?;
+            match self.client.create_opts(info.plural, &ns, &m.object, dry_run).await {
+                Ok((v, w)) => {
+                    warn(&w);
+                    let name = v.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+                    println!(
+                        "{} created{}",
+                        ref_name(info, name),
+                        if dry_run { " (dry run)" } else { "" }
+                    );
+                }
+                Err(e) => {
+                    eprintln!("{:#}", server_error(e));
+                    failed = true;
+                }
+            }
+        }
+        if failed {
+            std::process::exit(1);
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn get(
+        &self,
+        kinds: &str,
+        names: &[String],
+        all_ns: bool,
+        selector: Option<String>,
+        field_selector: Option<String>,
+        output: Option<Output>,
+        watch: bool,
+        watch_only: bool,
+        chunk: i64,
+    ) -> Result<()> {
+        let kinds: Vec<&str> = kinds.split(',').filter(|k| !k.is_empty()).collect();
+        // `get deploy/web` and `get deploy web`.
+        let (kinds, names): (Vec<String>, Vec<String>) = match kinds.as_slice() {
+            [k] if k.contains('/') => {
+                let (k, n) = k.split_once('/').expect("contains /");
+                (
+                    vec![k.to_string()],
+                    std::iter::once(n.to_string()).chain(names.iter().cloned()).collect(),
+                )
+            }
+            _ => (kinds.iter().map(|s| s.to_string()).collect(), names.to_vec()),
+        };
+        let multi = kinds.len() > 1;
+        for kind in &kinds {
+            let info = resource(kind)?;
+            let ns =
+                if all_ns || !info.namespaced { String::new() } else { self.namespace.clone() };
+            let mut items = Vec::new();
+            let mut rv = String::new();
+            if names.is_empty() {
+                if !watch_only {
+                    let p = ListParams {
+                        label_selector: selector.clone().unwrap_or_default(),
+                        field_selector: field_selector.clone().unwrap_or_default(),
+                        limit: chunk,
+                        ..Default::default()
+                    };
+                    let l =
+                        self.client.list_all(info.plural, &ns, &p).await.map_err(server_error)?;
+                    items = l.items;
+                    rv = l.resource_version;
+                }
+            } else {
+                let mut missing = Vec::new();
+                for n in &names {
+                    match self.client.get(info.plural, &ns, n).await {
+                        Ok(v) => items.push(v),
+                        Err(e) if e.reason == flotilla_api::Reason::NotFound => {
+                            missing.push(server_error(e))
+                        }
+                        Err(e) => return Err(server_error(e)),
+                    }
+                }
+                if !items.is_empty() {
+                    print::objects(info, &items, output, all_ns && info.namespaced, multi)?;
+                }
+                if let Some(e) = missing.into_iter().next() {
+                    return Err(e);
+                }
+                continue;
+            }
+            if items.is_empty() && !watch && output.is_none() {
+                if info.namespaced && !all_ns {
+                    eprintln!("No resources found in {} namespace.", self.namespace);
+                } else {
+                    eprintln!("No resources found");
+                }
+                continue;
+            }
+            print::objects(info, &items, output, all_ns && info.namespaced, multi)?;
+            if watch {
+                let p = WatchParams {
+                    label_selector: selector.clone().unwrap_or_default(),
+                    field_selector: field_selector.clone().unwrap_or_default(),
+                    resource_version: rv,
+                    ..Default::default()
+                };
+                let stream = self.client.watch(info.plural, &ns, &p).await.map_err(server_error)?;
+                futures::pin_mut!(stream);
+                let mut header = items.is_empty();
+                while let Some(batch) = stream.next().await {
+                    let batch = batch.map_err(server_error)?;
+                    for ev in batch {
+                        if ev.kind == flotilla_api::client::EventType::Bookmark {
+                            continue;
+                        }
+                        print::watch_row(info, &ev, output, all_ns && info.namespaced, header)?;
+                        header = false;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn describe(&self, kind: &str, names: &[String], selector: Option<String>) -> Result<()> {
+        let info = resource(kind)?;
+        let ns = if info.namespaced { self.namespace.clone() } else { String::new() };
+        let objects = if names.is_empty() {
+            let p =
+                ListParams { label_selector: selector.unwrap_or_default(), ..Default::default() };
+            self.client.list_all(info.plural, &ns, &p).await.map_err(server_error)?.items
+        } else {
+            let mut v = Vec::new();
+            for n in names {
+                v.push(self.client.get(info.plural, &ns, n).await.map_err(server_error)?);
+            }
+            v
+        };
+        for (i, o) in objects.iter().enumerate() {
+            if i > 0 {
+                println!();
+            }
+            let name = o.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+            let mut fs = format!("involvedObject.name={name},involvedObject.kind={}", info.kind);
+            if info.namespaced {
+                fs.push_str(&format!(",involvedObject.namespace={ns}"));
+            }
+            let p = ListParams { field_selector: fs, ..Default::default() };
+            let events =
+                self.client.list_all("events", &ns, &p).await.map(|l| l.items).unwrap_or_default();
+            print::describe(info, o, &events)?;
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn delete(
+        &self,
+        kind: Option<String>,
+        names: Vec<String>,
+        files: Vec<String>,
+        all: bool,
+        selector: Option<String>,
+        grace: Option<i64>,
+        cascade: &str,
+        ignore_not_found: bool,
+    ) -> Result<()> {
+        let propagation = match cascade {
+            "background" | "true" => "Background",
+            "foreground" => "Foreground",
+            "orphan" | "false" => "Orphan",
+            other => bail!("--cascade must be background, foreground or orphan, not {other:?}"),
+        };
+        let params = DeleteParams {
+            grace_period_seconds: grace,
+            propagation_policy: propagation.into(),
+            ..Default::default()
+        };
+        let mut targets: Vec<(&'static ResourceInfo, String, String)> = Vec::new();
+        if !files.is_empty() {
+            for m in read_manifests(&files)? {
+                let ns = self.ns_for(m.resource, m.namespace())?;
+                targets.push((m.resource, ns, m.name().to_string()));
+            }
+        } else {
+            let Some(kind) = kind else {
+                bail!("you must provide one or more resources by argument or filename (-f)")
+            };
+            let (kind, names) = match kind.split_once('/') {
+                Some((k, n)) => {
+                    (k.to_string(), std::iter::once(n.to_string()).chain(names).collect())
+                }
+                None => (kind, names),
+            };
+            let info = resource(&kind)?;
+            let ns = if info.namespaced { self.namespace.clone() } else { String::new() };
+            if all || selector.is_some() {
+                if !names.is_empty() {
+                    bail!("names cannot be given together with --all or --selector");
+                }
+                let p = ListParams {
+                    label_selector: selector.unwrap_or_default(),
+                    ..Default::default()
+                };
+                for o in
+                    self.client.list_all(info.plural, &ns, &p).await.map_err(server_error)?.items
+                {
+                    let n = o
+                        .pointer("/metadata/name")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string();
+                    targets.push((info, ns.clone(), n));
+                }
+            } else if names.is_empty() {
+                bail!("resource(s) were provided, but no name was specified (use --all to delete every one)");
+            } else {
+                for n in names {
+                    targets.push((info, ns.clone(), n));
+                }
+            }
+        }
+        let mut failed = false;
+        for (info, ns, name) in targets {
+            match self.client.delete(info.plural, &ns, &name, &params).await {
+                Ok(_) => println!(
+                    "{} \"{name}\" deleted",
+                    info.kind.to_ascii_lowercase()
+                        + if info.group.is_empty() { "" } else { "." }
+                        + info.group
+                ),
+                Err(e) if e.reason == flotilla_api::Reason::NotFound && ignore_not_found => {}
+                Err(e) => {
+                    eprintln!("{:#}", server_error(e));
+                    failed = true;
+                }
+            }
+        }
+        if failed {
+            std::process::exit(1);
+        }
+        Ok(())
+    }
+
+    async fn edit(&self, kind: &str, name: &str) -> Result<()> {
+        let info = resource(kind)?;
+        let ns = if info.namespaced { self.namespace.clone() } else { String::new() };
+        let current = self.client.get(info.plural, &ns, name).await.map_err(server_error)?;
+        let text = serde_yaml::to_string(&current)?;
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join(format!("{}-{name}.yaml", info.plural));
+        std::fs::write(&path, &text)?;
+        let editor = std::env::var("KUBE_EDITOR")
+            .or_else(|_| std::env::var("EDITOR"))
+            .unwrap_or_else(|_| "vi".into());
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("{editor} \"$1\""))
+            .arg("sh")
+            .arg(&path)
+            .status()
+            .with_context(|| format!("running the editor {editor:?}"))?;
+        if !status.success() {
+            bail!("the editor {editor:?} exited with {status}; nothing was changed");
+        }
+        let edited = std::fs::read_to_string(&path)?;
+        if edited == text {
+            println!("Edit cancelled, no changes made.");
+            return Ok(());
+        }
+        let docs = manifest::decode(&edited)
+            .map_err(|e| anyhow::anyhow!("error parsing the edited object: {e}"))?;
+        let [m] = docs.as_slice() else { bail!("the edited file must hold exactly one object") };
+        let (_, w) = self.client.update(info.plural, &ns, &m.object).await.map_err(server_error)?;
+        warn(&w);
+        println!("{} edited", ref_name(info, name));
+        Ok(())
+    }
+
+    async fn patch_cmd(
+        &self,
+        kind: &str,
+        name: &str,
+        patch: &str,
+        ty: &str,
+        sub: Option<String>,
+    ) -> Result<()> {
+        let info = resource(kind)?;
+        let ns = if info.namespaced { self.namespace.clone() } else { String::new() };
+        let value: Value = serde_json::from_str(patch)
+            .or_else(|_| serde_yaml::from_str(patch))
+            .context("the patch is neither JSON nor YAML")?;
+        let json = match ty {
+            "merge" => false,
+            "json" => true,
+            "strategic" => {
+                bail!("strategic merge patch is not supported; use --type merge or --type json")
+            }
+            o => bail!("--type must be merge or json, not {o:?}"),
+        };
+        let status = match sub.as_deref() {
+            None | Some("") => false,
+            Some("status") => true,
+            Some(o) => bail!("unknown subresource {o:?}"),
+        };
+        let (before, after) = {
+            let b = self.client.get(info.plural, &ns, name).await.map_err(server_error)?;
+            let (a, w) = self
+                .client
+                .patch(info.plural, &ns, name, &value, json, status)
+                .await
+                .map_err(server_error)?;
+            warn(&w);
+            (b, a)
+        };
+        let rv = |v: &Value| v.pointer("/metadata/resourceVersion").cloned();
+        let what = if rv(&before) == rv(&after) { "patched (no change)" } else { "patched" };
+        println!("{} {what}", ref_name(info, name));
+        Ok(())
+    }
+
+    async fn meta_map(
+        &self,
+        field: &str,
+        kind: &str,
+        name: &str,
+        changes: &[String],
+        overwrite: bool,
+    ) -> Result<()> {
+        let info = resource(kind)?;
+        let ns = if info.namespaced { self.namespace.clone() } else { String::new() };
+        let current = self.client.get(info.plural, &ns, name).await.map_err(server_error)?;
+        let existing = current.pointer(&format!("/metadata/{field}")).cloned().unwrap_or(json!({}));
+        let mut m = serde_json::Map::new();
+        for c in changes {
+            if let Some(k) = c.strip_suffix('-') {
+                m.insert(k.to_string(), Value::Null);
+            } else if let Some((k, v)) = c.split_once('=') {
+                if !overwrite && existing.get(k).is_some_and(|old| old != v) {
+                    bail!(
+                        "'{k}' already has a value ({}), and --overwrite is false",
+                        existing[k].as_str().unwrap_or("")
+                    );
+                }
+                m.insert(k.to_string(), Value::String(v.to_string()));
+            } else {
+                bail!("invalid {field} change {c:?}: expected key=value or key-");
+            }
+        }
+        let mut patch = json!({"metadata": {}, });
+        patch["metadata"][field] = Value::Object(m);
+        patch["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
+        self.client
+            .patch(info.plural, &ns, name, &patch, false, false)
+            .await
+            .map_err(server_error)?;
+        println!(
+            "{} {}",
+            ref_name(info, name),
+            if field == "labels" { "labeled" } else { "annotated" }
+        );
+        Ok(())
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
     let cli = Cli::parse();
-    anyhow::bail!(
-        "the Flotilla API server is not available yet; {} serves only the store so far",
-        cli.server
-    )
+    if let Err(e) = run(cli).await {
+        eprintln!("{e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match &cli.cmd {
+        Cmd::Completion { shell } => {
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "flotilla",
+                &mut std::io::stdout(),
+            );
+            return Ok(());
+        }
+        Cmd::Version => {
+            println!("Client Version: v{}", env!("CARGO_PKG_VERSION"));
+        }
+        _ => {}
+    }
+    let url = server_url(cli.server.clone());
+    let client = Client::connect(&url).await.map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    let ctx = Ctx {
+        client,
+        explicit_ns: cli.namespace.is_some(),
+        namespace: cli.namespace.clone().unwrap_or_else(|| "default".into()),
+    };
+    match cli.cmd {
+        Cmd::Apply { filename, dry_run } => ctx.apply(&filename, dry_run).await,
+        Cmd::Create { filename, dry_run } => ctx.create(&filename, dry_run).await,
+        Cmd::Get {
+            kind,
+            names,
+            all_namespaces,
+            selector,
+            field_selector,
+            output,
+            watch,
+            watch_only,
+            chunk_size,
+        } => {
+            ctx.get(
+                &kind,
+                &names,
+                all_namespaces,
+                selector,
+                field_selector,
+                output,
+                watch || watch_only,
+                watch_only,
+                chunk_size,
+            )
+            .await
+        }
+        Cmd::Describe { kind, names, selector } => ctx.describe(&kind, &names, selector).await,
+        Cmd::Delete {
+            kind,
+            names,
+            filename,
+            all,
+            selector,
+            grace_period,
+            cascade,
+            ignore_not_found,
+        } => {
+            ctx.delete(
+                kind,
+                names,
+                filename,
+                all,
+                selector,
+                grace_period,
+                &cascade,
+                ignore_not_found,
+            )
+            .await
+        }
+        Cmd::Edit { kind, name } => ctx.edit(&kind, &name).await,
+        Cmd::Patch { kind, name, patch, patch_type, subresource } => {
+            ctx.patch_cmd(&kind, &name, &patch, &patch_type, subresource).await
+        }
+        Cmd::Label { kind, name, changes, overwrite } => {
+            ctx.meta_map("labels", &kind, &name, &changes, overwrite).await
+        }
+        Cmd::Annotate { kind, name, changes, overwrite } => {
+            ctx.meta_map("annotations", &kind, &name, &changes, overwrite).await
+        }
+        Cmd::Scale { kind, name, replicas } => {
+            let info = resource(&kind)?;
+            if !matches!(info.kind, "Deployment" | "ReplicaSet" | "StatefulSet") {
+                bail!(
+                    "cannot scale a {}; only Deployments, ReplicaSets and StatefulSets scale",
+                    info.kind
+                );
+            }
+            if replicas < 0 {
+                bail!("--replicas must be >= 0");
+            }
+            let patch = json!({"spec": {"replicas": replicas}});
+            ctx.client
+                .patch(info.plural, &ctx.namespace, &name, &patch, false, false)
+                .await
+                .map_err(server_error)?;
+            println!("{} scaled", ref_name(info, &name));
+            Ok(())
+        }
+        Cmd::ApiResources => {
+            let d = ctx.client.discovery().await.map_err(server_error)?;
+            let mut rows = vec![vec![
+                "NAME".to_string(),
+                "SHORTNAMES".into(),
+                "APIVERSION".into(),
+                "NAMESPACED".into(),
+                "KIND".into(),
+            ]];
+            for r in d.resources {
+                let av = if r.group.is_empty() {
+                    r.version.clone()
+                } else {
+                    format!("{}/{}", r.group, r.version)
+                };
+                rows.push(vec![
+                    r.plural,
+                    r.short_names.join(","),
+                    av,
+                    r.namespaced.to_string(),
+                    r.kind,
+                ]);
+            }
+            print::table(&rows);
+            Ok(())
+        }
+        Cmd::Version => {
+            let d = ctx.client.discovery().await.map_err(server_error)?;
+            println!(
+                "Server Version: v{} (Kubernetes API 1.35, {} resources)",
+                d.server_version,
+                d.resources.len()
+            );
+            Ok(())
+        }
+        Cmd::Completion { .. } => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_api::RESOURCES;
+
+    #[test]
+    fn cli_parses_kubectl_forms() {
+        Cli::command().debug_assert();
+        let c = Cli::parse_from(["flotilla", "get", "po", "-A", "-o", "wide", "-l", "app=web"]);
+        assert!(matches!(c.cmd, Cmd::Get { all_namespaces: true, output: Some(Output::Wide), .. }));
+        let c = Cli::parse_from([
+            "flotilla",
+            "-n",
+            "kube-system",
+            "delete",
+            "deploy",
+            "web",
+            "--grace-period",
+            "0",
+        ]);
+        assert_eq!(c.namespace.as_deref(), Some("kube-system"));
+        assert!(RESOURCES.iter().all(|r| resource(r.plural).is_ok()));
+    }
 }

@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+mod apiserver;
 mod image;
 mod runtime;
 mod server;
@@ -21,10 +22,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// A whole single-node cluster in one process (today: the store; the API server, scheduler,
-    /// controllers, agent and dataplane join it as they land).
+    /// A whole single-node cluster in one process (today: the store and the API server; the
+    /// scheduler, controllers, agent and dataplane join it as they land).
     Up(UpArgs),
-    /// A control-plane member: the Raft store (etcd v3 API on --store-listen).
+    /// A control-plane member: the API server (--listen) over the Raft store (etcd v3 API on
+    /// --store-listen).
     Server(server::ServerArgs),
     /// An OCI runtime with runc's command line (create, start, state, kill, delete).
     Runtime(runtime::RuntimeArgs),
@@ -37,6 +39,9 @@ struct UpArgs {
     /// Where the cluster keeps its state.
     #[arg(long, default_value = "/var/lib/flotilla")]
     data_dir: PathBuf,
+    /// The API server (gRPC and /metrics).
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    listen: String,
     /// etcd v3 API of the embedded store.
     #[arg(long, default_value = "127.0.0.1:2379")]
     store_listen: String,
@@ -81,6 +86,7 @@ fn main() -> Result<()> {
                 server::run(server::ServerArgs {
                     name: "default".into(),
                     data_dir: a.data_dir.join("store"),
+                    listen: a.listen,
                     store_listen: a.store_listen,
                     peer_listen: a.peer_listen,
                     ..server::ServerArgs::defaults()

@@ -1,5 +1,7 @@
-//! `flotillad server`: a store member serving the etcd v3 API and Raft peers.
+//! `flotillad server`: a control-plane member: the Raft store (etcd v3 API, Raft peers) and the
+//! API server in front of it.
 
+use crate::apiserver::{self, ApiConfig, ApiServer};
 use anyhow::{bail, Context, Result};
 use flotilla_store::etcd::{bind, serve};
 use flotilla_store::{StoreConfig, StoreNode};
@@ -14,9 +16,25 @@ pub struct ServerArgs {
     /// Where this member keeps its Raft log and state.
     #[arg(long, default_value = "/var/lib/flotilla/store")]
     pub data_dir: PathBuf,
-    /// API server address (gRPC). Reserved: the API server is not built yet.
+    /// API server address: gRPC, and Prometheus `/metrics` over HTTP on the same port.
     #[arg(long, default_value = "127.0.0.1:6443")]
     pub listen: String,
+    /// ClusterIPs of Services are allocated from this range.
+    #[arg(long, default_value = "10.96.0.0/12")]
+    pub service_cidr: String,
+    /// NodePorts are allocated from this range.
+    #[arg(long, default_value = "30000-32767")]
+    pub node_port_range: String,
+    /// Milliseconds between watch bookmarks (for watches that allow them).
+    #[arg(long, default_value_t = 10_000)]
+    pub watch_bookmark_ms: u64,
+    /// Events a watcher may fall behind before it is cut off (per resource type).
+    #[arg(long, default_value_t = 8192)]
+    pub watch_ring: usize,
+    /// Events kept per resource type for watches resuming from an older resourceVersion;
+    /// older ones get "expired" and relist.
+    #[arg(long, default_value_t = 10_000)]
+    pub watch_history: usize,
     /// etcd v3 client API (KV, Watch, Lease, Cluster, Maintenance).
     #[arg(long, default_value = "127.0.0.1:2379")]
     pub store_listen: String,
@@ -84,12 +102,31 @@ pub async fn run(a: ServerArgs) -> Result<()> {
     config.snapshot_every = a.snapshot_every;
     config.progress_notify_interval = Duration::from_secs(a.progress_notify_secs.max(1));
 
+    let api_config = api_config(&a)?;
     // Bind first so a port conflict fails before anything is written.
     let client = bind(&a.store_listen).await?;
     let peer = bind(&a.peer_listen).await?;
+    let api_listener = tokio::net::TcpListener::bind(&a.listen)
+        .await
+        .with_context(|| format!("binding the API server to --listen {}", a.listen))?;
     let node = StoreNode::start(config).await.context("starting the store")?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let api_task = {
+        let node = node.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            // The API server needs a leader to create the system namespaces.
+            node.wait_for_leader(Duration::from_secs(3600)).await?;
+            let api = ApiServer::start(node, api_config).await?;
+            apiserver::serve(api, api_listener, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+        })
+    };
     tracing::info!(
         name = %a.name,
+        api = %a.listen,
         store = %a.store_listen,
         peer = %a.peer_listen,
         data_dir = %a.data_dir.display(),
@@ -104,7 +141,41 @@ pub async fn run(a: ServerArgs) -> Result<()> {
         }
         tracing::info!("shutting down");
     };
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
     serve(node.clone(), client, peer, shutdown).await?;
+    match tokio::time::timeout(Duration::from_secs(5), api_task).await {
+        Ok(Ok(Err(e))) => tracing::error!(error = %e, "API server failed"),
+        Ok(Err(e)) => tracing::error!(error = %e, "API server task failed"),
+        _ => {}
+    }
     node.shutdown().await;
     Ok(())
+}
+
+fn api_config(a: &ServerArgs) -> Result<ApiConfig> {
+    let (ip, len) = a
+        .service_cidr
+        .split_once('/')
+        .and_then(|(ip, len)| Some((ip.parse().ok()?, len.parse::<u8>().ok()?)))
+        .filter(|(_, len)| (8..=30).contains(len))
+        .with_context(|| {
+            format!("--service-cidr {:?} is not an IPv4 CIDR between /8 and /30", a.service_cidr)
+        })?;
+    let (lo, hi) = a
+        .node_port_range
+        .split_once('-')
+        .and_then(|(lo, hi)| Some((lo.parse::<i32>().ok()?, hi.parse::<i32>().ok()?)))
+        .filter(|(lo, hi)| 0 < *lo && lo <= hi && *hi <= 65535)
+        .with_context(|| format!("--node-port-range {:?} is not LOW-HIGH", a.node_port_range))?;
+    Ok(ApiConfig {
+        service_cidr: (ip, len),
+        node_port_range: (lo, hi),
+        bookmark_interval: Duration::from_millis(a.watch_bookmark_ms.max(10)),
+        watch_ring: a.watch_ring.max(16),
+        watch_history: a.watch_history.max(1),
+        ..ApiConfig::default()
+    })
 }

@@ -1,0 +1,147 @@
+//! The API server's use of the store: reads, and writes as transactions guarded by revisions.
+
+use flotilla_api::error::ApiError;
+use flotilla_store::proto::etcdserverpb::{
+    compare, request_op, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp,
+    TxnRequest,
+};
+use flotilla_store::proto::mvccpb::KeyValue;
+use flotilla_store::{KvStore, StoreError, StoreNode, WatchSpec, Watcher};
+use std::sync::Arc;
+
+#[derive(Clone)]
+pub struct Kv(pub Arc<StoreNode>);
+
+/// The end of the range of keys starting with `prefix`.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+pub fn store_err(e: StoreError) -> ApiError {
+    let reason = if e.is_retryable() {
+        flotilla_api::Reason::Unavailable
+    } else {
+        flotilla_api::Reason::Internal
+    };
+    ApiError::new(reason, format!("store: {e}"))
+}
+
+/// One write op of a transaction.
+pub enum Op {
+    Put(String, Vec<u8>),
+    Delete(String),
+}
+
+/// A condition on a key.
+pub enum Cond {
+    /// The key does not exist.
+    Absent(String),
+    /// The key was last written at this revision.
+    ModRev(String, i64),
+}
+
+impl Kv {
+    /// Linearizable read of one key.
+    pub async fn get(&self, key: &str) -> Result<Option<KeyValue>, ApiError> {
+        let r = self
+            .0
+            .range(RangeRequest { key: key.as_bytes().to_vec(), ..Default::default() })
+            .await
+            .map_err(store_err)?;
+        Ok(r.kvs.into_iter().next())
+    }
+
+    /// Every key under a prefix, and the revision read at.
+    pub async fn range_all(
+        &self,
+        key: &[u8],
+        end: &[u8],
+    ) -> Result<(i64, Vec<KeyValue>), ApiError> {
+        let r = self
+            .0
+            .range(RangeRequest {
+                key: key.to_vec(),
+                range_end: end.to_vec(),
+                ..Default::default()
+            })
+            .await
+            .map_err(store_err)?;
+        Ok((r.header.map(|h| h.revision).unwrap_or(0), r.kvs))
+    }
+
+    /// The store's current revision, read linearizably: a list served after the cache reaches
+    /// it reflects every write acknowledged before the list began.
+    pub async fn current_revision(&self) -> Result<i64, ApiError> {
+        let r = self
+            .0
+            .range(RangeRequest {
+                key: b"/registry/".to_vec(),
+                limit: 1,
+                keys_only: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(store_err)?;
+        Ok(r.header.map(|h| h.revision).unwrap_or(0))
+    }
+
+    pub fn watch(&self, spec: WatchSpec) -> Result<Watcher, StoreError> {
+        self.0.watch(spec)
+    }
+
+    /// Runs the ops if every condition holds: `Ok(Some(revision))`, or `Ok(None)` if one failed.
+    pub async fn txn(&self, conds: Vec<Cond>, ops: Vec<Op>) -> Result<Option<i64>, ApiError> {
+        let compare = conds
+            .into_iter()
+            .map(|c| match c {
+                Cond::Absent(k) => Compare {
+                    result: compare::CompareResult::Equal as i32,
+                    target: compare::CompareTarget::Create as i32,
+                    key: k.into_bytes(),
+                    target_union: Some(compare::TargetUnion::CreateRevision(0)),
+                    ..Default::default()
+                },
+                Cond::ModRev(k, rev) => Compare {
+                    result: compare::CompareResult::Equal as i32,
+                    target: compare::CompareTarget::Mod as i32,
+                    key: k.into_bytes(),
+                    target_union: Some(compare::TargetUnion::ModRevision(rev)),
+                    ..Default::default()
+                },
+            })
+            .collect();
+        let success = ops
+            .into_iter()
+            .map(|o| RequestOp {
+                request: Some(match o {
+                    Op::Put(k, v) => request_op::Request::RequestPut(PutRequest {
+                        key: k.into_bytes(),
+                        value: v,
+                        ..Default::default()
+                    }),
+                    Op::Delete(k) => request_op::Request::RequestDeleteRange(DeleteRangeRequest {
+                        key: k.into_bytes(),
+                        ..Default::default()
+                    }),
+                }),
+            })
+            .collect();
+        let r = self
+            .0
+            .txn(TxnRequest { compare, success, failure: vec![] })
+            .await
+            .map_err(store_err)?;
+        if !r.succeeded {
+            return Ok(None);
+        }
+        // The revision of the write: every put/delete in a txn shares it.
+        Ok(Some(r.header.map(|h| h.revision).unwrap_or(0)))
+    }
+}

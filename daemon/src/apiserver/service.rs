@@ -1,0 +1,434 @@
+//! The gRPC face of the API server, `/metrics` on the same port, and the watch streams.
+
+use super::cache::{CacheEvent, EventKind, Filter, Subscription, WatchCache};
+use super::{encode, encode_continue, ApiServer};
+use flotilla_api::error::{ApiError, Reason};
+use flotilla_api::patch::PatchKind;
+use flotilla_api::proto::{self, api_server::Api};
+use futures::Stream;
+use serde_json::json;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{broadcast, mpsc};
+use tonic::{Request, Response, Status};
+
+/// Events one watch response carries at most.
+const WATCH_BATCH: usize = 256;
+/// Initial-state events per response.
+const INITIAL_BATCH: usize = 500;
+
+#[derive(Clone)]
+pub struct Service(pub Arc<ApiServer>);
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<proto::WatchResponse, Status>> + Send>>;
+
+fn obj_response(v: &serde_json::Value, warnings: Vec<String>) -> Response<proto::ObjectResponse> {
+    Response::new(proto::ObjectResponse { object: encode(v), warnings })
+}
+
+impl Service {
+    async fn timed<T, F>(&self, verb: &str, resource: &str, f: F) -> Result<T, Status>
+    where
+        F: std::future::Future<Output = Result<T, ApiError>>,
+    {
+        let started = Instant::now();
+        let r = f.await;
+        let res = flotilla_api::lookup(resource).map_or("unknown", |r| r.plural);
+        self.0.record(verb, res, started);
+        r.map_err(|e| e.to_status())
+    }
+}
+
+#[tonic::async_trait]
+impl Api for Service {
+    async fn create(
+        &self,
+        req: Request<proto::CreateRequest>,
+    ) -> Result<Response<proto::ObjectResponse>, Status> {
+        let r = req.into_inner();
+        let s = &self.0;
+        self.timed("create", &r.resource, async {
+            let info = s.resource(&r.resource)?;
+            let (v, w) = s.create(info, &r.namespace, &r.object, r.dry_run).await?;
+            Ok(obj_response(&v, w))
+        })
+        .await
+    }
+
+    async fn get(
+        &self,
+        req: Request<proto::GetRequest>,
+    ) -> Result<Response<proto::ObjectResponse>, Status> {
+        let r = req.into_inner();
+        let s = &self.0;
+        self.timed("get", &r.resource, async {
+            let info = s.resource(&r.resource)?;
+            let v = s.get(info, &r.namespace, &r.name).await?;
+            Ok(obj_response(&v, vec![]))
+        })
+        .await
+    }
+
+    async fn list(
+        &self,
+        req: Request<proto::ListRequest>,
+    ) -> Result<Response<proto::ListResponse>, Status> {
+        let r = req.into_inner();
+        let s = &self.0;
+        self.timed("list", &r.resource, async {
+            let info = s.resource(&r.resource)?;
+            let f = Filter::new(info, &r.namespace, &r.label_selector, &r.field_selector)?;
+            let page = s.list(info, &f, r.limit, &r.continue_token).await?;
+            Ok(Response::new(proto::ListResponse {
+                items: page.items,
+                resource_version: page.rev.to_string(),
+                continue_token: page.next.as_deref().map(encode_continue).unwrap_or_default(),
+                remaining_item_count: page.remaining,
+            }))
+        })
+        .await
+    }
+
+    async fn update(
+        &self,
+        req: Request<proto::UpdateRequest>,
+    ) -> Result<Response<proto::ObjectResponse>, Status> {
+        let r = req.into_inner();
+        let s = &self.0;
+        let verb = if r.subresource == "status" { "update_status" } else { "update" };
+        self.timed(verb, &r.resource, async {
+            let info = s.resource(&r.resource)?;
+            let status = match r.subresource.as_str() {
+                "" => false,
+                "status" if info.has_status => true,
+                other => {
+                    return Err(ApiError::new(
+                        Reason::NotFound,
+                        format!("{} has no subresource {other:?}", info.plural),
+                    ))
+                }
+            };
+            let (v, w) = s.update(info, &r.namespace, &r.object, status, r.dry_run).await?;
+            Ok(obj_response(&v, w))
+        })
+        .await
+    }
+
+    async fn patch(
+        &self,
+        req: Request<proto::PatchRequest>,
+    ) -> Result<Response<proto::ObjectResponse>, Status> {
+        let r = req.into_inner();
+        let s = &self.0;
+        self.timed("patch", &r.resource, async {
+            let info = s.resource(&r.resource)?;
+            let status = match r.subresource.as_str() {
+                "" => false,
+                "status" if info.has_status => true,
+                other => {
+                    return Err(ApiError::new(
+                        Reason::NotFound,
+                        format!("{} has no subresource {other:?}", info.plural),
+                    ))
+                }
+            };
+            let kind = match proto::PatchType::try_from(r.patch_type) {
+                Ok(proto::PatchType::Merge) => PatchKind::Merge,
+                Ok(proto::PatchType::Json) => PatchKind::Json,
+                Err(_) => return Err(ApiError::bad_request("unknown patch type")),
+            };
+            let (v, w) =
+                s.patch(info, &r.namespace, &r.name, kind, &r.patch, status, r.dry_run).await?;
+            Ok(obj_response(&v, w))
+        })
+        .await
+    }
+
+    async fn delete(
+        &self,
+        req: Request<proto::DeleteRequest>,
+    ) -> Result<Response<proto::ObjectResponse>, Status> {
+        let r = req.into_inner();
+        let s = &self.0;
+        self.timed("delete", &r.resource, async {
+            let info = s.resource(&r.resource)?;
+            let v = s
+                .delete(
+                    info,
+                    &r.namespace,
+                    &r.name,
+                    r.grace_period_seconds,
+                    &r.propagation_policy,
+                    &r.precondition_uid,
+                    &r.precondition_resource_version,
+                    r.dry_run,
+                )
+                .await?;
+            Ok(obj_response(&v, vec![]))
+        })
+        .await
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        req: Request<proto::WatchRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        let r = req.into_inner();
+        let s = self.0.clone();
+        let started = Instant::now();
+        let setup = async {
+            let info = s.resource(&r.resource)?;
+            let f = Filter::new(info, &r.namespace, &r.label_selector, &r.field_selector)?;
+            let from: i64 = match r.resource_version.as_str() {
+                "" | "0" => 0,
+                v => v.parse().map_err(|_| {
+                    ApiError::bad_request(format!("resourceVersion {v:?} is not a revision"))
+                })?,
+            };
+            let cache = s.cache(info).clone();
+            let sub = cache.subscribe(from, &f, r.send_initial_events)?;
+            Ok::<_, ApiError>((info, f, from, cache, sub))
+        };
+        let (info, f, from, cache, sub) = setup.await.map_err(|e| e.to_status())?;
+        s.record("watch", info.plural, started);
+        let (tx, rx) = mpsc::channel(8);
+        let w = Watch {
+            s: s.clone(),
+            cache,
+            filter: f,
+            from,
+            bookmarks: r.allow_bookmarks,
+            initial_end: r.send_initial_events,
+            tx,
+        };
+        tokio::spawn(w.run(sub));
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn discovery(
+        &self,
+        _req: Request<proto::DiscoveryRequest>,
+    ) -> Result<Response<proto::DiscoveryResponse>, Status> {
+        let resources = flotilla_api::RESOURCES
+            .iter()
+            .map(|r| proto::ApiResource {
+                kind: r.kind.into(),
+                group: r.group.into(),
+                version: r.version.into(),
+                plural: r.plural.into(),
+                short_names: r.short_names.iter().map(|s| s.to_string()).collect(),
+                namespaced: r.namespaced,
+                has_status: r.has_status,
+            })
+            .collect();
+        Ok(Response::new(proto::DiscoveryResponse {
+            resources,
+            server_version: env!("CARGO_PKG_VERSION").into(),
+        }))
+    }
+}
+
+/// One API watch: replays what it must, then follows the cache's ring.
+struct Watch {
+    s: Arc<ApiServer>,
+    cache: Arc<WatchCache>,
+    filter: Filter,
+    from: i64,
+    bookmarks: bool,
+    /// The client asked for the initial state explicitly and wants to know where it ends.
+    initial_end: bool,
+    tx: mpsc::Sender<Result<proto::WatchResponse, Status>>,
+}
+
+fn event_type(k: EventKind) -> i32 {
+    match k {
+        EventKind::Added => proto::EventType::Added as i32,
+        EventKind::Modified => proto::EventType::Modified as i32,
+        EventKind::Deleted => proto::EventType::Deleted as i32,
+    }
+}
+
+impl Watch {
+    fn bookmark(&self, rev: i64) -> proto::WatchEvent {
+        let info = self.cache.info;
+        let obj = json!({"apiVersion": info.api_version(), "kind": info.kind,
+            "metadata": {"resourceVersion": rev.to_string()}});
+        proto::WatchEvent { r#type: proto::EventType::Bookmark as i32, object: encode(&obj) }
+    }
+
+    fn push(&self, ev: &CacheEvent, out: &mut Vec<proto::WatchEvent>) {
+        if let Some(k) = self.filter.event_for(ev) {
+            out.push(proto::WatchEvent { r#type: event_type(k), object: ev.obj.bytes.clone() });
+        }
+    }
+
+    async fn send(&self, events: Vec<proto::WatchEvent>, seen: Option<Instant>) -> bool {
+        if events.is_empty() {
+            return true;
+        }
+        let plural = self.cache.info.plural;
+        self.s.metrics.watch_events.with_label_values(&[plural]).inc_by(events.len() as u64);
+        let ok = self.tx.send(Ok(proto::WatchResponse { events })).await.is_ok();
+        if let Some(seen) = seen {
+            self.s
+                .metrics
+                .watch_latency
+                .with_label_values(&[plural])
+                .observe(seen.elapsed().as_secs_f64());
+        }
+        ok
+    }
+
+    async fn end(&self, e: ApiError) {
+        let _ = self.tx.send(Err(e.to_status())).await;
+    }
+
+    async fn run(self, mut sub: Subscription) {
+        let plural = self.cache.info.plural;
+        let gauge = self.s.metrics.watchers.with_label_values(&[plural]);
+        gauge.inc();
+        let _dec = scopeguard(move || gauge.dec());
+        // Events at or below `last` are covered by the initial state or the start revision.
+        let mut last = if sub.with_initial { sub.rev.max(self.from) } else { self.from };
+        for chunk in std::mem::take(&mut sub.initial).chunks(INITIAL_BATCH) {
+            let events = chunk
+                .iter()
+                .map(|o| proto::WatchEvent {
+                    r#type: proto::EventType::Added as i32,
+                    object: o.bytes.clone(),
+                })
+                .collect();
+            if !self.send(events, None).await {
+                return;
+            }
+        }
+        if sub.with_initial && self.initial_end && self.bookmarks {
+            // Tells the client the initial state is complete, as Kubernetes does.
+            let mut b = self.bookmark(last);
+            let mut v: serde_json::Value = serde_json::from_slice(&b.object).unwrap_or_default();
+            v["metadata"]["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+            b.object = encode(&v);
+            if !self.send(vec![b], None).await {
+                return;
+            }
+        }
+        let mut out = Vec::new();
+        for ev in std::mem::take(&mut sub.replay) {
+            self.push(&ev, &mut out);
+            last = last.max(ev.rev);
+            if out.len() >= WATCH_BATCH && !self.send(std::mem::take(&mut out), None).await {
+                return;
+            }
+        }
+        if !self.send(out, None).await {
+            return;
+        }
+        let mut tick = tokio::time::interval(self.s.config.bookmark_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        let mut bookmarked = last;
+        loop {
+            tokio::select! {
+                r = sub.rx.recv() => {
+                    let mut out = Vec::new();
+                    let mut first_seen = None;
+                    let mut next = r;
+                    loop {
+                        match next {
+                            Ok(ev) => {
+                                if ev.rev > last {
+                                    first_seen.get_or_insert(ev.seen);
+                                    self.push(&ev, &mut out);
+                                    last = ev.rev;
+                                }
+                            }
+                            Err(broadcast::error::RecvError::Lagged(n)) => {
+                                self.s.metrics.watch_cutoffs.with_label_values(&[plural]).inc();
+                                let _ = self.send(out, first_seen).await;
+                                return self.end(ApiError::new(Reason::TooManyRequests, format!(
+                                    "watch of {plural} fell {n} events behind and was cut off; resume from resourceVersion {last}"
+                                ))).await;
+                            }
+                            Err(broadcast::error::RecvError::Closed) => {
+                                let _ = self.send(out, first_seen).await;
+                                return self.end(ApiError::new(Reason::Expired, format!(
+                                    "the {plural} watch cache was rebuilt; relist"
+                                ))).await;
+                            }
+                        }
+                        if out.len() >= WATCH_BATCH {
+                            break;
+                        }
+                        match sub.rx.try_recv() {
+                            Ok(ev) => next = Ok(ev),
+                            Err(broadcast::error::TryRecvError::Empty) => break,
+                            Err(broadcast::error::TryRecvError::Lagged(n)) => next = Err(broadcast::error::RecvError::Lagged(n)),
+                            Err(broadcast::error::TryRecvError::Closed) => next = Err(broadcast::error::RecvError::Closed),
+                        }
+                    }
+                    if !self.send(out, first_seen).await {
+                        return;
+                    }
+                }
+                _ = tick.tick(), if self.bookmarks => {
+                    // Read the revision before checking the ring: everything up to it was
+                    // queued before it became visible.
+                    let rev = self.cache.rev();
+                    if sub.rx.is_empty() && rev > bookmarked.max(last) {
+                        last = rev;
+                        bookmarked = rev;
+                        if !self.send(vec![self.bookmark(rev)], None).await {
+                            return;
+                        }
+                    }
+                }
+                _ = self.tx.closed() => return,
+            }
+        }
+    }
+}
+
+/// Runs `f` when dropped.
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct G<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for G<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f()
+            }
+        }
+    }
+    G(Some(f))
+}
+
+/// Serves the API (gRPC, HTTP/2) and `/metrics` (HTTP/1.1 or 2) on one listener.
+pub async fn serve(
+    server: Arc<ApiServer>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let svc = proto::api_server::ApiServer::new(Service(server.clone()))
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(256 << 20);
+    let mut routes = tonic::service::Routes::new(svc);
+    let m = server.clone();
+    let router = std::mem::take(routes.axum_router_mut()).route(
+        "/metrics",
+        axum::routing::get(move || {
+            let m = m.clone();
+            async move { m.metrics.render() }
+        }),
+    );
+    *routes.axum_router_mut() = router;
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .accept_http1(true)
+        .tcp_nodelay(true)
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await?;
+    Ok(())
+}
