@@ -11,22 +11,31 @@ use std::time::{Duration, Instant};
 /// The `flotillad` binary of this build profile, built once per test process.
 pub fn flotillad() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
+    BIN.get_or_init(|| build_bin("flotilla-daemon", "flotillad")).clone()
+}
+
+/// The `flotilla` CLI of this build profile, built once per test process.
+pub fn flotilla_cli() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| build_bin("flotilla-cli", "flotilla")).clone()
+}
+
+fn build_bin(package: &str, bin: &str) -> PathBuf {
+    {
         // target/<profile>/deps/<test-binary> → target/<profile>/flotillad
         let exe = std::env::current_exe().expect("current_exe");
         let profile_dir = exe.parent().and_then(Path::parent).expect("target dir").to_path_buf();
         let release = profile_dir.file_name().is_some_and(|n| n == "release");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "flotilla-daemon", "--bin", "flotillad"]);
+        cmd.args(["build", "--quiet", "-p", package, "--bin", bin]);
         if release {
             cmd.arg("--release");
         }
         let status = cmd.status().expect("run cargo build");
-        assert!(status.success(), "building flotillad failed");
-        profile_dir.join("flotillad")
-    })
-    .clone()
+        assert!(status.success(), "building {bin} failed");
+        profile_dir.join(bin)
+    }
 }
 
 /// A loopback port that was free a moment ago.
@@ -112,6 +121,8 @@ impl Drop for Proc {
 /// One `flotillad server` member.
 pub struct Member {
     pub name: String,
+    /// The API server (gRPC).
+    pub api: String,
     pub client: String,
     pub peer: String,
     pub data_dir: PathBuf,
@@ -126,6 +137,7 @@ impl Member {
     pub fn new(name: &str, data_dir: &Path) -> Member {
         Member {
             name: name.into(),
+            api: format!("127.0.0.1:{}", free_port()),
             client: format!("127.0.0.1:{}", free_port()),
             peer: format!("127.0.0.1:{}", free_port()),
             data_dir: data_dir.join(name),
@@ -142,6 +154,7 @@ impl Member {
             .args(["--name", &self.name])
             .arg("--data-dir")
             .arg(&self.data_dir)
+            .args(["--listen", &self.api])
             .args(["--store-listen", &self.client, "--peer-listen", &self.peer])
             .args(&self.extra)
             .env(
@@ -173,6 +186,13 @@ impl Member {
 
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.client)
+    }
+
+    /// The API server's URL; waits until it serves (it starts once the store has a leader).
+    pub fn api_url(&self) -> Result<String> {
+        wait_listening(&self.api, Duration::from_secs(20))
+            .with_context(|| format!("{}: the API server did not start; see its log", self.name))?;
+        Ok(format!("http://{}", self.api))
     }
 }
 

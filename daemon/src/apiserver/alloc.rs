@@ -75,23 +75,40 @@ fn in_cidr(ip: Ipv4Addr, (net, len): (Ipv4Addr, u8)) -> bool {
     u32::from(ip) & mask == u32::from(net) & mask
 }
 
-fn random_ip((net, len): (Ipv4Addr, u8)) -> Ipv4Addr {
+/// A random address of the range that no cached Service holds (the store's guard catches
+/// races with writes the cache has not seen yet).
+fn random_ip(s: &ApiServer) -> Result<Ipv4Addr, ApiError> {
+    let (net, len) = s.config.service_cidr;
     let size = 1u64 << (32 - len as u64);
+    let used: HashSet<String> = services(s)
+        .iter()
+        .filter_map(|v| v.pointer("/spec/clusterIP").and_then(Value::as_str).map(String::from))
+        .collect();
     // Skip the network address, .1 (the API's own service in Kubernetes) and broadcast.
-    let off = 2 + fastrand::u64(0..size.saturating_sub(3).max(1));
-    Ipv4Addr::from(u32::from(net).wrapping_add(off as u32))
+    let usable = size.saturating_sub(3).max(1);
+    let start = fastrand::u64(0..usable);
+    for i in 0..usable {
+        let off = 2 + (start + i) % usable;
+        let ip = Ipv4Addr::from(u32::from(net).wrapping_add(off as u32));
+        if !used.contains(&ip.to_string()) {
+            return Ok(ip);
+        }
+    }
+    Err(ApiError::forbidden(format!("no free ClusterIPs in {net}/{len}")))
+}
+
+fn services(s: &ApiServer) -> Vec<Value> {
+    let info = flotilla_api::lookup("services").expect("registered");
+    let page = s.cache(info).list(&Default::default(), 0, None);
+    page.items.iter().filter_map(|b| serde_json::from_slice(b).ok()).collect()
 }
 
 fn used_node_ports(s: &ApiServer) -> HashSet<i64> {
-    let info = flotilla_api::lookup("services").expect("registered");
-    let page = s.cache(info).list(&Default::default(), 0, None);
     let mut used = HashSet::new();
-    for b in page.items {
-        if let Ok(v) = serde_json::from_slice::<Value>(&b) {
-            for p in v.pointer("/spec/ports").and_then(Value::as_array).into_iter().flatten() {
-                if let Some(n) = p.get("nodePort").and_then(Value::as_i64) {
-                    used.insert(n);
-                }
+    for v in services(s) {
+        for p in v.pointer("/spec/ports").and_then(Value::as_array).into_iter().flatten() {
+            if let Some(n) = p.get("nodePort").and_then(Value::as_i64) {
+                used.insert(n);
             }
         }
     }
@@ -113,7 +130,7 @@ fn claim_ip(s: &ApiServer, spec: &mut Value, plan: &mut Plan) -> Result<(), ApiE
     let given = spec.get("clusterIP").and_then(Value::as_str).unwrap_or("").to_string();
     let cidr = s.config.service_cidr;
     let ip = if given.is_empty() {
-        let ip = random_ip(cidr).to_string();
+        let ip = random_ip(s)?.to_string();
         plan.claims.push((ip_key(&ip), false, "spec.clusterIP".into()));
         ip
     } else {

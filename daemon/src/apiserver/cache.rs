@@ -341,6 +341,11 @@ impl WatchCache {
         self.advanced.notify_waiters();
     }
 
+    /// Has the filler move `rev` up to the store's revision if no event of this type is due.
+    pub fn request_progress(&self) {
+        self.progress.notify_one();
+    }
+
     /// Waits until everything the store had at `target` is in the cache.
     pub async fn wait_for(&self, target: i64, timeout: Duration) -> Result<(), ApiError> {
         let deadline = Instant::now() + timeout;

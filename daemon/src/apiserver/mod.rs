@@ -269,26 +269,27 @@ impl ApiServer {
             }
         }
         let admitted = (info.admit)(&v, None, info)?;
-        let mut obj = admitted.object;
-        let name = meta_str(&obj, "name").to_string();
+        let name = meta_str(&admitted.object, "name").to_string();
         if info.namespaced {
             self.ensure_namespace(&ns).await?;
         }
         let key = info.key(&ns, &name);
         for attempt in 0..32 {
+            // Each attempt allocates afresh from the admitted object.
+            let mut obj = admitted.object.clone();
             let plan = if info.kind == "Service" {
                 alloc::plan_create(self, &mut obj, attempt)?
             } else {
                 alloc::Plan::default()
             };
             if dry_run {
-                return Ok((obj, admitted.warnings));
+                return Ok((obj, admitted.warnings.clone()));
             }
             let mut conds = vec![Cond::Absent(key.clone())];
             let mut ops = vec![Op::Put(key.clone(), to_store(&obj))];
             plan.add_to(&key, &mut conds, &mut ops);
             match self.kv.txn(conds, ops).await? {
-                Some(rev) => return Ok((with_rv(obj, rev), admitted.warnings)),
+                Some(rev) => return Ok((with_rv(obj, rev), admitted.warnings.clone())),
                 None => {
                     if self.kv.get(&key).await?.is_some() {
                         return Err(ApiError::already_exists(&info.qualified_plural(), &name));

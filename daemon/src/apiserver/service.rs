@@ -13,8 +13,11 @@ use std::time::Instant;
 use tokio::sync::{broadcast, mpsc};
 use tonic::{Request, Response, Status};
 
-/// Events one watch response carries at most.
-const WATCH_BATCH: usize = 256;
+/// Events one watch response carries at most. With the queue below this bounds what a watcher
+/// that does not read can hold: the ring cuts it off beyond that.
+const WATCH_BATCH: usize = 64;
+/// Responses queued per watcher ahead of the network.
+const WATCH_QUEUE: usize = 4;
 /// Initial-state events per response.
 const INITIAL_BATCH: usize = 500;
 
@@ -194,7 +197,7 @@ impl Api for Service {
         };
         let (info, f, from, cache, sub) = setup.await.map_err(|e| e.to_status())?;
         s.record("watch", info.plural, started);
-        let (tx, rx) = mpsc::channel(8);
+        let (tx, rx) = mpsc::channel(WATCH_QUEUE);
         let w = Watch {
             s: s.clone(),
             cache,
@@ -377,6 +380,8 @@ impl Watch {
                     // Read the revision before checking the ring: everything up to it was
                     // queued before it became visible.
                     let rev = self.cache.rev();
+                    // Ask the cache to catch up with revisions of other types for the next tick.
+                    self.cache.request_progress();
                     if sub.rx.is_empty() && rev > bookmarked.max(last) {
                         last = rev;
                         bookmarked = rev;

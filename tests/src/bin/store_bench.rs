@@ -67,11 +67,12 @@ fn start_etcd(bin: &str) -> Result<Server> {
 
 fn start_flotilla(bin: &PathBuf) -> Result<Server> {
     let dir = tempfile::Builder::new().prefix("bench-flotilla").tempdir_in("/var/tmp")?;
-    let (c, p) = (free_port(), free_port());
+    let (c, p, a) = (free_port(), free_port(), free_port());
     let mut cmd = Command::new(bin);
     cmd.arg("server")
         .arg("--data-dir")
         .arg(dir.path().join("data"))
+        .args(["--listen", &format!("127.0.0.1:{a}")])
         .args([
             "--store-listen",
             &format!("127.0.0.1:{c}"),
