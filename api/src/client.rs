@@ -114,6 +114,7 @@ impl Client {
         Ok(Endpoint::from_shared(url.clone())
             .map_err(|e| ApiError::bad_request(format!("invalid server address {url:?}: {e}")))?
             .tcp_nodelay(true)
+            .http2_adaptive_window(true)
             .connect_timeout(Duration::from_secs(5))
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true))

@@ -385,19 +385,38 @@ impl Ctx {
             let ns =
                 if all_ns || !info.namespaced { String::new() } else { self.namespace.clone() };
             let mut items = Vec::new();
-            let mut rv = String::new();
-            if names.is_empty() {
+            let rv;
+            // A named watch follows that object: kubectl's `get KIND NAME -w`.
+            let field_selector = match (watch, names.as_slice()) {
+                (true, [n]) => Some(match &field_selector {
+                    Some(f) if !f.is_empty() => format!("{f},metadata.name={n}"),
+                    _ => format!("metadata.name={n}"),
+                }),
+                _ => field_selector.clone(),
+            };
+            let listing = names.is_empty() || watch;
+            if listing && !(watch && names.len() > 1) {
+                let p = ListParams {
+                    label_selector: selector.clone().unwrap_or_default(),
+                    field_selector: field_selector.clone().unwrap_or_default(),
+                    limit: if watch_only { 1 } else { chunk },
+                    ..Default::default()
+                };
+                let l = if watch_only {
+                    self.client.list(info.plural, &ns, &p).await
+                } else {
+                    self.client.list_all(info.plural, &ns, &p).await
+                }
+                .map_err(server_error)?;
+                rv = l.resource_version;
                 if !watch_only {
-                    let p = ListParams {
-                        label_selector: selector.clone().unwrap_or_default(),
-                        field_selector: field_selector.clone().unwrap_or_default(),
-                        limit: chunk,
-                        ..Default::default()
-                    };
-                    let l =
-                        self.client.list_all(info.plural, &ns, &p).await.map_err(server_error)?;
                     items = l.items;
-                    rv = l.resource_version;
+                }
+                if watch && names.len() == 1 && items.is_empty() && !watch_only {
+                    return Err(server_error(ApiError::not_found(
+                        &info.qualified_plural(),
+                        &names[0],
+                    )));
                 }
             } else {
                 let mut missing = Vec::new();
@@ -426,7 +445,9 @@ impl Ctx {
                 }
                 continue;
             }
-            print::objects(info, &items, output, all_ns && info.namespaced, multi)?;
+            if !(watch_only || (watch && items.is_empty())) {
+                print::objects(info, &items, output, all_ns && info.namespaced, multi)?;
+            }
             if watch {
                 let p = WatchParams {
                     label_selector: selector.clone().unwrap_or_default(),

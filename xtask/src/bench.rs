@@ -16,6 +16,16 @@ pub enum Bench {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// The API server vs the raw store under it: watch event latency with 1 to 10,000 watchers
+    /// while pods are updated, and lists of 10,000 pods.
+    Api {
+        /// Pod updates per second during the watch rows.
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        /// Extra arguments for the harness (see `api-bench --help`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// `flotillad runtime` vs runc and crun: create && start && delete -f of busybox /bin/true.
     Runtime {
         /// Measured rounds per runtime.
@@ -37,6 +47,17 @@ pub fn run(what: Bench) -> Result<()> {
                 .arg(root.join("target/release/flotillad"))
                 .arg("--seconds")
                 .arg(seconds.to_string())
+                .args(&args);
+            crate::util::run(cmd)
+        }
+        Bench::Api { rate, args } => {
+            cargo(&["build", "--release", "-p", "flotilla-daemon", "-p", "flotilla-tests"])?;
+            let root = workspace_root();
+            let mut cmd = Command::new(root.join("target/release/api-bench"));
+            cmd.arg("--flotillad")
+                .arg(root.join("target/release/flotillad"))
+                .arg("--rate")
+                .arg(rate.to_string())
                 .args(&args);
             crate::util::run(cmd)
         }

@@ -428,10 +428,15 @@ pub async fn serve(
         }),
     );
     *routes.axum_router_mut() = router;
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // The builder's tcp_nodelay applies only to listeners tonic binds itself; without it small
+    // responses wait on Nagle and delayed ACKs (40 ms).
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
         .accept_http1(true)
         .tcp_nodelay(true)
+        // Lists of thousands of objects are megabytes: a 64 KiB window would make them wait on
+        // window updates.
+        .http2_adaptive_window(Some(true))
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;

@@ -1,0 +1,436 @@
+//! `api-bench`: the API server against the raw store it runs on, in the same run, on the same
+//! writes. Watch rows: N watchers on pods through the API (gRPC watch, JSON objects) and N
+//! watchers on the same keys through the store's etcd v3 watch, while pods are updated at a
+//! fixed rate through the API; latency runs from the write's acknowledgement to the event at
+//! each watcher. List rows: 10,000 pods, all, by label and by spec.nodeName. Run through
+//! `cargo xtask bench api`.
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use flotilla_api::client::{Client, ListParams};
+use flotilla_api::proto::{api_client::ApiClient, WatchRequest};
+use flotilla_store::proto::etcdserverpb::{kv_client::KvClient, RangeRequest};
+use flotilla_tests::{free_port, wait_listening, Proc};
+use serde_json::json;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(about = "API benchmark: watch latency and lists through the API server vs the raw store")]
+struct Args {
+    /// The flotillad binary (release build).
+    #[arg(long)]
+    flotillad: PathBuf,
+    /// Pods in the cluster for the list rows.
+    #[arg(long, default_value_t = 10_000)]
+    pods: usize,
+    /// Nodes the pods are spread over.
+    #[arg(long, default_value_t = 100)]
+    nodes: usize,
+    /// Pod updates per second during the watch rows.
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// Seconds of updates per watch row.
+    #[arg(long, default_value_t = 3)]
+    seconds: u64,
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 100, 1000, 10000])]
+    watchers: Vec<usize>,
+    /// Events per second all watchers of a row may receive together: rows with many watchers
+    /// write slower (the client and server share the machine's cores). The rate used is shown.
+    #[arg(long, default_value_t = 1_000_000)]
+    max_fanout: u64,
+    /// List repetitions per list row.
+    #[arg(long, default_value_t = 20)]
+    list_reps: usize,
+}
+
+struct Server {
+    api: String,
+    store: String,
+    _proc: Proc,
+    _dir: tempfile::TempDir,
+}
+
+fn start(bin: &PathBuf) -> Result<Server> {
+    let dir = tempfile::Builder::new().prefix("bench-api").tempdir_in("/var/tmp")?;
+    let (a, c, p) = (free_port(), free_port(), free_port());
+    let mut cmd = Command::new(bin);
+    cmd.arg("server")
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--listen", &format!("127.0.0.1:{a}")])
+        .args([
+            "--store-listen",
+            &format!("127.0.0.1:{c}"),
+            "--peer-listen",
+            &format!("127.0.0.1:{p}"),
+        ])
+        // Room for the largest row's burst; cut-offs are counted as missing events.
+        .args(["--watch-ring", "65536"])
+        .env("RUST_LOG", "warn");
+    let proc = Proc::spawn("flotillad", cmd, &dir.path().join("flotillad.log"))?;
+    let api = format!("127.0.0.1:{a}");
+    wait_listening(&api, Duration::from_secs(30))?;
+    Ok(Server { api, store: format!("127.0.0.1:{c}"), _proc: proc, _dir: dir })
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn pod(i: usize, nodes: usize) -> serde_json::Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": format!("pod-{i:05}"), "labels": {"app": format!("app-{}", i % 10), "bench": "yes"}},
+        "spec": {"nodeName": format!("node-{:03}", i % nodes),
+            "containers": [{"name": "app", "image": "registry.local/app:1.0",
+                "ports": [{"containerPort": 8080, "name": "http"}],
+                "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "128Mi"}}}]}})
+}
+
+/// The resourceVersion inside an encoded object, without parsing the JSON.
+fn rv_of(b: &[u8]) -> Option<i64> {
+    const KEY: &[u8] = b"\"resourceVersion\":\"";
+    let i = b.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let end = b[i..].iter().position(|c| *c == b'"')? + i;
+    std::str::from_utf8(&b[i..end]).ok()?.parse().ok()
+}
+
+async fn preload(c: &Client, n: usize, nodes: usize) -> Result<f64> {
+    c.create(
+        "namespaces",
+        "",
+        &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "bench"}}),
+    )
+    .await
+    .ok();
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    let workers = 32;
+    for w in 0..workers {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut i = w;
+            while i < n {
+                c.create("pods", "bench", &pod(i, nodes)).await?;
+                i += workers;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Lists through the raw gRPC client: objects stay bytes, as the etcd client's do, so both
+/// rows time the server and the wire, not JSON parsing in the client.
+async fn list_row(
+    c: &mut ApiClient<tonic::transport::Channel>,
+    reps: usize,
+    label: &str,
+    field: &str,
+) -> Result<(usize, f64, f64)> {
+    let mut lat = Vec::new();
+    let mut n = 0;
+    for _ in 0..reps {
+        let t = Instant::now();
+        let req = flotilla_api::proto::ListRequest {
+            resource: "pods".into(),
+            namespace: "bench".into(),
+            label_selector: label.into(),
+            field_selector: field.into(),
+            ..Default::default()
+        };
+        let l = c.list(req).await?.into_inner();
+        lat.push(t.elapsed().as_secs_f64() * 1e3);
+        n = l.items.len();
+    }
+    lat.sort_by(f64::total_cmp);
+    Ok((n, pct(&lat, 0.5), pct(&lat, 0.99)))
+}
+
+type Seen = Vec<(i64, Instant)>;
+
+/// Opens `n` watchers of one kind; each collects (revision, arrival) until `stop` is seen.
+async fn open_watchers(
+    kind: &str,
+    s: &Server,
+    n: usize,
+    from: i64,
+) -> Result<Vec<tokio::task::JoinHandle<Seen>>> {
+    let conns = n.div_ceil(100).max(1);
+    let mut handles = Vec::new();
+    if kind == "api" {
+        let mut clients = Vec::new();
+        for _ in 0..conns {
+            let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", s.api))?
+                .tcp_nodelay(true)
+                .connect()
+                .await?;
+            clients.push(ApiClient::new(ch).max_decoding_message_size(64 << 20));
+        }
+        for i in 0..n {
+            let mut c = clients[i % conns].clone();
+            let req = WatchRequest {
+                resource: "pods".into(),
+                namespace: "bench".into(),
+                resource_version: from.to_string(),
+                ..Default::default()
+            };
+            let mut stream = c.watch(req).await?.into_inner();
+            handles.push(tokio::spawn(async move {
+                let mut seen = Seen::new();
+                loop {
+                    let resp = match stream.message().await {
+                        Ok(Some(r)) => r,
+                        Ok(None) => break,
+                        Err(e) => {
+                            eprintln!("API watch ended: {}", e.message());
+                            break;
+                        }
+                    };
+                    let now = Instant::now();
+                    for ev in resp.events {
+                        if ev.object.windows(6).any(|w| w == b"\"stop\"") {
+                            return seen;
+                        }
+                        if let Some(rv) = rv_of(&ev.object) {
+                            seen.push((rv, now));
+                        }
+                    }
+                }
+                seen
+            }));
+        }
+    } else {
+        let mut clients = Vec::new();
+        for _ in 0..conns {
+            clients
+                .push(etcd_client::Client::connect([format!("http://{}", s.store)], None).await?);
+        }
+        for i in 0..n {
+            let mut c = clients[i % conns].clone();
+            let opts = etcd_client::WatchOptions::new().with_prefix().with_start_revision(from + 1);
+            let mut stream = c.watch("/registry/core/pods/bench/", Some(opts)).await?;
+            handles.push(tokio::spawn(async move {
+                let mut seen = Seen::new();
+                while let Ok(Some(resp)) = stream.message().await {
+                    let now = Instant::now();
+                    for ev in resp.events() {
+                        if let Some(kv) = ev.kv() {
+                            if kv.value().windows(6).any(|w| w == b"\"stop\"") {
+                                return seen;
+                            }
+                            seen.push((kv.mod_revision(), now));
+                        }
+                    }
+                }
+                seen
+            }));
+        }
+    }
+    Ok(handles)
+}
+
+struct WatchResult {
+    p50: f64,
+    p99: f64,
+    /// Write sent → event: unaffected by how late the acknowledgement arrives.
+    e2e_p99: f64,
+    delivered: usize,
+    missing: usize,
+    achieved_rate: f64,
+}
+
+async fn watch_row(
+    kind: &str,
+    s: &Server,
+    c: &Client,
+    n: usize,
+    rate: u64,
+    secs: u64,
+    pods: usize,
+) -> Result<WatchResult> {
+    let from: i64 = c
+        .list("pods", "bench", &ListParams { limit: 1, ..Default::default() })
+        .await?
+        .resource_version
+        .parse()?;
+    let handles = open_watchers(kind, s, n, from).await?;
+    tokio::time::sleep(Duration::from_millis(300 + n as u64 / 5)).await;
+    let acks: Arc<Mutex<HashMap<i64, (Instant, Instant)>>> = Arc::default();
+    let total = rate * secs;
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let sem = Arc::new(tokio::sync::Semaphore::new(256));
+    let start = tokio::time::Instant::now();
+    let mut tasks = Vec::new();
+    for k in 0..total {
+        tokio::time::sleep_until(start + interval * k as u32).await;
+        let permit = sem.clone().acquire_owned().await?;
+        let (c, acks) = (c.clone(), acks.clone());
+        // Unique per row: a patch that changes nothing is not written (and has no event).
+        let seq = format!("{kind}-{n}-{k}");
+        tasks.push(tokio::spawn(async move {
+            let sent = Instant::now();
+            let patch = json!({"metadata": {"annotations": {"bench/seq": seq}}});
+            let r = c
+                .patch(
+                    "pods",
+                    "bench",
+                    &format!("pod-{:05}", k as usize % pods),
+                    &patch,
+                    false,
+                    false,
+                )
+                .await;
+            let now = Instant::now();
+            drop(permit);
+            if let Err(e) = &r {
+                eprintln!("write failed: {}", e.message);
+            }
+            if let Ok((v, _)) = r {
+                if let Some(rv) =
+                    v["metadata"]["resourceVersion"].as_str().and_then(|s| s.parse().ok())
+                {
+                    acks.lock().unwrap().insert(rv, (sent, now));
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let achieved = total as f64 / start.elapsed().as_secs_f64();
+    // The stop marker: an annotation whose value is "stop".
+    let (stop, _) = c
+        .patch(
+            "pods",
+            "bench",
+            "pod-00000",
+            &json!({"metadata": {"annotations": {"bench/seq": "stop"}}}),
+            false,
+            false,
+        )
+        .await?;
+    let acks = acks.lock().unwrap().clone();
+    anyhow::ensure!(
+        stop["metadata"]["resourceVersion"].as_str().is_some(),
+        "stop marker not written"
+    );
+    let mut lat = Vec::with_capacity(acks.len() * n);
+    let mut e2e = Vec::with_capacity(acks.len() * n);
+    let mut missing = 0;
+    let mut delivered = 0;
+    for h in handles {
+        let seen = match tokio::time::timeout(Duration::from_secs(60), h).await {
+            Ok(r) => r?,
+            Err(_) => Seen::new(),
+        };
+        delivered += seen.len();
+        let got: HashMap<i64, Instant> = seen.into_iter().collect();
+        for (rev, (sent, ack)) in &acks {
+            match got.get(rev) {
+                Some(t) => {
+                    lat.push(t.saturating_duration_since(*ack).as_secs_f64() * 1e3);
+                    e2e.push(t.saturating_duration_since(*sent).as_secs_f64() * 1e3);
+                }
+                None => missing += 1,
+            }
+        }
+    }
+    lat.sort_by(f64::total_cmp);
+    e2e.sort_by(f64::total_cmp);
+    Ok(WatchResult {
+        p50: pct(&lat, 0.5),
+        p99: pct(&lat, 0.99),
+        e2e_p99: pct(&e2e, 0.99),
+        delivered,
+        missing,
+        achieved_rate: achieved,
+    })
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(run(args))
+}
+
+async fn run(a: Args) -> Result<()> {
+    let s = start(&a.flotillad)?;
+    let c = Client::connect(&format!("http://{}", s.api)).await?;
+    for _ in 0..200 {
+        if c.get("namespaces", "", "default").await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rate = preload(&c, a.pods, a.nodes).await.context("creating the pods")?;
+    println!("created {} pods through the API: {rate:.0} creates/s (32 clients)\n", a.pods);
+
+    println!("| list of {} pods (API, from the watch cache) | items | p50 ms | p99 ms |", a.pods);
+    println!("|---|---:|---:|---:|");
+    let node = format!("spec.nodeName=node-{:03}", 7 % a.nodes);
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", s.api))?
+        .tcp_nodelay(true)
+        .http2_adaptive_window(true)
+        .connect()
+        .await?;
+    let mut raw = ApiClient::new(ch).max_decoding_message_size(256 << 20);
+    for (name, label, field) in [
+        ("all", "", ""),
+        ("label app=app-3", "app=app-3", ""),
+        ("field spec.nodeName", "", node.as_str()),
+    ] {
+        let (n, p50, p99) = list_row(&mut raw, a.list_reps, label, field).await?;
+        println!("| {name} | {n} | {p50:.2} | {p99:.2} |");
+    }
+    // The same objects read straight from the store (an etcd range, linearizable).
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", s.store))?
+        .tcp_nodelay(true)
+        .http2_adaptive_window(true)
+        .connect()
+        .await?;
+    let mut kv = KvClient::new(ch).max_decoding_message_size(256 << 20);
+    let mut lat = Vec::new();
+    for _ in 0..a.list_reps {
+        let t = Instant::now();
+        let req = RangeRequest {
+            key: b"/registry/core/pods/bench/".to_vec(),
+            range_end: b"/registry/core/pods/bench0".to_vec(),
+            ..Default::default()
+        };
+        let r = kv.range(req).await?.into_inner();
+        lat.push(t.elapsed().as_secs_f64() * 1e3);
+        anyhow::ensure!(r.kvs.len() == a.pods, "store range returned {} pods", r.kvs.len());
+    }
+    lat.sort_by(f64::total_cmp);
+    println!(
+        "| all, raw store range (etcd API) | {} | {:.2} | {:.2} |",
+        a.pods,
+        pct(&lat, 0.5),
+        pct(&lat, 0.99)
+    );
+
+    println!("\nwatch: pods updated through the API for {} s; latency = write acknowledged → event at watcher (an event that beats the ack counts 0); e2e = write sent → event", a.seconds);
+    println!("| watchers | updates/s | store p50 ms | store p99 ms | API p50 ms | API p99 ms | API/store p99 | store e2e p99 | API e2e p99 | API/store e2e p99 | API events | missing (store/API) |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for &n in &a.watchers {
+        let rate = a.rate.min((a.max_fanout / n as u64).max(1));
+        let st = watch_row("store", &s, &c, n, rate, a.seconds, a.pods).await?;
+        let api = watch_row("api", &s, &c, n, rate, a.seconds, a.pods).await?;
+        println!(
+            "| {n} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2}x | {:.2} | {:.2} | {:.2}x | {} | {}/{} |",
+            api.achieved_rate, st.p50, st.p99, api.p50, api.p99, api.p99 / st.p99, st.e2e_p99, api.e2e_p99,
+            api.e2e_p99 / st.e2e_p99, api.delivered, st.missing, api.missing
+        );
+    }
+    Ok(())
+}
