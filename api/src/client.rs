@@ -345,7 +345,10 @@ impl Client {
             let r = r.map_err(ApiError::from)?;
             r.events
                 .into_iter()
-                .map(|e| {
+                .map(|raw| {
+                    use prost::Message;
+                    let e = proto::WatchEvent::decode(raw)
+                        .map_err(|e| ApiError::internal(format!("undecodable watch event: {e}")))?;
                     let kind = match proto::EventType::try_from(e.r#type) {
                         Ok(proto::EventType::Added) => EventType::Added,
                         Ok(proto::EventType::Modified) => EventType::Modified,

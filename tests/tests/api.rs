@@ -380,8 +380,7 @@ async fn watches_resume_filter_bookmark_and_expire() {
     .unwrap();
 
     // From "": the current state as ADDED, then changes.
-    let w = c.watch("configmaps", "default", &WatchParams::default()).await.unwrap();
-    futures::pin_mut!(w);
+    let mut w = Box::pin(c.watch("configmaps", "default", &WatchParams::default()).await.unwrap());
     let first = collect(&mut w, 1).await;
     assert_eq!(
         (first[0].kind, first[0].object["metadata"]["name"].as_str()),
@@ -406,21 +405,21 @@ async fn watches_resume_filter_bookmark_and_expire() {
     assert_eq!(got, revs, "ordered, no gaps, no duplicates");
 
     // Resume from the middle: exactly what came after.
-    let r = c
-        .watch(
+    let mut r = Box::pin(
+        c.watch(
             "configmaps",
             "default",
             &WatchParams { resource_version: revs[1].to_string(), ..Default::default() },
         )
         .await
-        .unwrap();
-    futures::pin_mut!(r);
+        .unwrap(),
+    );
     let evs = collect(&mut r, 3).await;
     assert_eq!(evs.iter().map(|e| rv(&e.object)).collect::<Vec<_>>(), revs[2..]);
 
     // A selector watch sees an object that stops matching as DELETED, and one that starts as ADDED.
-    let sel = c
-        .watch(
+    let mut sel = Box::pin(
+        c.watch(
             "configmaps",
             "default",
             &WatchParams {
@@ -430,8 +429,8 @@ async fn watches_resume_filter_bookmark_and_expire() {
             },
         )
         .await
-        .unwrap();
-    futures::pin_mut!(sel);
+        .unwrap(),
+    );
     c.patch(
         "configmaps",
         "default",
@@ -463,8 +462,8 @@ async fn watches_resume_filter_bookmark_and_expire() {
     );
 
     // Bookmarks carry the newest revision, even when this type had no change.
-    let bm = c
-        .watch(
+    let mut bm = Box::pin(
+        c.watch(
             "configmaps",
             "default",
             &WatchParams {
@@ -474,8 +473,8 @@ async fn watches_resume_filter_bookmark_and_expire() {
             },
         )
         .await
-        .unwrap();
-    futures::pin_mut!(bm);
+        .unwrap(),
+    );
     let (other, _) = c
         .create(
             "secrets",
@@ -503,7 +502,10 @@ async fn watches_resume_filter_bookmark_and_expire() {
     let d = del.iter().find(|e| e.kind == EventType::Deleted).expect("delete event");
     assert!(rv(&d.object) > before);
 
-    // Far behind the kept history: expired, and an informer relists.
+    // Watches nobody reads hold the shared HTTP/2 connection's flow-control window: close them.
+    drop((w, r, sel, bm));
+
+    // Far behind the kept history: expired.
     for i in 0..60 {
         c.patch(
             "configmaps",
@@ -543,7 +545,10 @@ async fn slow_watchers_are_cut_off_without_stalling_others() {
     for w in 0..writers {
         c.create("configmaps", "default", &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("hot{w}")}})).await.unwrap();
     }
-    let slow = c.watch("configmaps", "default", &WatchParams::default()).await.unwrap();
+    // The slow client has its own connection, as a real one would: unread data on a shared
+    // HTTP/2 connection would hold its flow-control window for everyone on it.
+    let slow_client = Client::connect(&s.member.api_url().unwrap()).await.unwrap();
+    let slow = slow_client.watch("configmaps", "default", &WatchParams::default()).await.unwrap();
     let fast = c.watch("configmaps", "default", &WatchParams::default()).await.unwrap();
     futures::pin_mut!(slow);
     futures::pin_mut!(fast);

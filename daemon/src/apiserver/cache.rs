@@ -8,13 +8,13 @@ use super::kv::{prefix_end, Kv};
 use bytes::Bytes;
 use flotilla_api::error::{ApiError, Reason};
 use flotilla_api::selector::{FieldSelector, LabelSelector};
-use flotilla_api::ResourceInfo;
+use flotilla_api::{proto, ResourceInfo};
 use flotilla_store::proto::mvccpb::{event::EventType as StoreEventType, Event, KeyValue};
 use flotilla_store::{KeyRange, WatchSpec, WatchUpdate};
 use prost::Message;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, Notify};
 
@@ -52,9 +52,9 @@ impl CachedObject {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventKind {
-    Added,
-    Modified,
-    Deleted,
+    Added = 0,
+    Modified = 1,
+    Deleted = 2,
 }
 
 #[derive(Debug)]
@@ -65,6 +65,37 @@ pub struct CacheEvent {
     pub prev: Option<Arc<CachedObject>>,
     /// When the cache saw it: watch event latency is measured from here.
     pub seen: Instant,
+    /// The encoded `WatchEvent` per event type a watcher may see it as, built on first use.
+    encoded: [OnceLock<Bytes>; 3],
+}
+
+impl CacheEvent {
+    fn new(
+        kind: EventKind,
+        rev: i64,
+        obj: Arc<CachedObject>,
+        prev: Option<Arc<CachedObject>>,
+        seen: Instant,
+    ) -> Self {
+        CacheEvent { kind, rev, obj, prev, seen, encoded: Default::default() }
+    }
+
+    /// This event as `as_kind` (a watcher's filter may turn MODIFIED into ADDED or DELETED),
+    /// encoded once and shared by every watcher.
+    pub fn encoded(&self, as_kind: EventKind) -> Bytes {
+        self.encoded[as_kind as usize]
+            .get_or_init(|| encode_event(as_kind, &self.obj.bytes))
+            .clone()
+    }
+}
+
+pub fn encode_event(kind: EventKind, object: &Bytes) -> Bytes {
+    let t = match kind {
+        EventKind::Added => proto::EventType::Added,
+        EventKind::Modified => proto::EventType::Modified,
+        EventKind::Deleted => proto::EventType::Deleted,
+    };
+    Bytes::from(proto::WatchEvent { r#type: t as i32, object: object.clone() }.encode_to_vec())
 }
 
 /// What one list or watch selects.
@@ -311,7 +342,7 @@ impl WatchCache {
                 st.objects.remove(&key);
                 // A deleted object carries the deletion's revision, as in Kubernetes.
                 let obj = Arc::new(CachedObject::new(key, p.value.clone(), kv.mod_revision));
-                CacheEvent { kind: EventKind::Deleted, rev: kv.mod_revision, obj, prev, seen }
+                CacheEvent::new(EventKind::Deleted, kv.mod_revision, obj, prev, seen)
             } else {
                 let Ok(v) = serde_json::from_slice::<Value>(&kv.value) else {
                     tracing::error!(%key, "undecodable object in the store; skipped");
@@ -324,7 +355,7 @@ impl WatchCache {
                 st.index(&obj);
                 st.objects.insert(key, obj.clone());
                 let kind = if prev.is_some() { EventKind::Modified } else { EventKind::Added };
-                CacheEvent { kind, rev: kv.mod_revision, obj, prev, seen }
+                CacheEvent::new(kind, kv.mod_revision, obj, prev, seen)
             };
             let ev = Arc::new(out);
             st.history.push_back(ev.clone());

@@ -1,11 +1,13 @@
 //! The gRPC face of the API server, `/metrics` on the same port, and the watch streams.
 
-use super::cache::{CacheEvent, EventKind, Filter, Subscription, WatchCache};
+use super::cache::{encode_event, CacheEvent, EventKind, Filter, Subscription, WatchCache};
 use super::{encode, encode_continue, ApiServer};
+use bytes::Bytes;
 use flotilla_api::error::{ApiError, Reason};
 use flotilla_api::patch::PatchKind;
 use flotilla_api::proto::{self, api_server::Api};
 use futures::Stream;
+use prost::Message;
 use serde_json::json;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -246,29 +248,27 @@ struct Watch {
     tx: mpsc::Sender<Result<proto::WatchResponse, Status>>,
 }
 
-fn event_type(k: EventKind) -> i32 {
-    match k {
-        EventKind::Added => proto::EventType::Added as i32,
-        EventKind::Modified => proto::EventType::Modified as i32,
-        EventKind::Deleted => proto::EventType::Deleted as i32,
-    }
-}
-
 impl Watch {
-    fn bookmark(&self, rev: i64) -> proto::WatchEvent {
+    fn bookmark(&self, rev: i64, initial_end: bool) -> Bytes {
         let info = self.cache.info;
-        let obj = json!({"apiVersion": info.api_version(), "kind": info.kind,
+        let mut obj = json!({"apiVersion": info.api_version(), "kind": info.kind,
             "metadata": {"resourceVersion": rev.to_string()}});
-        proto::WatchEvent { r#type: proto::EventType::Bookmark as i32, object: encode(&obj) }
+        if initial_end {
+            // Tells the client the initial state is complete, as Kubernetes does.
+            obj["metadata"]["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+        }
+        let ev =
+            proto::WatchEvent { r#type: proto::EventType::Bookmark as i32, object: encode(&obj) };
+        Bytes::from(ev.encode_to_vec())
     }
 
-    fn push(&self, ev: &CacheEvent, out: &mut Vec<proto::WatchEvent>) {
+    fn push(&self, ev: &CacheEvent, out: &mut Vec<Bytes>) {
         if let Some(k) = self.filter.event_for(ev) {
-            out.push(proto::WatchEvent { r#type: event_type(k), object: ev.obj.bytes.clone() });
+            out.push(ev.encoded(k));
         }
     }
 
-    async fn send(&self, events: Vec<proto::WatchEvent>, seen: Option<Instant>) -> bool {
+    async fn send(&self, events: Vec<Bytes>, seen: Option<Instant>) -> bool {
         if events.is_empty() {
             return true;
         }
@@ -297,26 +297,17 @@ impl Watch {
         // Events at or below `last` are covered by the initial state or the start revision.
         let mut last = if sub.with_initial { sub.rev.max(self.from) } else { self.from };
         for chunk in std::mem::take(&mut sub.initial).chunks(INITIAL_BATCH) {
-            let events = chunk
-                .iter()
-                .map(|o| proto::WatchEvent {
-                    r#type: proto::EventType::Added as i32,
-                    object: o.bytes.clone(),
-                })
-                .collect();
+            let events = chunk.iter().map(|o| encode_event(EventKind::Added, &o.bytes)).collect();
             if !self.send(events, None).await {
                 return;
             }
         }
-        if sub.with_initial && self.initial_end && self.bookmarks {
-            // Tells the client the initial state is complete, as Kubernetes does.
-            let mut b = self.bookmark(last);
-            let mut v: serde_json::Value = serde_json::from_slice(&b.object).unwrap_or_default();
-            v["metadata"]["annotations"] = json!({"k8s.io/initial-events-end": "true"});
-            b.object = encode(&v);
-            if !self.send(vec![b], None).await {
-                return;
-            }
+        if sub.with_initial
+            && self.initial_end
+            && self.bookmarks
+            && !self.send(vec![self.bookmark(last, true)], None).await
+        {
+            return;
         }
         let mut out = Vec::new();
         for ev in std::mem::take(&mut sub.replay) {
@@ -385,7 +376,7 @@ impl Watch {
                     if sub.rx.is_empty() && rev > bookmarked.max(last) {
                         last = rev;
                         bookmarked = rev;
-                        if !self.send(vec![self.bookmark(rev)], None).await {
+                        if !self.send(vec![self.bookmark(rev, false)], None).await {
                             return;
                         }
                     }

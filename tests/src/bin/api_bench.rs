@@ -197,7 +197,9 @@ async fn open_watchers(
                         }
                     };
                     let now = Instant::now();
-                    for ev in resp.events {
+                    for raw in resp.events {
+                        use prost::Message;
+                        let Ok(ev) = flotilla_api::proto::WatchEvent::decode(raw) else { continue };
                         if ev.object.windows(6).any(|w| w == b"\"stop\"") {
                             return seen;
                         }
