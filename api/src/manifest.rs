@@ -172,3 +172,70 @@ items:
         }
     }
 }
+
+/// The fuzz targets' properties (api/fuzz), run on deterministic pseudo-random inputs so every
+/// `cargo test` exercises them without nightly.
+#[cfg(test)]
+mod robustness {
+    use super::decode;
+    use crate::selector::LabelSelector;
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            // xorshift64*
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545F4914F6CDD1D)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    const SEED: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  namespace: default\n  labels: {app: web}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers:\n      - name: c\n        image: nginx:1.27\n        ports: [{containerPort: 80}]\n        resources: {limits: {cpu: 500m, memory: 128Mi}}\n";
+
+    #[test]
+    fn mutated_manifests_never_panic() {
+        let mut rng = Rng(0x9E3779B97F4A7C15);
+        let alphabet = b" \n:-{}[]\"'#&*!|>%@`,0123456789abcdefghijklmnopqrstuvwxyzAPIKVMNS.";
+        for _ in 0..3000 {
+            let mut b = SEED.as_bytes().to_vec();
+            for _ in 0..1 + rng.below(6) {
+                let i = rng.below(b.len());
+                match rng.below(3) {
+                    0 => b[i] = alphabet[rng.below(alphabet.len())],
+                    1 => b.insert(i, alphabet[rng.below(alphabet.len())]),
+                    _ => {
+                        b.remove(i);
+                    }
+                }
+            }
+            let Ok(text) = String::from_utf8(b) else { continue };
+            if let Ok(ms) = decode(&text) {
+                for m in ms {
+                    let _ = (m.resource.admit)(&m.object, None, m.resource);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn random_selectors_never_panic_and_round_trip() {
+        let mut rng = Rng(42);
+        let alphabet = b"ab=!,() innotin.-/_xyz01";
+        for _ in 0..20000 {
+            let len = rng.below(24);
+            let s: String = (0..len).map(|_| alphabet[rng.below(alphabet.len())] as char).collect();
+            if let Ok(sel) = LabelSelector::parse(&s) {
+                let printed = sel.to_string();
+                assert_eq!(
+                    LabelSelector::parse(&printed).as_ref(),
+                    Ok(&sel),
+                    "{s:?} → {printed:?}"
+                );
+            }
+        }
+    }
+}

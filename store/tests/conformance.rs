@@ -338,6 +338,14 @@ async fn suite<S: KvStore>(s: &S, ns: &str) {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("future revision"), "{e}");
+    // Watches are served by the member itself, which may not have applied the compaction yet
+    // (reads above were answered by the leader): wait for an entry written after it.
+    let marker = s.put(put(&k("sync"), "x")).await.unwrap().header.unwrap().revision;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while s.revision() < marker {
+        assert!(std::time::Instant::now() < deadline, "member did not catch up");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let mut w = s
         .watch(WatchSpec {
             range: KeyRange::new(k("a").as_bytes(), &[]),

@@ -359,6 +359,53 @@ async fn watch_row(
     })
 }
 
+/// Encode + decode of one typed Pod (the bench's pod, defaulted by admission) in each candidate
+/// encoding: the per-object cost the store, the watch cache and every client pay.
+fn encoding_rows() -> Result<()> {
+    use k8s_openapi::api::core::v1::Pod;
+    let info = flotilla_api::lookup("pods").context("pods")?;
+    let mut obj = pod(1, 100);
+    obj["metadata"]["namespace"] = json!("bench");
+    let admitted = (info.admit)(&obj, None, info).map_err(|e| anyhow::anyhow!(e.message))?.object;
+    let typed: Pod = serde_json::from_value(admitted)?;
+    let n = 20_000;
+    println!("| encoding of one Pod | bytes | encode+decode µs | vs JSON |");
+    println!("|---|---:|---:|---:|");
+    let time = |f: &dyn Fn() -> Result<usize>| -> Result<(usize, f64)> {
+        let size = f()?;
+        let t = Instant::now();
+        for _ in 0..n {
+            f()?;
+        }
+        Ok((size, t.elapsed().as_secs_f64() * 1e6 / n as f64))
+    };
+    let json = time(&|| {
+        let b = serde_json::to_vec(&typed)?;
+        let _: Pod = serde_json::from_slice(&b)?;
+        Ok(b.len())
+    })?;
+    let cbor = time(&|| {
+        let mut b = Vec::new();
+        ciborium::into_writer(&typed, &mut b)?;
+        let _: Pod = ciborium::from_reader(b.as_slice())?;
+        Ok(b.len())
+    })?;
+    let msgpack = time(&|| {
+        let b = rmp_serde::to_vec_named(&typed)?;
+        let _: Pod = rmp_serde::from_slice(&b)?;
+        Ok(b.len())
+    })?;
+    for (name, (size, us)) in [
+        ("JSON (serde_json)", json),
+        ("CBOR (ciborium)", cbor),
+        ("MessagePack (rmp-serde)", msgpack),
+    ] {
+        println!("| {name} | {size} | {us:.2} | {:.2}x |", json.1 / us);
+    }
+    println!();
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -366,6 +413,7 @@ fn main() -> Result<()> {
 }
 
 async fn run(a: Args) -> Result<()> {
+    encoding_rows()?;
     let s = start(&a.flotillad)?;
     let c = Client::connect(&format!("http://{}", s.api)).await?;
     for _ in 0..200 {
