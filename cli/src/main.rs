@@ -234,16 +234,18 @@ fn read_manifests(files: &[String]) -> Result<Vec<Manifest>> {
     Ok(out)
 }
 
-fn ref_name(info: &ResourceInfo, name: &str) -> String {
-    let k = info.kind.to_ascii_lowercase();
-    if info.group.is_empty() {
-        format!("{k}/{name}")
-    } else {
-        format!("{k}.{}/{name}", info.group)
-    }
-}
+use print::{kind_ref, ref_name};
 
 impl Ctx {
+    /// The namespace a command on `info` addresses: -n (or "default"), "" if cluster-scoped.
+    fn ns(&self, info: &ResourceInfo) -> String {
+        if info.namespaced {
+            self.namespace.clone()
+        } else {
+            String::new()
+        }
+    }
+
     fn ns_for(&self, info: &ResourceInfo, m: Option<&str>) -> Result<String> {
         if !info.namespaced {
             return Ok(String::new());
@@ -475,7 +477,7 @@ impl Ctx {
 
     async fn describe(&self, kind: &str, names: &[String], selector: Option<String>) -> Result<()> {
         let info = resource(kind)?;
-        let ns = if info.namespaced { self.namespace.clone() } else { String::new() };
+        let ns = self.ns(info);
         let objects = if names.is_empty() {
             let p =
                 ListParams { label_selector: selector.unwrap_or_default(), ..Default::default() };
@@ -544,7 +546,7 @@ impl Ctx {
                 None => (kind, names),
             };
             let info = resource(&kind)?;
-            let ns = if info.namespaced { self.namespace.clone() } else { String::new() };
+            let ns = self.ns(info);
             if all || selector.is_some() {
                 if !names.is_empty() {
                     bail!("names cannot be given together with --all or --selector");
@@ -574,12 +576,7 @@ impl Ctx {
         let mut failed = false;
         for (info, ns, name) in targets {
             match self.client.delete(info.plural, &ns, &name, &params).await {
-                Ok(_) => println!(
-                    "{} \"{name}\" deleted",
-                    info.kind.to_ascii_lowercase()
-                        + if info.group.is_empty() { "" } else { "." }
-                        + info.group
-                ),
+                Ok(_) => println!("{} \"{name}\" deleted", kind_ref(info)),
                 Err(e) if e.reason == flotilla_api::Reason::NotFound && ignore_not_found => {}
                 Err(e) => {
                     eprintln!("{:#}", server_error(e));
@@ -595,7 +592,7 @@ impl Ctx {
 
     async fn edit(&self, kind: &str, name: &str) -> Result<()> {
         let info = resource(kind)?;
-        let ns = if info.namespaced { self.namespace.clone() } else { String::new() };
+        let ns = self.ns(info);
         let current = self.client.get(info.plural, &ns, name).await.map_err(server_error)?;
         let text = serde_yaml::to_string(&current)?;
         let dir = tempfile::tempdir()?;
@@ -637,7 +634,7 @@ impl Ctx {
         sub: Option<String>,
     ) -> Result<()> {
         let info = resource(kind)?;
-        let ns = if info.namespaced { self.namespace.clone() } else { String::new() };
+        let ns = self.ns(info);
         let value: Value = serde_json::from_str(patch)
             .or_else(|_| serde_yaml::from_str(patch))
             .context("the patch is neither JSON nor YAML")?;
@@ -679,7 +676,7 @@ impl Ctx {
         overwrite: bool,
     ) -> Result<()> {
         let info = resource(kind)?;
-        let ns = if info.namespaced { self.namespace.clone() } else { String::new() };
+        let ns = self.ns(info);
         let current = self.client.get(info.plural, &ns, name).await.map_err(server_error)?;
         let existing = current.pointer(&format!("/metadata/{field}")).cloned().unwrap_or(json!({}));
         let mut m = serde_json::Map::new();

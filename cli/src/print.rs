@@ -319,14 +319,23 @@ fn row(info: &ResourceInfo, o: &Value, wide: bool) -> Vec<String> {
     r
 }
 
-fn ref_name(info: &ResourceInfo, o: &Value) -> String {
+/// `deployment.apps`, `pod`: how kubectl names a kind in its messages.
+pub fn kind_ref(info: &ResourceInfo) -> String {
     let k = info.kind.to_ascii_lowercase();
-    let n = s(o, "/metadata/name");
     if info.group.is_empty() {
-        format!("{k}/{n}")
+        k
     } else {
-        format!("{k}.{}/{n}", info.group)
+        format!("{k}.{}", info.group)
     }
+}
+
+/// `deployment.apps/web`.
+pub fn ref_name(info: &ResourceInfo, name: &str) -> String {
+    format!("{}/{name}", kind_ref(info))
+}
+
+fn obj_ref(info: &ResourceInfo, o: &Value) -> String {
+    ref_name(info, s(o, "/metadata/name"))
 }
 
 pub fn objects(
@@ -337,25 +346,22 @@ pub fn objects(
     prefix_kind: bool,
 ) -> Result<()> {
     match output {
-        Some(Output::Json) => {
+        Some(Output::Json | Output::Yaml) => {
+            // One object prints as itself, several as a List, as kubectl does.
             let v = if items.len() == 1 {
                 items[0].clone()
             } else {
                 serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items})
             };
-            println!("{}", serde_json::to_string_pretty(&v)?);
-        }
-        Some(Output::Yaml) => {
-            let v = if items.len() == 1 {
-                items[0].clone()
+            if output == Some(Output::Json) {
+                println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items})
-            };
-            print!("{}", serde_yaml::to_string(&v)?);
+                print!("{}", serde_yaml::to_string(&v)?);
+            }
         }
         Some(Output::Name) => {
             for o in items {
-                println!("{}", ref_name(info, o));
+                println!("{}", obj_ref(info, o));
             }
         }
         None | Some(Output::Wide) => {
@@ -369,7 +375,7 @@ pub fn objects(
             for o in items {
                 let mut r = row(info, o, wide);
                 if prefix_kind && info.kind != "Event" {
-                    r[0] = ref_name(info, o);
+                    r[0] = obj_ref(info, o);
                 }
                 if show_ns {
                     r.insert(0, s(o, "/metadata/namespace").to_string());
@@ -397,7 +403,7 @@ pub fn watch_row(
             "type": format!("{:?}", ev.kind).to_ascii_uppercase(), "object": ev.object}))?
         ),
         Some(Output::Yaml) => print!("---\n{}", serde_yaml::to_string(&ev.object)?),
-        Some(Output::Name) => println!("{}", ref_name(info, &ev.object)),
+        Some(Output::Name) => println!("{}", obj_ref(info, &ev.object)),
         None | Some(Output::Wide) => {
             let wide = output == Some(Output::Wide);
             let mut r = row(info, &ev.object, wide);

@@ -82,7 +82,9 @@ fn random_ip(s: &ApiServer) -> Result<Ipv4Addr, ApiError> {
     let size = 1u64 << (32 - len as u64);
     let used: HashSet<String> = services(s)
         .iter()
-        .filter_map(|v| v.pointer("/spec/clusterIP").and_then(Value::as_str).map(String::from))
+        .filter_map(|o| {
+            o.value.pointer("/spec/clusterIP").and_then(Value::as_str).map(String::from)
+        })
         .collect();
     // Skip the network address, .1 (the API's own service in Kubernetes) and broadcast.
     let usable = size.saturating_sub(3).max(1);
@@ -97,16 +99,15 @@ fn random_ip(s: &ApiServer) -> Result<Ipv4Addr, ApiError> {
     Err(ApiError::forbidden(format!("no free ClusterIPs in {net}/{len}")))
 }
 
-fn services(s: &ApiServer) -> Vec<Value> {
-    let info = flotilla_api::lookup("services").expect("registered");
-    let page = s.cache(info).list(&Default::default(), 0, None);
-    page.items.iter().filter_map(|b| serde_json::from_slice(b).ok()).collect()
+/// The cached Services, already decoded.
+fn services(s: &ApiServer) -> Vec<std::sync::Arc<super::cache::CachedObject>> {
+    s.cache(flotilla_api::lookup("services").expect("registered")).objects()
 }
 
 fn used_node_ports(s: &ApiServer) -> HashSet<i64> {
     let mut used = HashSet::new();
-    for v in services(s) {
-        for p in v.pointer("/spec/ports").and_then(Value::as_array).into_iter().flatten() {
+    for o in services(s) {
+        for p in o.value.pointer("/spec/ports").and_then(Value::as_array).into_iter().flatten() {
             if let Some(n) = p.get("nodePort").and_then(Value::as_i64) {
                 used.insert(n);
             }

@@ -232,6 +232,11 @@ impl WatchCache {
         self.state.read().expect("cache lock").rev
     }
 
+    /// Every object, shared with the cache (no copies, no decoding).
+    pub fn objects(&self) -> Vec<Arc<CachedObject>> {
+        self.state.read().expect("cache lock").objects.values().cloned().collect()
+    }
+
     pub fn get(&self, key: &str) -> Option<Arc<CachedObject>> {
         self.state.read().expect("cache lock").objects.get(key).cloned()
     }

@@ -110,6 +110,22 @@ fn spec_part(v: &Value) -> Value {
     v
 }
 
+/// The namespace an object is written to: the request's and the object's must agree; neither
+/// means "default"; cluster-scoped objects have none.
+fn object_namespace(info: &ResourceInfo, request: &str, object: &str) -> Result<String, ApiError> {
+    if !info.namespaced {
+        return Ok(String::new());
+    }
+    match (request, object) {
+        ("", "") => Ok("default".to_string()),
+        ("", o) => Ok(o.to_string()),
+        (n, o) if o.is_empty() || o == n => Ok(n.to_string()),
+        (n, o) => Err(ApiError::bad_request(format!(
+            "the namespace of the object ({o}) does not match the namespace of the request ({n})"
+        ))),
+    }
+}
+
 fn parse_object(info: &ResourceInfo, body: &[u8]) -> Result<Value, ApiError> {
     let v: Value = serde_json::from_slice(body).map_err(|e| {
         ApiError::bad_request(format!("{}: the object is not valid JSON: {e}", info.kind))
@@ -224,21 +240,7 @@ impl ApiServer {
         v["apiVersion"] = Value::String(info.api_version());
         v["kind"] = Value::String(info.kind.into());
         let obj_ns = meta_str(&v, "namespace").to_string();
-        let ns = if info.namespaced {
-            match (ns, obj_ns.as_str()) {
-                ("", "") => "default".to_string(),
-                ("", o) => o.to_string(),
-                (n, "") => n.to_string(),
-                (n, o) if n == o => n.to_string(),
-                (n, o) => {
-                    return Err(ApiError::bad_request(format!(
-                        "the namespace of the object ({o}) does not match the namespace of the request ({n})"
-                    )))
-                }
-            }
-        } else {
-            String::new()
-        };
+        let ns = object_namespace(info, ns, &obj_ns)?;
         let m = meta_mut(&mut v);
         if info.namespaced {
             m.insert("namespace".into(), Value::String(ns.clone()));
@@ -346,21 +348,7 @@ impl ApiServer {
             e.required("metadata.name", "");
             return Err(ApiError::invalid(&info.qualified_kind(), "", e.0));
         }
-        let ns = if info.namespaced {
-            let o = meta_str(&input, "namespace");
-            match (ns, o) {
-                ("", "") => "default".to_string(),
-                ("", o) => o.to_string(),
-                (n, o) if o.is_empty() || o == n => n.to_string(),
-                (n, o) => {
-                    return Err(ApiError::bad_request(format!(
-                        "the namespace of the object ({o}) does not match the namespace of the request ({n})"
-                    )))
-                }
-            }
-        } else {
-            String::new()
-        };
+        let ns = object_namespace(info, ns, meta_str(&input, "namespace"))?;
         let rv: Option<i64> = match meta_str(&input, "resourceVersion") {
             "" => None,
             s => Some(s.parse().map_err(|_| {

@@ -28,6 +28,18 @@ pub struct Service(pub Arc<ApiServer>);
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<proto::WatchResponse, Status>> + Send>>;
 
+/// Whether a write goes through the status subresource ("" or "status").
+fn status_subresource(info: &flotilla_api::ResourceInfo, sub: &str) -> Result<bool, ApiError> {
+    match sub {
+        "" => Ok(false),
+        "status" if info.has_status => Ok(true),
+        other => Err(ApiError::new(
+            Reason::NotFound,
+            format!("{} has no subresource {other:?}", info.plural),
+        )),
+    }
+}
+
 fn obj_response(v: &serde_json::Value, warnings: Vec<String>) -> Response<proto::ObjectResponse> {
     Response::new(proto::ObjectResponse { object: encode(v), warnings })
 }
@@ -104,16 +116,7 @@ impl Api for Service {
         let verb = if r.subresource == "status" { "update_status" } else { "update" };
         self.timed(verb, &r.resource, async {
             let info = s.resource(&r.resource)?;
-            let status = match r.subresource.as_str() {
-                "" => false,
-                "status" if info.has_status => true,
-                other => {
-                    return Err(ApiError::new(
-                        Reason::NotFound,
-                        format!("{} has no subresource {other:?}", info.plural),
-                    ))
-                }
-            };
+            let status = status_subresource(info, &r.subresource)?;
             let (v, w) = s.update(info, &r.namespace, &r.object, status, r.dry_run).await?;
             Ok(obj_response(&v, w))
         })
@@ -128,16 +131,7 @@ impl Api for Service {
         let s = &self.0;
         self.timed("patch", &r.resource, async {
             let info = s.resource(&r.resource)?;
-            let status = match r.subresource.as_str() {
-                "" => false,
-                "status" if info.has_status => true,
-                other => {
-                    return Err(ApiError::new(
-                        Reason::NotFound,
-                        format!("{} has no subresource {other:?}", info.plural),
-                    ))
-                }
-            };
+            let status = status_subresource(info, &r.subresource)?;
             let kind = match proto::PatchType::try_from(r.patch_type) {
                 Ok(proto::PatchType::Merge) => PatchKind::Merge,
                 Ok(proto::PatchType::Json) => PatchKind::Json,

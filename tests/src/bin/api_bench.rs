@@ -77,12 +77,7 @@ fn start(bin: &PathBuf) -> Result<Server> {
     Ok(Server { api, store: format!("127.0.0.1:{c}"), _proc: proc, _dir: dir })
 }
 
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
+use flotilla_tests::percentile as pct;
 
 fn pod(i: usize, nodes: usize) -> serde_json::Value {
     json!({"apiVersion": "v1", "kind": "Pod",

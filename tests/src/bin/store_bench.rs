@@ -101,13 +101,7 @@ async fn ready(ep: &str) -> Result<()> {
     }
 }
 
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
+use flotilla_tests::percentile as pct;
 
 struct PutResult {
     per_sec: f64,
