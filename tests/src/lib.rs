@@ -221,6 +221,8 @@ pub fn cluster(n: usize, dir: &Path, extra: &[&str]) -> Result<Vec<Member>> {
 }
 
 /// OCI bundles for runtime tests and benchmarks: busybox from Debian's `busybox-static`.
+pub mod netlab;
+
 pub mod bundle {
     use anyhow::{Context, Result};
     use std::path::{Path, PathBuf};

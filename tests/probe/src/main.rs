@@ -6,6 +6,8 @@
 //!   seccomp refuses.
 //! - `hog MIB`: allocates and touches MIB mebibytes, 1 MiB at a time (OOM tests).
 //! - `serve PORT`: answers each TCP connection with `$POD_NAME` and a newline.
+//! - `echo PORT`, `connect ADDR N`, `udp ADDR N`, `hold ADDR N`: the dataplane tests' servers
+//!   and clients (see each function).
 
 #![forbid(unsafe_code)]
 
@@ -138,14 +140,152 @@ fn serve(port: u16) {
     }
 }
 
+/// TCP and UDP on one port: a TCP connection gets `$POD_NAME` then an echo of each line; a
+/// datagram gets `$POD_NAME` back. With `log`, prints each TCP client's address.
+fn echo(port: u16, log: bool) {
+    use std::io::BufRead;
+    let name = std::env::var("POD_NAME").unwrap_or_else(|_| "unknown".into());
+    let udp = std::net::UdpSocket::bind(("0.0.0.0", port)).expect("bind udp");
+    let uname = name.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        while let Ok((_, from)) = udp.recv_from(&mut buf) {
+            let _ = udp.send_to(uname.as_bytes(), from);
+        }
+    });
+    let l = std::net::TcpListener::bind(("0.0.0.0", port)).expect("bind tcp");
+    println!("listening {port}");
+    for c in l.incoming().flatten() {
+        let name = name.clone();
+        if log {
+            println!("accepted from={}", c.peer_addr().map(|a| a.to_string()).unwrap_or_default());
+        }
+        std::thread::spawn(move || {
+            let _ = c.set_nodelay(true);
+            let mut w = match c.try_clone() {
+                Ok(w) => w,
+                Err(_) => return,
+            };
+            if writeln!(w, "{name}").is_err() {
+                return;
+            }
+            for line in std::io::BufReader::new(c).lines() {
+                match line {
+                    Ok(l) if writeln!(w, "{l}").is_ok() => {}
+                    _ => return,
+                }
+            }
+        });
+    }
+}
+
+fn errno_name(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::ConnectionRefused => "refused".into(),
+        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => "timeout".into(),
+        _ => format!("os{}", e.raw_os_error().unwrap_or(0)),
+    }
+}
+
+/// `connect ADDR N`: N connections, one line each: `reply=<first line> peer=<getpeername>`,
+/// or `error=<kind> ms=<elapsed>`.
+fn connect(addr: &str, n: usize) {
+    use std::io::BufRead;
+    let addr: std::net::SocketAddr = addr.parse().expect("ADDR");
+    for _ in 0..n {
+        let t = std::time::Instant::now();
+        match std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(3)) {
+            Ok(c) => {
+                let peer = c.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+                let _ = c.set_read_timeout(Some(std::time::Duration::from_secs(3)));
+                let mut line = String::new();
+                let _ = std::io::BufReader::new(c).read_line(&mut line);
+                println!("reply={} peer={peer}", line.trim());
+            }
+            Err(e) => println!("error={} ms={}", errno_name(&e), t.elapsed().as_millis()),
+        }
+    }
+}
+
+/// `udp ADDR N`: N datagrams from one unconnected socket: `reply=<name> from=<source>`.
+fn udp(addr: &str, n: usize) {
+    let addr: std::net::SocketAddr = addr.parse().expect("ADDR");
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(2))).expect("timeout");
+    let mut buf = [0u8; 1500];
+    for _ in 0..n {
+        if let Err(e) = s.send_to(b"q", addr) {
+            println!("error={}", errno_name(&e));
+            continue;
+        }
+        match s.recv_from(&mut buf) {
+            Ok((len, from)) => {
+                println!("reply={} from={from}", String::from_utf8_lossy(&buf[..len]))
+            }
+            Err(e) => println!("error={}", errno_name(&e)),
+        }
+    }
+}
+
+/// `hold ADDR N`: opens N connections, prints `ready`, then round-trips a line on every
+/// connection every 50 ms until stdin closes, and prints `alive=A broken=B`.
+fn hold(addr: &str, n: usize) {
+    use std::io::BufRead;
+    let addr: std::net::SocketAddr = addr.parse().expect("ADDR");
+    let mut conns = Vec::new();
+    for _ in 0..n {
+        let c = std::net::TcpStream::connect(addr).expect("connect");
+        c.set_read_timeout(Some(std::time::Duration::from_secs(2))).expect("timeout");
+        let mut r = std::io::BufReader::new(c.try_clone().expect("clone"));
+        let mut line = String::new();
+        r.read_line(&mut line).expect("greeting");
+        conns.push((c, r, true));
+    }
+    println!("ready");
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let d = done.clone();
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        d.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    let mut round = 0u64;
+    loop {
+        let last = done.load(std::sync::atomic::Ordering::SeqCst);
+        round += 1;
+        for (c, r, ok) in conns.iter_mut().filter(|c| c.2) {
+            let mut line = String::new();
+            let good = writeln!(c, "ping{round}").is_ok()
+                && r.read_line(&mut line).is_ok()
+                && line.trim() == format!("ping{round}");
+            *ok = good;
+        }
+        if last {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let alive = conns.iter().filter(|c| c.2).count();
+    println!("alive={alive} broken={} rounds={round}", n - alive);
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or("");
+    let num = |i: usize| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(1);
     match args.get(1).map(String::as_str) {
+        Some("echo") => {
+            echo(args.get(2).and_then(|s| s.parse().ok()).unwrap_or(8080), arg(3) == "log")
+        }
+        Some("connect") => connect(arg(2), num(3)),
+        Some("udp") => udp(arg(2), num(3)),
+        Some("hold") => hold(arg(2), num(3)),
         Some("inspect") => inspect(),
         Some("hog") => hog(args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1024)),
         Some("serve") => serve(args.get(2).and_then(|s| s.parse().ok()).unwrap_or(8080)),
         _ => {
-            eprintln!("usage: flotilla-probe inspect | hog MIB | serve PORT");
+            eprintln!(
+                "usage: flotilla-probe inspect | hog MIB | serve PORT | echo PORT | connect ADDR N | udp ADDR N | hold ADDR N"
+            );
             std::process::exit(2);
         }
     }

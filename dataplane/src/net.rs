@@ -1,0 +1,488 @@
+//! The node's pod network, all through rtnetlink: a bridge holding the node's gateway address,
+//! a veth pair per pod (the pod end is `eth0` in the pod's namespace), host-gw routes to the
+//! other nodes' pod CIDRs, and `unreachable` routes fencing the cluster ranges so a packet to a
+//! cluster address that nothing translated or routed fails here instead of leaving the machine.
+//!
+//! Every operation is idempotent: a restarted agent calls `setup` and `add_pod` again for what it
+//! finds, and nothing running is disturbed.
+
+use std::{
+    collections::HashSet,
+    io,
+    net::{IpAddr, Ipv4Addr},
+    os::fd::{AsFd, AsRawFd},
+    path::{Path, PathBuf},
+};
+
+use futures::TryStreamExt;
+use ipnet::Ipv4Net;
+use rtnetlink::{
+    packet_route::{
+        link::LinkAttribute,
+        route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteType},
+    },
+    Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder,
+};
+
+use crate::{ipam::Ipam, netns::NetNs};
+
+/// Marks the routes Flotilla owns (as bird or zebra mark theirs), so they are found and
+/// reconciled without touching anyone else's.
+const ROUTE_PROTO: RouteProtocol = RouteProtocol::Other(0xf1);
+/// Metric of the fences: any real route to a cluster address wins over them.
+const FENCE_METRIC: u32 = 0x7fff_0000;
+
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub name: String,
+    /// The node's network namespace; None for the caller's (the host, in production).
+    pub netns: Option<PathBuf>,
+    pub bridge: String,
+    pub pod_cidr: Ipv4Net,
+    pub cluster_cidr: Ipv4Net,
+    pub service_cidr: Ipv4Net,
+    pub mtu: u32,
+    /// IPAM state and the pods' namespace mounts live here.
+    pub state_dir: PathBuf,
+}
+
+/// A pod's network as set up: its namespace, address and host-side interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodNetwork {
+    pub netns: PathBuf,
+    pub ip: Ipv4Addr,
+    pub gateway: Ipv4Addr,
+    pub host_veth: String,
+}
+
+pub struct NodeNetwork {
+    cfg: NodeConfig,
+    ipam: Ipam,
+    nl: Handle,
+}
+
+fn nl_err(what: impl std::fmt::Display) -> impl FnOnce(rtnetlink::Error) -> io::Error {
+    let what = what.to_string();
+    move |e| match &e {
+        rtnetlink::Error::NetlinkError(m) => {
+            let io = m.to_io();
+            io::Error::new(io.kind(), format!("{what}: {io}"))
+        }
+        _ => io::Error::other(format!("{what}: {e}")),
+    }
+}
+
+fn errno(e: &rtnetlink::Error) -> i32 {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => -m.raw_code(),
+        _ => 0,
+    }
+}
+
+/// A netlink connection whose socket lives in `ns` (sockets keep the namespace they were made
+/// in, so the handle can be used from any task afterwards).
+pub fn netlink_in(ns: Option<&NetNs>) -> io::Result<Handle> {
+    let rt = tokio::runtime::Handle::current();
+    let make = || {
+        let _guard = rt.enter();
+        rtnetlink::new_connection()
+    };
+    let (conn, handle, _) = match ns {
+        Some(ns) => ns.run(make)??,
+        None => make()?,
+    };
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+async fn link_index(nl: &Handle, name: &str) -> io::Result<Option<u32>> {
+    let mut links = nl.link().get().match_name(name.to_string()).execute();
+    match links.try_next().await {
+        Ok(Some(m)) => Ok(Some(m.header.index)),
+        Ok(None) => Ok(None),
+        Err(e) if errno(&e) == libc::ENODEV => Ok(None),
+        Err(e) => Err(nl_err(format!("looking up link {name}"))(e)),
+    }
+}
+
+async fn set_up(nl: &Handle, index: u32, name: &str) -> io::Result<()> {
+    nl.link()
+        .set(LinkUnspec::new_with_index(index).up().build())
+        .execute()
+        .await
+        .map_err(nl_err(format!("setting {name} up")))
+}
+
+async fn add_addr(
+    nl: &Handle,
+    index: u32,
+    addr: Ipv4Addr,
+    prefix: u8,
+    name: &str,
+) -> io::Result<()> {
+    nl.address()
+        .add(index, IpAddr::V4(addr), prefix)
+        .replace()
+        .execute()
+        .await
+        .map_err(nl_err(format!("adding {addr}/{prefix} to {name}")))
+}
+
+async fn replace_route(nl: &Handle, route: RouteMessage, what: &str) -> io::Result<()> {
+    nl.route().add(route).replace().execute().await.map_err(nl_err(what))
+}
+
+fn route_dst(r: &RouteMessage) -> Option<Ipv4Net> {
+    r.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Destination(RouteAddress::Inet(a)) => {
+            Ipv4Net::new(*a, r.header.destination_prefix_length).ok()
+        }
+        _ => None,
+    })
+}
+
+/// Our routes in the main table.
+async fn our_routes(nl: &Handle) -> io::Result<Vec<RouteMessage>> {
+    let all: Vec<RouteMessage> = nl
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute()
+        .try_collect()
+        .await
+        .map_err(nl_err("listing routes"))?;
+    Ok(all.into_iter().filter(|r| r.header.protocol == ROUTE_PROTO).collect())
+}
+
+fn short_hash(s: &str) -> String {
+    // FNV-1a: stable interface names from pod ids (names are limited to 15 bytes).
+    let h = s
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+    format!("{:010x}", h & 0xff_ffff_ffff)
+}
+
+impl NodeNetwork {
+    /// Creates (or adopts) the node's bridge, gateway address and fences, and enables
+    /// forwarding in the node's namespace.
+    pub async fn setup(cfg: NodeConfig) -> io::Result<NodeNetwork> {
+        let ns = match &cfg.netns {
+            Some(p) => Some(NetNs::open(p)?),
+            None => None,
+        };
+        let nl = netlink_in(ns.as_ref())?;
+        let ipam = Ipam::open(cfg.state_dir.join("ipam"), cfg.pod_cidr)?;
+        let sysctl = || -> io::Result<()> {
+            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
+            // Replies to SNATed NodePort flows arrive for the node address on the external
+            // interface and leave the same way; strict reverse-path filtering would drop
+            // legitimate asymmetric host-gw traffic.
+            std::fs::write("/proc/sys/net/ipv4/conf/all/rp_filter", "0")?;
+            std::fs::write("/proc/sys/net/ipv4/conf/default/rp_filter", "0")
+        };
+        match &ns {
+            Some(ns) => ns.run(sysctl)??,
+            None => sysctl()?,
+        }
+        let net = NodeNetwork { cfg, ipam, nl };
+        net.ensure_bridge().await?;
+        net.fence().await?;
+        Ok(net)
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.cfg
+    }
+
+    pub fn gateway(&self) -> Ipv4Addr {
+        self.ipam.gateway()
+    }
+
+    async fn ensure_bridge(&self) -> io::Result<u32> {
+        let name = &self.cfg.bridge;
+        let index = match link_index(&self.nl, name).await? {
+            Some(i) => i,
+            None => {
+                self.nl
+                    .link()
+                    .add(LinkBridge::new(name).mtu(self.cfg.mtu).build())
+                    .execute()
+                    .await
+                    .map_err(nl_err(format!("creating bridge {name}")))?;
+                link_index(&self.nl, name)
+                    .await?
+                    .ok_or_else(|| io::Error::other(format!("bridge {name} vanished")))?
+            }
+        };
+        add_addr(&self.nl, index, self.gateway(), self.cfg.pod_cidr.prefix_len(), name).await?;
+        set_up(&self.nl, index, name).await?;
+        Ok(index)
+    }
+
+    async fn fence(&self) -> io::Result<()> {
+        for net in [self.cfg.service_cidr, self.cfg.cluster_cidr] {
+            let r = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(net.network(), net.prefix_len())
+                .kind(RouteType::Unreachable)
+                .protocol(ROUTE_PROTO)
+                .priority(FENCE_METRIC)
+                .build();
+            replace_route(&self.nl, r, &format!("fencing {net} with an unreachable route")).await?;
+        }
+        Ok(())
+    }
+
+    /// Makes the host-gw routes exactly `peers`: each other node's pod CIDR via its address.
+    pub async fn set_peers(&self, peers: &[(Ipv4Net, Ipv4Addr)]) -> io::Result<()> {
+        let want: HashSet<Ipv4Net> = peers.iter().map(|p| p.0).collect();
+        for &(net, via) in peers {
+            if net == self.cfg.pod_cidr {
+                continue;
+            }
+            let r = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(net.network(), net.prefix_len())
+                .gateway(via)
+                .protocol(ROUTE_PROTO)
+                .build();
+            replace_route(&self.nl, r, &format!("route {net} via {via}")).await?;
+        }
+        for r in our_routes(&self.nl).await? {
+            if r.header.kind != RouteType::Unicast {
+                continue;
+            }
+            if let Some(dst) = route_dst(&r) {
+                if !want.contains(&dst) {
+                    self.nl
+                        .route()
+                        .del(r)
+                        .execute()
+                        .await
+                        .map_err(nl_err(format!("removing route {dst}")))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn pod_netns(&self, pod: &str) -> PathBuf {
+        self.cfg.state_dir.join("netns").join(pod)
+    }
+
+    fn veth_names(&self, pod: &str) -> (String, String) {
+        let h = short_hash(&format!("{}/{pod}", self.cfg.name));
+        (format!("fl{h}"), format!("fp{h}"))
+    }
+
+    /// Gives `pod` (a unique id, e.g. the pod's uid) a namespace, an address and an `eth0`
+    /// with a default route via the bridge. Idempotent: an existing setup is kept as it is.
+    pub async fn add_pod(&self, pod: &str) -> io::Result<PodNetwork> {
+        let ip = self.ipam.allocate(pod)?;
+        let gateway = self.gateway();
+        let ns_path = self.pod_netns(pod);
+        let ns = NetNs::create(&ns_path)?;
+        let (host, peer) = self.veth_names(pod);
+        let result = PodNetwork { netns: ns_path.clone(), ip, gateway, host_veth: host.clone() };
+        let bridge = self.ensure_bridge().await?;
+        if link_index(&self.nl, &host).await?.is_none() {
+            // A half-made pair from an interrupted attempt is replaced.
+            if let Some(i) = link_index(&self.nl, &peer).await? {
+                let _ = self.nl.link().del(i).execute().await;
+            }
+            self.nl
+                .link()
+                .add(LinkVeth::new(&host, &peer).mtu(self.cfg.mtu).build())
+                .execute()
+                .await
+                .map_err(nl_err(format!("creating veth {host} for pod {pod}")))?;
+            let pi = link_index(&self.nl, &peer)
+                .await?
+                .ok_or_else(|| io::Error::other(format!("veth peer {peer} vanished")))?;
+            self.nl
+                .link()
+                .set(LinkUnspec::new_with_index(pi).setns_by_fd(ns.as_fd().as_raw_fd()).build())
+                .execute()
+                .await
+                .map_err(nl_err(format!("moving {peer} into {}", ns_path.display())))?;
+        }
+        let hi = link_index(&self.nl, &host)
+            .await?
+            .ok_or_else(|| io::Error::other(format!("veth {host} vanished")))?;
+        self.nl
+            .link()
+            .set(LinkUnspec::new_with_index(hi).controller(bridge).mtu(self.cfg.mtu).up().build())
+            .execute()
+            .await
+            .map_err(nl_err(format!("attaching {host} to {}", self.cfg.bridge)))?;
+
+        let pnl = netlink_in(Some(&ns))?;
+        let eth = match link_index(&pnl, "eth0").await? {
+            Some(i) => i,
+            None => {
+                let i = link_index(&pnl, &peer).await?.ok_or_else(|| {
+                    io::Error::other(format!("pod {pod}: neither eth0 nor {peer} in its namespace"))
+                })?;
+                pnl.link()
+                    .set(LinkUnspec::new_with_index(i).name("eth0".to_string()).build())
+                    .execute()
+                    .await
+                    .map_err(nl_err(format!("pod {pod}: renaming {peer} to eth0")))?;
+                i
+            }
+        };
+        pnl.link()
+            .set(LinkUnspec::new_with_index(eth).mtu(self.cfg.mtu).build())
+            .execute()
+            .await
+            .map_err(nl_err(format!("pod {pod}: setting the MTU")))?;
+        add_addr(&pnl, eth, ip, self.cfg.pod_cidr.prefix_len(), "eth0").await?;
+        set_up(&pnl, eth, "eth0").await?;
+        if let Some(lo) = link_index(&pnl, "lo").await? {
+            set_up(&pnl, lo, "lo").await?;
+        }
+        let r =
+            RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).output_interface(eth).build();
+        replace_route(&pnl, r, &format!("pod {pod}: default route via {gateway}")).await?;
+        Ok(result)
+    }
+
+    /// The pod's network as `add_pod` made it, if it exists.
+    pub fn pod(&self, pod: &str) -> io::Result<Option<PodNetwork>> {
+        let Some(ip) = self.ipam.lookup(pod)? else { return Ok(None) };
+        Ok(Some(PodNetwork {
+            netns: self.pod_netns(pod),
+            ip,
+            gateway: self.gateway(),
+            host_veth: self.veth_names(pod).0,
+        }))
+    }
+
+    /// Removes the pod's veth, namespace and address; removing twice is fine.
+    pub async fn remove_pod(&self, pod: &str) -> io::Result<()> {
+        let (host, _) = self.veth_names(pod);
+        if let Some(i) = link_index(&self.nl, &host).await? {
+            match self.nl.link().del(i).execute().await {
+                Err(e) if errno(&e) != libc::ENODEV => {
+                    return Err(nl_err(format!("deleting {host}"))(e));
+                }
+                _ => {}
+            }
+        }
+        NetNs::remove(self.pod_netns(pod))?;
+        self.ipam.release(pod)?;
+        Ok(())
+    }
+
+    /// Pods with an address on this node (to re-adopt after a restart).
+    pub fn pods(&self) -> io::Result<Vec<(Ipv4Addr, String)>> {
+        self.ipam.allocated()
+    }
+
+    /// Removes every pod, the bridge, and every route this node added.
+    pub async fn teardown(self) -> io::Result<()> {
+        for (_, pod) in self.pods()? {
+            self.remove_pod(&pod).await?;
+        }
+        for r in our_routes(&self.nl).await? {
+            let _ = self.nl.route().del(r).execute().await;
+        }
+        if let Some(i) = link_index(&self.nl, &self.cfg.bridge).await? {
+            self.nl
+                .link()
+                .del(i)
+                .execute()
+                .await
+                .map_err(nl_err(format!("deleting bridge {}", self.cfg.bridge)))?;
+        }
+        let _ = std::fs::remove_dir_all(self.cfg.state_dir.join("netns"));
+        let _ = std::fs::remove_dir_all(self.cfg.state_dir.join("ipam"));
+        Ok(())
+    }
+}
+
+/// The names of the links in a namespace (for tests and diagnostics).
+pub async fn links(ns: Option<&Path>) -> io::Result<Vec<String>> {
+    let ns = match ns {
+        Some(p) => Some(NetNs::open(p)?),
+        None => None,
+    };
+    let nl = netlink_in(ns.as_ref())?;
+    let all: Vec<_> =
+        nl.link().get().execute().try_collect().await.map_err(nl_err("listing links"))?;
+    Ok(all
+        .into_iter()
+        .filter_map(|m| {
+            m.attributes.into_iter().find_map(|a| match a {
+                LinkAttribute::IfName(n) => Some(n),
+                _ => None,
+            })
+        })
+        .collect())
+}
+
+/// Connects two namespaces with a veth pair (`a_name` in `a`, `b_name` in `b`), each end up and
+/// optionally addressed, loopback up in both. For multi-node tests and benchmarks, whose
+/// "hosts" are namespaces on one machine.
+pub async fn wire(
+    a: &NetNs,
+    a_name: &str,
+    a_addr: Option<Ipv4Net>,
+    b: &NetNs,
+    b_name: &str,
+    b_addr: Option<Ipv4Net>,
+) -> io::Result<()> {
+    let anl = netlink_in(Some(a))?;
+    let bnl = netlink_in(Some(b))?;
+    let tmp = format!("w{}", short_hash(&format!("{}/{a_name}", a.path().display())));
+    anl.link()
+        .add(LinkVeth::new(a_name, &tmp).build())
+        .execute()
+        .await
+        .map_err(nl_err(format!("creating veth {a_name}")))?;
+    let ti = link_index(&anl, &tmp).await?.ok_or_else(|| io::Error::other("veth peer vanished"))?;
+    anl.link()
+        .set(LinkUnspec::new_with_index(ti).setns_by_fd(b.as_fd().as_raw_fd()).build())
+        .execute()
+        .await
+        .map_err(nl_err(format!("moving {tmp}")))?;
+    let bi =
+        link_index(&bnl, &tmp).await?.ok_or_else(|| io::Error::other("moved peer vanished"))?;
+    bnl.link()
+        .set(LinkUnspec::new_with_index(bi).name(b_name.to_string()).build())
+        .execute()
+        .await
+        .map_err(nl_err(format!("renaming {tmp} to {b_name}")))?;
+    let ai = link_index(&anl, a_name).await?.ok_or_else(|| io::Error::other("veth vanished"))?;
+    for (nl, index, name, addr) in [(&anl, ai, a_name, a_addr), (&bnl, bi, b_name, b_addr)] {
+        if let Some(net) = addr {
+            add_addr(nl, index, net.addr(), net.prefix_len(), name).await?;
+        }
+        set_up(nl, index, name).await?;
+        if let Some(lo) = link_index(nl, "lo").await? {
+            set_up(nl, lo, "lo").await?;
+        }
+    }
+    Ok(())
+}
+
+/// Creates bridge `name` in `ns` (up) and enslaves `ports`.
+pub async fn bridge(ns: &NetNs, name: &str, ports: &[&str]) -> io::Result<()> {
+    let nl = netlink_in(Some(ns))?;
+    if link_index(&nl, name).await?.is_none() {
+        nl.link()
+            .add(LinkBridge::new(name).build())
+            .execute()
+            .await
+            .map_err(nl_err(format!("creating bridge {name}")))?;
+    }
+    let bi = link_index(&nl, name).await?.ok_or_else(|| io::Error::other("bridge vanished"))?;
+    set_up(&nl, bi, name).await?;
+    for p in ports {
+        let pi =
+            link_index(&nl, p).await?.ok_or_else(|| io::Error::other(format!("no link {p}")))?;
+        nl.link()
+            .set(LinkUnspec::new_with_index(pi).controller(bi).up().build())
+            .execute()
+            .await
+            .map_err(nl_err(format!("enslaving {p} to {name}")))?;
+    }
+    Ok(())
+}

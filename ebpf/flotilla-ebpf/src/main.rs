@@ -1,0 +1,508 @@
+//! Flotilla's eBPF programs.
+//!
+//! - Socket-level service translation (cgroup sock_addr): `connect4` and `sendmsg4` rewrite a
+//!   service address to a backend once per connection (or datagram); `recvmsg4` and
+//!   `getpeername4` show the application the service address again. Pod-to-service traffic is
+//!   never translated per packet.
+//! - The NodePort and SNAT path (tc on the node's external interface): DNAT to a backend with
+//!   connection tracking in an LRU map, SNAT to the node address when the backend is on another
+//!   node (so its reply comes back here) and for pod egress to outside the cluster, reverse
+//!   translation of replies, checksums fixed incrementally.
+//!
+//! Map layouts live in `flotilla-ebpf-common`; every map is pinned by name so an agent restart
+//! reuses the same maps and established flows keep their translation.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::{
+        BPF_F_MARK_MANGLED_0, BPF_F_NO_PREALLOC, BPF_F_PSEUDO_HDR, BPF_NOEXIST, TC_ACT_OK,
+        TC_ACT_SHOT,
+    },
+    helpers::{
+        bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns,
+        bpf_redirect_neigh, bpf_set_retval,
+    },
+    macros::{cgroup_sock_addr, classifier, map},
+    maps::{Array, HashMap, LruHashMap},
+    programs::{SockAddrContext, TcContext},
+    EbpfContext,
+};
+use flotilla_ebpf_common::*;
+
+#[map]
+static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(SERVICES_MAX, 0);
+#[map]
+static BACKENDS: HashMap<BackendKey, Backend> = HashMap::pinned(BACKENDS_MAX, 0);
+#[map]
+static MEMBERS: HashMap<MemberKey, u8> = HashMap::pinned(BACKENDS_MAX, 0);
+#[map]
+static MAGLEV: HashMap<u32, [u16; MAGLEV_SIZE]> = HashMap::pinned(MAGLEV_MAX, BPF_F_NO_PREALLOC);
+#[map]
+static SOCK_REVNAT: LruHashMap<u64, RevNat> = LruHashMap::pinned(SOCK_REVNAT_MAX, 0);
+#[map]
+static UDP_REVNAT: LruHashMap<UdpRevKey, RevNat> = LruHashMap::pinned(SOCK_REVNAT_MAX, 0);
+#[map]
+static AFFINITY: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::pinned(AFFINITY_MAX, 0);
+#[map]
+static NAT: LruHashMap<Tuple, NatValue> = LruHashMap::pinned(NAT_MAX, 0);
+#[map]
+static CONFIG: Array<Config> = Array::pinned(1, 0);
+
+const ECONNREFUSED: i32 = 111;
+
+/// Picks a backend for a new connection: the client's affinity entry while it is fresh and its
+/// backend still active, else Maglev (`hash` is the flow hash) or uniform random.
+#[inline(always)]
+fn select(key: &ServiceKey, svc: &ServiceValue, client: u64, hash: u32) -> Option<Backend> {
+    let affinity = svc.flags & SVC_AFFINITY != 0;
+    let akey = AffinityKey { service: *key, client };
+    let now = unsafe { bpf_ktime_get_ns() };
+    if affinity {
+        if let Some(a) = AFFINITY.get_ptr_mut(&akey) {
+            // SAFETY: a pointer into the map's value, valid for this program run.
+            let a = unsafe { &mut *a };
+            let fresh = now.wrapping_sub(a.last_ns) <= svc.affinity_timeout as u64 * 1_000_000_000;
+            let member = MemberKey { service: *key, backend: a.backend };
+            // SAFETY: the value is only tested for presence.
+            if fresh && unsafe { MEMBERS.get(&member) }.is_some() {
+                a.last_ns = now;
+                return Some(a.backend);
+            }
+        }
+    }
+    let index = if svc.flags & SVC_MAGLEV != 0 {
+        // SAFETY: read-only use of the table for this run.
+        let table = unsafe { MAGLEV.get(&svc.slot) }?;
+        let i = table[hash as usize & (MAGLEV_SIZE - 1)] as u32;
+        if i >= svc.active as u32 {
+            return None;
+        }
+        i
+    } else {
+        rem(hash, svc.active as u32)
+    };
+    // SAFETY: copied out at once.
+    let backend = *unsafe { BACKENDS.get(&BackendKey { slot: svc.slot, index }) }?;
+    if affinity {
+        let _ = AFFINITY.insert(&akey, &AffinityValue { backend, pad: 0, last_ns: now }, 0);
+    }
+    Some(backend)
+}
+
+/// `a % b` without the divide-by-zero panic path (eBPF objects must not contain one).
+#[inline(always)]
+fn rem(a: u32, b: u32) -> u32 {
+    if b == 0 {
+        0
+    } else {
+        a % b
+    }
+}
+
+#[derive(PartialEq, Eq, Clone, Copy)]
+enum Hook {
+    Connect,
+    Sendmsg,
+}
+
+#[inline(always)]
+fn sock_forward(ctx: &SockAddrContext, hook: Hook) -> i32 {
+    let sa = ctx.sock_addr;
+    // SAFETY: `sa` is the kernel's context; 4-byte loads of fields the verifier allows here.
+    let (proto, addr, port) = unsafe {
+        (
+            core::ptr::read_volatile(&(*sa).protocol) as u8,
+            core::ptr::read_volatile(&(*sa).user_ip4),
+            core::ptr::read_volatile(&(*sa).user_port) as u16,
+        )
+    };
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return 1;
+    }
+    let key = ServiceKey { addr, port, proto, pad: 0 };
+    // SAFETY: copied out at once.
+    let Some(svc) = (unsafe { SERVICES.get(&key) }).copied() else {
+        return 1;
+    };
+    if svc.active == 0 {
+        // A service without ready endpoints refuses at once, as kube-proxy's REJECT rule does.
+        // SAFETY: sets the syscall's return value; always valid in cgroup programs.
+        unsafe { bpf_set_retval(-ECONNREFUSED) };
+        return 0;
+    }
+    // SAFETY: helpers valid for sock_addr programs.
+    let (client, hash) = unsafe { (bpf_get_netns_cookie(ctx.as_ptr()), bpf_get_prandom_u32()) };
+    let Some(backend) = select(&key, &svc, client, hash) else {
+        return 1;
+    };
+    // SAFETY: user_ip4/user_port are writable in connect4 and sendmsg4 (4-byte stores).
+    unsafe {
+        core::ptr::write_volatile(&mut (*sa).user_ip4, backend.addr);
+        core::ptr::write_volatile(&mut (*sa).user_port, backend.port as u32);
+    }
+    // SAFETY: helper valid for sock_addr programs.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let rev = RevNat { addr, port, pad: 0 };
+    if proto == PROTO_UDP {
+        let ukey = UdpRevKey { cookie, addr: backend.addr, port: backend.port, pad: 0 };
+        let _ = UDP_REVNAT.insert(&ukey, &rev, 0);
+    }
+    if hook == Hook::Connect {
+        let _ = SOCK_REVNAT.insert(&cookie, &rev, 0);
+    }
+    1
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn flotilla_connect4(ctx: SockAddrContext) -> i32 {
+    sock_forward(&ctx, Hook::Connect)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn flotilla_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock_forward(&ctx, Hook::Sendmsg)
+}
+
+/// UDP replies from a backend appear to come from the service address the socket sent to.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn flotilla_recvmsg4(ctx: SockAddrContext) -> i32 {
+    let sa = ctx.sock_addr;
+    // SAFETY: kernel context; helper valid here.
+    let (addr, port, cookie) = unsafe {
+        (
+            core::ptr::read_volatile(&(*sa).user_ip4),
+            core::ptr::read_volatile(&(*sa).user_port) as u16,
+            bpf_get_socket_cookie(ctx.as_ptr()),
+        )
+    };
+    let key = UdpRevKey { cookie, addr, port, pad: 0 };
+    // SAFETY: copied out at once.
+    if let Some(rev) = unsafe { UDP_REVNAT.get(&key) }.copied() {
+        // SAFETY: user_ip4/user_port are writable in recvmsg4.
+        unsafe {
+            core::ptr::write_volatile(&mut (*sa).user_ip4, rev.addr);
+            core::ptr::write_volatile(&mut (*sa).user_port, rev.port as u32);
+        }
+    }
+    1
+}
+
+/// A connected socket's peer is the service address the application connected to.
+#[cgroup_sock_addr(getpeername4)]
+pub fn flotilla_getpeername4(ctx: SockAddrContext) -> i32 {
+    let sa = ctx.sock_addr;
+    // SAFETY: helper valid for sock_addr programs.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: copied out at once.
+    if let Some(rev) = unsafe { SOCK_REVNAT.get(&cookie) }.copied() {
+        // SAFETY: user_ip4/user_port are writable in getpeername4.
+        unsafe {
+            core::ptr::write_volatile(&mut (*sa).user_ip4, rev.addr);
+            core::ptr::write_volatile(&mut (*sa).user_port, rev.port as u32);
+        }
+    }
+    1
+}
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const IP_CSUM: usize = 10;
+const IP_SADDR: usize = 12;
+const IP_DADDR: usize = 16;
+const TCP_CSUM: usize = 16;
+const UDP_CSUM: usize = 6;
+
+struct Packet {
+    l3: usize,
+    l4: usize,
+    t: Tuple,
+}
+
+#[inline(always)]
+fn parse(ctx: &TcContext, dir: u8) -> Option<Packet> {
+    let proto = u16::from_be(ctx.load::<u16>(12).ok()?);
+    if proto != ETH_P_IP {
+        return None;
+    }
+    let l3 = ETH_HLEN;
+    let vihl: u8 = ctx.load(l3).ok()?;
+    if vihl >> 4 != 4 {
+        return None;
+    }
+    let ihl = ((vihl & 0x0f) as usize) * 4;
+    if ihl < 20 {
+        return None;
+    }
+    // Later fragments carry no ports; they are left to the stack.
+    let frag = u16::from_be(ctx.load::<u16>(l3 + 6).ok()?);
+    if frag & 0x1fff != 0 {
+        return None;
+    }
+    let l4proto: u8 = ctx.load(l3 + 9).ok()?;
+    if l4proto != PROTO_TCP && l4proto != PROTO_UDP {
+        return None;
+    }
+    let l4 = l3 + ihl;
+    let t = Tuple {
+        saddr: ctx.load(l3 + IP_SADDR).ok()?,
+        daddr: ctx.load(l3 + IP_DADDR).ok()?,
+        sport: ctx.load(l4).ok()?,
+        dport: ctx.load(l4 + 2).ok()?,
+        proto: l4proto,
+        dir,
+        pad: 0,
+    };
+    Some(Packet { l3, l4, t })
+}
+
+/// Rewrites addresses and ports to `to`, fixing the IPv4 and L4 checksums incrementally.
+#[inline(always)]
+fn rewrite(ctx: &mut TcContext, p: &Packet, to: &NatValue) -> Result<(), i64> {
+    let (csum, mangled) = if p.t.proto == PROTO_TCP {
+        (p.l4 + TCP_CSUM, 0)
+    } else {
+        (p.l4 + UDP_CSUM, BPF_F_MARK_MANGLED_0 as u64)
+    };
+    let pseudo = BPF_F_PSEUDO_HDR as u64 | mangled;
+    if to.saddr != p.t.saddr {
+        ctx.l4_csum_replace(csum, p.t.saddr as u64, to.saddr as u64, pseudo | 4)?;
+        ctx.l3_csum_replace(p.l3 + IP_CSUM, p.t.saddr as u64, to.saddr as u64, 4)?;
+        ctx.store(p.l3 + IP_SADDR, &to.saddr, 0)?;
+    }
+    if to.daddr != p.t.daddr {
+        ctx.l4_csum_replace(csum, p.t.daddr as u64, to.daddr as u64, pseudo | 4)?;
+        ctx.l3_csum_replace(p.l3 + IP_CSUM, p.t.daddr as u64, to.daddr as u64, 4)?;
+        ctx.store(p.l3 + IP_DADDR, &to.daddr, 0)?;
+    }
+    if to.sport != p.t.sport {
+        ctx.l4_csum_replace(csum, p.t.sport as u64, to.sport as u64, mangled | 2)?;
+        ctx.store(p.l4, &to.sport, 0)?;
+    }
+    if to.dport != p.t.dport {
+        ctx.l4_csum_replace(csum, p.t.dport as u64, to.dport as u64, mangled | 2)?;
+        ctx.store(p.l4 + 2, &to.dport, 0)?;
+    }
+    Ok(())
+}
+
+/// Allocates a source port on the node address for a SNATed flow to `peer:peer_port` by
+/// claiming its reverse entry; `BPF_NOEXIST` makes a collision visible instead of overwriting.
+#[inline(always)]
+fn snat_port(cfg: &Config, peer: u32, peer_port: u16, proto: u8, rev: &NatValue) -> Option<u16> {
+    let span = (cfg.snat_port_max as u32).saturating_sub(cfg.snat_port_min as u32) + 1;
+    for _ in 0..8 {
+        // SAFETY: helper valid in tc programs.
+        let port = (cfg.snat_port_min as u32 + rem(unsafe { bpf_get_prandom_u32() }, span)) as u16;
+        let key = Tuple {
+            saddr: peer,
+            daddr: cfg.node_addr,
+            sport: peer_port,
+            dport: port.to_be(),
+            proto,
+            dir: DIR_INGRESS,
+            pad: 0,
+        };
+        if NAT.insert(&key, rev, BPF_NOEXIST as u64).is_ok() {
+            return Some(port.to_be());
+        }
+    }
+    None
+}
+
+#[inline(always)]
+fn flow_hash(t: &Tuple) -> u32 {
+    // murmur3's finaliser over the client side of the tuple: cheap and well mixed.
+    let mut h =
+        t.saddr ^ ((t.sport as u32) << 16 | t.dport as u32).rotate_left(13) ^ t.proto as u32;
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+#[inline(always)]
+fn in_net(addr: u32, net: u32, mask: u32) -> bool {
+    mask != 0 && addr & mask == net
+}
+
+/// NodePort ingress: translate tracked flows; start new ones to a NodePort on the node address.
+#[classifier]
+pub fn flotilla_ingress(mut ctx: TcContext) -> i32 {
+    let Some(p) = parse(&ctx, DIR_INGRESS) else {
+        return TC_ACT_OK as i32;
+    };
+    let Some(cfg) = CONFIG.get(0).copied() else {
+        return TC_ACT_OK as i32;
+    };
+    // SAFETY: copied out at once.
+    if let Some(to) = unsafe { NAT.get(&p.t) }.copied() {
+        return finish_ingress(&mut ctx, &p, &to, &cfg);
+    }
+    if in_net(p.t.daddr, cfg.local_pods, cfg.local_pods_mask) {
+        remember_inbound(&p.t, &cfg);
+        return TC_ACT_OK as i32;
+    }
+    if p.t.daddr != cfg.node_addr || cfg.node_addr == 0 {
+        return TC_ACT_OK as i32;
+    }
+    let key = ServiceKey { addr: 0, port: p.t.dport, proto: p.t.proto, pad: 0 };
+    // SAFETY: copied out at once.
+    let Some(svc) = (unsafe { SERVICES.get(&key) }).copied() else {
+        return TC_ACT_OK as i32;
+    };
+    if svc.active == 0 {
+        return TC_ACT_SHOT as i32;
+    }
+    let hash = if svc.flags & SVC_MAGLEV != 0 {
+        flow_hash(&p.t)
+    } else {
+        // SAFETY: helper valid in tc programs.
+        unsafe { bpf_get_prandom_u32() }
+    };
+    let Some(be) = select(&key, &svc, p.t.saddr as u64, hash) else {
+        return TC_ACT_SHOT as i32;
+    };
+    let fwd = if in_net(be.addr, cfg.local_pods, cfg.local_pods_mask) {
+        // Local backend: DNAT only; the reply leaves through this interface's egress.
+        let back = Tuple {
+            saddr: be.addr,
+            daddr: p.t.saddr,
+            sport: be.port,
+            dport: p.t.sport,
+            proto: p.t.proto,
+            dir: DIR_EGRESS,
+            pad: 0,
+        };
+        let rev = NatValue {
+            saddr: p.t.daddr,
+            daddr: p.t.saddr,
+            sport: p.t.dport,
+            dport: p.t.sport,
+            pad: 0,
+        };
+        if NAT.insert(&back, &rev, 0).is_err() {
+            return TC_ACT_SHOT as i32;
+        }
+        NatValue { saddr: p.t.saddr, daddr: be.addr, sport: p.t.sport, dport: be.port, pad: 0 }
+    } else {
+        // Remote backend: also SNAT to the node so the reply returns through this node.
+        let rev = NatValue {
+            saddr: p.t.daddr,
+            daddr: p.t.saddr,
+            sport: p.t.dport,
+            dport: p.t.sport,
+            pad: 0,
+        };
+        let Some(port) = snat_port(&cfg, be.addr, be.port, p.t.proto, &rev) else {
+            return TC_ACT_SHOT as i32;
+        };
+        NatValue { saddr: cfg.node_addr, daddr: be.addr, sport: port, dport: be.port, pad: 0 }
+    };
+    if NAT.insert(&p.t, &fwd, 0).is_err() {
+        return TC_ACT_SHOT as i32;
+    }
+    finish_ingress(&mut ctx, &p, &fwd, &cfg)
+}
+
+/// A flow that a client outside the cluster opened to a local pod (e.g. a NodePort flow SNATed
+/// by another node): its replies must leave unchanged, not be masqueraded like traffic the pod
+/// starts. An identity entry for the reply direction makes egress leave them alone.
+#[inline(always)]
+fn remember_inbound(t: &Tuple, cfg: &Config) {
+    if cfg.flags & CONFIG_MASQUERADE == 0
+        || in_net(t.saddr, cfg.cluster_pods, cfg.cluster_pods_mask)
+    {
+        return;
+    }
+    let back = Tuple {
+        saddr: t.daddr,
+        daddr: t.saddr,
+        sport: t.dport,
+        dport: t.sport,
+        proto: t.proto,
+        dir: DIR_EGRESS,
+        pad: 0,
+    };
+    if NAT.get_ptr(&back).is_none() {
+        let same = NatValue {
+            saddr: back.saddr,
+            daddr: back.daddr,
+            sport: back.sport,
+            dport: back.dport,
+            pad: 0,
+        };
+        let _ = NAT.insert(&back, &same, 0);
+    }
+}
+
+/// Rewrites an ingress packet. One that now comes from the node's own address (SNAT towards a
+/// remote backend, or a reply being returned to an outside client) would be dropped by the
+/// stack as a martian source, so it is sent out directly: `bpf_redirect_neigh` routes it and
+/// resolves the next hop's MAC.
+#[inline(always)]
+fn finish_ingress(ctx: &mut TcContext, p: &Packet, to: &NatValue, cfg: &Config) -> i32 {
+    if rewrite(ctx, p, to).is_err() {
+        return TC_ACT_SHOT as i32;
+    }
+    if to.saddr == cfg.node_addr {
+        // SAFETY: reading the context's ifindex; the helper is valid at tc with NULL params.
+        return unsafe {
+            let ifindex = (*ctx.skb.skb).ifindex;
+            bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) as i32
+        };
+    }
+    TC_ACT_OK as i32
+}
+
+/// Egress: reverse translation of NodePort replies from local backends, and SNAT of pod
+/// traffic to outside the cluster to the node address.
+#[classifier]
+pub fn flotilla_egress(mut ctx: TcContext) -> i32 {
+    let Some(p) = parse(&ctx, DIR_EGRESS) else {
+        return TC_ACT_OK as i32;
+    };
+    // SAFETY: copied out at once.
+    if let Some(to) = unsafe { NAT.get(&p.t) }.copied() {
+        return match rewrite(&mut ctx, &p, &to) {
+            Ok(()) => TC_ACT_OK as i32,
+            Err(_) => TC_ACT_SHOT as i32,
+        };
+    }
+    let Some(cfg) = CONFIG.get(0).copied() else {
+        return TC_ACT_OK as i32;
+    };
+    if cfg.flags & CONFIG_MASQUERADE == 0
+        || cfg.node_addr == 0
+        || !in_net(p.t.saddr, cfg.local_pods, cfg.local_pods_mask)
+        || in_net(p.t.daddr, cfg.cluster_pods, cfg.cluster_pods_mask)
+        || in_net(p.t.daddr, cfg.services, cfg.services_mask)
+    {
+        return TC_ACT_OK as i32;
+    }
+    let rev =
+        NatValue { saddr: p.t.daddr, daddr: p.t.saddr, sport: p.t.dport, dport: p.t.sport, pad: 0 };
+    let Some(port) = snat_port(&cfg, p.t.daddr, p.t.dport, p.t.proto, &rev) else {
+        return TC_ACT_SHOT as i32;
+    };
+    let fwd =
+        NatValue { saddr: cfg.node_addr, daddr: p.t.daddr, sport: port, dport: p.t.dport, pad: 0 };
+    if NAT.insert(&p.t, &fwd, 0).is_err() {
+        return TC_ACT_SHOT as i32;
+    }
+    match rewrite(&mut ctx, &p, &fwd) {
+        Ok(()) => TC_ACT_OK as i32,
+        Err(_) => TC_ACT_SHOT as i32,
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,193 @@
+//! Dataplane tests (root): two nodes and a client as network namespaces, pods on both nodes,
+//! services programmed into the real eBPF load balancer. Each test's lab removes everything it
+//! made when dropped, also on failure.
+
+use std::net::Ipv4Addr;
+
+use flotilla_dataplane::{Backend, Protocol, Selection, Service, ServicePort};
+use flotilla_tests::netlab::{tally, Lab, CLIENT_ADDR};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+
+fn root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+fn service(name: &str, vip: Ipv4Addr, ports: Vec<ServicePort>) -> Service {
+    Service {
+        name: name.into(),
+        cluster_ip: vip,
+        ports,
+        affinity_timeout: None,
+        selection: Selection::Random,
+    }
+}
+
+fn port(
+    protocol: Protocol,
+    port: u16,
+    node_port: Option<u16>,
+    backends: &[(Ipv4Addr, u16)],
+) -> ServicePort {
+    ServicePort {
+        name: format!("{protocol}-{port}"),
+        protocol,
+        port,
+        node_port,
+        backends: backends.iter().map(|&(a, p)| Backend::new(a, p)).collect(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_ip_tcp_udp_across_nodes() {
+    if !root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let mut lab = Lab::new("cip", 2).await.unwrap();
+    lab.start_lb(0).unwrap();
+    lab.start_lb(1).unwrap();
+    let client = lab.pod(0, "client").await.unwrap();
+    let a = lab.pod(0, "web-a").await.unwrap();
+    let b = lab.pod(1, "web-b").await.unwrap();
+    assert_eq!(client.ip, Ipv4Addr::new(10, 244, 1, 2));
+    assert_eq!(b.ip, Ipv4Addr::new(10, 244, 2, 2));
+    lab.serve(&a, "web-a", 8080).unwrap();
+    lab.serve(&b, "web-b", 8080).unwrap();
+
+    // Pod to pod across nodes (host-gw routes), no service involved.
+    let out = lab.run_in_pod(0, &client, &["connect", &format!("{}:8080", b.ip), "1"]).unwrap();
+    assert_eq!(out, [format!("reply=web-b peer={}:8080", b.ip)]);
+
+    let backends = [(a.ip, 8080), (b.ip, 8080)];
+    let svc = service(
+        "default/web",
+        VIP,
+        vec![port(Protocol::Tcp, 80, None, &backends), port(Protocol::Udp, 53, None, &backends)],
+    );
+    lab.lb(0).apply(&svc).unwrap();
+
+    // TCP through the ClusterIP: spread over both nodes' backends; getpeername shows the VIP.
+    let out = lab.run_in_pod(0, &client, &["connect", "10.96.0.10:80", "40"]).unwrap();
+    let replies = tally(&out, "reply");
+    assert_eq!(replies.values().sum::<usize>(), 40, "{out:?}");
+    assert!(replies.get("web-a").copied().unwrap_or(0) >= 5, "{replies:?}");
+    assert!(replies.get("web-b").copied().unwrap_or(0) >= 5, "{replies:?}");
+    assert_eq!(tally(&out, "peer").keys().collect::<Vec<_>>(), ["10.96.0.10:80"]);
+
+    // UDP request/response (DNS-style): replies appear to come from the VIP's port 53.
+    let out = lab.run_in_pod(0, &client, &["udp", "10.96.0.10:53", "30"]).unwrap();
+    let replies = tally(&out, "reply");
+    assert_eq!(replies.values().sum::<usize>(), 30, "{out:?}");
+    assert!(replies.len() == 2, "{replies:?}");
+    assert_eq!(tally(&out, "from").keys().collect::<Vec<_>>(), ["10.96.0.10:53"]);
+
+    // A removed backend gets no new connections.
+    let only_a = service("default/web", VIP, vec![port(Protocol::Tcp, 80, None, &[(a.ip, 8080)])]);
+    lab.lb(0).apply(&only_a).unwrap();
+    let out = lab.run_in_pod(0, &client, &["connect", "10.96.0.10:80", "20"]).unwrap();
+    assert_eq!(tally(&out, "reply").into_iter().collect::<Vec<_>>(), [("web-a".into(), 20)]);
+    // The UDP port went with the update: nothing translates 10.96.0.10:53 now, and the fence
+    // answers at once instead of the packet leaving the machine.
+    let out = lab.run_in_pod(0, &client, &["connect", "10.96.0.10:53", "1"]).unwrap();
+    assert!(out[0].starts_with("error=os113"), "EHOSTUNREACH from the fence: {out:?}");
+
+    // A terminating backend keeps its flows but gets no new ones.
+    let mut term = service("default/web", VIP, vec![port(Protocol::Tcp, 80, None, &backends)]);
+    term.ports[0].backends[1].terminating = true;
+    lab.lb(0).apply(&term).unwrap();
+    let out = lab.run_in_pod(0, &client, &["connect", "10.96.0.10:80", "20"]).unwrap();
+    assert_eq!(tally(&out, "reply").into_iter().collect::<Vec<_>>(), [("web-a".into(), 20)]);
+
+    // Session affinity: every connection from the client goes to one backend.
+    let mut sticky = service("default/web", VIP, vec![port(Protocol::Tcp, 80, None, &backends)]);
+    sticky.affinity_timeout = Some(60);
+    lab.lb(0).apply(&sticky).unwrap();
+    let out = lab.run_in_pod(0, &client, &["connect", "10.96.0.10:80", "30"]).unwrap();
+    let replies = tally(&out, "reply");
+    assert_eq!(replies.len(), 1, "affinity: {replies:?}");
+    assert_eq!(replies.values().sum::<usize>(), 30);
+
+    // No backends: refused at once, not after a timeout.
+    let empty = service("default/web", VIP, vec![port(Protocol::Tcp, 80, None, &[])]);
+    lab.lb(0).apply(&empty).unwrap();
+    let out = lab.run_in_pod(0, &client, &["connect", "10.96.0.10:80", "1"]).unwrap();
+    assert!(out[0].starts_with("error=refused"), "{out:?}");
+    let ms: u64 = out[0].rsplit("ms=").next().unwrap().parse().unwrap();
+    assert!(ms < 1000, "refusal took {ms} ms");
+
+    // Node 1 has no services: its pods see no translation (programs are per node cgroup).
+    let other = lab.pod(1, "other").await.unwrap();
+    let out = lab.run_in_pod(1, &other, &["connect", "10.96.0.10:80", "1"]).unwrap();
+    assert!(out[0].starts_with("error=os113"), "{out:?}");
+
+    lab.lb(0).remove("default/web").unwrap();
+    assert_eq!(lab.lb(0).key_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_port_and_egress_snat() {
+    if !root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let mut lab = Lab::new("np", 2).await.unwrap();
+    lab.start_lb(0).unwrap();
+    lab.start_lb(1).unwrap();
+    let a = lab.pod(0, "np-a").await.unwrap();
+    let b = lab.pod(1, "np-b").await.unwrap();
+    lab.serve(&a, "np-a", 8080).unwrap();
+    lab.serve(&b, "np-b", 8080).unwrap();
+    let backends = [(a.ip, 8080), (b.ip, 8080)];
+    let svc = service(
+        "default/np",
+        Ipv4Addr::new(10, 96, 0, 20),
+        vec![
+            port(Protocol::Tcp, 80, Some(30080), &backends),
+            port(Protocol::Udp, 53, Some(30053), &backends),
+        ],
+    );
+    lab.lb(0).apply(&svc).unwrap();
+
+    // From outside: local backend (DNAT) and remote backend (DNAT + SNAT via node 0).
+    let node0 = lab.nodes[0].addr;
+    let out = lab.run_in_client(&["connect", &format!("{node0}:30080"), "40"]).unwrap();
+    let replies = tally(&out, "reply");
+    assert_eq!(replies.values().sum::<usize>(), 40, "{out:?}");
+    assert_eq!(replies.len(), 2, "both the local and the remote backend answer: {replies:?}");
+    assert_eq!(tally(&out, "peer").into_keys().collect::<Vec<_>>(), [format!("{node0}:30080")]);
+
+    let out = lab.run_in_client(&["udp", &format!("{node0}:30053"), "20"]).unwrap();
+    let replies = tally(&out, "reply");
+    assert_eq!(replies.values().sum::<usize>(), 20, "{out:?}");
+    assert_eq!(tally(&out, "from").into_keys().collect::<Vec<_>>(), [format!("{node0}:30053")]);
+
+    // Maglev with ClientIP affinity: one client keeps one backend.
+    let mut sticky = svc.clone();
+    sticky.selection = Selection::Maglev;
+    sticky.affinity_timeout = Some(30);
+    lab.lb(0).apply(&sticky).unwrap();
+    let out = lab.run_in_client(&["connect", &format!("{node0}:30080"), "20"]).unwrap();
+    assert_eq!(tally(&out, "reply").len(), 1, "{out:?}");
+    // Maglev alone spreads flows (distinct source ports) over both.
+    let mut maglev = svc.clone();
+    maglev.selection = Selection::Maglev;
+    lab.lb(0).apply(&maglev).unwrap();
+    let out = lab.run_in_client(&["connect", &format!("{node0}:30080"), "40"]).unwrap();
+    assert_eq!(tally(&out, "reply").len(), 2, "{out:?}");
+
+    // Pod egress to outside the cluster leaves with the node's address.
+    let ns = lab.client.clone();
+    let srv = lab.spawn(&ns, None, "outside", &["echo", "9000", "log"]).unwrap();
+    assert!(lab.read_line(srv).unwrap().starts_with("listening"));
+    let out = lab.run_in_pod(0, &a, &["connect", &format!("{CLIENT_ADDR}:9000"), "3"]).unwrap();
+    assert_eq!(
+        tally(&out, "reply").into_iter().collect::<Vec<_>>(),
+        [("outside".into(), 3)],
+        "{out:?}"
+    );
+    for _ in 0..3 {
+        let seen = lab.read_line(srv).unwrap();
+        assert!(seen.starts_with(&format!("accepted from={node0}:")), "SNAT to the node: {seen}");
+    }
+}
