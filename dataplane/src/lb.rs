@@ -25,7 +25,7 @@ use std::{
 use aya::{
     maps::{Array, HashMap as BpfHashMap, MapData, MapError},
     programs::{
-        links::{CgroupAttachMode, FdLink, LinkOrder},
+        links::{CgroupAttachMode, FdLink, LinkOrder, PinnedLink},
         tc::TcAttachOptions,
         CgroupSockAddr, SchedClassifier, TcAttachType,
     },
@@ -366,42 +366,62 @@ impl LoadBalancer {
     pub fn apply(&mut self, svc: &Service) -> Result<(), LbError> {
         svc.validate()?;
         self.free_retired();
-        let mut keys = HashSet::new();
         let flags = svc.affinity_timeout.map_or(0, |_| abi::SVC_AFFINITY)
             | if svc.selection == Selection::Maglev { abi::SVC_MAGLEV } else { 0 };
-        for p in &svc.ports {
+        let mut plan = Vec::new();
+        for (i, p) in svc.ports.iter().enumerate() {
             let proto = p.protocol.number();
-            let mut ks = vec![abi::ServiceKey {
-                addr: ip(svc.cluster_ip),
-                port: port(p.port),
-                proto,
-                pad: 0,
-            }];
+            plan.push((
+                abi::ServiceKey { addr: ip(svc.cluster_ip), port: port(p.port), proto, pad: 0 },
+                i,
+            ));
             if let Some(np) = p.node_port {
-                ks.push(abi::ServiceKey { addr: 0, port: port(np), proto, pad: 0 });
+                plan.push((abi::ServiceKey { addr: 0, port: port(np), proto, pad: 0 }, i));
             }
-            for key in ks {
-                if let Some(owner) = self.owner_of(&key, &svc.name) {
-                    return Err(svc
-                        .error(
-                            "ports",
-                            format!("{} is already used by service {owner}", describe(&key)),
-                        )
-                        .into());
-                }
-                self.write_key(key, &p.backends, flags, svc.affinity_timeout.unwrap_or(0))?;
-                keys.insert(key);
+        }
+        // Every conflict is found before anything is written.
+        for (key, i) in &plan {
+            if let Some(owner) = self.owner_of(key, &svc.name) {
+                let field = if key.addr == 0 { "nodePort" } else { "port" };
+                return Err(svc
+                    .error(
+                        &format!("ports[{i}].{field}"),
+                        format!("{} is already used by service {owner}", describe(key)),
+                    )
+                    .into());
+            }
+        }
+        let old = self.owned.remove(&svc.name).unwrap_or_default();
+        let mut keys = HashSet::new();
+        let mut result = Ok(());
+        for (key, i) in plan {
+            let written = self.write_key(
+                key,
+                &svc.ports[i].backends,
+                flags,
+                svc.affinity_timeout.unwrap_or(0),
+            );
+            if let Err(e) = written {
+                result = Err(e);
+                break;
+            }
+            keys.insert(key);
+        }
+        if result.is_err() {
+            // Keys written so far stay owned, as do the old ones: nothing is orphaned, and the
+            // next apply or sync converges.
+            keys.extend(old.iter().copied());
+        } else {
+            for key in old.difference(&keys) {
+                self.key_owner.remove(key);
+                self.remove_key(key)?;
             }
         }
         for key in &keys {
             self.key_owner.insert(*key, svc.name.clone());
         }
-        let old = self.owned.insert(svc.name.clone(), keys.clone()).unwrap_or_default();
-        for key in old.difference(&keys) {
-            self.key_owner.remove(key);
-            self.remove_key(key)?;
-        }
-        Ok(())
+        self.owned.insert(svc.name.clone(), keys);
+        result
     }
 
     fn owner_of(&self, key: &abi::ServiceKey, except: &str) -> Option<&str> {
@@ -566,6 +586,23 @@ impl LoadBalancer {
         }
         self.retired.push((v.slot, v.total as u32));
         Ok(())
+    }
+
+    /// The attached programs as (pinned link name, link id, program id): the link ids stay
+    /// across restarts while the program ids change, which is what "replaced in place" means.
+    pub fn links(&self) -> Result<Vec<(String, u32, u32)>, LbError> {
+        let mut out = Vec::new();
+        for e in fs::read_dir(self.config.pin_dir.join("links"))? {
+            let e = e?;
+            let link = PinnedLink::from_pin(e.path())
+                .map_err(|err| io::Error::other(format!("{}: {err}", e.path().display())))?;
+            let info = FdLink::from(link)
+                .info()
+                .map_err(|err| io::Error::other(format!("{}: {err}", e.path().display())))?;
+            out.push((e.file_name().to_string_lossy().into_owned(), info.id(), info.program_id()));
+        }
+        out.sort();
+        Ok(out)
     }
 
     /// Number of service keys programmed (ClusterIP and NodePort entries).

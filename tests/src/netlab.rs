@@ -267,6 +267,9 @@ impl Drop for Lab {
             let _ = std::fs::remove_dir(&n.cgroup);
         }
         let _ = std::fs::remove_dir(&self.pin_root);
+        if let Some(parent) = self.pin_root.parent() {
+            let _ = std::fs::remove_dir(parent); // only when no other lab is running
+        }
         for p in &self.netns {
             let _ = NetNs::remove(p);
         }

@@ -191,3 +191,137 @@ async fn node_port_and_egress_snat() {
         assert!(seen.starts_with(&format!("accepted from={node0}:")), "SNAT to the node: {seen}");
     }
 }
+
+/// 100 long-lived connections through a ClusterIP (socket path) and 20 through a NodePort (tc
+/// path, conntrack in a pinned map) survive ten stop/start cycles of the load balancer, each
+/// of which replaces the programs inside the pinned links.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hitless_restart() {
+    if !root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let mut lab = Lab::new("hitless", 2).await.unwrap();
+    lab.start_lb(0).unwrap();
+    let client = lab.pod(0, "client").await.unwrap();
+    let a = lab.pod(0, "hl-a").await.unwrap();
+    let b = lab.pod(1, "hl-b").await.unwrap();
+    lab.serve(&a, "hl-a", 8080).unwrap();
+    lab.serve(&b, "hl-b", 8080).unwrap();
+    let svc = service(
+        "default/hl",
+        VIP,
+        vec![port(Protocol::Tcp, 80, Some(30080), &[(a.ip, 8080), (b.ip, 8080)])],
+    );
+    lab.lb(0).apply(&svc).unwrap();
+
+    let cg = lab.nodes[0].cgroup.clone();
+    let inside =
+        lab.spawn(&client.netns, Some(&cg), "client", &["hold", "10.96.0.10:80", "100"]).unwrap();
+    assert_eq!(lab.read_line(inside).unwrap(), "ready");
+    let ns = lab.client.clone();
+    let node0 = lab.nodes[0].addr;
+    let outside =
+        lab.spawn(&ns, None, "client", &["hold", &format!("{node0}:30080"), "20"]).unwrap();
+    assert_eq!(lab.read_line(outside).unwrap(), "ready");
+
+    let before = lab.lb(0).links().unwrap();
+    assert_eq!(before.len(), 6, "4 socket programs + tc ingress/egress: {before:?}");
+    for round in 0..10 {
+        lab.nodes[0].lb = None; // stopped: the pinned links keep the programs running
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        lab.start_lb(0).unwrap();
+        lab.lb(0).sync(std::slice::from_ref(&svc)).unwrap();
+        let out = lab.run_in_pod(0, &client, &["connect", "10.96.0.10:80", "2"]).unwrap();
+        assert_eq!(tally(&out, "reply").values().sum::<usize>(), 2, "round {round}: {out:?}");
+    }
+    let after = lab.lb(0).links().unwrap();
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!((&b.0, b.1), (&a.0, a.1), "same links");
+        assert_ne!(b.2, a.2, "{}: program replaced", b.0);
+    }
+    let inside = lab.finish(inside).unwrap();
+    assert_eq!(
+        inside.last().unwrap().split(" rounds").next().unwrap(),
+        "alive=100 broken=0",
+        "{inside:?}"
+    );
+    let outside = lab.finish(outside).unwrap();
+    assert_eq!(
+        outside.last().unwrap().split(" rounds").next().unwrap(),
+        "alive=20 broken=0",
+        "{outside:?}"
+    );
+}
+
+/// Invalid services are refused with the service and field named, and leave the maps as they
+/// were; a service that does not fit the maps is refused without a half-written backend set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_and_maps_stay_whole() {
+    if !root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let mut lab = Lab::new("bad", 1).await.unwrap();
+    lab.start_lb(0).unwrap();
+    let client = lab.pod(0, "client").await.unwrap();
+    let a = lab.pod(0, "bad-a").await.unwrap();
+    lab.serve(&a, "bad-a", 8080).unwrap();
+    let good =
+        service("default/good", VIP, vec![port(Protocol::Tcp, 80, Some(30080), &[(a.ip, 8080)])]);
+    lab.lb(0).apply(&good).unwrap();
+    assert_eq!(lab.lb(0).key_count(), 2);
+
+    let mut bad = good.clone();
+    bad.cluster_ip = Ipv4Addr::BROADCAST;
+    let e = lab.lb(0).apply(&bad).unwrap_err().to_string();
+    assert!(e.contains("default/good") && e.contains("clusterIP"), "{e}");
+    let mut bad = good.clone();
+    bad.ports[0].backends[0].port = 0;
+    let e = lab.lb(0).apply(&bad).unwrap_err().to_string();
+    assert!(e.contains("ports[0].backends[0].port"), "{e}");
+    let mut bad = good.clone();
+    bad.ports[0].backends =
+        (0..2000).map(|i| Backend::new(Ipv4Addr::from(0x0af4_0100 + i), 80)).collect();
+    let e = lab.lb(0).apply(&bad).unwrap_err().to_string();
+    assert!(e.contains("more than the 1024"), "{e}");
+    assert!("SCTP".parse::<Protocol>().is_err());
+    let mut clash = good.clone();
+    clash.name = "default/other".into();
+    clash.cluster_ip = Ipv4Addr::new(10, 96, 0, 11);
+    let e = lab.lb(0).apply(&clash).unwrap_err().to_string();
+    assert!(e.contains("NodePort 30080/TCP is already used by service default/good"), "{e}");
+
+    // Still exactly the good service, and it still works.
+    assert_eq!(lab.lb(0).key_count(), 2);
+    let out = lab.run_in_pod(0, &client, &["connect", "10.96.0.10:80", "3"]).unwrap();
+    assert_eq!(tally(&out, "reply").into_iter().collect::<Vec<_>>(), [("bad-a".into(), 3)]);
+
+    // Fill the backend map with 1024-backend services until it refuses one.
+    let many: Vec<(Ipv4Addr, u16)> =
+        (0..1024).map(|i| (Ipv4Addr::from(0x0af4_0100 + i), 80)).collect();
+    let mut applied = 0;
+    let err = loop {
+        let vip = Ipv4Addr::from(0x0a61_0000 + applied);
+        let s =
+            service(&format!("fill/{applied}"), vip, vec![port(Protocol::Tcp, 80, None, &many)]);
+        match lab.lb(0).apply(&s) {
+            Ok(()) => applied += 1,
+            Err(e) => break e.to_string(),
+        }
+        assert!(applied < 1000, "the backend map never filled up");
+    };
+    assert!(err.contains("BACKENDS"), "{err}");
+    assert_eq!(lab.lb(0).key_count(), 2 + applied as usize, "the refused service left no key");
+    // The good service is untouched and an update that does not fit keeps its old backends.
+    let mut grown = good.clone();
+    grown.ports[0].backends = many.iter().map(|&(a, p)| Backend::new(a, p)).collect();
+    assert!(lab.lb(0).apply(&grown).is_err());
+    let out = lab.run_in_pod(0, &client, &["connect", "10.96.0.10:80", "3"]).unwrap();
+    assert_eq!(tally(&out, "reply").into_iter().collect::<Vec<_>>(), [("bad-a".into(), 3)]);
+    // Removing the fill makes room again.
+    for i in 0..applied {
+        lab.lb(0).remove(&format!("fill/{i}")).unwrap();
+    }
+    lab.lb(0).apply(&grown).unwrap();
+}
