@@ -132,6 +132,24 @@ fn port(p: u16) -> u16 {
     p.to_be()
 }
 
+/// SNAT source ports: outside the node's ephemeral range, so a translated flow never takes the
+/// tuple of a connection the node's own sockets open (their replies meet the tc program first).
+/// With Linux's default range (32768–60999) that is 1024–32767.
+fn snat_range(ns: &NetNs) -> io::Result<(u16, u16)> {
+    let range = ns.run(|| std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range"))??;
+    let mut it = range.split_whitespace().map(|v| v.parse::<u32>().unwrap_or(0));
+    let (lo, hi) = (it.next().unwrap_or(32768), it.next().unwrap_or(60999));
+    if lo > 1024 + 4096 {
+        Ok((1024, (lo - 1) as u16))
+    } else if hi + 4096 < 65535 {
+        Ok(((hi + 1) as u16, 65535))
+    } else {
+        Err(io::Error::other(format!(
+            "ip_local_port_range {lo}-{hi} leaves no room for SNAT ports; narrow it"
+        )))
+    }
+}
+
 /// Makes sure a bpffs is mounted at `/sys/fs/bpf` (it is not on every host).
 fn ensure_bpffs() -> io::Result<()> {
     let root = Path::new("/sys/fs/bpf");
@@ -224,6 +242,11 @@ impl LoadBalancer {
                 ebpf.take_map("CONFIG").ok_or_else(|| io::Error::other("CONFIG map missing"))?,
             )
             .map_err(map_err("CONFIG"))?;
+            let ns = match &ext.netns {
+                Some(p) => NetNs::open(p)?,
+                None => NetNs::current()?,
+            };
+            let (snat_port_min, snat_port_max) = snat_range(&ns)?;
             let net = |n: &Ipv4Net| (ip(n.network()), ip(n.netmask()));
             let (local_pods, local_pods_mask) = net(&ext.local_pods);
             let (cluster_pods, cluster_pods_mask) = net(&ext.cluster_pods);
@@ -236,17 +259,11 @@ impl LoadBalancer {
                 cluster_pods_mask,
                 services,
                 services_mask,
-                // Above the kernel's default ephemeral range (32768–60999), so SNAT never
-                // takes a port the node's own sockets use.
-                snat_port_min: 61000,
-                snat_port_max: 65535,
+                snat_port_min,
+                snat_port_max,
                 flags: if ext.masquerade { abi::CONFIG_MASQUERADE } else { 0 },
             };
             cfg.set(0, value, 0).map_err(map_err("CONFIG"))?;
-            let ns = match &ext.netns {
-                Some(p) => NetNs::open(p)?,
-                None => NetNs::current()?,
-            };
             for (name, kind) in [
                 ("flotilla_ingress", TcAttachType::Ingress),
                 ("flotilla_egress", TcAttachType::Egress),

@@ -171,13 +171,25 @@ impl Lab {
         pod_name: &str,
         args: &[&str],
     ) -> Result<usize> {
+        self.spawn_exe(&crate::probe(), netns, cgroup, pod_name, args)
+    }
+
+    /// [`Lab::spawn`] of any executable.
+    pub fn spawn_exe(
+        &mut self,
+        exe: &Path,
+        netns: &Path,
+        cgroup: Option<&Path>,
+        pod_name: &str,
+        args: &[&str],
+    ) -> Result<usize> {
         let ns = File::open(netns)?;
         let procs = match cgroup {
             Some(c) => Some(OpenOptions::new().write(true).open(c.join("cgroup.procs"))?),
             None => None,
         };
         let (nsfd, pfd) = (ns.as_raw_fd(), procs.as_ref().map_or(-1, |f| f.as_raw_fd()));
-        let mut cmd = Command::new(crate::probe());
+        let mut cmd = Command::new(exe);
         cmd.args(args)
             .env("POD_NAME", pod_name)
             .stdin(Stdio::piped())
@@ -200,6 +212,15 @@ impl Lab {
         drop((ns, procs));
         self.children.push(child);
         Ok(self.children.len() - 1)
+    }
+
+    /// Writes a line to a spawned process's stdin.
+    pub fn write_line(&mut self, child: usize, line: &str) -> Result<()> {
+        use std::io::Write;
+        let input = self.children[child].stdin.as_mut().context("stdin")?;
+        writeln!(input, "{line}")?;
+        input.flush()?;
+        Ok(())
     }
 
     /// Reads one line of a spawned process's stdout.

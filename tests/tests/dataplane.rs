@@ -176,6 +176,15 @@ async fn node_port_and_egress_snat() {
     let out = lab.run_in_client(&["connect", &format!("{node0}:30080"), "40"]).unwrap();
     assert_eq!(tally(&out, "reply").len(), 2, "{out:?}");
 
+    // Without endpoints the NodePort refuses at once.
+    let mut empty = svc.clone();
+    for p in &mut empty.ports {
+        p.backends.clear();
+    }
+    lab.lb(0).apply(&empty).unwrap();
+    let out = lab.run_in_client(&["connect", &format!("{node0}:30080"), "1"]).unwrap();
+    assert!(out[0].starts_with("error=refused"), "{out:?}");
+
     // Pod egress to outside the cluster leaves with the node's address.
     let ns = lab.client.clone();
     let srv = lab.spawn(&ns, None, "outside", &["echo", "9000", "log"]).unwrap();

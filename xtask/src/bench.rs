@@ -26,6 +26,17 @@ pub enum Bench {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Service load balancing: our eBPF programs vs kube-proxy-style iptables rules vs the pod
+    /// IP, with 1, 1,000 and 10,000 services: ClusterIP connection rate and latency, NodePort
+    /// requests/s and UDP request/replies/s (root; builds a two-node lab of network namespaces).
+    Dataplane {
+        /// Seconds per measured figure.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Extra arguments for the harness (see `dataplane-bench --help`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// `flotillad runtime` vs runc and crun: create && start && delete -f of busybox /bin/true.
     Runtime {
         /// Measured rounds per runtime.
@@ -40,6 +51,7 @@ pub enum Bench {
 pub fn run(what: Bench) -> Result<()> {
     match what {
         Bench::Store { seconds, args } => {
+            crate::setup::setup()?;
             cargo(&["build", "--release", "-p", "flotilla-daemon", "-p", "flotilla-tests"])?;
             let root = workspace_root();
             let mut cmd = Command::new(root.join("target/release/store-bench"));
@@ -51,6 +63,7 @@ pub fn run(what: Bench) -> Result<()> {
             crate::util::run(cmd)
         }
         Bench::Api { rate, args } => {
+            crate::setup::setup()?;
             cargo(&["build", "--release", "-p", "flotilla-daemon", "-p", "flotilla-tests"])?;
             let root = workspace_root();
             let mut cmd = Command::new(root.join("target/release/api-bench"));
@@ -59,6 +72,14 @@ pub fn run(what: Bench) -> Result<()> {
                 .arg("--rate")
                 .arg(rate.to_string())
                 .args(&args);
+            crate::util::run(cmd)
+        }
+        Bench::Dataplane { seconds, args } => {
+            crate::setup::setup()?;
+            cargo(&["build", "--release", "-p", "flotilla-tests", "--bin", "dataplane-bench"])?;
+            let root = workspace_root();
+            let mut cmd = Command::new(root.join("target/release/dataplane-bench"));
+            cmd.arg("--seconds").arg(seconds.to_string()).args(&args);
             crate::util::run(cmd)
         }
         Bench::Runtime { rounds, args } => {

@@ -130,7 +130,7 @@ pub struct Tuple {
     pub pad: u16,
 }
 
-/// What to rewrite a tracked packet's addresses to.
+/// What to rewrite a tracked packet's addresses to, and the flow's state.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct NatValue {
@@ -138,8 +138,25 @@ pub struct NatValue {
     pub daddr: u32,
     pub sport: u16,
     pub dport: u16,
-    pub pad: u32,
+    /// `NAT_CLOSING` once a FIN or RST went through.
+    pub flags: u16,
+    pub pad: u16,
+    /// `bpf_ktime_get_ns` of the last packet (refreshed at most once a second).
+    pub last_ns: u64,
 }
+
+impl NatValue {
+    pub const fn new(saddr: u32, daddr: u32, sport: u16, dport: u16, now: u64) -> NatValue {
+        NatValue { saddr, daddr, sport, dport, flags: 0, pad: 0, last_ns: now }
+    }
+}
+
+pub const NAT_CLOSING: u16 = 1;
+/// A closed TCP flow's entries may be reused this long after its last packet.
+pub const NAT_CLOSED_GRACE_NS: u64 = 2_000_000_000;
+/// Idle flows' entries may be reused after this long (UDP, and TCP that never closed).
+pub const NAT_IDLE_UDP_NS: u64 = 60_000_000_000;
+pub const NAT_IDLE_TCP_NS: u64 = 3_600_000_000_000;
 
 /// Node-wide settings for the tc programs (index 0 of `CONFIG`).
 #[repr(C)]

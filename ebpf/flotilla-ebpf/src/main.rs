@@ -210,23 +210,53 @@ const ETH_P_IP: u16 = 0x0800;
 const IP_CSUM: usize = 10;
 const IP_SADDR: usize = 12;
 const IP_DADDR: usize = 16;
+const TCP_FLAGS: usize = 13;
 const TCP_CSUM: usize = 16;
 const UDP_CSUM: usize = 6;
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
 
 struct Packet {
     l3: usize,
     l4: usize,
     t: Tuple,
+    /// TCP flags (0 for UDP).
+    tcp: u8,
+}
+
+impl Packet {
+    /// The first packet of a new TCP connection.
+    fn syn(&self) -> bool {
+        self.tcp & (TCP_SYN | TCP_ACK) == TCP_SYN
+    }
+}
+
+/// A header at `offset` by direct packet access, bounds-checked for the verifier.
+#[inline(always)]
+fn at<T>(ctx: &TcContext, offset: usize) -> Option<*const T> {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + offset + core::mem::size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *const T)
 }
 
 #[inline(always)]
 fn parse(ctx: &TcContext, dir: u8) -> Option<Packet> {
-    let proto = u16::from_be(ctx.load::<u16>(12).ok()?);
+    // Ethernet (14) + the largest IPv4 header (60) + the TCP fields used (14); headers that are
+    // not in the linear area are pulled in first.
+    if at::<[u8; 34]>(ctx, 0).is_none() {
+        let _ = ctx.pull_data(34);
+    }
+    // SAFETY (all reads below): `at` checked the bounds against data_end.
+    let proto = u16::from_be(unsafe { *at::<u16>(ctx, 12)? });
     if proto != ETH_P_IP {
         return None;
     }
     let l3 = ETH_HLEN;
-    let vihl: u8 = ctx.load(l3).ok()?;
+    let vihl: u8 = unsafe { *at::<u8>(ctx, l3)? };
     if vihl >> 4 != 4 {
         return None;
     }
@@ -235,25 +265,31 @@ fn parse(ctx: &TcContext, dir: u8) -> Option<Packet> {
         return None;
     }
     // Later fragments carry no ports; they are left to the stack.
-    let frag = u16::from_be(ctx.load::<u16>(l3 + 6).ok()?);
+    let frag = u16::from_be(unsafe { *at::<u16>(ctx, l3 + 6)? });
     if frag & 0x1fff != 0 {
         return None;
     }
-    let l4proto: u8 = ctx.load(l3 + 9).ok()?;
+    let l4proto: u8 = unsafe { *at::<u8>(ctx, l3 + 9)? };
     if l4proto != PROTO_TCP && l4proto != PROTO_UDP {
         return None;
     }
     let l4 = l3 + ihl;
+    if at::<[u8; 14]>(ctx, l4).is_none() {
+        let _ = ctx.pull_data((l4 + 14) as u32);
+    }
+    let addrs = unsafe { *at::<[u32; 2]>(ctx, l3 + IP_SADDR)? };
+    let ports = unsafe { *at::<[u16; 2]>(ctx, l4)? };
+    let tcp = if l4proto == PROTO_TCP { unsafe { *at::<u8>(ctx, l4 + TCP_FLAGS)? } } else { 0 };
     let t = Tuple {
-        saddr: ctx.load(l3 + IP_SADDR).ok()?,
-        daddr: ctx.load(l3 + IP_DADDR).ok()?,
-        sport: ctx.load(l4).ok()?,
-        dport: ctx.load(l4 + 2).ok()?,
+        saddr: addrs[0],
+        daddr: addrs[1],
+        sport: ports[0],
+        dport: ports[1],
         proto: l4proto,
         dir,
         pad: 0,
     };
-    Some(Packet { l3, l4, t })
+    Some(Packet { l3, l4, t, tcp })
 }
 
 /// Rewrites addresses and ports to `to`, fixing the IPv4 and L4 checksums incrementally.
@@ -286,10 +322,69 @@ fn rewrite(ctx: &mut TcContext, p: &Packet, to: &NatValue) -> Result<(), i64> {
     Ok(())
 }
 
-/// Allocates a source port on the node address for a SNATed flow to `peer:peer_port` by
-/// claiming its reverse entry; `BPF_NOEXIST` makes a collision visible instead of overwriting.
+/// Whether a flow's entry may be taken over by a new flow.
 #[inline(always)]
-fn snat_port(cfg: &Config, peer: u32, peer_port: u16, proto: u8, rev: &NatValue) -> Option<u16> {
+fn reusable(e: &NatValue, proto: u8, now: u64) -> bool {
+    let idle = now.wrapping_sub(e.last_ns);
+    if e.flags & NAT_CLOSING != 0 {
+        return idle > NAT_CLOSED_GRACE_NS;
+    }
+    idle > if proto == PROTO_TCP { NAT_IDLE_TCP_NS } else { NAT_IDLE_UDP_NS }
+}
+
+/// Marks both directions of a flow closing (a FIN or RST may only ever cross one of them).
+#[inline(always)]
+fn mark_closing(e: &mut NatValue, t: &Tuple) {
+    e.flags |= NAT_CLOSING;
+    for dir in [DIR_INGRESS, DIR_EGRESS] {
+        let back = Tuple {
+            saddr: e.daddr,
+            daddr: e.saddr,
+            sport: e.dport,
+            dport: e.sport,
+            proto: t.proto,
+            dir,
+            pad: 0,
+        };
+        if let Some(r) = NAT.get_ptr_mut(&back) {
+            // SAFETY: a pointer into the map's value, valid for this program run.
+            unsafe { (*r).flags |= NAT_CLOSING };
+        }
+    }
+}
+
+/// Looks up the packet's flow. A SYN on a closed flow's tuple starts a new flow (the client
+/// reused its port), as netfilter's conntrack reopens a TIME_WAIT entry.
+#[inline(always)]
+fn tracked(p: &Packet, now: u64) -> Option<NatValue> {
+    let e = NAT.get_ptr_mut(&p.t)?;
+    // SAFETY: a pointer into the map's value, valid for this program run.
+    let e = unsafe { &mut *e };
+    if p.syn() && e.flags & NAT_CLOSING != 0 {
+        let _ = NAT.remove(&p.t);
+        return None;
+    }
+    if p.tcp & (TCP_FIN | TCP_RST) != 0 && e.flags & NAT_CLOSING == 0 {
+        mark_closing(e, &p.t);
+    }
+    if now.wrapping_sub(e.last_ns) > 1_000_000_000 {
+        e.last_ns = now;
+    }
+    Some(*e)
+}
+
+/// Allocates a source port on the node address for a SNATed flow to `peer:peer_port` by
+/// claiming its reverse entry; `BPF_NOEXIST` makes a collision visible instead of overwriting,
+/// and a closed or long idle flow's entry is taken over.
+#[inline(always)]
+fn snat_port(
+    cfg: &Config,
+    peer: u32,
+    peer_port: u16,
+    proto: u8,
+    rev: &NatValue,
+    now: u64,
+) -> Option<u16> {
     let span = (cfg.snat_port_max as u32).saturating_sub(cfg.snat_port_min as u32) + 1;
     for _ in 0..8 {
         // SAFETY: helper valid in tc programs.
@@ -304,6 +399,14 @@ fn snat_port(cfg: &Config, peer: u32, peer_port: u16, proto: u8, rev: &NatValue)
             pad: 0,
         };
         if NAT.insert(&key, rev, BPF_NOEXIST as u64).is_ok() {
+            return Some(port.to_be());
+        }
+        // SAFETY: copied out at once.
+        let stale = match unsafe { NAT.get(&key) } {
+            Some(old) => reusable(old, proto, now),
+            None => true,
+        };
+        if stale && NAT.insert(&key, rev, 0).is_ok() {
             return Some(port.to_be());
         }
     }
@@ -336,15 +439,21 @@ pub fn flotilla_ingress(mut ctx: TcContext) -> i32 {
     let Some(cfg) = CONFIG.get(0).copied() else {
         return TC_ACT_OK as i32;
     };
-    // SAFETY: copied out at once.
-    if let Some(to) = unsafe { NAT.get(&p.t) }.copied() {
+    // SAFETY: helper valid in tc programs.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(to) = tracked(&p, now) {
         return finish_ingress(&mut ctx, &p, &to, &cfg);
     }
     if in_net(p.t.daddr, cfg.local_pods, cfg.local_pods_mask) {
-        remember_inbound(&p.t, &cfg);
+        remember_inbound(&p.t, &cfg, now);
         return TC_ACT_OK as i32;
     }
     if p.t.daddr != cfg.node_addr || cfg.node_addr == 0 {
+        return TC_ACT_OK as i32;
+    }
+    // Only a connection's first packet picks a backend; a stray mid-flow TCP segment for an
+    // unknown flow is left to the stack (which resets it).
+    if p.t.proto == PROTO_TCP && !p.syn() {
         return TC_ACT_OK as i32;
     }
     let key = ServiceKey { addr: 0, port: p.t.dport, proto: p.t.proto, pad: 0 };
@@ -353,7 +462,9 @@ pub fn flotilla_ingress(mut ctx: TcContext) -> i32 {
         return TC_ACT_OK as i32;
     };
     if svc.active == 0 {
-        return TC_ACT_SHOT as i32;
+        // No endpoints: the stack has no socket on the NodePort and refuses at once (TCP RST,
+        // ICMP port unreachable), as kube-proxy's REJECT rule does.
+        return TC_ACT_OK as i32;
     }
     let hash = if svc.flags & SVC_MAGLEV != 0 {
         flow_hash(&p.t)
@@ -364,6 +475,7 @@ pub fn flotilla_ingress(mut ctx: TcContext) -> i32 {
     let Some(be) = select(&key, &svc, p.t.saddr as u64, hash) else {
         return TC_ACT_SHOT as i32;
     };
+    let rev = NatValue::new(p.t.daddr, p.t.saddr, p.t.dport, p.t.sport, now);
     let fwd = if in_net(be.addr, cfg.local_pods, cfg.local_pods_mask) {
         // Local backend: DNAT only; the reply leaves through this interface's egress.
         let back = Tuple {
@@ -375,30 +487,16 @@ pub fn flotilla_ingress(mut ctx: TcContext) -> i32 {
             dir: DIR_EGRESS,
             pad: 0,
         };
-        let rev = NatValue {
-            saddr: p.t.daddr,
-            daddr: p.t.saddr,
-            sport: p.t.dport,
-            dport: p.t.sport,
-            pad: 0,
-        };
         if NAT.insert(&back, &rev, 0).is_err() {
             return TC_ACT_SHOT as i32;
         }
-        NatValue { saddr: p.t.saddr, daddr: be.addr, sport: p.t.sport, dport: be.port, pad: 0 }
+        NatValue::new(p.t.saddr, be.addr, p.t.sport, be.port, now)
     } else {
         // Remote backend: also SNAT to the node so the reply returns through this node.
-        let rev = NatValue {
-            saddr: p.t.daddr,
-            daddr: p.t.saddr,
-            sport: p.t.dport,
-            dport: p.t.sport,
-            pad: 0,
-        };
-        let Some(port) = snat_port(&cfg, be.addr, be.port, p.t.proto, &rev) else {
+        let Some(port) = snat_port(&cfg, be.addr, be.port, p.t.proto, &rev, now) else {
             return TC_ACT_SHOT as i32;
         };
-        NatValue { saddr: cfg.node_addr, daddr: be.addr, sport: port, dport: be.port, pad: 0 }
+        NatValue::new(cfg.node_addr, be.addr, port, be.port, now)
     };
     if NAT.insert(&p.t, &fwd, 0).is_err() {
         return TC_ACT_SHOT as i32;
@@ -410,7 +508,7 @@ pub fn flotilla_ingress(mut ctx: TcContext) -> i32 {
 /// by another node): its replies must leave unchanged, not be masqueraded like traffic the pod
 /// starts. An identity entry for the reply direction makes egress leave them alone.
 #[inline(always)]
-fn remember_inbound(t: &Tuple, cfg: &Config) {
+fn remember_inbound(t: &Tuple, cfg: &Config, now: u64) {
     if cfg.flags & CONFIG_MASQUERADE == 0
         || in_net(t.saddr, cfg.cluster_pods, cfg.cluster_pods_mask)
     {
@@ -426,13 +524,7 @@ fn remember_inbound(t: &Tuple, cfg: &Config) {
         pad: 0,
     };
     if NAT.get_ptr(&back).is_none() {
-        let same = NatValue {
-            saddr: back.saddr,
-            daddr: back.daddr,
-            sport: back.sport,
-            dport: back.dport,
-            pad: 0,
-        };
+        let same = NatValue::new(back.saddr, back.daddr, back.sport, back.dport, now);
         let _ = NAT.insert(&back, &same, 0);
     }
 }
@@ -463,8 +555,9 @@ pub fn flotilla_egress(mut ctx: TcContext) -> i32 {
     let Some(p) = parse(&ctx, DIR_EGRESS) else {
         return TC_ACT_OK as i32;
     };
-    // SAFETY: copied out at once.
-    if let Some(to) = unsafe { NAT.get(&p.t) }.copied() {
+    // SAFETY: helper valid in tc programs.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(to) = tracked(&p, now) {
         return match rewrite(&mut ctx, &p, &to) {
             Ok(()) => TC_ACT_OK as i32,
             Err(_) => TC_ACT_SHOT as i32,
@@ -481,13 +574,11 @@ pub fn flotilla_egress(mut ctx: TcContext) -> i32 {
     {
         return TC_ACT_OK as i32;
     }
-    let rev =
-        NatValue { saddr: p.t.daddr, daddr: p.t.saddr, sport: p.t.dport, dport: p.t.sport, pad: 0 };
-    let Some(port) = snat_port(&cfg, p.t.daddr, p.t.dport, p.t.proto, &rev) else {
+    let rev = NatValue::new(p.t.daddr, p.t.saddr, p.t.dport, p.t.sport, now);
+    let Some(port) = snat_port(&cfg, p.t.daddr, p.t.dport, p.t.proto, &rev, now) else {
         return TC_ACT_SHOT as i32;
     };
-    let fwd =
-        NatValue { saddr: cfg.node_addr, daddr: p.t.daddr, sport: port, dport: p.t.dport, pad: 0 };
+    let fwd = NatValue::new(cfg.node_addr, p.t.daddr, port, p.t.dport, now);
     if NAT.insert(&p.t, &fwd, 0).is_err() {
         return TC_ACT_SHOT as i32;
     }
