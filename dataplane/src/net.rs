@@ -486,3 +486,13 @@ pub async fn bridge(ns: &NetNs, name: &str, ports: &[&str]) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Adds (or replaces) a route to `dst` via `gateway` in `ns` (for test and benchmark hosts).
+pub async fn add_route(ns: &NetNs, dst: Ipv4Net, gateway: Ipv4Addr) -> io::Result<()> {
+    let nl = netlink_in(Some(ns))?;
+    let r = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(dst.network(), dst.prefix_len())
+        .gateway(gateway)
+        .build();
+    replace_route(&nl, r, &format!("route {dst} via {gateway}")).await
+}

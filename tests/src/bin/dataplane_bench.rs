@@ -608,6 +608,7 @@ struct Row {
     np_ipt: Tcp,
     udp_ebpf: Tcp,
     udp_ipt: Tcp,
+    flood_plain: (f64, f64),
     flood_ebpf: (f64, f64),
     flood_ipt: (f64, f64),
     program_ebpf: Duration,
@@ -678,7 +679,13 @@ async fn measure(args: &Args, n: usize) -> Result<Row> {
     let _ = bench.tcp_from_pod(&service)?; // warm caches, ARP, code paths
     let (mut direct, mut ebpf, mut np_ebpf, mut udp_ebpf) = (vec![], vec![], vec![], vec![]);
     let mut flood_ebpf = vec![];
+    let mut flood_plain = vec![];
+    // The outside client can reach pod IPs through node 0 for the plain-forwarding baseline.
+    let outside = flotilla_dataplane::NetNs::open(&bench.lab.client)?;
+    flotilla_dataplane::net::add_route(&outside, "10.244.0.0/16".parse()?, node0).await?;
+    let pod_addr = SocketAddr::from((bench.backends[0].ip, SERVER_PORT));
     for _ in 0..args.rounds {
+        flood_plain.push(bench.flood_from_outside(pod_addr)?);
         direct.push(bench.tcp_from_pod(&pods)?);
         ebpf.push(bench.tcp_from_pod(&service)?);
         np_ebpf.push(bench.tcp_from_outside(nodeport)?);
@@ -713,6 +720,7 @@ async fn measure(args: &Args, n: usize) -> Result<Row> {
         np_ipt: median(np_ipt),
         udp_ebpf: median(udp_ebpf),
         udp_ipt: median(udp_ipt),
+        flood_plain: median_pair(flood_plain),
         flood_ebpf: median_pair(flood_ebpf),
         flood_ipt: median_pair(flood_ipt),
         program_ebpf,
@@ -808,18 +816,26 @@ fn main() -> Result<()> {
          (counted on node 1's eth0, dropped there) while the outside client injects frames with AF_PACKET"
     );
     println!(
-        "{:>8} | {:>22} | {:>22} | {:>7}",
-        "services", "tc/eBPF pps (sent)", "iptables pps (sent)", "ratio"
+        "{:>8} | {:>22} | {:>22} | {:>22} | {:>7} | {:>8}",
+        "services",
+        "to pod IP, no NAT",
+        "tc/eBPF pps (sent)",
+        "iptables pps (sent)",
+        "ratio",
+        "tc/plain"
     );
     for r in &rows {
         println!(
-            "{:>8} | {:>9.0} ({:>9.0}) | {:>9.0} ({:>9.0}) | {:>6.2}x",
+            "{:>8} | {:>9.0} ({:>9.0}) | {:>9.0} ({:>9.0}) | {:>9.0} ({:>9.0}) | {:>6.2}x | {:>7.2}x",
             r.n,
+            r.flood_plain.0,
+            r.flood_plain.1,
             r.flood_ebpf.0,
             r.flood_ebpf.1,
             r.flood_ipt.0,
             r.flood_ipt.1,
-            r.flood_ebpf.0 / r.flood_ipt.0
+            r.flood_ebpf.0 / r.flood_ipt.0,
+            r.flood_ebpf.0 / r.flood_plain.0
         );
     }
     println!();
