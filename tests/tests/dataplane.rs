@@ -334,3 +334,58 @@ async fn bad_input_is_refused_and_maps_stay_whole() {
     }
     lab.lb(0).apply(&grown).unwrap();
 }
+
+/// The pod network is idempotent (a restarted agent re-adopts: same address, same namespace,
+/// nothing recreated) and its teardown removes every link, route and namespace it made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_network_readopts_and_tears_down() {
+    if !root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let mut lab = Lab::new("pn", 1).await.unwrap();
+    let node_ns = lab.nodes[0].netns.clone();
+    let p1 = lab.pod(0, "uid-1").await.unwrap();
+    let p2 = lab.pod(0, "uid-2").await.unwrap();
+    assert_ne!(p1.ip, p2.ip);
+    // A restarted agent: setup and add_pod again find and keep what is there.
+    let cfg = lab.nodes[0].net.config().clone();
+    let again = flotilla_dataplane::NodeNetwork::setup(cfg.clone()).await.unwrap();
+    assert_eq!(again.add_pod("uid-1").await.unwrap(), p1);
+    let links = flotilla_dataplane::net::links(Some(&node_ns)).await.unwrap();
+    assert!(links.contains(&"flotilla0".to_string()) && links.contains(&p1.host_veth), "{links:?}");
+    let inside = flotilla_dataplane::net::links(Some(&p1.netns)).await.unwrap();
+    assert_eq!(inside.iter().filter(|l| *l == "eth0").count(), 1, "{inside:?}");
+    // The pod is reachable from the node's other pod.
+    lab.serve(&p2, "uid-2", 8080).unwrap();
+    let out = lab.run_in_pod(0, &p1, &["connect", &format!("{}:8080", p2.ip), "1"]).unwrap();
+    assert!(out[0].starts_with("reply=uid-2"), "{out:?}");
+    // Removing one pod frees its address and interface; removing twice is fine.
+    again.remove_pod("uid-1").await.unwrap();
+    again.remove_pod("uid-1").await.unwrap();
+    assert!(!p1.netns.exists());
+    let links = flotilla_dataplane::net::links(Some(&node_ns)).await.unwrap();
+    assert!(!links.contains(&p1.host_veth), "{links:?}");
+    assert_eq!(again.add_pod("uid-3").await.unwrap().ip, p1.ip, "released address reused");
+    // Teardown: bridge, pods and Flotilla's routes all gone.
+    let route_table = || {
+        flotilla_dataplane::NetNs::open(&node_ns)
+            .unwrap()
+            .run(|| std::fs::read_to_string("/proc/thread-self/net/route"))
+            .unwrap()
+            .unwrap()
+    };
+    // The fences (10.96.0.0/12 and 10.244.0.0/16, little-endian hex in /proc) are there first.
+    let before = route_table();
+    assert!(before.contains("0000600A") && before.contains("0000F40A"), "{before}");
+    again.teardown().await.unwrap();
+    let links = flotilla_dataplane::net::links(Some(&node_ns)).await.unwrap();
+    assert!(links.iter().all(|l| l == "lo" || l == "eth0"), "{links:?}");
+    assert!(!p2.netns.exists());
+    let routes = route_table();
+    assert!(!routes.contains("flotilla0"), "{routes}");
+    assert!(
+        !routes.contains("0000600A") && !routes.contains("0000F40A"),
+        "fences removed: {routes}"
+    );
+}

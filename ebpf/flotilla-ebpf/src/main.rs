@@ -353,24 +353,44 @@ fn mark_closing(e: &mut NatValue, t: &Tuple) {
     }
 }
 
-/// Looks up the packet's flow. A SYN on a closed flow's tuple starts a new flow (the client
-/// reused its port), as netfilter's conntrack reopens a TIME_WAIT entry.
+enum Flow {
+    /// A tracked flow: rewrite to this.
+    Hit(NatValue),
+    /// A SYN on a closed flow's tuple (the client reused its port): a new flow, whose entry is
+    /// rewritten in place (no LRU allocation), as conntrack reopens a TIME_WAIT entry.
+    Reopen(*mut NatValue),
+    Miss,
+}
+
+/// Looks up the packet's flow and keeps its state (closing, last seen).
 #[inline(always)]
-fn tracked(p: &Packet, now: u64) -> Option<NatValue> {
-    let e = NAT.get_ptr_mut(&p.t)?;
+fn tracked(p: &Packet, now: u64) -> Flow {
+    let Some(e) = NAT.get_ptr_mut(&p.t) else { return Flow::Miss };
     // SAFETY: a pointer into the map's value, valid for this program run.
-    let e = unsafe { &mut *e };
-    if p.syn() && e.flags & NAT_CLOSING != 0 {
-        let _ = NAT.remove(&p.t);
-        return None;
+    let v = unsafe { &mut *e };
+    if p.syn() && v.flags & NAT_CLOSING != 0 {
+        return Flow::Reopen(e);
     }
-    if p.tcp & (TCP_FIN | TCP_RST) != 0 && e.flags & NAT_CLOSING == 0 {
-        mark_closing(e, &p.t);
+    if p.tcp & (TCP_FIN | TCP_RST) != 0 && v.flags & NAT_CLOSING == 0 {
+        mark_closing(v, &p.t);
     }
-    if now.wrapping_sub(e.last_ns) > 1_000_000_000 {
-        e.last_ns = now;
+    if now.wrapping_sub(v.last_ns) > 1_000_000_000 {
+        v.last_ns = now;
     }
-    Some(*e)
+    Flow::Hit(*v)
+}
+
+/// Stores a new flow's forward entry: in place over a reopened one, else a new entry.
+#[inline(always)]
+fn store_flow(key: &Tuple, fwd: &NatValue, reopen: Option<*mut NatValue>) -> bool {
+    match reopen {
+        Some(e) => {
+            // SAFETY: a pointer into the map's value, valid for this program run.
+            unsafe { *e = *fwd };
+            true
+        }
+        None => NAT.insert(key, fwd, 0).is_ok(),
+    }
 }
 
 /// Allocates a source port on the node address for a SNATed flow to `peer:peer_port` by
@@ -386,7 +406,9 @@ fn snat_port(
     now: u64,
 ) -> Option<u16> {
     let span = (cfg.snat_port_max as u32).saturating_sub(cfg.snat_port_min as u32) + 1;
-    for _ in 0..8 {
+    // Enough tries that a busy node (a third of its ports in their closed-flow grace) almost
+    // never fails: 0.33^32.
+    for _ in 0..32 {
         // SAFETY: helper valid in tc programs.
         let port = (cfg.snat_port_min as u32 + rem(unsafe { bpf_get_prandom_u32() }, span)) as u16;
         let key = Tuple {
@@ -401,13 +423,14 @@ fn snat_port(
         if NAT.insert(&key, rev, BPF_NOEXIST as u64).is_ok() {
             return Some(port.to_be());
         }
-        // SAFETY: copied out at once.
-        let stale = match unsafe { NAT.get(&key) } {
-            Some(old) => reusable(old, proto, now),
-            None => true,
-        };
-        if stale && NAT.insert(&key, rev, 0).is_ok() {
-            return Some(port.to_be());
+        // Taken: reuse it in place if its flow is over (no LRU allocation).
+        if let Some(old) = NAT.get_ptr_mut(&key) {
+            // SAFETY: a pointer into the map's value, valid for this program run.
+            let old = unsafe { &mut *old };
+            if reusable(old, proto, now) {
+                *old = *rev;
+                return Some(port.to_be());
+            }
         }
     }
     None
@@ -441,14 +464,22 @@ pub fn flotilla_ingress(mut ctx: TcContext) -> i32 {
     };
     // SAFETY: helper valid in tc programs.
     let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(to) = tracked(&p, now) {
-        return finish_ingress(&mut ctx, &p, &to, &cfg);
-    }
+    let reopen = match tracked(&p, now) {
+        Flow::Hit(to) => return finish_ingress(&mut ctx, &p, &to, &cfg),
+        Flow::Reopen(e) => Some(e),
+        Flow::Miss => None,
+    };
     if in_net(p.t.daddr, cfg.local_pods, cfg.local_pods_mask) {
+        if reopen.is_some() {
+            let _ = NAT.remove(&p.t);
+        }
         remember_inbound(&p.t, &cfg, now);
         return TC_ACT_OK as i32;
     }
     if p.t.daddr != cfg.node_addr || cfg.node_addr == 0 {
+        if reopen.is_some() {
+            let _ = NAT.remove(&p.t);
+        }
         return TC_ACT_OK as i32;
     }
     // Only a connection's first packet picks a backend; a stray mid-flow TCP segment for an
@@ -458,14 +489,15 @@ pub fn flotilla_ingress(mut ctx: TcContext) -> i32 {
     }
     let key = ServiceKey { addr: 0, port: p.t.dport, proto: p.t.proto, pad: 0 };
     // SAFETY: copied out at once.
-    let Some(svc) = (unsafe { SERVICES.get(&key) }).copied() else {
+    let svc = unsafe { SERVICES.get(&key) }.copied();
+    let Some(svc) = svc.filter(|s| s.active != 0) else {
+        if reopen.is_some() {
+            let _ = NAT.remove(&p.t);
+        }
+        // No service, or no endpoints: the stack has no socket on the port and refuses at
+        // once (TCP RST, ICMP port unreachable), as kube-proxy's REJECT rule does.
         return TC_ACT_OK as i32;
     };
-    if svc.active == 0 {
-        // No endpoints: the stack has no socket on the NodePort and refuses at once (TCP RST,
-        // ICMP port unreachable), as kube-proxy's REJECT rule does.
-        return TC_ACT_OK as i32;
-    }
     let hash = if svc.flags & SVC_MAGLEV != 0 {
         flow_hash(&p.t)
     } else {
@@ -487,8 +519,11 @@ pub fn flotilla_ingress(mut ctx: TcContext) -> i32 {
             dir: DIR_EGRESS,
             pad: 0,
         };
-        if NAT.insert(&back, &rev, 0).is_err() {
-            return TC_ACT_SHOT as i32;
+        match NAT.get_ptr_mut(&back) {
+            // SAFETY: a pointer into the map's value, valid for this program run.
+            Some(e) => unsafe { *e = rev },
+            None if NAT.insert(&back, &rev, 0).is_err() => return TC_ACT_SHOT as i32,
+            None => {}
         }
         NatValue::new(p.t.saddr, be.addr, p.t.sport, be.port, now)
     } else {
@@ -498,7 +533,7 @@ pub fn flotilla_ingress(mut ctx: TcContext) -> i32 {
         };
         NatValue::new(cfg.node_addr, be.addr, port, be.port, now)
     };
-    if NAT.insert(&p.t, &fwd, 0).is_err() {
+    if !store_flow(&p.t, &fwd, reopen) {
         return TC_ACT_SHOT as i32;
     }
     finish_ingress(&mut ctx, &p, &fwd, &cfg)
@@ -557,12 +592,16 @@ pub fn flotilla_egress(mut ctx: TcContext) -> i32 {
     };
     // SAFETY: helper valid in tc programs.
     let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(to) = tracked(&p, now) {
-        return match rewrite(&mut ctx, &p, &to) {
-            Ok(()) => TC_ACT_OK as i32,
-            Err(_) => TC_ACT_SHOT as i32,
-        };
-    }
+    let reopen = match tracked(&p, now) {
+        Flow::Hit(to) => {
+            return match rewrite(&mut ctx, &p, &to) {
+                Ok(()) => TC_ACT_OK as i32,
+                Err(_) => TC_ACT_SHOT as i32,
+            }
+        }
+        Flow::Reopen(e) => Some(e),
+        Flow::Miss => None,
+    };
     let Some(cfg) = CONFIG.get(0).copied() else {
         return TC_ACT_OK as i32;
     };
@@ -572,6 +611,9 @@ pub fn flotilla_egress(mut ctx: TcContext) -> i32 {
         || in_net(p.t.daddr, cfg.cluster_pods, cfg.cluster_pods_mask)
         || in_net(p.t.daddr, cfg.services, cfg.services_mask)
     {
+        if reopen.is_some() {
+            let _ = NAT.remove(&p.t);
+        }
         return TC_ACT_OK as i32;
     }
     let rev = NatValue::new(p.t.daddr, p.t.saddr, p.t.dport, p.t.sport, now);
@@ -579,7 +621,7 @@ pub fn flotilla_egress(mut ctx: TcContext) -> i32 {
         return TC_ACT_SHOT as i32;
     };
     let fwd = NatValue::new(cfg.node_addr, p.t.daddr, port, p.t.dport, now);
-    if NAT.insert(&p.t, &fwd, 0).is_err() {
+    if !store_flow(&p.t, &fwd, reopen) {
         return TC_ACT_SHOT as i32;
     }
     match rewrite(&mut ctx, &p, &fwd) {

@@ -168,10 +168,13 @@ fn load_tcp(addrs: &str, ms: u64, threads: usize) -> Result<()> {
         lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied()
     };
     println!(
-        "conns={} errors={errors} p50_us={} p99_us={}",
+        "conns={} errors={errors} p50_us={} p99_us={} p999_us={} max_us={} slow_over_100ms={}",
         lat.len(),
         pct(0.50).unwrap_or(0),
-        pct(0.99).unwrap_or(0)
+        pct(0.99).unwrap_or(0),
+        pct(0.999).unwrap_or(0),
+        lat.last().copied().unwrap_or(0),
+        lat.iter().filter(|&&l| l > 100_000).count()
     );
     Ok(())
 }
@@ -418,6 +421,9 @@ impl Bench {
 
     fn tcp_result(out: Vec<String>, ms: u64) -> Result<Tcp> {
         let line = out.last().context("no output from the load generator")?;
+        if std::env::var_os("FLOTILLA_BENCH_DEBUG").is_some() {
+            eprintln!("{line}");
+        }
         Ok(Tcp {
             rate: field(line, "conns")? as f64 / (ms as f64 / 1000.0),
             p50: field(line, "p50_us")?,
