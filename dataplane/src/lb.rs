@@ -115,6 +115,10 @@ pub struct LoadBalancer {
     backends: Map<abi::BackendKey, abi::Backend>,
     members: Map<abi::MemberKey, u8>,
     maglev: Map<u32, [u16; abi::MAGLEV_SIZE]>,
+    nat: Map<abi::Tuple, abi::NatValue>,
+    /// UDP backends that left a service since the last flush: their tracked flows are dropped,
+    /// as kube-proxy clears conntrack, or datagrams would keep going to a gone endpoint.
+    gone_udp: HashSet<abi::Backend>,
     /// Keys each service owns, by service name (rebuilt by `sync` after a restart).
     owned: HashMap<String, HashSet<abi::ServiceKey>>,
     key_owner: HashMap<abi::ServiceKey, String>,
@@ -306,6 +310,7 @@ impl LoadBalancer {
         let backends = Map::try_from(take(&mut ebpf, "BACKENDS")?).map_err(map_err("BACKENDS"))?;
         let members = Map::try_from(take(&mut ebpf, "MEMBERS")?).map_err(map_err("MEMBERS"))?;
         let maglev = Map::try_from(take(&mut ebpf, "MAGLEV")?).map_err(map_err("MAGLEV"))?;
+        let nat = Map::try_from(take(&mut ebpf, "NAT")?).map_err(map_err("NAT"))?;
         let mut lb = LoadBalancer {
             config,
             _ebpf: ebpf,
@@ -313,6 +318,8 @@ impl LoadBalancer {
             backends,
             members,
             maglev,
+            nat,
+            gone_udp: HashSet::new(),
             owned: HashMap::new(),
             key_owner: HashMap::new(),
             used_slots: HashSet::new(),
@@ -381,6 +388,12 @@ impl LoadBalancer {
     /// Invalid input is refused before any map is written; a failed write leaves the previous
     /// state of the affected key in place.
     pub fn apply(&mut self, svc: &Service) -> Result<(), LbError> {
+        let r = self.apply_one(svc);
+        self.flush_udp_flows();
+        r
+    }
+
+    fn apply_one(&mut self, svc: &Service) -> Result<(), LbError> {
         svc.validate()?;
         self.free_retired();
         let flags = svc.affinity_timeout.map_or(0, |_| abi::SVC_AFFINITY)
@@ -452,6 +465,7 @@ impl LoadBalancer {
             self.key_owner.remove(&key);
             self.remove_key(&key)?;
         }
+        self.flush_udp_flows();
         Ok(())
     }
 
@@ -464,7 +478,7 @@ impl LoadBalancer {
         self.key_owner.clear();
         let mut errors = Vec::new();
         for s in services {
-            if let Err(e) = self.apply(s) {
+            if let Err(e) = self.apply_one(s) {
                 errors.push(e);
             }
         }
@@ -490,6 +504,7 @@ impl LoadBalancer {
         for m in stale {
             let _ = self.members.remove(&m);
         }
+        self.flush_udp_flows();
         match errors.into_iter().next() {
             Some(e) => Err(e),
             None => Ok(()),
@@ -581,6 +596,10 @@ impl LoadBalancer {
             return Err(e);
         }
         if let Some((v, old_list)) = old {
+            if key.proto == abi::PROTO_UDP {
+                let kept: HashSet<&abi::Backend> = list.iter().collect();
+                self.gone_udp.extend(old_list.iter().filter(|b| !kept.contains(b)));
+            }
             let now: HashSet<&abi::Backend> = list[..active.len()].iter().collect();
             for b in &old_list[..v.active as usize] {
                 if !now.contains(b) {
@@ -598,11 +617,49 @@ impl LoadBalancer {
             return Ok(());
         };
         self.services.remove(key).map_err(map_err(format!("{}: SERVICES", describe(key))))?;
+        if key.proto == abi::PROTO_UDP {
+            self.gone_udp.extend(list.iter().copied());
+        }
         for b in &list[..v.active as usize] {
             let _ = self.members.remove(&abi::MemberKey { service: *key, backend: *b });
         }
         self.retired.push((v.slot, v.total as u32));
         Ok(())
+    }
+
+    /// Drops the tc path's tracked UDP flows to backends that left their service. Sockets
+    /// connected through the socket path keep their backend (the kernel owns that binding).
+    fn flush_udp_flows(&mut self) {
+        if self.gone_udp.is_empty() {
+            return;
+        }
+        let gone = std::mem::take(&mut self.gone_udp);
+        let hit = |addr: u32, port: u16| gone.contains(&abi::Backend { addr, port, pad: 0 });
+        let stale: Vec<abi::Tuple> = self
+            .nat
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, v)| {
+                k.proto == abi::PROTO_UDP && (hit(v.daddr, v.dport) || hit(k.saddr, k.sport))
+            })
+            .map(|(k, _)| k)
+            .collect();
+        for k in stale {
+            let _ = self.nat.remove(&k);
+        }
+    }
+
+    /// Tracked tc-path flows (either direction) to or from a backend, by protocol.
+    pub fn flows_to(&self, addr: Ipv4Addr, port: u16, protocol: crate::Protocol) -> usize {
+        let (a, p, proto) = (ip(addr), self::port(port), protocol.number());
+        self.nat
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, v)| {
+                k.proto == proto
+                    && ((v.daddr == a && v.dport == p) || (k.saddr == a && k.sport == p))
+            })
+            .count()
     }
 
     /// The attached programs as (pinned link name, link id, program id): the link ids stay

@@ -161,6 +161,15 @@ async fn node_port_and_egress_snat() {
     let replies = tally(&out, "reply");
     assert_eq!(replies.values().sum::<usize>(), 20, "{out:?}");
     assert_eq!(tally(&out, "from").into_keys().collect::<Vec<_>>(), [format!("{node0}:30053")]);
+    // A backend leaving a UDP service takes its tracked flows with it (TCP flows stay). The
+    // one client socket is one flow, tracked to one of the backends.
+    let used = if lab.lb(0).flows_to(a.ip, 8080, Protocol::Udp) > 0 { a.ip } else { b.ip };
+    assert!(lab.lb(0).flows_to(used, 8080, Protocol::Udp) > 0);
+    let mut fewer = svc.clone();
+    fewer.ports[1].backends.retain(|x| x.addr != used);
+    lab.lb(0).apply(&fewer).unwrap();
+    assert_eq!(lab.lb(0).flows_to(used, 8080, Protocol::Udp), 0);
+    assert!(lab.lb(0).flows_to(used, 8080, Protocol::Tcp) > 0);
 
     // Maglev with ClientIP affinity: one client keeps one backend.
     let mut sticky = svc.clone();
