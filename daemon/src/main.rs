@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+mod agent;
 mod apiserver;
 mod image;
 mod runtime;
@@ -22,8 +23,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// A whole single-node cluster in one process (today: the store and the API server; the
-    /// scheduler, controllers, agent and dataplane join it as they land).
+    /// A whole single-node cluster in one process (today: the store, the API server and the
+    /// node agent's registration; the scheduler, controllers, pods and dataplane join it as
+    /// they land).
     Up(UpArgs),
     /// A control-plane member: the API server (--listen) over the Raft store (etcd v3 API on
     /// --store-listen).
@@ -32,6 +34,8 @@ enum Cmd {
     Runtime(runtime::RuntimeArgs),
     /// The node's image store: pull, import, list, rm, gc, mount.
     Image(image::ImageArgs),
+    /// The node agent: registers the Node, renews its Lease, reports its conditions.
+    Agent(agent::AgentArgs),
 }
 
 #[derive(clap::Args)]
@@ -83,6 +87,18 @@ fn main() -> Result<()> {
         match cmd {
             Cmd::Up(a) => {
                 image::preload(&a.data_dir).await?;
+                // The node agent registers this machine as the cluster's node once the API
+                // server answers (it retries until then).
+                let agent = agent::AgentArgs {
+                    server: format!("http://{}", a.listen),
+                    data_dir: a.data_dir.join("agent"),
+                    ..agent::AgentArgs::defaults()
+                };
+                tokio::spawn(async move {
+                    if let Err(e) = agent::run(agent).await {
+                        tracing::error!("node agent: {e:#}");
+                    }
+                });
                 server::run(server::ServerArgs {
                     name: "default".into(),
                     data_dir: a.data_dir.join("store"),
@@ -94,6 +110,7 @@ fn main() -> Result<()> {
                 .await
             }
             Cmd::Server(a) => server::run(a).await,
+            Cmd::Agent(a) => agent::run(a).await,
             Cmd::Runtime(_) | Cmd::Image(_) => unreachable!("handled above"),
         }
     })

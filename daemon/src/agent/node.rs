@@ -1,0 +1,344 @@
+//! The node's own objects: its Node (capacity, allocatable, addresses, system info, pod CIDR,
+//! conditions) and its Lease in `kube-node-lease`, renewed every few seconds as the kubelet's
+//! node lease is. The node lifecycle controller reads the Lease to tell a live node from a dead
+//! one; the Node's conditions say whether it can take pods.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use flotilla_api::{client::Client, ApiError, Reason};
+use serde_json::{json, Value};
+
+/// How the node describes itself.
+#[derive(Clone, Debug)]
+pub struct NodeSpec {
+    pub name: String,
+    pub address: String,
+    pub pod_cidr: String,
+    /// The filesystem whose free space is DiskPressure (the agent's data dir).
+    pub data_dir: PathBuf,
+    pub max_pods: u32,
+    pub lease_seconds: u32,
+}
+
+/// One condition's observed state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Condition {
+    pub kind: &'static str,
+    pub status: &'static str,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(path).unwrap_or_default().trim().to_string()
+}
+
+/// `/proc/meminfo` fields in KiB.
+fn meminfo() -> BTreeMap<String, u64> {
+    read("/proc/meminfo")
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            Some((k.to_string(), v.split_whitespace().next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+fn disk(path: &Path) -> Option<(u64, u64)> {
+    let s = nix::sys::statvfs::statvfs(path).ok()?;
+    let frag = s.fragment_size() as u64;
+    Some((s.blocks() as u64 * frag, s.blocks_available() as u64 * frag))
+}
+
+fn cpus() -> u64 {
+    std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(1)
+}
+
+fn os_image() -> String {
+    read("/etc/os-release")
+        .lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+        .map(|v| v.trim_matches('"').to_string())
+        .unwrap_or_else(|| "Linux".into())
+}
+
+fn arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+/// Memory held back from pods, as the kubelet's default hard eviction threshold.
+const RESERVED_MEMORY_KI: u64 = 100 * 1024;
+
+/// The pressure conditions, computed from the machine (kubelet's default thresholds:
+/// memory.available < 100Mi, nodefs.available < 10%, pids above 90% of pid_max).
+pub fn conditions(spec: &NodeSpec) -> Vec<Condition> {
+    let mem = meminfo();
+    let available = mem.get("MemAvailable").copied().unwrap_or(u64::MAX);
+    let memory = if available < RESERVED_MEMORY_KI {
+        Condition {
+            kind: "MemoryPressure",
+            status: "True",
+            reason: "KubeletHasInsufficientMemory",
+            message: format!("{available}Ki available, under the 100Mi threshold"),
+        }
+    } else {
+        Condition {
+            kind: "MemoryPressure",
+            status: "False",
+            reason: "KubeletHasSufficientMemory",
+            message: "kubelet has sufficient memory available".into(),
+        }
+    };
+    let (total, free) = disk(&spec.data_dir).unwrap_or((1, 1));
+    let disk = if free * 10 < total {
+        Condition {
+            kind: "DiskPressure",
+            status: "True",
+            reason: "KubeletHasDiskPressure",
+            message: format!("{} has under 10% free", spec.data_dir.display()),
+        }
+    } else {
+        Condition {
+            kind: "DiskPressure",
+            status: "False",
+            reason: "KubeletHasNoDiskPressure",
+            message: "kubelet has no disk pressure".into(),
+        }
+    };
+    let pid_max: u64 = read("/proc/sys/kernel/pid_max").parse().unwrap_or(u64::MAX);
+    let pids = std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten().filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok()).count()
+        })
+        .unwrap_or(0) as u64;
+    let pid = if pids * 10 > pid_max * 9 {
+        Condition {
+            kind: "PIDPressure",
+            status: "True",
+            reason: "KubeletHasInsufficientPID",
+            message: format!("{pids} processes of at most {pid_max}"),
+        }
+    } else {
+        Condition {
+            kind: "PIDPressure",
+            status: "False",
+            reason: "KubeletHasSufficientPID",
+            message: "kubelet has sufficient PID available".into(),
+        }
+    };
+    let ready = Condition {
+        kind: "Ready",
+        status: "True",
+        reason: "KubeletReady",
+        message: "flotilla agent is posting ready status".into(),
+    };
+    vec![memory, disk, pid, ready]
+}
+
+fn now() -> String {
+    let t = jiff::Timestamp::now();
+    jiff::Timestamp::from_second(t.as_second()).unwrap_or(t).to_string()
+}
+
+fn now_micro() -> String {
+    // metav1.MicroTime: RFC 3339 with microseconds.
+    let t = jiff::Timestamp::now();
+    t.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+/// The Node's status: capacity and allocatable from the machine, conditions carrying their
+/// previous transition times when unchanged.
+pub fn status(spec: &NodeSpec, previous: Option<&Value>) -> Value {
+    let mem_ki = meminfo().get("MemTotal").copied().unwrap_or(0);
+    let (disk_total, _) = disk(&spec.data_dir).unwrap_or((0, 0));
+    let heartbeat = now();
+    let conditions: Vec<Value> = conditions(spec)
+        .into_iter()
+        .map(|c| {
+            let old = previous
+                .and_then(|s| s["conditions"].as_array())
+                .and_then(|cs| cs.iter().find(|o| o["type"] == c.kind));
+            let transition = match old {
+                Some(o) if o["status"] == c.status => {
+                    o["lastTransitionTime"].as_str().unwrap_or(&heartbeat).to_string()
+                }
+                _ => heartbeat.clone(),
+            };
+            json!({"type": c.kind, "status": c.status, "reason": c.reason, "message": c.message,
+                "lastHeartbeatTime": heartbeat, "lastTransitionTime": transition})
+        })
+        .collect();
+    let hostname = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| spec.name.clone());
+    let machine_id = read("/etc/machine-id");
+    let version = env!("CARGO_PKG_VERSION");
+    json!({
+        "capacity": {
+            "cpu": cpus().to_string(),
+            "memory": format!("{mem_ki}Ki"),
+            "pods": spec.max_pods.to_string(),
+            "ephemeral-storage": format!("{}Ki", disk_total / 1024),
+        },
+        "allocatable": {
+            "cpu": cpus().to_string(),
+            "memory": format!("{}Ki", mem_ki.saturating_sub(RESERVED_MEMORY_KI)),
+            "pods": spec.max_pods.to_string(),
+            "ephemeral-storage": format!("{}Ki", disk_total / 1024 * 9 / 10),
+        },
+        "conditions": conditions,
+        "addresses": [
+            {"type": "InternalIP", "address": spec.address},
+            {"type": "Hostname", "address": hostname},
+        ],
+        "nodeInfo": {
+            "machineID": machine_id,
+            "systemUUID": machine_id,
+            "bootID": read("/proc/sys/kernel/random/boot_id"),
+            "kernelVersion": nix::sys::utsname::uname()
+                .map(|u| u.release().to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            "osImage": os_image(),
+            "containerRuntimeVersion": format!("flotilla://{version}"),
+            "kubeletVersion": format!("v1.35.0-flotilla.{version}"),
+            "kubeProxyVersion": "",
+            "operatingSystem": "linux",
+            "architecture": arch(),
+        },
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+    })
+}
+
+fn is(e: &ApiError, r: Reason) -> bool {
+    e.reason == r
+}
+
+/// Creates the Node, or adopts an existing one (a restarted agent), and posts its status.
+pub async fn register(client: &Client, spec: &NodeSpec) -> Result<Value> {
+    let labels = json!({
+        "kubernetes.io/hostname": spec.name,
+        "kubernetes.io/os": "linux",
+        "kubernetes.io/arch": arch(),
+    });
+    let node = match client.get("nodes", "", &spec.name).await {
+        Ok(mut n) => {
+            // Keep what others set (labels, taints); make sure ours are there.
+            let mut changed = false;
+            for (k, v) in labels.as_object().into_iter().flatten() {
+                if n["metadata"]["labels"][k] != *v {
+                    n["metadata"]["labels"][k] = v.clone();
+                    changed = true;
+                }
+            }
+            if n["spec"]["podCIDR"].as_str().unwrap_or("").is_empty() {
+                n["spec"]["podCIDR"] = json!(spec.pod_cidr);
+                n["spec"]["podCIDRs"] = json!([spec.pod_cidr]);
+                changed = true;
+            }
+            if changed {
+                client.update("nodes", "", &n).await.context("updating the Node")?.0
+            } else {
+                n
+            }
+        }
+        Err(e) if is(&e, Reason::NotFound) => {
+            let n = json!({"apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": spec.name, "labels": labels},
+                "spec": {"podCIDR": spec.pod_cidr, "podCIDRs": [spec.pod_cidr]}});
+            client.create("nodes", "", &n).await.context("creating the Node")?.0
+        }
+        Err(e) => return Err(e).context("reading the Node"),
+    };
+    post_status(client, spec, node).await
+}
+
+/// Writes the Node's status through the status path, retrying on conflicts.
+pub async fn post_status(client: &Client, spec: &NodeSpec, mut node: Value) -> Result<Value> {
+    for _ in 0..5 {
+        node["status"] = status(spec, node.get("status"));
+        match client.update_status("nodes", "", &node).await {
+            Ok(n) => return Ok(n),
+            Err(e) if is(&e, Reason::Conflict) => {
+                node = client.get("nodes", "", &spec.name).await.context("re-reading the Node")?;
+            }
+            Err(e) => return Err(e).context("posting the Node status"),
+        }
+    }
+    anyhow::bail!("node {}: status update kept conflicting", spec.name)
+}
+
+/// Creates or renews the node's Lease (owned by the Node, so it goes with it).
+pub async fn renew_lease(client: &Client, spec: &NodeSpec, node_uid: &str) -> Result<Value> {
+    let ns = "kube-node-lease";
+    match client.get("leases", ns, &spec.name).await {
+        Ok(mut l) => {
+            l["spec"]["holderIdentity"] = json!(spec.name);
+            l["spec"]["leaseDurationSeconds"] = json!(spec.lease_seconds);
+            l["spec"]["renewTime"] = json!(now_micro());
+            Ok(client.update("leases", ns, &l).await.context("renewing the Lease")?.0)
+        }
+        Err(e) if is(&e, Reason::NotFound) => {
+            let l = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": spec.name, "namespace": ns,
+                    "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": spec.name, "uid": node_uid}]},
+                "spec": {"holderIdentity": spec.name, "leaseDurationSeconds": spec.lease_seconds,
+                    "renewTime": now_micro()}});
+            Ok(client.create("leases", ns, &l).await.context("creating the Lease")?.0)
+        }
+        Err(e) => Err(e).context("reading the Lease"),
+    }
+}
+
+/// Keeps the node registered: registers (retrying until the API answers), then renews the
+/// Lease every `renew` and re-posts the status every `status_every`, for as long as it runs.
+pub async fn run(
+    client: Client,
+    spec: NodeSpec,
+    renew: Duration,
+    status_every: Duration,
+) -> Result<()> {
+    let mut backoff = Duration::from_millis(100);
+    let node = loop {
+        match register(&client, &spec).await {
+            Ok(n) => break n,
+            Err(e) => {
+                tracing::warn!(node = %spec.name, "registering: {e:#}; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    let uid = node["metadata"]["uid"].as_str().unwrap_or("").to_string();
+    tracing::info!(node = %spec.name, pod_cidr = %spec.pod_cidr, "node registered");
+    let mut lease = tokio::time::interval(renew);
+    let mut report = tokio::time::interval(status_every);
+    report.tick().await;
+    loop {
+        tokio::select! {
+            _ = lease.tick() => {
+                if let Err(e) = renew_lease(&client, &spec, &uid).await {
+                    tracing::warn!(node = %spec.name, "lease: {e:#}");
+                }
+            }
+            _ = report.tick() => {
+                let posted = match client.get("nodes", "", &spec.name).await {
+                    Ok(n) => post_status(&client, &spec, n).await.map(|_| ()),
+                    Err(e) if is(&e, Reason::NotFound) => register(&client, &spec).await.map(|_| ()),
+                    Err(e) => Err(e.into()),
+                };
+                if let Err(e) = posted {
+                    tracing::warn!(node = %spec.name, "node status: {e:#}");
+                }
+            }
+        }
+    }
+}
