@@ -67,6 +67,31 @@ enum Cmd {
     },
 }
 
+/// The eBPF crate lives outside the workspace (it builds for bpfel-unknown-none with nightly),
+/// so the workspace's fmt and clippy do not see it.
+fn lint_ebpf() -> Result<()> {
+    let root = util::workspace_root();
+    let dir = root.join("ebpf/flotilla-ebpf");
+    let mut fmt = std::process::Command::new("rustup");
+    fmt.args(["run", "nightly", "cargo", "fmt", "--check"])
+        .current_dir(&dir)
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO");
+    util::run(fmt)?;
+    let mut clippy = std::process::Command::new("rustup");
+    clippy
+        .args(["run", "nightly", "cargo", "clippy", "--release", "--locked"])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core", "--target-dir"])
+        .arg(root.join("target/ebpf-clippy"))
+        .args(["--", "-D", "warnings"])
+        .current_dir(&dir)
+        .env("CARGO_ENCODED_RUSTFLAGS", "--cfg=bpf_target_arch=\"x86_64\"")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("RUSTC")
+        .env_remove("CARGO");
+    util::run(clippy)
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
@@ -76,6 +101,7 @@ fn main() -> Result<()> {
             if !no_lint {
                 util::cargo(&["fmt", "--all", "--", "--check"])?;
                 util::cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+                lint_ebpf()?;
             }
             let mut test = vec!["test", "--workspace", "--no-fail-fast"];
             if !args.is_empty() {

@@ -59,13 +59,13 @@ fn select(key: &ServiceKey, svc: &ServiceValue, client: u64, hash: u32) -> Optio
     let akey = AffinityKey { service: *key, client };
     let now = unsafe { bpf_ktime_get_ns() };
     if affinity {
-        if let Some(a) = AFFINITY.get_ptr_mut(&akey) {
+        if let Some(a) = AFFINITY.get_ptr_mut(akey) {
             // SAFETY: a pointer into the map's value, valid for this program run.
             let a = unsafe { &mut *a };
             let fresh = now.wrapping_sub(a.last_ns) <= svc.affinity_timeout as u64 * 1_000_000_000;
             let member = MemberKey { service: *key, backend: a.backend };
             // SAFETY: the value is only tested for presence.
-            if fresh && unsafe { MEMBERS.get(&member) }.is_some() {
+            if fresh && unsafe { MEMBERS.get(member) }.is_some() {
                 a.last_ns = now;
                 return Some(a.backend);
             }
@@ -73,7 +73,7 @@ fn select(key: &ServiceKey, svc: &ServiceValue, client: u64, hash: u32) -> Optio
     }
     let index = if svc.flags & SVC_MAGLEV != 0 {
         // SAFETY: read-only use of the table for this run.
-        let table = unsafe { MAGLEV.get(&svc.slot) }?;
+        let table = unsafe { MAGLEV.get(svc.slot) }?;
         let i = table[hash as usize & (MAGLEV_SIZE - 1)] as u32;
         if i >= svc.active as u32 {
             return None;
@@ -83,9 +83,9 @@ fn select(key: &ServiceKey, svc: &ServiceValue, client: u64, hash: u32) -> Optio
         rem(hash, svc.active as u32)
     };
     // SAFETY: copied out at once.
-    let backend = *unsafe { BACKENDS.get(&BackendKey { slot: svc.slot, index }) }?;
+    let backend = *unsafe { BACKENDS.get(BackendKey { slot: svc.slot, index }) }?;
     if affinity {
-        let _ = AFFINITY.insert(&akey, &AffinityValue { backend, pad: 0, last_ns: now }, 0);
+        let _ = AFFINITY.insert(akey, AffinityValue { backend, pad: 0, last_ns: now }, 0);
     }
     Some(backend)
 }
@@ -122,7 +122,7 @@ fn sock_forward(ctx: &SockAddrContext, hook: Hook) -> i32 {
     }
     let key = ServiceKey { addr, port, proto, pad: 0 };
     // SAFETY: copied out at once.
-    let Some(svc) = (unsafe { SERVICES.get(&key) }).copied() else {
+    let Some(svc) = (unsafe { SERVICES.get(key) }).copied() else {
         return 1;
     };
     if svc.active == 0 {
@@ -146,10 +146,10 @@ fn sock_forward(ctx: &SockAddrContext, hook: Hook) -> i32 {
     let rev = RevNat { addr, port, pad: 0 };
     if proto == PROTO_UDP {
         let ukey = UdpRevKey { cookie, addr: backend.addr, port: backend.port, pad: 0 };
-        let _ = UDP_REVNAT.insert(&ukey, &rev, 0);
+        let _ = UDP_REVNAT.insert(ukey, rev, 0);
     }
     if hook == Hook::Connect {
-        let _ = SOCK_REVNAT.insert(&cookie, &rev, 0);
+        let _ = SOCK_REVNAT.insert(cookie, rev, 0);
     }
     1
 }
@@ -178,7 +178,7 @@ pub fn flotilla_recvmsg4(ctx: SockAddrContext) -> i32 {
     };
     let key = UdpRevKey { cookie, addr, port, pad: 0 };
     // SAFETY: copied out at once.
-    if let Some(rev) = unsafe { UDP_REVNAT.get(&key) }.copied() {
+    if let Some(rev) = unsafe { UDP_REVNAT.get(key) }.copied() {
         // SAFETY: user_ip4/user_port are writable in recvmsg4.
         unsafe {
             core::ptr::write_volatile(&mut (*sa).user_ip4, rev.addr);
@@ -195,7 +195,7 @@ pub fn flotilla_getpeername4(ctx: SockAddrContext) -> i32 {
     // SAFETY: helper valid for sock_addr programs.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: copied out at once.
-    if let Some(rev) = unsafe { SOCK_REVNAT.get(&cookie) }.copied() {
+    if let Some(rev) = unsafe { SOCK_REVNAT.get(cookie) }.copied() {
         // SAFETY: user_ip4/user_port are writable in getpeername4.
         unsafe {
             core::ptr::write_volatile(&mut (*sa).user_ip4, rev.addr);
@@ -346,7 +346,7 @@ fn mark_closing(e: &mut NatValue, t: &Tuple) {
             dir,
             pad: 0,
         };
-        if let Some(r) = NAT.get_ptr_mut(&back) {
+        if let Some(r) = NAT.get_ptr_mut(back) {
             // SAFETY: a pointer into the map's value, valid for this program run.
             unsafe { (*r).flags |= NAT_CLOSING };
         }
@@ -365,7 +365,7 @@ enum Flow {
 /// Looks up the packet's flow and keeps its state (closing, last seen).
 #[inline(always)]
 fn tracked(p: &Packet, now: u64) -> Flow {
-    let Some(e) = NAT.get_ptr_mut(&p.t) else { return Flow::Miss };
+    let Some(e) = NAT.get_ptr_mut(p.t) else { return Flow::Miss };
     // SAFETY: a pointer into the map's value, valid for this program run.
     let v = unsafe { &mut *e };
     if p.syn() && v.flags & NAT_CLOSING != 0 {
@@ -420,11 +420,11 @@ fn snat_port(
             dir: DIR_INGRESS,
             pad: 0,
         };
-        if NAT.insert(&key, rev, BPF_NOEXIST as u64).is_ok() {
+        if NAT.insert(key, rev, BPF_NOEXIST as u64).is_ok() {
             return Some(port.to_be());
         }
         // Taken: reuse it in place if its flow is over (no LRU allocation).
-        if let Some(old) = NAT.get_ptr_mut(&key) {
+        if let Some(old) = NAT.get_ptr_mut(key) {
             // SAFETY: a pointer into the map's value, valid for this program run.
             let old = unsafe { &mut *old };
             if reusable(old, proto, now) {
@@ -457,10 +457,10 @@ fn in_net(addr: u32, net: u32, mask: u32) -> bool {
 #[classifier]
 pub fn flotilla_ingress(mut ctx: TcContext) -> i32 {
     let Some(p) = parse(&ctx, DIR_INGRESS) else {
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     };
     let Some(cfg) = CONFIG.get(0).copied() else {
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     };
     // SAFETY: helper valid in tc programs.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -471,32 +471,32 @@ pub fn flotilla_ingress(mut ctx: TcContext) -> i32 {
     };
     if in_net(p.t.daddr, cfg.local_pods, cfg.local_pods_mask) {
         if reopen.is_some() {
-            let _ = NAT.remove(&p.t);
+            let _ = NAT.remove(p.t);
         }
         remember_inbound(&p.t, &cfg, now);
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     }
     if p.t.daddr != cfg.node_addr || cfg.node_addr == 0 {
         if reopen.is_some() {
-            let _ = NAT.remove(&p.t);
+            let _ = NAT.remove(p.t);
         }
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     }
     // Only a connection's first packet picks a backend; a stray mid-flow TCP segment for an
     // unknown flow is left to the stack (which resets it).
     if p.t.proto == PROTO_TCP && !p.syn() {
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     }
     let key = ServiceKey { addr: 0, port: p.t.dport, proto: p.t.proto, pad: 0 };
     // SAFETY: copied out at once.
-    let svc = unsafe { SERVICES.get(&key) }.copied();
+    let svc = unsafe { SERVICES.get(key) }.copied();
     let Some(svc) = svc.filter(|s| s.active != 0) else {
         if reopen.is_some() {
-            let _ = NAT.remove(&p.t);
+            let _ = NAT.remove(p.t);
         }
         // No service, or no endpoints: the stack has no socket on the port and refuses at
         // once (TCP RST, ICMP port unreachable), as kube-proxy's REJECT rule does.
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     };
     let hash = if svc.flags & SVC_MAGLEV != 0 {
         flow_hash(&p.t)
@@ -505,7 +505,7 @@ pub fn flotilla_ingress(mut ctx: TcContext) -> i32 {
         unsafe { bpf_get_prandom_u32() }
     };
     let Some(be) = select(&key, &svc, p.t.saddr as u64, hash) else {
-        return TC_ACT_SHOT as i32;
+        return TC_ACT_SHOT;
     };
     let rev = NatValue::new(p.t.daddr, p.t.saddr, p.t.dport, p.t.sport, now);
     let fwd = if in_net(be.addr, cfg.local_pods, cfg.local_pods_mask) {
@@ -519,22 +519,22 @@ pub fn flotilla_ingress(mut ctx: TcContext) -> i32 {
             dir: DIR_EGRESS,
             pad: 0,
         };
-        match NAT.get_ptr_mut(&back) {
+        match NAT.get_ptr_mut(back) {
             // SAFETY: a pointer into the map's value, valid for this program run.
             Some(e) => unsafe { *e = rev },
-            None if NAT.insert(&back, &rev, 0).is_err() => return TC_ACT_SHOT as i32,
+            None if NAT.insert(back, rev, 0).is_err() => return TC_ACT_SHOT,
             None => {}
         }
         NatValue::new(p.t.saddr, be.addr, p.t.sport, be.port, now)
     } else {
         // Remote backend: also SNAT to the node so the reply returns through this node.
         let Some(port) = snat_port(&cfg, be.addr, be.port, p.t.proto, &rev, now) else {
-            return TC_ACT_SHOT as i32;
+            return TC_ACT_SHOT;
         };
         NatValue::new(cfg.node_addr, be.addr, port, be.port, now)
     };
     if !store_flow(&p.t, &fwd, reopen) {
-        return TC_ACT_SHOT as i32;
+        return TC_ACT_SHOT;
     }
     finish_ingress(&mut ctx, &p, &fwd, &cfg)
 }
@@ -558,9 +558,9 @@ fn remember_inbound(t: &Tuple, cfg: &Config, now: u64) {
         dir: DIR_EGRESS,
         pad: 0,
     };
-    if NAT.get_ptr(&back).is_none() {
+    if NAT.get_ptr(back).is_none() {
         let same = NatValue::new(back.saddr, back.daddr, back.sport, back.dport, now);
-        let _ = NAT.insert(&back, &same, 0);
+        let _ = NAT.insert(back, same, 0);
     }
 }
 
@@ -571,7 +571,7 @@ fn remember_inbound(t: &Tuple, cfg: &Config, now: u64) {
 #[inline(always)]
 fn finish_ingress(ctx: &mut TcContext, p: &Packet, to: &NatValue, cfg: &Config) -> i32 {
     if rewrite(ctx, p, to).is_err() {
-        return TC_ACT_SHOT as i32;
+        return TC_ACT_SHOT;
     }
     if to.saddr == cfg.node_addr {
         // SAFETY: reading the context's ifindex; the helper is valid at tc with NULL params.
@@ -580,7 +580,7 @@ fn finish_ingress(ctx: &mut TcContext, p: &Packet, to: &NatValue, cfg: &Config) 
             bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) as i32
         };
     }
-    TC_ACT_OK as i32
+    TC_ACT_OK
 }
 
 /// Egress: reverse translation of NodePort replies from local backends, and SNAT of pod
@@ -588,22 +588,22 @@ fn finish_ingress(ctx: &mut TcContext, p: &Packet, to: &NatValue, cfg: &Config) 
 #[classifier]
 pub fn flotilla_egress(mut ctx: TcContext) -> i32 {
     let Some(p) = parse(&ctx, DIR_EGRESS) else {
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     };
     // SAFETY: helper valid in tc programs.
     let now = unsafe { bpf_ktime_get_ns() };
     let reopen = match tracked(&p, now) {
         Flow::Hit(to) => {
             return match rewrite(&mut ctx, &p, &to) {
-                Ok(()) => TC_ACT_OK as i32,
-                Err(_) => TC_ACT_SHOT as i32,
+                Ok(()) => TC_ACT_OK,
+                Err(_) => TC_ACT_SHOT,
             }
         }
         Flow::Reopen(e) => Some(e),
         Flow::Miss => None,
     };
     let Some(cfg) = CONFIG.get(0).copied() else {
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     };
     if cfg.flags & CONFIG_MASQUERADE == 0
         || cfg.node_addr == 0
@@ -612,21 +612,21 @@ pub fn flotilla_egress(mut ctx: TcContext) -> i32 {
         || in_net(p.t.daddr, cfg.services, cfg.services_mask)
     {
         if reopen.is_some() {
-            let _ = NAT.remove(&p.t);
+            let _ = NAT.remove(p.t);
         }
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     }
     let rev = NatValue::new(p.t.daddr, p.t.saddr, p.t.dport, p.t.sport, now);
     let Some(port) = snat_port(&cfg, p.t.daddr, p.t.dport, p.t.proto, &rev, now) else {
-        return TC_ACT_SHOT as i32;
+        return TC_ACT_SHOT;
     };
     let fwd = NatValue::new(cfg.node_addr, p.t.daddr, port, p.t.dport, now);
     if !store_flow(&p.t, &fwd, reopen) {
-        return TC_ACT_SHOT as i32;
+        return TC_ACT_SHOT;
     }
     match rewrite(&mut ctx, &p, &fwd) {
-        Ok(()) => TC_ACT_OK as i32,
-        Err(_) => TC_ACT_SHOT as i32,
+        Ok(()) => TC_ACT_OK,
+        Err(_) => TC_ACT_SHOT,
     }
 }
 
