@@ -199,6 +199,29 @@ fn link_update(pin: &Path, prog: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
+/// Replaces the program inside the link pinned at `pin` (an earlier instance's), returning
+/// false when there is none yet.
+fn replace_pinned(pin: &Path, name: &str, prog: BorrowedFd<'_>) -> Result<bool, LbError> {
+    if !pin.exists() {
+        return Ok(false);
+    }
+    link_update(pin, prog)
+        .map_err(|e| io::Error::new(e.kind(), format!("replacing {name}: {e}")))?;
+    Ok(true)
+}
+
+/// Pins a newly attached program's link, so it outlives this process.
+fn pin_link<L>(link: L, pin: &Path, name: &str) -> Result<(), LbError>
+where
+    L: TryInto<FdLink>,
+    L::Error: std::fmt::Display,
+{
+    let link: FdLink =
+        link.try_into().map_err(|e| io::Error::other(format!("{name}: not an fd link: {e}")))?;
+    link.pin(pin).map_err(|e| io::Error::other(format!("pinning {name}: {e}")))?;
+    Ok(())
+}
+
 impl LoadBalancer {
     /// Loads the programs and attaches them, adopting the maps and links a previous instance
     /// pinned (its services stay programmed until the next `sync`).
@@ -224,20 +247,13 @@ impl LoadBalancer {
                 .map_err(prog_err(name))?;
             prog.load().map_err(prog_err(format!("verifying {name}")))?;
             let pin = links_dir.join(name);
-            if pin.exists() {
-                link_update(&pin, prog.fd().map_err(prog_err(name))?.as_fd())
-                    .map_err(|e| io::Error::new(e.kind(), format!("replacing {name}: {e}")))?;
-            } else {
+            if !replace_pinned(&pin, name, prog.fd().map_err(prog_err(name))?.as_fd())? {
                 // A cgroup bpf_link always coexists with other programs; BPF_LINK_CREATE
                 // rejects the legacy attach flags, so the mode must be the default (0).
                 let id = prog.attach(&cgroup, CgroupAttachMode::Single).map_err(prog_err(
                     format!("attaching {name} to {}", config.cgroup.display()),
                 ))?;
-                let link: FdLink =
-                    prog.take_link(id).map_err(prog_err(name))?.try_into().map_err(|e| {
-                        io::Error::other(format!("{name}: link is not an fd link: {e}"))
-                    })?;
-                link.pin(&pin).map_err(|e| io::Error::other(format!("pinning {name}: {e}")))?;
+                pin_link(prog.take_link(id).map_err(prog_err(name))?, &pin, name)?;
             }
         }
 
@@ -279,9 +295,7 @@ impl LoadBalancer {
                     .map_err(prog_err(name))?;
                 prog.load().map_err(prog_err(format!("verifying {name}")))?;
                 let pin = links_dir.join(format!("{name}_{}", ext.interface));
-                if pin.exists() {
-                    link_update(&pin, prog.fd().map_err(prog_err(name))?.as_fd())
-                        .map_err(|e| io::Error::new(e.kind(), format!("replacing {name}: {e}")))?;
+                if replace_pinned(&pin, name, prog.fd().map_err(prog_err(name))?.as_fd())? {
                     continue;
                 }
                 // tcx resolves the interface in the calling thread's namespace.
@@ -294,12 +308,7 @@ impl LoadBalancer {
                     )
                 })?;
                 let id = id.map_err(prog_err(format!("attaching {name} to {}", ext.interface)))?;
-                let link: FdLink = prog
-                    .take_link(id)
-                    .map_err(prog_err(name))?
-                    .try_into()
-                    .map_err(|e| io::Error::other(format!("{name}: {e}")))?;
-                link.pin(&pin).map_err(|e| io::Error::other(format!("pinning {name}: {e}")))?;
+                pin_link(prog.take_link(id).map_err(prog_err(name))?, &pin, name)?;
             }
         }
 

@@ -105,6 +105,42 @@ async fn link_index(nl: &Handle, name: &str) -> io::Result<Option<u32>> {
     }
 }
 
+/// Creates the veth pair `name`–`peer` in `nl`'s namespace and moves `peer` into `ns`.
+async fn veth_into(
+    nl: &Handle,
+    name: &str,
+    peer: &str,
+    mtu: Option<u32>,
+    ns: &NetNs,
+) -> io::Result<()> {
+    let mut veth = LinkVeth::new(name, peer);
+    if let Some(mtu) = mtu {
+        veth = veth.mtu(mtu);
+    }
+    nl.link().add(veth.build()).execute().await.map_err(nl_err(format!("creating veth {name}")))?;
+    let pi = link_index(nl, peer)
+        .await?
+        .ok_or_else(|| io::Error::other(format!("veth peer {peer} vanished")))?;
+    nl.link()
+        .set(LinkUnspec::new_with_index(pi).setns_by_fd(ns.as_fd().as_raw_fd()).build())
+        .execute()
+        .await
+        .map_err(nl_err(format!("moving {peer} into {}", ns.path().display())))
+}
+
+/// Renames link `from` to `to`, returning its index.
+async fn rename(nl: &Handle, from: &str, to: &str) -> io::Result<u32> {
+    let i = link_index(nl, from)
+        .await?
+        .ok_or_else(|| io::Error::other(format!("no link {from} to rename to {to}")))?;
+    nl.link()
+        .set(LinkUnspec::new_with_index(i).name(to.to_string()).build())
+        .execute()
+        .await
+        .map_err(nl_err(format!("renaming {from} to {to}")))?;
+    Ok(i)
+}
+
 async fn set_up(nl: &Handle, index: u32, name: &str) -> io::Result<()> {
     nl.link()
         .set(LinkUnspec::new_with_index(index).up().build())
@@ -287,21 +323,7 @@ impl NodeNetwork {
             if let Some(i) = link_index(&self.nl, &peer).await? {
                 let _ = self.nl.link().del(i).execute().await;
             }
-            self.nl
-                .link()
-                .add(LinkVeth::new(&host, &peer).mtu(self.cfg.mtu).build())
-                .execute()
-                .await
-                .map_err(nl_err(format!("creating veth {host} for pod {pod}")))?;
-            let pi = link_index(&self.nl, &peer)
-                .await?
-                .ok_or_else(|| io::Error::other(format!("veth peer {peer} vanished")))?;
-            self.nl
-                .link()
-                .set(LinkUnspec::new_with_index(pi).setns_by_fd(ns.as_fd().as_raw_fd()).build())
-                .execute()
-                .await
-                .map_err(nl_err(format!("moving {peer} into {}", ns_path.display())))?;
+            veth_into(&self.nl, &host, &peer, Some(self.cfg.mtu), &ns).await?;
         }
         let hi = link_index(&self.nl, &host)
             .await?
@@ -316,17 +338,7 @@ impl NodeNetwork {
         let pnl = netlink_in(Some(&ns))?;
         let eth = match link_index(&pnl, "eth0").await? {
             Some(i) => i,
-            None => {
-                let i = link_index(&pnl, &peer).await?.ok_or_else(|| {
-                    io::Error::other(format!("pod {pod}: neither eth0 nor {peer} in its namespace"))
-                })?;
-                pnl.link()
-                    .set(LinkUnspec::new_with_index(i).name("eth0".to_string()).build())
-                    .execute()
-                    .await
-                    .map_err(nl_err(format!("pod {pod}: renaming {peer} to eth0")))?;
-                i
-            }
+            None => rename(&pnl, &peer, "eth0").await?,
         };
         pnl.link()
             .set(LinkUnspec::new_with_index(eth).mtu(self.cfg.mtu).build())
@@ -432,24 +444,8 @@ pub async fn wire(
     let anl = netlink_in(Some(a))?;
     let bnl = netlink_in(Some(b))?;
     let tmp = format!("w{}", short_hash(&format!("{}/{a_name}", a.path().display())));
-    anl.link()
-        .add(LinkVeth::new(a_name, &tmp).build())
-        .execute()
-        .await
-        .map_err(nl_err(format!("creating veth {a_name}")))?;
-    let ti = link_index(&anl, &tmp).await?.ok_or_else(|| io::Error::other("veth peer vanished"))?;
-    anl.link()
-        .set(LinkUnspec::new_with_index(ti).setns_by_fd(b.as_fd().as_raw_fd()).build())
-        .execute()
-        .await
-        .map_err(nl_err(format!("moving {tmp}")))?;
-    let bi =
-        link_index(&bnl, &tmp).await?.ok_or_else(|| io::Error::other("moved peer vanished"))?;
-    bnl.link()
-        .set(LinkUnspec::new_with_index(bi).name(b_name.to_string()).build())
-        .execute()
-        .await
-        .map_err(nl_err(format!("renaming {tmp} to {b_name}")))?;
+    veth_into(&anl, a_name, &tmp, None, b).await?;
+    let bi = rename(&bnl, &tmp, b_name).await?;
     let ai = link_index(&anl, a_name).await?.ok_or_else(|| io::Error::other("veth vanished"))?;
     for (nl, index, name, addr) in [(&anl, ai, a_name, a_addr), (&bnl, bi, b_name, b_addr)] {
         if let Some(net) = addr {

@@ -78,70 +78,82 @@ fn arch() -> &'static str {
 /// Memory held back from pods, as the kubelet's default hard eviction threshold.
 const RESERVED_MEMORY_KI: u64 = 100 * 1024;
 
+/// One reading of the machine, shared by a status post's capacity and its conditions.
+struct Machine {
+    mem_total_ki: u64,
+    mem_available_ki: u64,
+    disk_total: u64,
+    disk_free: u64,
+    pids: u64,
+    pid_max: u64,
+}
+
+impl Machine {
+    fn read(spec: &NodeSpec) -> Machine {
+        let mem = meminfo();
+        let (disk_total, disk_free) = disk(&spec.data_dir).unwrap_or((0, 0));
+        let pids = std::fs::read_dir("/proc")
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+                    .count()
+            })
+            .unwrap_or(0) as u64;
+        Machine {
+            mem_total_ki: mem.get("MemTotal").copied().unwrap_or(0),
+            mem_available_ki: mem.get("MemAvailable").copied().unwrap_or(u64::MAX),
+            disk_total,
+            disk_free,
+            pids,
+            pid_max: read("/proc/sys/kernel/pid_max").parse().unwrap_or(u64::MAX),
+        }
+    }
+}
+
+/// A pressure condition: True with `yes` (reason, message) under pressure, else False with `no`.
+fn pressure(
+    kind: &'static str,
+    under: bool,
+    yes: (&'static str, String),
+    no: (&'static str, &str),
+) -> Condition {
+    let ((reason, message), status) =
+        if under { (yes, "True") } else { ((no.0, no.1.to_string()), "False") };
+    Condition { kind, status, reason, message }
+}
+
 /// The pressure conditions, computed from the machine (kubelet's default thresholds:
 /// memory.available < 100Mi, nodefs.available < 10%, pids above 90% of pid_max).
-pub fn conditions(spec: &NodeSpec) -> Vec<Condition> {
-    let mem = meminfo();
-    let available = mem.get("MemAvailable").copied().unwrap_or(u64::MAX);
-    let memory = if available < RESERVED_MEMORY_KI {
+fn conditions(spec: &NodeSpec, m: &Machine) -> Vec<Condition> {
+    vec![
+        pressure(
+            "MemoryPressure",
+            m.mem_available_ki < RESERVED_MEMORY_KI,
+            (
+                "KubeletHasInsufficientMemory",
+                format!("{}Ki available, under the 100Mi threshold", m.mem_available_ki),
+            ),
+            ("KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+        ),
+        pressure(
+            "DiskPressure",
+            m.disk_free * 10 < m.disk_total,
+            ("KubeletHasDiskPressure", format!("{} has under 10% free", spec.data_dir.display())),
+            ("KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+        ),
+        pressure(
+            "PIDPressure",
+            m.pids * 10 > m.pid_max * 9,
+            ("KubeletHasInsufficientPID", format!("{} processes of at most {}", m.pids, m.pid_max)),
+            ("KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+        ),
         Condition {
-            kind: "MemoryPressure",
+            kind: "Ready",
             status: "True",
-            reason: "KubeletHasInsufficientMemory",
-            message: format!("{available}Ki available, under the 100Mi threshold"),
-        }
-    } else {
-        Condition {
-            kind: "MemoryPressure",
-            status: "False",
-            reason: "KubeletHasSufficientMemory",
-            message: "kubelet has sufficient memory available".into(),
-        }
-    };
-    let (total, free) = disk(&spec.data_dir).unwrap_or((1, 1));
-    let disk = if free * 10 < total {
-        Condition {
-            kind: "DiskPressure",
-            status: "True",
-            reason: "KubeletHasDiskPressure",
-            message: format!("{} has under 10% free", spec.data_dir.display()),
-        }
-    } else {
-        Condition {
-            kind: "DiskPressure",
-            status: "False",
-            reason: "KubeletHasNoDiskPressure",
-            message: "kubelet has no disk pressure".into(),
-        }
-    };
-    let pid_max: u64 = read("/proc/sys/kernel/pid_max").parse().unwrap_or(u64::MAX);
-    let pids = std::fs::read_dir("/proc")
-        .map(|d| {
-            d.flatten().filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok()).count()
-        })
-        .unwrap_or(0) as u64;
-    let pid = if pids * 10 > pid_max * 9 {
-        Condition {
-            kind: "PIDPressure",
-            status: "True",
-            reason: "KubeletHasInsufficientPID",
-            message: format!("{pids} processes of at most {pid_max}"),
-        }
-    } else {
-        Condition {
-            kind: "PIDPressure",
-            status: "False",
-            reason: "KubeletHasSufficientPID",
-            message: "kubelet has sufficient PID available".into(),
-        }
-    };
-    let ready = Condition {
-        kind: "Ready",
-        status: "True",
-        reason: "KubeletReady",
-        message: "flotilla agent is posting ready status".into(),
-    };
-    vec![memory, disk, pid, ready]
+            reason: "KubeletReady",
+            message: "flotilla agent is posting ready status".into(),
+        },
+    ]
 }
 
 fn now() -> String {
@@ -158,10 +170,10 @@ fn now_micro() -> String {
 /// The Node's status: capacity and allocatable from the machine, conditions carrying their
 /// previous transition times when unchanged.
 pub fn status(spec: &NodeSpec, previous: Option<&Value>) -> Value {
-    let mem_ki = meminfo().get("MemTotal").copied().unwrap_or(0);
-    let (disk_total, _) = disk(&spec.data_dir).unwrap_or((0, 0));
+    let machine = Machine::read(spec);
+    let (mem_ki, disk_total) = (machine.mem_total_ki, machine.disk_total);
     let heartbeat = now();
-    let conditions: Vec<Value> = conditions(spec)
+    let conditions: Vec<Value> = conditions(spec, &machine)
         .into_iter()
         .map(|c| {
             let old = previous
@@ -182,15 +194,16 @@ pub fn status(spec: &NodeSpec, previous: Option<&Value>) -> Value {
         .unwrap_or_else(|_| spec.name.clone());
     let machine_id = read("/etc/machine-id");
     let version = env!("CARGO_PKG_VERSION");
+    let cpu = cpus().to_string();
     json!({
         "capacity": {
-            "cpu": cpus().to_string(),
+            "cpu": cpu,
             "memory": format!("{mem_ki}Ki"),
             "pods": spec.max_pods.to_string(),
             "ephemeral-storage": format!("{}Ki", disk_total / 1024),
         },
         "allocatable": {
-            "cpu": cpus().to_string(),
+            "cpu": cpu,
             "memory": format!("{}Ki", mem_ki.saturating_sub(RESERVED_MEMORY_KI)),
             "pods": spec.max_pods.to_string(),
             "ephemeral-storage": format!("{}Ki", disk_total / 1024 * 9 / 10),

@@ -163,20 +163,26 @@ fn load_tcp(addrs: &str, ms: u64, threads: usize) -> Result<()> {
         lat.extend(l);
         errors += e;
     }
+    println!("{}", summary(lat, errors));
+    Ok(())
+}
+
+/// The load roles' result line: count, errors and latency percentiles (µs), parsed by the
+/// bench (`field`).
+fn summary(mut lat: Vec<u64>, errors: u64) -> String {
     lat.sort_unstable();
-    let pct = |p: f64| {
-        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied()
-    };
-    println!(
+    let sorted: Vec<f64> = lat.iter().map(|&l| l as f64).collect();
+    let pct =
+        |p: f64| if sorted.is_empty() { 0 } else { flotilla_tests::percentile(&sorted, p) as u64 };
+    format!(
         "conns={} errors={errors} p50_us={} p99_us={} p999_us={} max_us={} slow_over_100ms={}",
         lat.len(),
-        pct(0.50).unwrap_or(0),
-        pct(0.99).unwrap_or(0),
-        pct(0.999).unwrap_or(0),
+        pct(0.50),
+        pct(0.99),
+        pct(0.999),
         lat.last().copied().unwrap_or(0),
         lat.iter().filter(|&&l| l > 100_000).count()
-    );
-    Ok(())
+    )
 }
 
 /// UDP load role: `threads` closed loops of a 64-byte request and its echo for `ms`; a lost
@@ -211,16 +217,7 @@ fn load_udp(addr: SocketAddr, ms: u64, threads: usize) -> Result<()> {
         lat.extend(l);
         errors += e;
     }
-    lat.sort_unstable();
-    let pct = |p: f64| {
-        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied()
-    };
-    println!(
-        "conns={} errors={errors} p50_us={} p99_us={}",
-        lat.len(),
-        pct(0.50).unwrap_or(0),
-        pct(0.99).unwrap_or(0)
-    );
+    println!("{}", summary(lat, errors));
     Ok(())
 }
 
@@ -401,22 +398,31 @@ struct Bench {
 }
 
 impl Bench {
-    /// Closed-loop TCP load from the client pod to `addrs` (comma-separated, spread over the
-    /// load threads).
-    fn tcp_from_pod(&mut self, addrs: &str) -> Result<Tcp> {
-        let cg = self.lab.nodes[0].cgroup.clone();
-        let ns = self.client_pod.netns.clone();
-        let args = ["--role", "tcp", addrs, &self.ms.to_string(), &self.threads.to_string()];
-        let c = self.lab.spawn_exe(&self.exe, &ns, Some(&cg), "load", &args)?;
+    /// Runs load role `role` ("tcp" or "udp") against `target`, from the client pod (inside
+    /// node 0's cgroup) or from the outside client namespace.
+    fn load(&mut self, role: &str, target: &str, from_pod: bool) -> Result<Tcp> {
+        let (ns, cg) = if from_pod {
+            (self.client_pod.netns.clone(), Some(self.lab.nodes[0].cgroup.clone()))
+        } else {
+            (self.lab.client.clone(), None)
+        };
+        let args = ["--role", role, target, &self.ms.to_string(), &self.threads.to_string()];
+        let c = self.lab.spawn_exe(&self.exe, &ns, cg.as_deref(), "load", &args)?;
         Self::tcp_result(self.lab.finish(c)?, self.ms)
     }
 
+    /// Closed-loop TCP load from the client pod to `addrs` (comma-separated, one picked at
+    /// random per connection).
+    fn tcp_from_pod(&mut self, addrs: &str) -> Result<Tcp> {
+        self.load("tcp", addrs, true)
+    }
+
     fn tcp_from_outside(&mut self, addr: SocketAddr) -> Result<Tcp> {
-        let ns = self.lab.client.clone();
-        let args =
-            ["--role", "tcp", &addr.to_string(), &self.ms.to_string(), &self.threads.to_string()];
-        let c = self.lab.spawn_exe(&self.exe, &ns, None, "load", &args)?;
-        Self::tcp_result(self.lab.finish(c)?, self.ms)
+        self.load("tcp", &addr.to_string(), false)
+    }
+
+    fn udp_from_outside(&mut self, addr: SocketAddr) -> Result<Tcp> {
+        self.load("udp", &addr.to_string(), false)
     }
 
     fn tcp_result(out: Vec<String>, ms: u64) -> Result<Tcp> {
@@ -454,14 +460,6 @@ impl Bench {
         let sent = field(out.last().context("flood output")?, "sent")?;
         let secs = self.ms as f64 / 1000.0;
         Ok((forwarded as f64 / secs, sent as f64 / secs))
-    }
-
-    fn udp_from_outside(&mut self, addr: SocketAddr) -> Result<Tcp> {
-        let ns = self.lab.client.clone();
-        let args =
-            ["--role", "udp", &addr.to_string(), &self.ms.to_string(), &self.threads.to_string()];
-        let c = self.lab.spawn_exe(&self.exe, &ns, None, "load", &args)?;
-        Self::tcp_result(self.lab.finish(c)?, self.ms)
     }
 }
 
