@@ -20,6 +20,7 @@ fn main() {
         crate_dir.join("Cargo.lock"),
         common.join("src"),
         common.join("Cargo.toml"),
+        crate_dir.join("rust-toolchain.toml"),
     ] {
         println!("cargo:rerun-if-changed={}", p.display());
     }
@@ -31,8 +32,9 @@ fn main() {
         "-Clink-arg=--btf".into(),
     ]
     .join("\x1f");
+    let toolchain = toolchain(&crate_dir);
     let mut cmd = Command::new("rustup");
-    cmd.args(["run", "nightly", "cargo", "build", "--release", "--locked"])
+    cmd.args(["run", &toolchain, "cargo", "build", "--release", "--locked"])
         .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
         .arg("--target-dir")
         .arg(&target_dir)
@@ -51,15 +53,34 @@ fn main() {
         cmd.env_remove(key);
     }
     let status = cmd.status().unwrap_or_else(|e| {
-        panic!("cannot run `rustup run nightly cargo` ({e}); run `cargo xtask setup` first")
+        panic!("cannot run `rustup run {toolchain} cargo` ({e}); run `cargo xtask setup` first")
     });
     if !status.success() {
         panic!(
             "building the eBPF programs failed ({status}); `cargo xtask setup` installs the \
-             nightly rust-src and bpf-linker they need"
+             {toolchain} toolchain with rust-src and the bpf-linker they need"
         );
     }
     copy(&target_dir.join("bpfel-unknown-none/release/flotilla-ebpf"), &out.join("flotilla-ebpf"));
+}
+
+/// The pinned nightly of the eBPF crate's rust-toolchain.toml.
+fn toolchain(crate_dir: &Path) -> String {
+    let file = crate_dir.join("rust-toolchain.toml");
+    let text = std::fs::read_to_string(&file)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", file.display()));
+    text.lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("channel")?
+                .trim()
+                .strip_prefix('=')?
+                .trim()
+                .strip_prefix('"')?
+                .strip_suffix('"')
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| panic!("{}: no channel", file.display()))
 }
 
 fn copy(from: &Path, to: &Path) {

@@ -21,10 +21,13 @@ where
     panic!("timed out waiting for {what}");
 }
 
-fn agent(url: &str, dir: &std::path::Path) -> Proc {
+/// An agent whose pressure conditions follow `eviction` (kubelet's --eviction-hard): the
+/// machine's real free disk and memory vary between runs, the thresholds make them definite.
+fn agent(url: &str, dir: &std::path::Path, eviction: &str) -> Proc {
     let mut cmd = Command::new(flotillad());
     cmd.args(["agent", "--server", url, "--node-name", "node-a", "--node-ip", "127.0.0.1"])
         .args(["--pod-cidr", "10.244.7.0/24", "--lease-renew-ms", "200", "--status-ms", "300"])
+        .args(["--eviction-hard", eviction])
         .arg("--data-dir")
         .arg(dir.join("agent"));
     Proc::spawn("agent", cmd, &dir.join("agent.log")).unwrap()
@@ -46,7 +49,8 @@ async fn agent_registers_node_and_renews_lease() {
     member.start().unwrap();
     let url = member.api_url().unwrap();
     let client = Client::connect(&url).await.unwrap();
-    let mut a = agent(&url, dir.path());
+    // Nothing is below zero: no pressure, and allocatable holds back exactly 100Mi.
+    let mut a = agent(&url, dir.path(), "memory.available<0,nodefs.available<0%,pid.available<0%");
 
     let node = until("a Ready node", || async {
         let n = client.get("nodes", "", "node-a").await.ok()?;
@@ -63,7 +67,7 @@ async fn agent_registers_node_and_renews_lease() {
     assert_eq!(st["capacity"]["pods"], "110");
     let total = meminfo_ki("MemTotal");
     assert_eq!(st["capacity"]["memory"], format!("{total}Ki"));
-    assert_eq!(st["allocatable"]["memory"], format!("{}Ki", total - 100 * 1024));
+    assert_eq!(st["allocatable"]["memory"], st["capacity"]["memory"]);
     assert_eq!(node["spec"]["podCIDR"], "10.244.7.0/24");
     assert_eq!(node["metadata"]["labels"]["kubernetes.io/hostname"], "node-a");
     assert_eq!(
@@ -111,14 +115,40 @@ async fn agent_registers_node_and_renews_lease() {
             ["lastTransitionTime"]
             .clone()
     };
-    let mut b = agent(&url, dir.path());
+    // This one reports disk pressure (no filesystem has 100% free) and holds back 100Mi.
+    let mut b = agent(&url, dir.path(), "memory.available<100Mi,nodefs.available<100%");
     until("renewal after restart", || async {
         let l = client.get("leases", "kube-node-lease", "node-a").await.ok()?;
         (renew(&l) > stopped).then_some(l)
     })
     .await;
-    let again = client.get("nodes", "", "node-a").await.unwrap();
+    let again = until("disk pressure", || async {
+        let n = client.get("nodes", "", "node-a").await.ok()?;
+        let disk =
+            n["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "DiskPressure")?;
+        (disk["status"] == "True").then_some(n)
+    })
+    .await;
     assert_eq!(again["metadata"]["uid"], node["metadata"]["uid"]);
     assert_eq!(ready_since(&again), ready_since(&node));
+    let disk = again["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "DiskPressure")
+        .unwrap()
+        .clone();
+    assert_eq!(disk["reason"], "KubeletHasDiskPressure");
+    assert!(disk["message"].as_str().unwrap().contains("nodefs.available<100%"), "{disk}");
+    assert_eq!(again["status"]["allocatable"]["memory"], format!("{}Ki", total - 100 * 1024));
     b.kill();
+
+    // A bad threshold is refused at start, naming the signal.
+    let out = Command::new(flotillad())
+        .args(["agent", "--eviction-hard", "disk.available<5%"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown eviction signal \"disk.available\""), "{err}");
 }

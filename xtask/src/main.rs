@@ -2,7 +2,7 @@
 //! suite, start a cluster, run benchmarks.
 //!
 //! ```text
-//! setup ──▶ (apt packages, nightly rust-src, bpf-linker)
+//! setup ──▶ (apt packages, the eBPF crate's pinned nightly, bpf-linker)
 //! test  ──▶ setup ─▶ fmt --check ─▶ clippy -D warnings ─▶ cargo test --workspace
 //! up    ──▶ setup ─▶ build flotillad ─▶ exec `flotillad up`
 //! bench ──▶ setup ─▶ release build ─▶ peer (etcd) + ours, same run, ratio table
@@ -67,20 +67,22 @@ enum Cmd {
     },
 }
 
-/// The eBPF crate lives outside the workspace (it builds for bpfel-unknown-none with nightly),
+/// The eBPF crate lives outside the workspace (it builds for bpfel-unknown-none with a pinned
+/// nightly),
 /// so the workspace's fmt and clippy do not see it.
 fn lint_ebpf() -> Result<()> {
     let root = util::workspace_root();
     let dir = root.join("ebpf/flotilla-ebpf");
+    let toolchain = util::ebpf_toolchain()?;
     let mut fmt = std::process::Command::new("rustup");
-    fmt.args(["run", "nightly", "cargo", "fmt", "--check"])
+    fmt.args(["run", &toolchain, "cargo", "fmt", "--check"])
         .current_dir(&dir)
         .env_remove("RUSTUP_TOOLCHAIN")
         .env_remove("CARGO");
     util::run(fmt)?;
     let mut clippy = std::process::Command::new("rustup");
     clippy
-        .args(["run", "nightly", "cargo", "clippy", "--release", "--locked"])
+        .args(["run", &toolchain, "cargo", "clippy", "--release", "--locked"])
         .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core", "--target-dir"])
         .arg(root.join("target/ebpf-clippy"))
         .args(["--", "-D", "warnings"])

@@ -13,6 +13,9 @@ const APT_PACKAGES: &[&str] = &[
     "libzstd-dev",
     // protoc, for the etcd-client crate that the tests and benchmarks use as an independent client.
     "protobuf-compiler",
+    // protoc's well-known types (google/protobuf/*.proto): only a Recommends of
+    // protobuf-compiler, which --no-install-recommends skips.
+    "libprotobuf-dev",
     // The peer the store is compared with, and the real etcdctl for compatibility tests.
     "etcd-server",
     "etcd-client",
@@ -65,23 +68,26 @@ fn apt() -> Result<()> {
     run(install)
 }
 
+/// The eBPF crate's pinned nightly with rust-src (for build-std), rustfmt and clippy (lints).
 fn nightly() -> Result<()> {
+    let toolchain = crate::util::ebpf_toolchain()?;
     let out = Command::new("rustup")
-        .args(["component", "list", "--installed", "--toolchain", "nightly"])
+        .args(["component", "list", "--installed", "--toolchain", &toolchain])
         .output()
         .context("rustup is required")?;
-    if out.status.success() && String::from_utf8_lossy(&out.stdout).contains("rust-src") {
+    let listed = String::from_utf8_lossy(&out.stdout);
+    if out.status.success() && ["rust-src", "rustfmt", "clippy"].iter().all(|c| listed.contains(c))
+    {
         return Ok(());
     }
     let mut cmd = Command::new("rustup");
-    cmd.args([
-        "toolchain",
-        "install",
-        "nightly",
-        "--profile",
-        "minimal",
+    cmd.args(["toolchain", "install", &toolchain, "--profile", "minimal"]).args([
         "--component",
         "rust-src",
+        "--component",
+        "rustfmt",
+        "--component",
+        "clippy",
     ]);
     run(cmd)
 }

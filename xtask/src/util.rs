@@ -9,6 +9,19 @@ pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent").to_path_buf()
 }
 
+/// The pinned nightly the eBPF crate builds with (its rust-toolchain.toml).
+pub fn ebpf_toolchain() -> Result<String> {
+    let file = workspace_root().join("ebpf/flotilla-ebpf/rust-toolchain.toml");
+    let text =
+        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    text.lines()
+        .find_map(|l| {
+            let v = l.trim().strip_prefix("channel")?.trim().strip_prefix('=')?.trim();
+            Some(v.strip_prefix('"')?.strip_suffix('"')?.to_string())
+        })
+        .with_context(|| format!("{}: no channel", file.display()))
+}
+
 /// Runs a command to completion, failing with its command line if it fails.
 pub fn run(mut cmd: Command) -> Result<()> {
     let shown = format!("{cmd:?}");

@@ -33,6 +33,10 @@ pub struct AgentArgs {
     pub lease_renew_ms: u64,
     #[arg(long, default_value_t = 40)]
     pub lease_seconds: u32,
+    /// Hard eviction thresholds, as the kubelet's flag: they set the pressure conditions and
+    /// what allocatable holds back.
+    #[arg(long, default_value = "memory.available<100Mi,nodefs.available<10%,pid.available<10%")]
+    pub eviction_hard: node::Eviction,
     /// How often the Node's status is re-posted.
     #[arg(long, default_value_t = 10_000)]
     pub status_ms: u64,
@@ -73,6 +77,7 @@ pub async fn run(a: AgentArgs) -> Result<()> {
         data_dir: a.data_dir.clone(),
         max_pods: a.max_pods,
         lease_seconds: a.lease_seconds,
+        eviction: a.eviction_hard.clone(),
     };
     let client = Client::connect_lazy(&a.server)?;
     node::run(

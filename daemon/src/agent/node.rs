@@ -23,6 +23,104 @@ pub struct NodeSpec {
     pub data_dir: PathBuf,
     pub max_pods: u32,
     pub lease_seconds: u32,
+    pub eviction: Eviction,
+}
+
+/// A hard eviction threshold: an absolute amount (bytes, or a count for pids) or a share of
+/// the total.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Threshold {
+    Absolute(u64),
+    Percent(f64),
+}
+
+impl Threshold {
+    /// Whether `available` of `total` is below the threshold.
+    fn crossed(self, available: u64, total: u64) -> bool {
+        match self {
+            Threshold::Absolute(n) => available < n,
+            Threshold::Percent(p) => (available as f64) < total as f64 * p / 100.0,
+        }
+    }
+
+    fn amount(self, total: u64) -> u64 {
+        match self {
+            Threshold::Absolute(n) => n,
+            Threshold::Percent(p) => (total as f64 * p / 100.0) as u64,
+        }
+    }
+}
+
+impl std::fmt::Display for Threshold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Threshold::Absolute(n) => write!(f, "{n}"),
+            Threshold::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+/// The kubelet's `--eviction-hard` signals that drive the pressure conditions.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Eviction {
+    pub memory: Threshold,
+    pub nodefs: Threshold,
+    pub pids: Threshold,
+}
+
+impl Default for Eviction {
+    /// The kubelet's defaults (memory.available<100Mi, nodefs.available<10%), and pids at 10%.
+    fn default() -> Eviction {
+        Eviction {
+            memory: Threshold::Absolute(100 << 20),
+            nodefs: Threshold::Percent(10.0),
+            pids: Threshold::Percent(10.0),
+        }
+    }
+}
+
+impl std::str::FromStr for Eviction {
+    type Err = String;
+
+    /// `memory.available<100Mi,nodefs.available<10%,pid.available<5%`, as the kubelet's flag;
+    /// signals not named keep their defaults.
+    fn from_str(s: &str) -> Result<Eviction, String> {
+        let mut e = Eviction::default();
+        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let (signal, value) = item
+                .split_once('<')
+                .ok_or_else(|| format!("eviction threshold {item:?}: expected SIGNAL<VALUE"))?;
+            let threshold = match value.strip_suffix('%') {
+                Some(p) => {
+                    let p: f64 =
+                        p.parse().map_err(|_| format!("{signal}: bad percentage {value:?}"))?;
+                    if !(0.0..=100.0).contains(&p) {
+                        return Err(format!("{signal}: {value} is not between 0% and 100%"));
+                    }
+                    Threshold::Percent(p)
+                }
+                None => {
+                    let q = flotilla_api::quantity::Quantity::parse(value)
+                        .map_err(|m| format!("{signal}: {m}"))?;
+                    Threshold::Absolute(
+                        u64::try_from(q.value())
+                            .map_err(|_| format!("{signal}: {value} is negative or too large"))?,
+                    )
+                }
+            };
+            match signal {
+                "memory.available" => e.memory = threshold,
+                "nodefs.available" => e.nodefs = threshold,
+                "pid.available" => e.pids = threshold,
+                other => {
+                    return Err(format!(
+                        "unknown eviction signal {other:?} (memory.available, nodefs.available, pid.available)"
+                    ))
+                }
+            }
+        }
+        Ok(e)
+    }
 }
 
 /// One condition's observed state.
@@ -75,9 +173,6 @@ fn arch() -> &'static str {
     }
 }
 
-/// Memory held back from pods, as the kubelet's default hard eviction threshold.
-const RESERVED_MEMORY_KI: u64 = 100 * 1024;
-
 /// One reading of the machine, shared by a status post's capacity and its conditions.
 struct Machine {
     mem_total_ki: u64,
@@ -122,29 +217,45 @@ fn pressure(
     Condition { kind, status, reason, message }
 }
 
-/// The pressure conditions, computed from the machine (kubelet's default thresholds:
-/// memory.available < 100Mi, nodefs.available < 10%, pids above 90% of pid_max).
+/// The pressure conditions: the machine against the node's hard eviction thresholds.
 fn conditions(spec: &NodeSpec, m: &Machine) -> Vec<Condition> {
+    let ev = &spec.eviction;
+    let mem_total = m.mem_total_ki * 1024;
+    let mem_available = m.mem_available_ki.saturating_mul(1024);
     vec![
         pressure(
             "MemoryPressure",
-            m.mem_available_ki < RESERVED_MEMORY_KI,
+            ev.memory.crossed(mem_available, mem_total),
             (
                 "KubeletHasInsufficientMemory",
-                format!("{}Ki available, under the 100Mi threshold", m.mem_available_ki),
+                format!("{}Ki available, under memory.available<{}", m.mem_available_ki, ev.memory),
             ),
             ("KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
         ),
         pressure(
             "DiskPressure",
-            m.disk_free * 10 < m.disk_total,
-            ("KubeletHasDiskPressure", format!("{} has under 10% free", spec.data_dir.display())),
+            ev.nodefs.crossed(m.disk_free, m.disk_total),
+            (
+                "KubeletHasDiskPressure",
+                format!(
+                    "{} has {} bytes free, under nodefs.available<{}",
+                    spec.data_dir.display(),
+                    m.disk_free,
+                    ev.nodefs
+                ),
+            ),
             ("KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
         ),
         pressure(
             "PIDPressure",
-            m.pids * 10 > m.pid_max * 9,
-            ("KubeletHasInsufficientPID", format!("{} processes of at most {}", m.pids, m.pid_max)),
+            ev.pids.crossed(m.pid_max.saturating_sub(m.pids), m.pid_max),
+            (
+                "KubeletHasInsufficientPID",
+                format!(
+                    "{} processes of at most {}, under pid.available<{}",
+                    m.pids, m.pid_max, ev.pids
+                ),
+            ),
             ("KubeletHasSufficientPID", "kubelet has sufficient PID available"),
         ),
         Condition {
@@ -204,9 +315,10 @@ pub fn status(spec: &NodeSpec, previous: Option<&Value>) -> Value {
         },
         "allocatable": {
             "cpu": cpu,
-            "memory": format!("{}Ki", mem_ki.saturating_sub(RESERVED_MEMORY_KI)),
+            // Allocatable holds back the hard eviction thresholds, as the kubelet's does.
+            "memory": format!("{}Ki", mem_ki.saturating_sub(spec.eviction.memory.amount(mem_ki * 1024) / 1024)),
             "pods": spec.max_pods.to_string(),
-            "ephemeral-storage": format!("{}Ki", disk_total / 1024 * 9 / 10),
+            "ephemeral-storage": format!("{}Ki", disk_total.saturating_sub(spec.eviction.nodefs.amount(disk_total)) / 1024),
         },
         "conditions": conditions,
         "addresses": [
