@@ -86,12 +86,12 @@ fn main() -> Result<()> {
     rt.block_on(async move {
         match cmd {
             Cmd::Up(a) => {
-                image::preload(&a.data_dir).await?;
                 // The node agent registers this machine as the cluster's node once the API
                 // server answers (it retries until then).
                 let agent = agent::AgentArgs {
                     server: format!("http://{}", a.listen),
                     data_dir: a.data_dir.join("agent"),
+                    image_root: a.data_dir.clone(),
                     ..agent::AgentArgs::defaults()
                 };
                 tokio::spawn(async move {

@@ -27,25 +27,9 @@ pub struct RuntimeArgs {
 #[derive(Subcommand)]
 enum RuntimeCmd {
     /// Create a container from a bundle; its process waits for `start`.
-    Create {
-        /// Bundle directory holding config.json.
-        #[arg(short, long, default_value = ".")]
-        bundle: PathBuf,
-        /// File to write the container's init pid to.
-        #[arg(long)]
-        pid_file: Option<PathBuf>,
-        /// Write stdout/stderr to this file in the CRI log format instead of passing
-        /// the runtime's own stdio through.
-        #[arg(long)]
-        log_path: Option<PathBuf>,
-        /// Rotate the log past this many bytes.
-        #[arg(long, default_value_t = 10 * 1024 * 1024)]
-        log_max_bytes: u64,
-        /// Rotated log files to keep.
-        #[arg(long, default_value_t = 5)]
-        log_max_files: u32,
-        id: String,
-    },
+    Create(CreateArgs),
+    /// Create and start a container, returning once its process runs (`runc run -d`).
+    Run(CreateArgs),
     /// Run the created container's process.
     Start { id: String },
     /// Print the container's state as OCI state JSON.
@@ -97,16 +81,52 @@ enum RuntimeCmd {
     Stats { id: String },
 }
 
+#[derive(Args)]
+struct CreateArgs {
+    /// Bundle directory holding config.json.
+    #[arg(short, long, default_value = ".")]
+    bundle: PathBuf,
+    /// File to write the container's init pid to.
+    #[arg(long)]
+    pid_file: Option<PathBuf>,
+    /// Write stdout/stderr to this file in the CRI log format instead of passing
+    /// the runtime's own stdio through.
+    #[arg(long)]
+    log_path: Option<PathBuf>,
+    /// Rotate the log past this many bytes.
+    #[arg(long, default_value_t = 10 * 1024 * 1024)]
+    log_max_bytes: u64,
+    /// Rotated log files to keep.
+    #[arg(long, default_value_t = 5)]
+    log_max_files: u32,
+    id: String,
+}
+
+impl CreateArgs {
+    fn create(self, rt: &Runtime) -> Result<String> {
+        let log = self.log_path.map(|path| LogConfig {
+            path,
+            max_bytes: self.log_max_bytes,
+            max_files: self.log_max_files,
+        });
+        rt.create(&self.id, &CreateOptions { bundle: self.bundle, pid_file: self.pid_file, log })?;
+        Ok(self.id)
+    }
+}
+
 pub fn run(args: RuntimeArgs) -> Result<()> {
     let rt = Runtime::new(&args.root);
     match args.cmd {
-        RuntimeCmd::Create { bundle, pid_file, log_path, log_max_bytes, log_max_files, id } => {
-            let log = log_path.map(|path| LogConfig {
-                path,
-                max_bytes: log_max_bytes,
-                max_files: log_max_files,
-            });
-            rt.create(&id, &CreateOptions { bundle, pid_file, log })?;
+        RuntimeCmd::Create(c) => {
+            c.create(&rt)?;
+        }
+        RuntimeCmd::Run(c) => {
+            let id = c.create(&rt)?;
+            if let Err(e) = rt.start(&id) {
+                // Nothing half-made stays behind: the created container goes again.
+                let _ = rt.delete(&id, true);
+                return Err(e.into());
+            }
         }
         RuntimeCmd::Start { id } => rt.start(&id)?,
         RuntimeCmd::State { id } => {

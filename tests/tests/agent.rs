@@ -27,7 +27,7 @@ fn agent(url: &str, dir: &std::path::Path, eviction: &str) -> Proc {
     let mut cmd = Command::new(flotillad());
     cmd.args(["agent", "--server", url, "--node-name", "node-a", "--node-ip", "127.0.0.1"])
         .args(["--pod-cidr", "10.244.7.0/24", "--lease-renew-ms", "200", "--status-ms", "300"])
-        .args(["--eviction-hard", eviction])
+        .args(["--eviction-hard", eviction, "--no-pods"])
         .arg("--data-dir")
         .arg(dir.join("agent"));
     Proc::spawn("agent", cmd, &dir.join("agent.log")).unwrap()

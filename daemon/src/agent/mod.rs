@@ -1,13 +1,16 @@
-//! `flotillad agent`: the node agent (kubelet and kube-proxy of a node in one process). Today it
-//! registers the Node, keeps its Lease renewed and reports its conditions; running pods and
-//! programming the dataplane build on this (issue: node agent).
+//! `flotillad agent`: the node agent (kubelet and kube-proxy of a node in one process). It
+//! registers the Node, keeps its Lease renewed and reports its conditions, and runs the pods
+//! bound to the node (sandbox, images, containers, restarts, status, graceful deletion).
 
 pub mod node;
+pub mod pods;
 
-use std::{path::PathBuf, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use flotilla_api::client::Client;
+use flotilla_dataplane::net::{NodeConfig, NodeNetwork};
+use flotilla_isolation::image::store::ImageStore;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct AgentArgs {
@@ -40,6 +43,45 @@ pub struct AgentArgs {
     /// How often the Node's status is re-posted.
     #[arg(long, default_value_t = 10_000)]
     pub status_ms: u64,
+    /// The node's network namespace (a path under /run/netns or any nsfs mount); default the
+    /// agent's own. Several agents on one machine (tests) each get their own.
+    #[arg(long)]
+    pub netns: Option<PathBuf>,
+    /// The pods' bridge.
+    #[arg(long, default_value = "flotilla0")]
+    pub bridge: String,
+    #[arg(long, default_value = "10.244.0.0/16")]
+    pub cluster_cidr: String,
+    #[arg(long, default_value = "10.96.0.0/12")]
+    pub service_cidr: String,
+    /// The cluster DNS address pods' resolv.conf points at.
+    #[arg(long, default_value = "10.96.0.10")]
+    pub cluster_dns: std::net::Ipv4Addr,
+    #[arg(long, default_value_t = 1500)]
+    pub mtu: u32,
+    /// Pods' cgroups go under this path in each hierarchy (default flotilla/<node>).
+    #[arg(long)]
+    pub cgroup_parent: Option<String>,
+    /// host:port of a registry spoken to over plain HTTP; repeatable.
+    #[arg(long)]
+    pub insecure_registry: Vec<String>,
+    /// Container restart (and image pull) back-off: first delay and cap, as the kubelet's
+    /// 10 s doubling to 5 min.
+    #[arg(long, default_value_t = 10_000)]
+    pub restart_backoff_ms: u64,
+    #[arg(long, default_value_t = 300_000)]
+    pub restart_backoff_max_ms: u64,
+    /// Register the Node only; run no pods (a control-plane-only member).
+    #[arg(long)]
+    pub no_pods: bool,
+    /// Where image tarballs to import at start-up (`images/`) and the image store
+    /// (`images-store/`) live; `flotillad image` uses the same store by default.
+    #[arg(long, default_value = "/var/lib/flotilla")]
+    pub image_root: PathBuf,
+    /// Remove every pod and the node network from this machine, then exit (the API is not
+    /// needed; running containers are killed).
+    #[arg(long)]
+    pub reset: bool,
 }
 
 impl AgentArgs {
@@ -80,11 +122,60 @@ pub async fn run(a: AgentArgs) -> Result<()> {
         eviction: a.eviction_hard.clone(),
     };
     let client = Client::connect_lazy(&a.server)?;
-    node::run(
-        client,
-        spec,
+    if a.reset {
+        let ctx = Arc::new(pods_context(&a, client, &spec).await?);
+        pods::reset(ctx.clone()).await;
+        let ctx = Arc::into_inner(ctx).context("reset still in use")?;
+        ctx.net.teardown().await.context("removing the node network")?;
+        return Ok(());
+    }
+    let registration = node::run(
+        client.clone(),
+        spec.clone(),
         Duration::from_millis(a.lease_renew_ms.max(100)),
         Duration::from_millis(a.status_ms.max(100)),
-    )
+    );
+    if a.no_pods {
+        return registration.await;
+    }
+    let ctx = pods_context(&a, client, &spec).await?;
+    tokio::try_join!(registration, pods::run(Arc::new(ctx)))?;
+    Ok(())
+}
+
+async fn pods_context(a: &AgentArgs, client: Client, spec: &node::NodeSpec) -> Result<pods::Ctx> {
+    let cidr = |what: &str, s: &str| -> Result<ipnet::Ipv4Net> {
+        s.parse().with_context(|| format!("--{what} {s:?} is not an IPv4 CIDR"))
+    };
+    let net = NodeNetwork::setup(NodeConfig {
+        name: spec.name.clone(),
+        netns: a.netns.clone(),
+        bridge: a.bridge.clone(),
+        pod_cidr: cidr("pod-cidr", &a.pod_cidr)?,
+        cluster_cidr: cidr("cluster-cidr", &a.cluster_cidr)?,
+        service_cidr: cidr("service-cidr", &a.service_cidr)?,
+        mtu: a.mtu,
+        state_dir: a.data_dir.join("net"),
+    })
     .await
+    .context("setting up the node network")?;
+    if !a.reset {
+        crate::image::preload(&a.image_root).await?;
+    }
+    let images = ImageStore::open(&a.image_root.join("images-store"))?;
+    pods::Ctx::new(
+        client,
+        spec.name.clone(),
+        spec.address.clone(),
+        net,
+        images,
+        &a.data_dir,
+        a.cgroup_parent.clone().unwrap_or_else(|| format!("flotilla/{}", spec.name)),
+        a.cluster_dns,
+        a.insecure_registry.clone(),
+        (
+            Duration::from_millis(a.restart_backoff_ms),
+            Duration::from_millis(a.restart_backoff_max_ms.max(a.restart_backoff_ms)),
+        ),
+    )
 }

@@ -1,0 +1,637 @@
+//! One pod's worker: makes the node match the pod and reports what it sees.
+//!
+//! ```text
+//!  pod (watch channel) ──► sync ──► sandbox ─► init containers in order ─► app containers
+//!        ▲                  │        restart per policy with back-off, exits from the runtime
+//!        └── 1 s tick ──────┘        status patched when it changes; deletion: TERM, grace, KILL
+//! ```
+//! Everything the worker knows is on disk (the runtime's state with our annotations, the
+//! dataplane's IPAM, the pod directory), so a restarted agent adopts its pods as they are.
+
+use std::{
+    collections::BTreeMap,
+    net::Ipv4Addr,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use flotilla_api::{client::DeleteParams, Reason};
+use flotilla_isolation::{image::rootfs, Exit, State, Status};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, watch};
+
+use super::{config, sandbox, spec, status, Ctx};
+
+pub const ANN_UID: &str = "io.kubernetes.pod.uid";
+pub const ANN_NAME: &str = "io.kubernetes.pod.name";
+pub const ANN_NAMESPACE: &str = "io.kubernetes.pod.namespace";
+pub const ANN_CONTAINER: &str = "io.kubernetes.container.name";
+pub const ANN_ATTEMPT: &str = "io.flotilla.container.attempt";
+pub const ANN_IMAGE: &str = "io.kubernetes.container.image";
+pub const ANN_IMAGE_ID: &str = "io.flotilla.image.id";
+pub const ANN_STARTED: &str = "io.flotilla.container.started";
+
+/// A container's run ended after this long resets its restart back-off.
+const BACKOFF_RESET: Duration = Duration::from_secs(600);
+
+/// One run of a container.
+#[derive(Clone, Debug)]
+pub struct Attempt {
+    pub id: String,
+    pub attempt: u32,
+    pub image: String,
+    pub image_id: String,
+    pub started_at: String,
+    pub exit: Option<Exit>,
+}
+
+impl Attempt {
+    pub fn running(&self) -> bool {
+        self.exit.is_none()
+    }
+}
+
+/// What the worker tracks per container name.
+#[derive(Clone, Debug, Default)]
+pub struct Ctr {
+    pub current: Option<Attempt>,
+    /// The previous run, for lastState.
+    pub last: Option<Attempt>,
+    /// Why it is not running (ContainerCreating, CrashLoopBackOff, ErrImagePull, …).
+    pub waiting: Option<(String, String)>,
+    pub(super) next_try: Option<Instant>,
+    pub(super) backoff: Duration,
+}
+
+impl Ctr {
+    pub fn restarts(&self) -> u32 {
+        self.current.as_ref().map(|a| a.attempt).unwrap_or(0)
+    }
+
+    fn exited(&self) -> Option<Exit> {
+        self.current.as_ref().and_then(|a| a.exit)
+    }
+}
+
+pub struct Worker {
+    ctx: Arc<Ctx>,
+    uid: String,
+    pub ctrs: BTreeMap<String, Ctr>,
+    pub ip: Option<Ipv4Addr>,
+    pub sandbox_error: Option<String>,
+    /// The last pod seen, for a teardown after it is gone.
+    last_pod: Option<Arc<Value>>,
+}
+
+/// What the worker does next.
+enum Next {
+    /// Sync again on a change, or after this long.
+    Wait(Duration),
+    Done,
+}
+
+fn now_rfc3339() -> String {
+    flotilla_isolation::state::rfc3339(SystemTime::now())
+}
+
+impl Worker {
+    /// A worker for pod `uid`, adopting whatever of it the runtime still has.
+    pub fn adopt(ctx: Arc<Ctx>, uid: &str) -> Worker {
+        let mut ctrs: BTreeMap<String, Ctr> = BTreeMap::new();
+        let mut mine: Vec<(State, Status)> = ctx
+            .runtime
+            .list()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(st, _)| st.annotations.get(ANN_UID).map(String::as_str) == Some(uid))
+            .collect();
+        mine.sort_by_key(|(st, _)| {
+            st.annotations.get(ANN_ATTEMPT).and_then(|a| a.parse::<u32>().ok())
+        });
+        for (st, status) in mine {
+            let a = &st.annotations;
+            let name = a.get(ANN_CONTAINER).cloned().unwrap_or_default();
+            let exit = match status {
+                Status::Stopped => Some(State::exit(&ctx.runtime.dir(&st.id)).unwrap_or(Exit {
+                    code: 255,
+                    signal: None,
+                    oom_killed: false,
+                    finished_at_ns: 0,
+                })),
+                _ => None,
+            };
+            let attempt = Attempt {
+                id: st.id.clone(),
+                attempt: a.get(ANN_ATTEMPT).and_then(|s| s.parse().ok()).unwrap_or(0),
+                image: a.get(ANN_IMAGE).cloned().unwrap_or_default(),
+                image_id: a.get(ANN_IMAGE_ID).cloned().unwrap_or_default(),
+                started_at: a.get(ANN_STARTED).cloned().unwrap_or_else(|| st.created.clone()),
+                exit,
+            };
+            let c = ctrs.entry(name).or_default();
+            c.last = c.current.take();
+            c.current = Some(attempt);
+        }
+        let ip = ctx.net.pod(uid).ok().flatten().map(|p| p.ip);
+        Worker { ctx, uid: uid.to_string(), ctrs, ip, sandbox_error: None, last_pod: None }
+    }
+
+    /// Kills and removes everything of the pod on this node, at once.
+    pub async fn remove_now(mut self) {
+        self.teardown(None).await;
+    }
+
+    pub fn has_anything(&self) -> bool {
+        !self.ctrs.is_empty() || self.ip.is_some() || self.ctx.pod_dir(&self.uid).exists()
+    }
+
+    /// Runs until the pod is gone from the API and from the node.
+    pub async fn run(
+        mut self,
+        mut rx: watch::Receiver<Option<Arc<Value>>>,
+        done: mpsc::UnboundedSender<String>,
+    ) {
+        loop {
+            let pod = rx.borrow_and_update().clone();
+            let next = match pod {
+                Some(p) => {
+                    self.last_pod = Some(p.clone());
+                    self.sync(&p).await
+                }
+                None => {
+                    self.teardown(None).await;
+                    Next::Done
+                }
+            };
+            match next {
+                Next::Done => break,
+                Next::Wait(d) => {
+                    tokio::select! {
+                        r = rx.changed() => if r.is_err() { break },
+                        _ = tokio::time::sleep(d) => {}
+                    }
+                }
+            }
+        }
+        drop(rx);
+        let _ = done.send(self.uid.clone());
+    }
+
+    fn refresh_exits(&mut self) {
+        for c in self.ctrs.values_mut() {
+            let Some(a) = c.current.as_mut().filter(|a| a.running()) else { continue };
+            match self.ctx.runtime.state(&a.id) {
+                Ok((_, Status::Stopped)) => {
+                    a.exit = Some(State::exit(&self.ctx.runtime.dir(&a.id)).unwrap_or(Exit {
+                        code: 255,
+                        signal: None,
+                        oom_killed: false,
+                        finished_at_ns: 0,
+                    }));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(container = %a.id, "container state: {e}");
+                    a.exit = Some(Exit {
+                        code: 255,
+                        signal: None,
+                        oom_killed: false,
+                        finished_at_ns: 0,
+                    });
+                }
+            }
+        }
+    }
+
+    async fn sync(&mut self, pod: &Value) -> Next {
+        let name = format!(
+            "{}/{}",
+            pod["metadata"]["namespace"].as_str().unwrap_or(""),
+            pod["metadata"]["name"].as_str().unwrap_or("")
+        );
+        if !pod["metadata"]["deletionTimestamp"].is_null() {
+            let grace = pod["metadata"]["deletionGracePeriodSeconds"].as_u64().unwrap_or(30);
+            self.teardown(Some(Duration::from_secs(grace))).await;
+            let p = DeleteParams {
+                grace_period_seconds: Some(0),
+                precondition_uid: self.uid.clone(),
+                ..Default::default()
+            };
+            let ns = pod["metadata"]["namespace"].as_str().unwrap_or("");
+            let pname = pod["metadata"]["name"].as_str().unwrap_or("");
+            match self.ctx.client.delete("pods", ns, pname, &p).await {
+                Ok(_) => {}
+                Err(e) if matches!(e.reason, Reason::NotFound | Reason::Conflict) => {}
+                Err(e) => {
+                    tracing::warn!(pod = %name, "deleting: {e}");
+                    return Next::Wait(Duration::from_secs(1));
+                }
+            }
+            tracing::info!(pod = %name, "pod stopped and removed");
+            return Next::Done;
+        }
+        let phase = pod["status"]["phase"].as_str().unwrap_or("");
+        if matches!(phase, "Succeeded" | "Failed")
+            && self.ctrs.values().all(|c| !c.current.as_ref().is_some_and(Attempt::running))
+        {
+            // Terminal: nothing runs again; the address goes back to the pool.
+            if self.ip.is_some() {
+                let _ = self.ctx.net.remove_pod(&self.uid).await;
+                self.ip = None;
+            }
+            return Next::Wait(Duration::from_secs(3600));
+        }
+
+        if let Err(e) = self.ensure_sandbox(pod).await {
+            tracing::warn!(pod = %name, "sandbox: {e:#}");
+            self.sandbox_error = Some(format!("{e:#}"));
+            self.post(pod).await;
+            return Next::Wait(Duration::from_secs(2));
+        }
+        self.sandbox_error = None;
+        self.refresh_exits();
+
+        let policy = pod["spec"]["restartPolicy"].as_str().unwrap_or("Always").to_string();
+        let empty = vec![];
+        let inits = pod["spec"]["initContainers"].as_array().unwrap_or(&empty);
+        let apps = pod["spec"]["containers"].as_array().unwrap_or(&empty);
+        let mut failed = false;
+        let mut initialized = true;
+        for c in inits {
+            let cname = c["name"].as_str().unwrap_or_default().to_string();
+            let sidecar = c["restartPolicy"].as_str() == Some("Always");
+            let st = self.ctrs.entry(cname.clone()).or_default();
+            if sidecar {
+                if st.current.as_ref().is_some_and(Attempt::running) {
+                    continue;
+                }
+                if st.current.is_none() || self.should_restart(&cname, "Always") {
+                    self.start(pod, c, &cname).await;
+                }
+                initialized = false;
+                break;
+            }
+            match st.exited() {
+                Some(e) if e.code == 0 => continue,
+                Some(_) if policy == "Never" => {
+                    failed = true;
+                    initialized = false;
+                    break;
+                }
+                Some(_) => {
+                    if self.should_restart(&cname, "OnFailure") {
+                        self.start(pod, c, &cname).await;
+                    }
+                }
+                None if st.current.is_some() => {}
+                None => {
+                    self.start(pod, c, &cname).await;
+                }
+            }
+            initialized = false;
+            break;
+        }
+        if initialized && !failed {
+            for c in apps {
+                let cname = c["name"].as_str().unwrap_or_default().to_string();
+                let st = self.ctrs.entry(cname.clone()).or_default();
+                match st.current.as_ref() {
+                    None => self.start(pod, c, &cname).await,
+                    Some(a) if a.running() => {}
+                    Some(_) => {
+                        if self.should_restart(&cname, &policy) {
+                            self.start(pod, c, &cname).await;
+                        }
+                    }
+                }
+            }
+        }
+        self.post(pod).await;
+        let soonest = self.ctrs.values().filter_map(|c| c.next_try).min();
+        let wait = soonest
+            .map(|t| t.saturating_duration_since(Instant::now()))
+            .unwrap_or(Duration::from_secs(1))
+            .clamp(Duration::from_millis(20), Duration::from_secs(1));
+        Next::Wait(wait)
+    }
+
+    /// For an exited container under `policy`: whether to start it again now. Sets the
+    /// CrashLoopBackOff wait while the back-off runs (the first restart is immediate, then
+    /// 10 s doubling to 5 min, reset after 10 min of running, as the kubelet's).
+    fn should_restart(&mut self, cname: &str, policy: &str) -> bool {
+        let (initial, max) = self.ctx.backoff;
+        let st = self.ctrs.get_mut(cname).expect("tracked");
+        let Some(exit) = st.exited() else { return false };
+        let restart = match policy {
+            "Always" => true,
+            "OnFailure" => exit.code != 0,
+            _ => false,
+        };
+        if !restart {
+            return false;
+        }
+        let now = Instant::now();
+        match st.next_try {
+            None => {
+                let ran = st
+                    .current
+                    .as_ref()
+                    .and_then(|a| {
+                        jiff::Timestamp::strptime("%Y-%m-%dT%H:%M:%S%.fZ", &a.started_at).ok()
+                    })
+                    .map(|t| {
+                        let end = jiff::Timestamp::from_nanosecond(exit.finished_at_ns as i128)
+                            .unwrap_or(t);
+                        Duration::from_secs(end.duration_since(t).as_secs().max(0) as u64)
+                    })
+                    .unwrap_or_default();
+                if st.backoff.is_zero() || ran >= BACKOFF_RESET {
+                    st.backoff = initial;
+                    return true;
+                }
+                st.next_try = Some(now + st.backoff);
+                let msg = format!("back-off {:?} restarting failed container={cname}", st.backoff);
+                st.backoff = (st.backoff * 2).min(max);
+                st.waiting = Some(("CrashLoopBackOff".into(), msg));
+                false
+            }
+            Some(t) if now >= t => {
+                st.next_try = None;
+                true
+            }
+            Some(_) => false,
+        }
+    }
+
+    fn container_id(&self, cname: &str, attempt: u32) -> String {
+        format!("{}-{cname}-{attempt}", self.uid)
+    }
+
+    async fn ensure_sandbox(&mut self, pod: &Value) -> anyhow::Result<()> {
+        let dir = self.ctx.pod_dir(&self.uid);
+        if self.ip.is_some() && dir.join("etc/hosts").exists() {
+            return Ok(());
+        }
+        let net = self.ctx.net.add_pod(&self.uid).await?;
+        let paths = sandbox::paths(&dir, net.netns.clone());
+        let (pod, dir2, ctx) = (pod.clone(), dir.clone(), self.ctx.clone());
+        tokio::task::spawn_blocking(move || {
+            sandbox::create(&dir2, &pod, &paths, net.ip, ctx.dns, &ctx.domain)
+        })
+        .await??;
+        self.ip = Some(net.ip);
+        Ok(())
+    }
+
+    /// Starts the next attempt of container `cname`; failures become its waiting reason.
+    async fn start(&mut self, pod: &Value, c: &Value, cname: &str) {
+        let attempt = self
+            .ctrs
+            .get(cname)
+            .and_then(|s| s.current.as_ref())
+            .map(|a| a.attempt + 1)
+            .unwrap_or(0);
+        match self.launch(pod, c, cname, attempt).await {
+            Ok(a) => {
+                let st = self.ctrs.get_mut(cname).expect("tracked");
+                if let Some(old) = st.last.take() {
+                    self.ctx.remove_container(&self.uid, &old.id).await;
+                }
+                st.last = st.current.take();
+                st.current = Some(a);
+                st.waiting = None;
+            }
+            Err((reason, message)) => {
+                tracing::warn!(pod = %self.uid, container = cname, reason, "{message}");
+                let (initial, max) = self.ctx.backoff;
+                let st = self.ctrs.get_mut(cname).expect("tracked");
+                let reason = if reason == "ErrImagePull"
+                    && st
+                        .waiting
+                        .as_ref()
+                        .is_some_and(|(r, _)| r == "ErrImagePull" || r == "ImagePullBackOff")
+                {
+                    "ImagePullBackOff".to_string()
+                } else {
+                    reason
+                };
+                if st.current.as_ref().is_none_or(|a| !a.running()) {
+                    // Retried after a back-off, as the kubelet retries pulls and creates.
+                    st.backoff =
+                        if st.backoff.is_zero() { initial } else { (st.backoff * 2).min(max) };
+                    st.next_try = Some(
+                        Instant::now()
+                            + if reason == "CreateContainerConfigError" {
+                                Duration::from_secs(1)
+                            } else {
+                                st.backoff
+                            },
+                    );
+                }
+                st.waiting = Some((reason, message));
+            }
+        }
+    }
+
+    /// Image, volumes, env, rootfs, bundle, then `flotillad runtime run`.
+    async fn launch(
+        &mut self,
+        pod: &Value,
+        c: &Value,
+        cname: &str,
+        attempt: u32,
+    ) -> Result<Attempt, (String, String)> {
+        let ctx = self.ctx.clone();
+        let ip = self.ip.expect("sandbox first");
+        let cfg_err = |m: String| ("CreateContainerConfigError".to_string(), m);
+        let image_ref = c["image"].as_str().unwrap_or_default().to_string();
+        let pull = c["imagePullPolicy"].as_str().unwrap_or("IfNotPresent").to_string();
+        if let Some(st) = self.ctrs.get_mut(cname) {
+            st.waiting = Some(("ContainerCreating".into(), String::new()));
+        }
+        let image = ctx.image(pod, &image_ref, &pull).await?;
+        let dir = ctx.pod_dir(&self.uid);
+        let vols = config::volumes(&ctx.client, pod, &dir.join("volumes"))
+            .await
+            .map_err(|m| ("CreateContainerConfigError".to_string(), m))?;
+        let mounts = config::mounts(c, &vols).map_err(cfg_err)?;
+        let env = config::env(&ctx.client, pod, c, ip, &ctx.node_ip).await.map_err(cfg_err)?;
+
+        let id = self.container_id(cname, attempt);
+        let bundle = dir.join("containers").join(&id);
+        let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
+        let pname = pod["metadata"]["name"].as_str().unwrap_or("").to_string();
+        let log = log_path(&ctx.logs_dir, &ns, &pname, &self.uid, cname, attempt);
+        let started = now_rfc3339();
+        let mut annotations = BTreeMap::new();
+        for (k, v) in [
+            (ANN_UID, self.uid.clone()),
+            (ANN_NAME, pname.clone()),
+            (ANN_NAMESPACE, ns.clone()),
+            (ANN_CONTAINER, cname.to_string()),
+            (ANN_ATTEMPT, attempt.to_string()),
+            (ANN_IMAGE, image_ref.clone()),
+            (ANN_IMAGE_ID, image.manifest.to_string()),
+            (ANN_STARTED, started.clone()),
+        ] {
+            annotations.insert(k.to_string(), v);
+        }
+        let cgroup = format!("{}/pod{}/{id}", ctx.cgroup_parent, self.uid);
+        let (pod2, c2, id2) = (pod.clone(), c.clone(), id.clone());
+        let netns = ctx.net.pod(&self.uid).ok().flatten().map(|p| p.netns).unwrap_or_default();
+        let sandbox = sandbox::paths(&dir, netns);
+        let image_id = image.manifest.to_string();
+        let ctx2 = ctx.clone();
+        let made = tokio::task::spawn_blocking(move || -> Result<(), (String, String)> {
+            let create_err = |m: String| ("CreateContainerError".to_string(), m);
+            let layers = ctx2
+                .images
+                .unpack(&image, Default::default(), &mut |_| {})
+                .map_err(|e| create_err(format!("unpacking {}: {e}", image.reference)))?;
+            std::fs::create_dir_all(&bundle)
+                .map_err(|e| create_err(format!("{}: {e}", bundle.display())))?;
+            let merged = rootfs::mount_overlay(&layers, &bundle.join("rootfs"))
+                .map_err(|e| create_err(e.to_string()))?;
+            let plan = spec::Plan {
+                pod: &pod2,
+                container: &c2,
+                image: &image.config,
+                rootfs: &merged,
+                env,
+                mounts,
+                sandbox: &sandbox,
+                cgroup,
+                annotations,
+            };
+            let spec =
+                spec::oci_spec(&plan).map_err(|m| ("CreateContainerConfigError".to_string(), m))?;
+            std::fs::write(bundle.join("config.json"), serde_json::to_vec(&spec).expect("json"))
+                .map_err(|e| create_err(format!("writing the bundle: {e}")))?;
+            if let Some(parent) = log.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| create_err(format!("{}: {e}", parent.display())))?;
+            }
+            let out = std::process::Command::new(&ctx2.exe)
+                .arg("runtime")
+                .arg("--root")
+                .arg(ctx2.runtime.root())
+                .arg("run")
+                .arg("--bundle")
+                .arg(&bundle)
+                .arg("--log-path")
+                .arg(&log)
+                .arg(&id2)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .map_err(|e| {
+                    (
+                        "RunContainerError".to_string(),
+                        format!("running {}: {e}", ctx2.exe.display()),
+                    )
+                })?;
+            if !out.status.success() {
+                let _ = rootfs::remove(&bundle.join("rootfs"));
+                let _ = std::fs::remove_dir_all(&bundle);
+                let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
+                return Err((
+                    "RunContainerError".to_string(),
+                    msg.strip_prefix("Error: ").unwrap_or(&msg).to_string(),
+                ));
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| ("RunContainerError".to_string(), e.to_string()))?;
+        made?;
+        Ok(Attempt { id, attempt, image: image_ref, image_id, started_at: started, exit: None })
+    }
+
+    /// Stops every container (TERM, up to `grace`, then KILL; `None`: at once), then removes
+    /// containers, rootfs, pod cgroup, network and directory.
+    async fn teardown(&mut self, grace: Option<Duration>) {
+        self.refresh_exits();
+        let running: Vec<String> = self
+            .ctrs
+            .values()
+            .filter_map(|c| c.current.as_ref().filter(|a| a.running()).map(|a| a.id.clone()))
+            .collect();
+        let rt = self.ctx.runtime.clone();
+        if let Some(grace) = grace.filter(|g| !g.is_zero()) {
+            for id in &running {
+                let _ = rt.kill(id, nix::sys::signal::Signal::SIGTERM);
+            }
+            let deadline = Instant::now() + grace;
+            loop {
+                let alive =
+                    running.iter().any(|id| matches!(rt.state(id), Ok((_, Status::Running))));
+                if !alive || Instant::now() >= deadline {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        let ids: Vec<String> = self
+            .ctrs
+            .values()
+            .flat_map(|c| c.current.iter().chain(c.last.iter()).map(|a| a.id.clone()))
+            .collect();
+        for id in ids {
+            self.ctx.remove_container(&self.uid, &id).await;
+        }
+        self.ctrs.clear();
+        self.ctx.remove_pod_cgroup(&self.uid);
+        if let Err(e) = self.ctx.net.remove_pod(&self.uid).await {
+            tracing::warn!(pod = %self.uid, "removing the pod network: {e}");
+        }
+        self.ip = None;
+        let dir = self.ctx.pod_dir(&self.uid);
+        if let Err(e) = tokio::task::spawn_blocking(move || sandbox::remove(&dir))
+            .await
+            .unwrap_or_else(|e| Err(e.into()))
+        {
+            tracing::warn!(pod = %self.uid, "removing the pod directory: {e:#}");
+        }
+        if let Some(p) = &self.last_pod {
+            let ns = p["metadata"]["namespace"].as_str().unwrap_or("");
+            let name = p["metadata"]["name"].as_str().unwrap_or("");
+            let _ = std::fs::remove_dir_all(
+                self.ctx.logs_dir.join(format!("{ns}_{name}_{}", self.uid)),
+            );
+        }
+    }
+
+    /// Writes the pod's status when it differs from what the API has.
+    async fn post(&mut self, pod: &Value) {
+        let st = status::pod_status(pod, self, &self.ctx.node_ip);
+        if pod["status"] == st {
+            return;
+        }
+        let ns = pod["metadata"]["namespace"].as_str().unwrap_or("");
+        let name = pod["metadata"]["name"].as_str().unwrap_or("");
+        // A JSON patch replaces the status whole: a merge patch would keep a container's old
+        // `running` state beside its new `terminated` one.
+        let patch = json!([{"op": "add", "path": "/status", "value": st}]);
+        if let Err(e) = self.ctx.client.patch("pods", ns, name, &patch, true, true).await {
+            if e.reason != Reason::NotFound {
+                tracing::warn!(pod = %format!("{ns}/{name}"), "status: {e}");
+            }
+        }
+    }
+
+    pub fn pod_ip(&self) -> Option<Ipv4Addr> {
+        self.ip
+    }
+}
+
+/// Where a pod's container logs live (the kubelet's /var/log/pods layout).
+pub fn log_path(
+    root: &std::path::Path,
+    ns: &str,
+    name: &str,
+    uid: &str,
+    cname: &str,
+    attempt: u32,
+) -> PathBuf {
+    root.join(format!("{ns}_{name}_{uid}")).join(cname).join(format!("{attempt}.log"))
+}

@@ -1,0 +1,502 @@
+//! Pods end to end (root): a real API server and a real agent whose node lives in a network
+//! namespace of the test's own, running the probe image (busybox + flotilla-probe) imported
+//! from a tarball. Each test's node is reset (`flotillad agent --reset`) and its namespace
+//! removed when it ends, pass or fail.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use flotilla_api::client::{Client, DeleteParams};
+use flotilla_dataplane::netns::NetNs;
+use flotilla_tests::{flotillad, oci, probe, Member, Proc};
+use serde_json::{json, Value};
+
+struct Node {
+    dir: tempfile::TempDir,
+    member: Member,
+    agent: Option<Proc>,
+    netns: PathBuf,
+    tag: String,
+    cidr: String,
+    starts: usize,
+}
+
+impl Node {
+    /// A server, and an agent for node `node-<tag>` with pod CIDR 10.244.<n>.0/24.
+    fn start(tag: &str, n: u8) -> Node {
+        let dir = tempfile::Builder::new().prefix("pods-test").tempdir_in("/var/tmp").unwrap();
+        // The probe image, preloaded as an air-gapped node would get it.
+        let layout = dir.path().join("layout");
+        oci::write_probe_layout(&layout, &probe(), tag, "amd64", false).unwrap();
+        std::fs::create_dir_all(dir.path().join("images")).unwrap();
+        oci::tar_layout(&layout, &dir.path().join("images/probe.tar")).unwrap();
+        let netns = PathBuf::from(format!("/run/netns/flp-{tag}"));
+        let _ = NetNs::remove(&netns);
+        NetNs::create(&netns).unwrap();
+        let mut member = Member::new("srv", dir.path());
+        member.start().unwrap();
+        let mut node = Node {
+            dir,
+            member,
+            agent: None,
+            netns,
+            tag: tag.into(),
+            cidr: format!("10.244.{n}.0/24"),
+            starts: 0,
+        };
+        node.start_agent();
+        node
+    }
+
+    fn agent_args(&self) -> Vec<String> {
+        let d = self.dir.path();
+        [
+            "agent",
+            "--node-name",
+            &format!("node-{}", self.tag),
+            "--node-ip",
+            "127.0.0.1",
+            "--pod-cidr",
+            &self.cidr,
+            "--data-dir",
+            d.join("agent").to_str().unwrap(),
+            "--image-root",
+            d.to_str().unwrap(),
+            "--netns",
+            self.netns.to_str().unwrap(),
+            "--bridge",
+            "flp0",
+            "--cgroup-parent",
+            &format!("flotilla-test/{}", self.tag),
+            "--restart-backoff-ms",
+            "1000",
+            "--restart-backoff-max-ms",
+            "2000",
+            "--lease-renew-ms",
+            "1000",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    fn start_agent(&mut self) {
+        let mut cmd = Command::new(flotillad());
+        cmd.args(self.agent_args()).arg("--server").arg(self.member.api_url().unwrap());
+        cmd.env("RUST_LOG", std::env::var("FLOTILLA_TEST_LOG").unwrap_or_else(|_| "info".into()));
+        self.starts += 1;
+        let log = self.dir.path().join(format!("agent-{}.log", self.starts));
+        self.agent = Some(Proc::spawn("agent", cmd, &log).unwrap());
+    }
+
+    fn kill_agent(&mut self) {
+        if let Some(mut a) = self.agent.take() {
+            a.kill();
+        }
+    }
+
+    async fn client(&self) -> Client {
+        Client::connect(&self.member.api_url().unwrap()).await.unwrap()
+    }
+
+    fn image(&self) -> String {
+        format!("localhost/probe:{}", self.tag)
+    }
+
+    fn logs(&self, pod: &Value, container: &str, attempt: u32) -> String {
+        let m = &pod["metadata"];
+        let p = self.dir.path().join("agent/logs").join(format!(
+            "{}_{}_{}",
+            m["namespace"].as_str().unwrap(),
+            m["name"].as_str().unwrap(),
+            m["uid"].as_str().unwrap()
+        ));
+        std::fs::read_to_string(p.join(container).join(format!("{attempt}.log")))
+            .unwrap_or_default()
+    }
+
+    fn agent_log(&self) -> String {
+        (1..=self.starts)
+            .map(|i| {
+                std::fs::read_to_string(self.dir.path().join(format!("agent-{i}.log")))
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill_agent();
+        let out = Command::new(flotillad()).args(self.agent_args()).arg("--reset").output();
+        if let Ok(o) = out {
+            if !o.status.success() {
+                eprintln!("agent --reset: {}", String::from_utf8_lossy(&o.stderr));
+            }
+        }
+        let _ = NetNs::remove(&self.netns);
+        // The shared parent of every test node's cgroups goes with the last of them.
+        for h in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+            let _ = std::fs::remove_dir(h.path().join("flotilla-test"));
+        }
+        if std::thread::panicking() {
+            eprintln!("--- agent log ---\n{}", self.agent_log());
+        }
+    }
+}
+
+async fn until<F, Fut>(what: &str, secs: u64, mut f: F) -> Value
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<Value>>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        if let Some(v) = f().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+async fn pod_where(
+    c: &Client,
+    name: &str,
+    what: &str,
+    secs: u64,
+    f: impl Fn(&Value) -> bool,
+) -> Value {
+    until(what, secs, || async { c.get("pods", "default", name).await.ok().filter(|p| f(p)) }).await
+}
+
+fn phase(p: &Value) -> &str {
+    p["status"]["phase"].as_str().unwrap_or("")
+}
+
+fn cstatus<'a>(p: &'a Value, name: &str) -> &'a Value {
+    p["status"]["containerStatuses"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["name"] == name))
+        .unwrap_or(&Value::Null)
+}
+
+fn condition(p: &Value, kind: &str) -> String {
+    p["status"]["conditions"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["type"] == kind))
+        .map(|c| c["status"].as_str().unwrap_or("").to_string())
+        .unwrap_or_default()
+}
+
+fn pod(name: &str, image: &str, spec: Value) -> Value {
+    let mut p = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"containers": []}});
+    p["spec"] = spec;
+    for key in ["containers", "initContainers"] {
+        for c in p["spec"][key].as_array_mut().into_iter().flatten() {
+            if c["image"].is_null() {
+                c["image"] = json!(image);
+            }
+            c["imagePullPolicy"] =
+                c["imagePullPolicy"].as_str().map(|s| json!(s)).unwrap_or(json!("IfNotPresent"));
+        }
+    }
+    p
+}
+
+fn mounts_under(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(dir.to_str().unwrap()))
+        .map(String::from)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_runs_init_containers_env_and_volumes() {
+    let node = Node::start("run", 21);
+    let c = node.client().await;
+    let img = node.image();
+    let node_name = format!("node-{}", node.tag);
+
+    // A container that needs a missing ConfigMap waits with a reason naming it.
+    let mut p = pod(
+        "web",
+        &img,
+        json!({
+            "nodeName": node_name,
+            "initContainers": [{"name": "prep", "command": ["sh", "-c", "echo prepared > /work/ready; echo init-done"],
+                "volumeMounts": [{"name": "work", "mountPath": "/work"}]}],
+            "containers": [{"name": "app",
+                "command": ["sh", "-c", "echo greeting=$GREETING pod=$POD_NAME ip=$POD_IP mode=$(MODE); cat /work/ready; cat /cfg/color; cat /sec/token; echo; cat /etc/hostname; exec /bin/flotilla-probe echo 8080"],
+                "env": [
+                    {"name": "MODE", "value": "fast"},
+                    {"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "greeting"}}},
+                    {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                    {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+                "volumeMounts": [{"name": "work", "mountPath": "/work"}, {"name": "cfg", "mountPath": "/cfg", "readOnly": true},
+                    {"name": "sec", "mountPath": "/sec"}]}],
+            "volumes": [{"name": "work", "emptyDir": {}}, {"name": "cfg", "configMap": {"name": "settings"}},
+                {"name": "sec", "secret": {"secretName": "creds"}}]
+        }),
+    );
+    p["metadata"]["labels"] = json!({"app": "web"});
+    c.create(
+        "secrets",
+        "default",
+        &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds"},
+        "data": {"token": "czNjcjN0"}}),
+    )
+    .await
+    .unwrap();
+    c.create("pods", "default", &p).await.unwrap();
+    let waiting = pod_where(&c, "web", "CreateContainerConfigError", 60, |p| {
+        let s = &p["status"]["initContainerStatuses"][0]["state"]["waiting"];
+        s["reason"] == "CreateContainerConfigError"
+            || cstatus(p, "app")["state"]["waiting"]["reason"] == "CreateContainerConfigError"
+    })
+    .await;
+    assert_eq!(phase(&waiting), "Pending");
+    let msg = waiting.to_string();
+    assert!(msg.contains("configmap") && msg.contains("settings"), "{msg}");
+
+    // Once it exists, the pod runs.
+    c.create(
+        "configmaps",
+        "default",
+        &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"},
+        "data": {"greeting": "hello", "color": "blue"}}),
+    )
+    .await
+    .unwrap();
+    let running = pod_where(&c, "web", "Running and Ready", 60, |p| {
+        phase(p) == "Running" && condition(p, "Ready") == "True"
+    })
+    .await;
+    let st = &running["status"];
+    let ip = st["podIP"].as_str().unwrap().to_string();
+    assert!(ip.starts_with("10.244.21."), "{ip}");
+    assert_eq!(st["hostIP"], "127.0.0.1");
+    assert_eq!(condition(&running, "Initialized"), "True");
+    assert_eq!(st["initContainerStatuses"][0]["state"]["terminated"]["reason"], "Completed");
+    let app = cstatus(&running, "app");
+    assert_eq!(app["ready"], true);
+    assert_eq!(app["restartCount"], 0);
+    assert!(app["state"]["running"]["startedAt"].is_string());
+    assert!(app["containerID"].as_str().unwrap().starts_with("flotilla://"));
+    assert!(app["imageID"].as_str().unwrap().starts_with("sha256:"));
+
+    let logs = until("app output", 20, || async {
+        let l = node.logs(&running, "app", 0);
+        l.contains("listening 8080").then(|| json!(l))
+    })
+    .await;
+    let logs = logs.as_str().unwrap();
+    assert!(logs.contains(&format!("greeting=hello pod=web ip={ip} mode=fast")), "{logs}");
+    for want in ["prepared", "blue", "s3cr3t", "web"] {
+        assert!(logs.contains(want), "{want} in {logs}");
+    }
+    assert!(node.logs(&running, "prep", 0).contains(" stdout F init-done"));
+
+    // The pod answers on its address from the node's namespace.
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", node.netns.display()))
+        .arg(probe())
+        .args(["connect", &format!("{ip}:8080"), "1"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("reply=web peer={ip}:8080"));
+
+    // Deleting it stops it and removes it and everything it had.
+    c.delete(
+        "pods",
+        "default",
+        "web",
+        &DeleteParams { grace_period_seconds: Some(5), ..Default::default() },
+    )
+    .await
+    .unwrap();
+    until("the pod gone", 30, || async {
+        c.get("pods", "default", "web").await.is_err().then_some(json!(null))
+    })
+    .await;
+    let uid = running["metadata"]["uid"].as_str().unwrap();
+    let agent_dir = node.dir.path().join("agent");
+    until("pod directory removed", 10, || async {
+        (!agent_dir.join("pods").join(uid).exists()).then_some(json!(null))
+    })
+    .await;
+    assert!(mounts_under(&agent_dir).is_empty(), "{:?}", mounts_under(&agent_dir));
+    assert!(!agent_dir.join(format!("net/netns/{uid}")).exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_restart_per_policy_with_backoff() {
+    let node = Node::start("restart", 22);
+    let c = node.client().await;
+    let img = node.image();
+    let node_name = format!("node-{}", node.tag);
+    let one = |name: &str, policy: &str, cmd: &str| {
+        pod(
+            name,
+            &img,
+            json!({"nodeName": node_name, "restartPolicy": policy,
+            "containers": [{"name": "c", "command": ["sh", "-c", cmd]}]}),
+        )
+    };
+    c.create("pods", "default", &one("crash", "Always", "echo run; exit 3")).await.unwrap();
+    c.create("pods", "default", &one("done", "Never", "echo ok")).await.unwrap();
+    c.create("pods", "default", &one("fail", "Never", "exit 7")).await.unwrap();
+    c.create("pods", "default", &one("retry", "OnFailure", "exit 1")).await.unwrap();
+    let mut missing = one("missing", "Always", "true");
+    missing["spec"]["containers"][0]["image"] = json!("localhost/nothing:here");
+    missing["spec"]["containers"][0]["imagePullPolicy"] = json!("Never");
+    c.create("pods", "default", &missing).await.unwrap();
+
+    let done = pod_where(&c, "done", "Succeeded", 60, |p| phase(p) == "Succeeded").await;
+    assert_eq!(cstatus(&done, "c")["state"]["terminated"]["exitCode"], 0);
+    assert_eq!(cstatus(&done, "c")["state"]["terminated"]["reason"], "Completed");
+    let failed = pod_where(&c, "fail", "Failed", 60, |p| phase(p) == "Failed").await;
+    assert_eq!(cstatus(&failed, "c")["state"]["terminated"]["exitCode"], 7);
+    assert_eq!(cstatus(&failed, "c")["state"]["terminated"]["reason"], "Error");
+    assert_eq!(cstatus(&failed, "c")["restartCount"], 0);
+
+    // Always: restarted, with the back-off showing as CrashLoopBackOff between runs.
+    let looping = pod_where(&c, "crash", "CrashLoopBackOff after restarts", 60, |p| {
+        let s = cstatus(p, "c");
+        s["restartCount"].as_u64().unwrap_or(0) >= 2
+            && s["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+    })
+    .await;
+    let s = cstatus(&looping, "c");
+    assert_eq!(s["lastState"]["terminated"]["exitCode"], 3);
+    assert_eq!(s["lastState"]["terminated"]["reason"], "Error");
+    assert_eq!(phase(&looping), "Running");
+    assert_eq!(condition(&looping, "Ready"), "False");
+    assert!(node.logs(&looping, "c", 1).contains("stdout F run"));
+
+    // OnFailure: a failed run is restarted; the pod never reaches Succeeded.
+    let retry = pod_where(&c, "retry", "a restart", 60, |p| {
+        cstatus(p, "c")["restartCount"].as_u64().unwrap_or(0) >= 1
+    })
+    .await;
+    assert_ne!(phase(&retry), "Succeeded");
+
+    let missing = pod_where(&c, "missing", "ErrImageNeverPull", 30, |p| {
+        cstatus(p, "c")["state"]["waiting"]["reason"] == "ErrImageNeverPull"
+    })
+    .await;
+    assert_eq!(phase(&missing), "Pending");
+    assert!(cstatus(&missing, "c")["state"]["waiting"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("localhost/nothing:here"));
+
+    // The terminal pods gave their addresses back.
+    let ipam = node.dir.path().join("agent/net/ipam");
+    let held = until("terminal pods' addresses released", 20, || async {
+        let n = std::fs::read_dir(&ipam).map(|d| d.count()).unwrap_or(0);
+        (n <= 3).then_some(json!(n))
+    })
+    .await;
+    assert!(held.as_u64().unwrap() <= 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_survive_agent_restart_and_stop_gracefully() {
+    let mut node = Node::start("survive", 23);
+    let c = node.client().await;
+    let img = node.image();
+    let node_name = format!("node-{}", node.tag);
+    let p = pod(
+        "calm",
+        &img,
+        json!({"nodeName": node_name, "terminationGracePeriodSeconds": 20,
+        "containers": [{"name": "c", "command": ["sh", "-c", "trap 'echo got TERM; exit 0' TERM; echo up; while true; do sleep 0.2; done"]}]}),
+    );
+    c.create("pods", "default", &p).await.unwrap();
+    let running = pod_where(&c, "calm", "Running", 60, |p| phase(p) == "Running").await;
+    let started = cstatus(&running, "c")["state"]["running"]["startedAt"].clone();
+    let id = cstatus(&running, "c")["containerID"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("flotilla://")
+        .to_string();
+    let rt_root = node.dir.path().join("agent/runtime");
+    let state_of = |id: &str| -> Value {
+        let out = Command::new(flotillad())
+            .args(["runtime", "--root", rt_root.to_str().unwrap(), "state", id])
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    };
+    let pid = state_of(&id)["pid"].clone();
+    assert_eq!(state_of(&id)["status"], "running");
+
+    // The agent dies; the pod keeps running; a new agent adopts it without a restart.
+    node.kill_agent();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(state_of(&id)["status"], "running");
+    node.start_agent();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = c.get("pods", "default", "calm").await.unwrap();
+    assert_eq!(cstatus(&after, "c")["restartCount"], 0);
+    assert_eq!(cstatus(&after, "c")["state"]["running"]["startedAt"], started);
+    assert_eq!(state_of(&id)["pid"], pid);
+    assert!(node.agent_log().contains("pods adopted"));
+
+    // A pod created while the agent is down starts when it is back.
+    node.kill_agent();
+    let q = pod(
+        "late",
+        &img,
+        json!({"nodeName": node_name, "containers": [{"name": "c", "command": ["sleep", "3600"]}]}),
+    );
+    c.create("pods", "default", &q).await.unwrap();
+    node.start_agent();
+    pod_where(&c, "late", "Running", 60, |p| phase(p) == "Running").await;
+
+    // Graceful delete: SIGTERM reaches the process, which exits on its own.
+    let t = std::time::Instant::now();
+    c.delete("pods", "default", "calm", &DeleteParams::default()).await.unwrap();
+    until("calm gone", 30, || async {
+        c.get("pods", "default", "calm").await.is_err().then_some(json!(null))
+    })
+    .await;
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "the trap ended it before the grace period: {:?}",
+        t.elapsed()
+    );
+    // `sleep` as its namespace's PID 1 has no handler, so TERM does nothing: after the
+    // grace period (shortened to 1 s by this delete) the agent kills it.
+    let t = std::time::Instant::now();
+    let quick = DeleteParams { grace_period_seconds: Some(1), ..Default::default() };
+    c.delete("pods", "default", "late", &quick).await.unwrap();
+    until("late gone", 30, || async {
+        c.get("pods", "default", "late").await.is_err().then_some(json!(null))
+    })
+    .await;
+    assert!(t.elapsed() >= Duration::from_secs(1), "killed before its grace period ended");
+    let listed = Command::new(flotillad())
+        .args([
+            "runtime",
+            "--root",
+            node.dir.path().join("agent/runtime").to_str().unwrap(),
+            "list",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&listed.stdout).lines().count(),
+        1,
+        "only the header is left"
+    );
+}
