@@ -22,9 +22,13 @@ pub fn flotilla_cli() -> PathBuf {
 
 fn build_bin(package: &str, bin: &str) -> PathBuf {
     {
-        // target/<profile>/deps/<test-binary> → target/<profile>/flotillad
+        // target/<profile>/deps/<test-binary> or target/<profile>/<bench-binary>
+        // → target/<profile>/flotillad
         let exe = std::env::current_exe().expect("current_exe");
-        let profile_dir = exe.parent().and_then(Path::parent).expect("target dir").to_path_buf();
+        let mut profile_dir = exe.parent().expect("target dir").to_path_buf();
+        if profile_dir.file_name().is_some_and(|n| n == "deps") {
+            profile_dir.pop();
+        }
         let release = profile_dir.file_name().is_some_and(|n| n == "release");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
@@ -222,6 +226,7 @@ pub fn cluster(n: usize, dir: &Path, extra: &[&str]) -> Result<Vec<Member>> {
 
 /// OCI bundles for runtime tests and benchmarks: busybox from Debian's `busybox-static`.
 pub mod netlab;
+pub mod node;
 
 pub mod bundle {
     use anyhow::{Context, Result};

@@ -37,6 +37,20 @@ pub enum Bench {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Pod startup (created → Running through a watch), one at a time and in a burst, with
+    /// the agent's RSS; peers in the same run: containerd + runc (`ctr run --rm`) and the bare
+    /// `flotillad runtime` (root).
+    PodStartup {
+        /// Pods started one at a time.
+        #[arg(long, default_value_t = 100)]
+        pods: usize,
+        /// Pods created at once.
+        #[arg(long, default_value_t = 100)]
+        burst: usize,
+        /// Extra arguments for the harness (see `pod-bench --help`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// `flotillad runtime` vs runc and crun: create && start && delete -f of busybox /bin/true.
     Runtime {
         /// Measured rounds per runtime.
@@ -80,6 +94,18 @@ pub fn run(what: Bench) -> Result<()> {
             let root = workspace_root();
             let mut cmd = Command::new(root.join("target/release/dataplane-bench"));
             cmd.arg("--seconds").arg(seconds.to_string()).args(&args);
+            crate::util::run(cmd)
+        }
+        Bench::PodStartup { pods, burst, args } => {
+            crate::setup::setup()?;
+            cargo(&["build", "--release", "-p", "flotilla-daemon", "-p", "flotilla-tests"])?;
+            let root = workspace_root();
+            let mut cmd = Command::new(root.join("target/release/pod-bench"));
+            cmd.arg("--pods")
+                .arg(pods.to_string())
+                .arg("--burst")
+                .arg(burst.to_string())
+                .args(&args);
             crate::util::run(cmd)
         }
         Bench::Runtime { rounds, args } => {

@@ -25,6 +25,8 @@ const APT_PACKAGES: &[&str] = &[
     "busybox-static",
     "runc",
     "crun",
+    // The pod startup benchmark's peer: containerd (with runc) driven by ctr.
+    "containerd",
     "docker-registry",
     "skopeo",
     // htpasswd, for the registry that demands basic auth.

@@ -373,13 +373,16 @@ impl Worker {
         if self.ip.is_some() && dir.join("etc/hosts").exists() {
             return Ok(());
         }
+        let t = Instant::now();
         let net = self.ctx.net.add_pod(&self.uid).await?;
+        let t_net = t.elapsed();
         let paths = sandbox::paths(&dir, net.netns.clone());
         let (pod, dir2, ctx) = (pod.clone(), dir.clone(), self.ctx.clone());
         tokio::task::spawn_blocking(move || {
             sandbox::create(&dir2, &pod, &paths, net.ip, ctx.dns, &ctx.domain)
         })
         .await??;
+        tracing::debug!(pod = %self.uid, ?t_net, total = ?t.elapsed(), "sandbox ready");
         self.ip = Some(net.ip);
         Ok(())
     }
@@ -450,7 +453,9 @@ impl Worker {
         if let Some(st) = self.ctrs.get_mut(cname) {
             st.waiting = Some(("ContainerCreating".into(), String::new()));
         }
+        let t0 = Instant::now();
         let image = ctx.image(pod, &image_ref, &pull).await?;
+        let t_image = t0.elapsed();
         let dir = ctx.pod_dir(&self.uid);
         let vols = config::volumes(&ctx.client, pod, &dir.join("volumes"))
             .await
@@ -483,7 +488,9 @@ impl Worker {
         let sandbox = sandbox::paths(&dir, netns);
         let image_id = image.manifest.to_string();
         let ctx2 = ctx.clone();
+        let t_config = t0.elapsed();
         let made = tokio::task::spawn_blocking(move || -> Result<(), (String, String)> {
+            let t1 = Instant::now();
             let create_err = |m: String| ("CreateContainerError".to_string(), m);
             let layers = ctx2
                 .images
@@ -491,6 +498,7 @@ impl Worker {
                 .map_err(|e| create_err(format!("unpacking {}: {e}", image.reference)))?;
             std::fs::create_dir_all(&bundle)
                 .map_err(|e| create_err(format!("{}: {e}", bundle.display())))?;
+            let t_unpack = t1.elapsed();
             let merged = rootfs::mount_overlay(&layers, &bundle.join("rootfs"))
                 .map_err(|e| create_err(e.to_string()))?;
             let plan = spec::Plan {
@@ -512,6 +520,7 @@ impl Worker {
                 std::fs::create_dir_all(parent)
                     .map_err(|e| create_err(format!("{}: {e}", parent.display())))?;
             }
+            let t_spec = t1.elapsed();
             let out = std::process::Command::new(&ctx2.exe)
                 .arg("runtime")
                 .arg("--root")
@@ -539,11 +548,14 @@ impl Worker {
                     msg.strip_prefix("Error: ").unwrap_or(&msg).to_string(),
                 ));
             }
+            let run = t1.elapsed() - t_spec;
+            tracing::debug!(container = %id2, ?t_unpack, ?t_spec, ?run, "container started");
             Ok(())
         })
         .await
         .map_err(|e| ("RunContainerError".to_string(), e.to_string()))?;
         made?;
+        tracing::debug!(container = %id, ?t_image, ?t_config, total = ?t0.elapsed(), "launched");
         Ok(Attempt { id, attempt, image: image_ref, image_id, started_at: started, exit: None })
     }
 

@@ -1,0 +1,155 @@
+//! One node of a test cluster: a `flotillad server` and a `flotillad agent` whose node lives
+//! in a network namespace of its own, with the probe image (busybox + flotilla-probe)
+//! preloaded from a tarball. Dropped, it kills the agent, resets the node
+//! (`flotillad agent --reset`: containers, mounts, sandboxes, cgroups) and removes the
+//! namespace, pass or fail.
+
+use std::{path::PathBuf, process::Command};
+
+use flotilla_api::client::Client;
+use flotilla_dataplane::netns::NetNs;
+use serde_json::Value;
+
+use crate::{flotillad, oci, probe, Member, Proc};
+
+pub struct Node {
+    pub dir: tempfile::TempDir,
+    pub member: Member,
+    pub agent: Option<Proc>,
+    pub netns: PathBuf,
+    pub tag: String,
+    cidr: String,
+    starts: usize,
+    extra: Vec<String>,
+}
+
+impl Node {
+    /// A server, and an agent for node `node-<tag>` with pod CIDR 10.244.<n>.0/24; `extra`
+    /// agent flags after the defaults.
+    pub fn start(tag: &str, n: u8) -> Node {
+        Node::start_with(tag, n, &[])
+    }
+
+    pub fn start_with(tag: &str, n: u8, extra: &[&str]) -> Node {
+        let dir = tempfile::Builder::new().prefix("pods-test").tempdir_in("/var/tmp").unwrap();
+        // The probe image, preloaded as an air-gapped node would get it.
+        let layout = dir.path().join("layout");
+        oci::write_probe_layout(&layout, &probe(), tag, "amd64", false).unwrap();
+        std::fs::create_dir_all(dir.path().join("images")).unwrap();
+        oci::tar_layout(&layout, &dir.path().join("images/probe.tar")).unwrap();
+        let netns = PathBuf::from(format!("/run/netns/flp-{tag}"));
+        let _ = NetNs::remove(&netns);
+        NetNs::create(&netns).unwrap();
+        let mut member = Member::new("srv", dir.path());
+        member.start().unwrap();
+        let mut node = Node {
+            dir,
+            member,
+            agent: None,
+            netns,
+            tag: tag.into(),
+            cidr: format!("10.244.{n}.0/24"),
+            starts: 0,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        node.start_agent();
+        node
+    }
+
+    fn agent_args(&self) -> Vec<String> {
+        let d = self.dir.path();
+        [
+            "agent",
+            "--node-name",
+            &format!("node-{}", self.tag),
+            "--node-ip",
+            "127.0.0.1",
+            "--pod-cidr",
+            &self.cidr,
+            "--data-dir",
+            d.join("agent").to_str().unwrap(),
+            "--image-root",
+            d.to_str().unwrap(),
+            "--netns",
+            self.netns.to_str().unwrap(),
+            "--bridge",
+            "flp0",
+            "--cgroup-parent",
+            &format!("flotilla-test/{}", self.tag),
+            "--restart-backoff-ms",
+            "1000",
+            "--restart-backoff-max-ms",
+            "2000",
+            "--lease-renew-ms",
+            "1000",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(self.extra.iter().cloned())
+        .collect()
+    }
+
+    pub fn start_agent(&mut self) {
+        let mut cmd = Command::new(flotillad());
+        cmd.args(self.agent_args()).arg("--server").arg(self.member.api_url().unwrap());
+        cmd.env("RUST_LOG", std::env::var("FLOTILLA_TEST_LOG").unwrap_or_else(|_| "info".into()));
+        self.starts += 1;
+        let log = self.dir.path().join(format!("agent-{}.log", self.starts));
+        self.agent = Some(Proc::spawn("agent", cmd, &log).unwrap());
+    }
+
+    pub fn kill_agent(&mut self) {
+        if let Some(mut a) = self.agent.take() {
+            a.kill();
+        }
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.member.api_url().unwrap()).await.unwrap()
+    }
+
+    pub fn image(&self) -> String {
+        format!("localhost/probe:{}", self.tag)
+    }
+
+    pub fn logs(&self, pod: &Value, container: &str, attempt: u32) -> String {
+        let m = &pod["metadata"];
+        let p = self.dir.path().join("agent/logs").join(format!(
+            "{}_{}_{}",
+            m["namespace"].as_str().unwrap(),
+            m["name"].as_str().unwrap(),
+            m["uid"].as_str().unwrap()
+        ));
+        std::fs::read_to_string(p.join(container).join(format!("{attempt}.log")))
+            .unwrap_or_default()
+    }
+
+    pub fn agent_log(&self) -> String {
+        (1..=self.starts)
+            .map(|i| {
+                std::fs::read_to_string(self.dir.path().join(format!("agent-{i}.log")))
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill_agent();
+        let out = Command::new(flotillad()).args(self.agent_args()).arg("--reset").output();
+        if let Ok(o) = out {
+            if !o.status.success() {
+                eprintln!("agent --reset: {}", String::from_utf8_lossy(&o.stderr));
+            }
+        }
+        let _ = NetNs::remove(&self.netns);
+        // The shared parent of every test node's cgroups goes with the last of them.
+        for h in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+            let _ = std::fs::remove_dir(h.path().join("flotilla-test"));
+        }
+        if std::thread::panicking() {
+            eprintln!("--- agent log ---\n{}", self.agent_log());
+        }
+    }
+}
