@@ -361,3 +361,62 @@ async fn pods_survive_agent_restart_and_stop_gracefully() {
         "only the header is left"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_drive_readiness_and_restarts() {
+    let node = Node::start("probe", 24);
+    let c = node.client().await;
+    let img = node.image();
+    let node_name = format!("node-{}", node.tag);
+    let p = pod(
+        "probed",
+        &img,
+        json!({"nodeName": node_name, "terminationGracePeriodSeconds": 2, "containers": [{"name": "c",
+        "command": ["sh", "-c", "echo > /tmp/healthy; exec /bin/flotilla-probe http 8080"],
+        "ports": [{"name": "http", "containerPort": 8080}],
+        "startupProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1, "failureThreshold": 30},
+        "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 1, "failureThreshold": 1},
+        "livenessProbe": {"exec": {"command": ["cat", "/tmp/healthy"]}, "periodSeconds": 1, "failureThreshold": 3}}]}),
+    );
+    c.create("pods", "default", &p).await.unwrap();
+    let never = pod(
+        "never-ready",
+        &img,
+        json!({"nodeName": node_name, "containers": [{"name": "c", "command": ["sleep", "3600"],
+        "readinessProbe": {"tcpSocket": {"port": 9999}, "periodSeconds": 1}}]}),
+    );
+    c.create("pods", "default", &never).await.unwrap();
+
+    let ready = pod_where(&c, "probed", "Ready", 60, |p| condition(p, "Ready") == "True").await;
+    let id = cstatus(&ready, "c")["containerID"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("flotilla://")
+        .to_string();
+    assert_eq!(cstatus(&ready, "c")["started"], true);
+
+    // Unhealthy: readiness fails first (Ready False), then liveness restarts the container.
+    let rm = Command::new(flotillad())
+        .args(["runtime", "--root", node.dir.path().join("agent/runtime").to_str().unwrap()])
+        .args(["exec", &id, "--", "busybox", "rm", "/tmp/healthy"])
+        .output()
+        .unwrap();
+    assert!(rm.status.success(), "{}", String::from_utf8_lossy(&rm.stderr));
+    let unready =
+        pod_where(&c, "probed", "not Ready", 20, |p| condition(p, "Ready") == "False").await;
+    assert_eq!(cstatus(&unready, "c")["ready"], false);
+    let restarted = pod_where(&c, "probed", "restarted and Ready again", 60, |p| {
+        cstatus(p, "c")["restartCount"] == 1 && condition(p, "Ready") == "True"
+    })
+    .await;
+    let last = &cstatus(&restarted, "c")["lastState"]["terminated"];
+    assert!(last["exitCode"].as_i64().unwrap() >= 128, "killed by a signal: {last}");
+    assert!(node.agent_log().contains("failed liveness probe"));
+
+    let never = pod_where(&c, "never-ready", "Running", 60, |p| phase(p) == "Running").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let never = c.get("pods", "default", "never-ready").await.unwrap_or(never);
+    assert_eq!(condition(&never, "Ready"), "False");
+    assert_eq!(cstatus(&never, "c")["ready"], false);
+    assert_eq!(cstatus(&never, "c")["started"], true);
+}

@@ -140,6 +140,43 @@ fn serve(port: u16) {
     }
 }
 
+/// `http PORT`: HTTP/1.1 answering `GET /healthz` with 200 while /tmp/healthy exists and
+/// 500 otherwise, anything else with 200 and `$POD_NAME`.
+fn http(port: u16) {
+    use std::io::BufRead;
+    let name = std::env::var("POD_NAME").unwrap_or_else(|_| "unknown".into());
+    let l = std::net::TcpListener::bind(("0.0.0.0", port)).expect("bind");
+    println!("http {port}");
+    for c in l.incoming().flatten() {
+        let mut r = std::io::BufReader::new(c.try_clone().expect("clone"));
+        let mut line = String::new();
+        if r.read_line(&mut line).is_err() {
+            continue;
+        }
+        let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+        // Read to the blank line that ends the request head.
+        let mut h = String::new();
+        while r.read_line(&mut h).is_ok_and(|n| n > 2) {
+            h.clear();
+        }
+        let (code, body) = if path == "/healthz" {
+            if std::path::Path::new("/tmp/healthy").exists() {
+                (200, "ok")
+            } else {
+                (500, "unhealthy")
+            }
+        } else {
+            (200, name.as_str())
+        };
+        let mut c = c;
+        let _ = write!(
+            c,
+            "HTTP/1.1 {code} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    }
+}
+
 /// TCP and UDP on one port: a TCP connection gets `$POD_NAME` then an echo of each line; a
 /// datagram gets `$POD_NAME` back. With `log`, prints each TCP client's address.
 fn echo(port: u16, log: bool) {
@@ -281,6 +318,7 @@ fn main() {
         Some("hold") => hold(arg(2), num(3)),
         Some("inspect") => inspect(),
         Some("hog") => hog(args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1024)),
+        Some("http") => http(args.get(2).and_then(|s| s.parse().ok()).unwrap_or(8080)),
         Some("serve") => serve(args.get(2).and_then(|s| s.parse().ok()).unwrap_or(8080)),
         _ => {
             eprintln!(

@@ -8,6 +8,7 @@
 //! ```
 
 pub mod config;
+pub mod probe;
 pub mod sandbox;
 pub mod spec;
 pub mod status;

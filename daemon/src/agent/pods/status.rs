@@ -57,12 +57,16 @@ pub fn container_status(name: &str, image: &str, c: Option<&Ctr>) -> Value {
         }
     };
     let running = c.current.as_ref().is_some_and(Attempt::running);
+    // Probes, where the container has them: started after its startup probe, ready after
+    // its readiness probe.
+    let started = running && c.probe.as_ref().is_none_or(|p| p.started != Some(false));
+    let ready = started && c.probe.as_ref().is_none_or(|p| p.ready != Some(false));
     let mut s = json!({
         "name": name,
         "state": state,
         "lastState": last.unwrap_or(json!({})),
-        "ready": running,
-        "started": running,
+        "ready": ready,
+        "started": started,
         "restartCount": c.restarts(),
         "image": c.current.as_ref().map(|a| a.image.as_str()).unwrap_or(image),
         "imageID": c.current.as_ref().map(|a| a.image_id.as_str()).unwrap_or(""),

@@ -21,7 +21,7 @@ use flotilla_isolation::{image::rootfs, Exit, State, Status};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 
-use super::{config, sandbox, spec, status, Ctx};
+use super::{config, probe, sandbox, spec, status, Ctx};
 
 pub const ANN_UID: &str = "io.kubernetes.pod.uid";
 pub const ANN_NAME: &str = "io.kubernetes.pod.name";
@@ -62,6 +62,8 @@ pub struct Ctr {
     pub waiting: Option<(String, String)>,
     pub(super) next_try: Option<Instant>,
     pub(super) backoff: Duration,
+    /// What the current run's probes found (None: it has no probes).
+    pub probe: Option<probe::Results>,
 }
 
 impl Ctr {
@@ -82,6 +84,10 @@ pub struct Worker {
     pub sandbox_error: Option<String>,
     /// The last pod seen, for a teardown after it is gone.
     last_pod: Option<Arc<Value>>,
+    /// Running probes by container name, with the run they belong to.
+    probes: std::collections::HashMap<String, (String, probe::Probes)>,
+    /// Notified when a probe result changes.
+    wake: Arc<tokio::sync::Notify>,
 }
 
 /// What the worker does next.
@@ -134,7 +140,16 @@ impl Worker {
             c.current = Some(attempt);
         }
         let ip = ctx.net.pod(uid).ok().flatten().map(|p| p.ip);
-        Worker { ctx, uid: uid.to_string(), ctrs, ip, sandbox_error: None, last_pod: None }
+        Worker {
+            ctx,
+            uid: uid.to_string(),
+            ctrs,
+            ip,
+            sandbox_error: None,
+            last_pod: None,
+            probes: Default::default(),
+            wake: Default::default(),
+        }
     }
 
     /// Kills and removes everything of the pod on this node, at once.
@@ -152,6 +167,7 @@ impl Worker {
         mut rx: watch::Receiver<Option<Arc<Value>>>,
         done: mpsc::UnboundedSender<String>,
     ) {
+        let wake = self.wake.clone();
         loop {
             let pod = rx.borrow_and_update().clone();
             let next = match pod {
@@ -169,6 +185,7 @@ impl Worker {
                 Next::Wait(d) => {
                     tokio::select! {
                         r = rx.changed() => if r.is_err() { break },
+                        _ = wake.notified() => {}
                         _ = tokio::time::sleep(d) => {}
                     }
                 }
@@ -251,6 +268,7 @@ impl Worker {
         }
         self.sandbox_error = None;
         self.refresh_exits();
+        self.act_on_probes(pod);
 
         let policy = pod["spec"]["restartPolicy"].as_str().unwrap_or("Always").to_string();
         let empty = vec![];
@@ -307,6 +325,7 @@ impl Worker {
                 }
             }
         }
+        self.sync_probes(pod);
         self.post(pod).await;
         let soonest = self.ctrs.values().filter_map(|c| c.next_try).min();
         let wait = soonest
@@ -314,6 +333,96 @@ impl Worker {
             .unwrap_or(Duration::from_secs(1))
             .clamp(Duration::from_millis(20), Duration::from_secs(1));
         Next::Wait(wait)
+    }
+
+    /// Containers whose liveness or startup probe failed are stopped (TERM, then KILL after
+    /// the pod's grace period); their exit then goes through the restart policy.
+    fn act_on_probes(&mut self, pod: &Value) {
+        let grace = Duration::from_secs(
+            pod["spec"]["terminationGracePeriodSeconds"].as_u64().unwrap_or(30),
+        );
+        let failed: Vec<(String, String, String)> = self
+            .probes
+            .iter()
+            .filter_map(|(name, (id, p))| {
+                let why = p.results.lock().expect("probe results").kill.clone()?;
+                Some((name.clone(), id.clone(), why))
+            })
+            .collect();
+        for (name, id, why) in failed {
+            self.probes.remove(&name);
+            let running = self
+                .ctrs
+                .get(&name)
+                .and_then(|c| c.current.as_ref())
+                .is_some_and(|a| a.id == id && a.running());
+            if !running {
+                continue;
+            }
+            tracing::warn!(pod = %self.uid, container = %name, "{why}");
+            let rt = self.ctx.runtime.clone();
+            let _ = rt.kill(&id, nix::sys::signal::Signal::SIGTERM);
+            tokio::spawn(async move {
+                let deadline = Instant::now() + grace;
+                while Instant::now() < deadline {
+                    if !matches!(rt.state(&id), Ok((_, Status::Running))) {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                let _ = rt.kill(&id, nix::sys::signal::Signal::SIGKILL);
+            });
+        }
+    }
+
+    /// Probes follow the running containers: started for a new run (or one adopted after a
+    /// restart, which is probed anew), stopped with it; their findings go to the status.
+    fn sync_probes(&mut self, pod: &Value) {
+        let specs: Vec<&Value> = pod["spec"]["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .chain(
+                pod["spec"]["initContainers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|c| c["restartPolicy"] == "Always"),
+            )
+            .collect();
+        let netns = self.ctx.net.pod(&self.uid).ok().flatten().map(|p| p.netns).unwrap_or_default();
+        for c in specs {
+            let name = c["name"].as_str().unwrap_or_default().to_string();
+            let Some(st) = self.ctrs.get_mut(&name) else { continue };
+            let run = st.current.as_ref().filter(|a| a.running()).map(|a| a.id.clone());
+            match (run, self.probes.get(&name)) {
+                (Some(id), Some((pid, _))) if *pid == id => {}
+                (Some(id), _) => {
+                    self.probes.remove(&name);
+                    let target = probe::Target {
+                        exe: self.ctx.exe.clone(),
+                        runtime_root: self.ctx.runtime.root().to_path_buf(),
+                        container: id.clone(),
+                        netns: netns.clone(),
+                        ip: self.ip.unwrap_or(Ipv4Addr::LOCALHOST),
+                    };
+                    match probe::start(c, target, self.wake.clone()) {
+                        Ok(Some(p)) => {
+                            self.probes.insert(name.clone(), (id, p));
+                        }
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!(pod = %self.uid, container = %name, "probe: {e}"),
+                    }
+                }
+                (None, _) => {
+                    self.probes.remove(&name);
+                }
+            }
+            st.probe = self
+                .probes
+                .get(&name)
+                .map(|(_, p)| p.results.lock().expect("probe results").clone());
+        }
     }
 
     /// For an exited container under `policy`: whether to start it again now. Sets the
@@ -592,6 +701,7 @@ impl Worker {
             self.ctx.remove_container(&self.uid, &id).await;
         }
         self.ctrs.clear();
+        self.probes.clear();
         self.ctx.remove_pod_cgroup(&self.uid);
         if let Err(e) = self.ctx.net.remove_pod(&self.uid).await {
             tracing::warn!(pod = %self.uid, "removing the pod network: {e}");

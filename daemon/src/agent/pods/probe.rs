@@ -1,0 +1,338 @@
+//! Container probes: startup, liveness and readiness, by exec (in the container), tcpSocket
+//! and httpGet (from inside the pod's network namespace, so the check does not depend on the
+//! node's routing), with Kubernetes' timing fields and thresholds.
+//!
+//! ```text
+//!  startup ──success──► started ──► liveness (failureThreshold → the container is killed)
+//!                               └─► readiness (drives ready, and so the pod's Ready)
+//! ```
+
+use std::{
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use serde_json::Value;
+use tokio::sync::Notify;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Handler {
+    Exec(Vec<String>),
+    Tcp(u16),
+    Http { port: u16, path: String, host: Option<String>, headers: Vec<(String, String)> },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Spec {
+    pub handler: Handler,
+    pub initial_delay: Duration,
+    pub period: Duration,
+    pub timeout: Duration,
+    pub success_threshold: u32,
+    pub failure_threshold: u32,
+}
+
+/// A probe's port: a number, or the name of one of the container's ports.
+fn port(container: &Value, v: &Value) -> Result<u16, String> {
+    if let Some(n) = v.as_u64() {
+        return u16::try_from(n).map_err(|_| format!("port {n} out of range"));
+    }
+    let name = v.as_str().unwrap_or_default();
+    if let Ok(n) = name.parse() {
+        return Ok(n);
+    }
+    container["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == name)
+        .and_then(|p| p["containerPort"].as_u64())
+        .and_then(|n| u16::try_from(n).ok())
+        .ok_or_else(|| format!("no container port named {name:?}"))
+}
+
+/// The container's probe under `key` (livenessProbe, …), if it has one.
+pub fn parse(container: &Value, key: &str) -> Option<Result<Spec, String>> {
+    let p = container.get(key).filter(|p| p.is_object())?;
+    let secs = |k: &str, d: u64| Duration::from_secs(p[k].as_u64().unwrap_or(d));
+    let handler = if let Some(cmd) = p["exec"]["command"].as_array() {
+        Ok(Handler::Exec(cmd.iter().filter_map(|s| s.as_str().map(String::from)).collect()))
+    } else if p["tcpSocket"].is_object() {
+        port(container, &p["tcpSocket"]["port"]).map(Handler::Tcp)
+    } else if p["httpGet"].is_object() {
+        let h = &p["httpGet"];
+        port(container, &h["port"]).map(|port| Handler::Http {
+            port,
+            path: h["path"].as_str().filter(|s| !s.is_empty()).unwrap_or("/").to_string(),
+            host: h["host"].as_str().filter(|s| !s.is_empty()).map(String::from),
+            headers: h["httpHeaders"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|x| {
+                    Some((x["name"].as_str()?.to_string(), x["value"].as_str()?.to_string()))
+                })
+                .collect(),
+        })
+    } else {
+        Err(format!("{key}: no exec, tcpSocket or httpGet handler"))
+    };
+    Some(handler.map(|handler| Spec {
+        handler,
+        initial_delay: secs("initialDelaySeconds", 0),
+        period: secs("periodSeconds", 10).max(Duration::from_secs(1)),
+        timeout: secs("timeoutSeconds", 1).max(Duration::from_secs(1)),
+        success_threshold: p["successThreshold"].as_u64().unwrap_or(1).max(1) as u32,
+        failure_threshold: p["failureThreshold"].as_u64().unwrap_or(3).max(1) as u32,
+    }))
+}
+
+/// Where a probe runs: the container (exec) and its pod's network.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub exe: PathBuf,
+    pub runtime_root: PathBuf,
+    pub container: String,
+    pub netns: PathBuf,
+    pub ip: Ipv4Addr,
+}
+
+fn http_get(
+    addr: SocketAddr,
+    path: &str,
+    host: &str,
+    headers: &[(String, String)],
+    timeout: Duration,
+) -> Result<u16, String> {
+    let mut c = TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
+    c.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    c.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: flotilla-probe/1.0\r\nAccept: */*\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    c.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    let mut head = [0u8; 64];
+    let n = c.read(&mut head).map_err(|e| e.to_string())?;
+    let line = String::from_utf8_lossy(&head[..n]);
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| format!("not an HTTP response: {line:?}"))
+}
+
+/// One check. Err carries why it failed (for the event/log).
+pub async fn check(h: &Handler, t: &Target, timeout: Duration) -> Result<(), String> {
+    match h {
+        Handler::Exec(cmd) => {
+            let mut c = tokio::process::Command::new(&t.exe);
+            c.arg("runtime")
+                .arg("--root")
+                .arg(&t.runtime_root)
+                .arg("exec")
+                .arg(&t.container)
+                .arg("--")
+                .args(cmd);
+            c.stdin(std::process::Stdio::null()).kill_on_drop(true);
+            match tokio::time::timeout(timeout, c.output()).await {
+                Err(_) => Err(format!("command timed out after {timeout:?}")),
+                Ok(Err(e)) => Err(e.to_string()),
+                Ok(Ok(o)) if o.status.success() => Ok(()),
+                Ok(Ok(o)) => Err(format!(
+                    "exit {}: {}",
+                    o.status.code().unwrap_or(-1),
+                    String::from_utf8_lossy(&o.stdout).trim()
+                )),
+            }
+        }
+        Handler::Tcp(_) | Handler::Http { .. } => {
+            let (h, t) = (h.clone(), t.clone());
+            tokio::task::spawn_blocking(move || {
+                let ns =
+                    flotilla_dataplane::netns::NetNs::open(&t.netns).map_err(|e| e.to_string())?;
+                ns.run(|| match &h {
+                    Handler::Tcp(port) => {
+                        TcpStream::connect_timeout(&SocketAddr::from((t.ip, *port)), timeout)
+                            .map(|_| ())
+                            .map_err(|e| format!("dial tcp {}:{port}: {e}", t.ip))
+                    }
+                    Handler::Http { port, path, host, headers } => {
+                        let host = host.clone().unwrap_or_else(|| t.ip.to_string());
+                        match http_get(
+                            SocketAddr::from((t.ip, *port)),
+                            path,
+                            &host,
+                            headers,
+                            timeout,
+                        ) {
+                            Ok(code) if (200..400).contains(&code) => Ok(()),
+                            Ok(code) => Err(format!("HTTP probe failed with statuscode: {code}")),
+                            Err(e) => Err(format!("Get \"http://{}:{port}{path}\": {e}", t.ip)),
+                        }
+                    }
+                    Handler::Exec(_) => unreachable!(),
+                })
+                .map_err(|e| e.to_string())?
+            })
+            .await
+            .map_err(|e| e.to_string())?
+        }
+    }
+}
+
+/// What a container's probes have found so far.
+#[derive(Clone, Debug, Default)]
+pub struct Results {
+    /// None: no startup probe (started when running).
+    pub started: Option<bool>,
+    /// None: no readiness probe (ready when started).
+    pub ready: Option<bool>,
+    /// Why the container must be restarted (liveness or startup failed).
+    pub kill: Option<String>,
+}
+
+/// A container's running probes; dropping it stops them.
+pub struct Probes {
+    pub results: Arc<Mutex<Results>>,
+    tasks: Vec<tokio::task::AbortHandle>,
+}
+
+impl Drop for Probes {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Startup,
+    Liveness,
+    Readiness,
+}
+
+/// Starts the container's probes; `wake` is notified whenever a result changes.
+pub fn start(
+    container: &Value,
+    target: Target,
+    wake: Arc<Notify>,
+) -> Result<Option<Probes>, String> {
+    let specs = [
+        ("startupProbe", Kind::Startup),
+        ("livenessProbe", Kind::Liveness),
+        ("readinessProbe", Kind::Readiness),
+    ];
+    let mut parsed = Vec::new();
+    for (key, kind) in specs {
+        if let Some(s) = parse(container, key) {
+            parsed.push((kind, s?));
+        }
+    }
+    if parsed.is_empty() {
+        return Ok(None);
+    }
+    let results = Arc::new(Mutex::new(Results {
+        started: parsed.iter().any(|(k, _)| *k == Kind::Startup).then_some(false),
+        ready: parsed.iter().any(|(k, _)| *k == Kind::Readiness).then_some(false),
+        kill: None,
+    }));
+    let name = container["name"].as_str().unwrap_or_default().to_string();
+    let tasks = parsed
+        .into_iter()
+        .map(|(kind, spec)| {
+            let (r, t, w, name) = (results.clone(), target.clone(), wake.clone(), name.clone());
+            tokio::spawn(run(kind, spec, t, r, w, name)).abort_handle()
+        })
+        .collect();
+    Ok(Some(Probes { results, tasks }))
+}
+
+async fn run(
+    kind: Kind,
+    spec: Spec,
+    t: Target,
+    r: Arc<Mutex<Results>>,
+    wake: Arc<Notify>,
+    name: String,
+) {
+    tokio::time::sleep(spec.initial_delay).await;
+    let (mut ok_run, mut bad_run) = (0u32, 0u32);
+    loop {
+        let started = r.lock().expect("probe results").started != Some(false);
+        if kind == Kind::Startup || started {
+            let result = check(&spec.handler, &t, spec.timeout).await;
+            match &result {
+                Ok(()) => (ok_run, bad_run) = (ok_run + 1, 0),
+                Err(_) => (ok_run, bad_run) = (0, bad_run + 1),
+            }
+            let mut res = r.lock().expect("probe results");
+            let before = (res.started, res.ready, res.kill.clone());
+            match kind {
+                Kind::Startup if ok_run >= 1 => res.started = Some(true),
+                Kind::Startup if bad_run >= spec.failure_threshold => {
+                    res.kill = Some(format!(
+                        "Container {name} failed startup probe, will be restarted: {}",
+                        result.clone().unwrap_err()
+                    ));
+                }
+                Kind::Liveness if bad_run >= spec.failure_threshold => {
+                    res.kill = Some(format!(
+                        "Container {name} failed liveness probe, will be restarted: {}",
+                        result.clone().unwrap_err()
+                    ));
+                }
+                Kind::Readiness if ok_run >= spec.success_threshold => res.ready = Some(true),
+                Kind::Readiness if bad_run >= spec.failure_threshold => res.ready = Some(false),
+                _ => {}
+            }
+            let changed = before != (res.started, res.ready, res.kill.clone());
+            let done = res.kill.is_some() || (kind == Kind::Startup && res.started == Some(true));
+            drop(res);
+            if changed {
+                wake.notify_one();
+            }
+            if done {
+                return;
+            }
+        }
+        tokio::time::sleep(spec.period).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn parses_handlers_timing_and_named_ports() {
+        let c = json!({"ports": [{"name": "http", "containerPort": 8080}],
+            "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 2, "failureThreshold": 1},
+            "readinessProbe": {"tcpSocket": {"port": 9000}},
+            "startupProbe": {"exec": {"command": ["cat", "/ready"]}, "initialDelaySeconds": 3},
+            "badProbe": {"tcpSocket": {"port": "nope"}}});
+        let l = parse(&c, "livenessProbe").unwrap().unwrap();
+        assert_eq!(
+            l.handler,
+            Handler::Http { port: 8080, path: "/healthz".into(), host: None, headers: vec![] }
+        );
+        assert_eq!(
+            (l.period, l.failure_threshold, l.timeout),
+            (Duration::from_secs(2), 1, Duration::from_secs(1))
+        );
+        assert_eq!(parse(&c, "readinessProbe").unwrap().unwrap().handler, Handler::Tcp(9000));
+        let s = parse(&c, "startupProbe").unwrap().unwrap();
+        assert_eq!(s.handler, Handler::Exec(vec!["cat".into(), "/ready".into()]));
+        assert_eq!(
+            (s.initial_delay, s.period, s.success_threshold),
+            (Duration::from_secs(3), Duration::from_secs(10), 1)
+        );
+        assert!(parse(&c, "badProbe").unwrap().unwrap_err().contains("nope"));
+        assert!(parse(&c, "missing").is_none());
+    }
+}
