@@ -216,6 +216,9 @@ async fn pods_restart_per_policy_with_backoff() {
     c.create("pods", "default", &one("done", "Never", "echo ok")).await.unwrap();
     c.create("pods", "default", &one("fail", "Never", "exit 7")).await.unwrap();
     c.create("pods", "default", &one("retry", "OnFailure", "exit 1")).await.unwrap();
+    let mut oom = one("oom", "Never", "exec /bin/flotilla-probe hog 512");
+    oom["spec"]["containers"][0]["resources"] = json!({"limits": {"memory": "64Mi"}});
+    c.create("pods", "default", &oom).await.unwrap();
     let mut missing = one("missing", "Always", "true");
     missing["spec"]["containers"][0]["image"] = json!("localhost/nothing:here");
     missing["spec"]["containers"][0]["imagePullPolicy"] = json!("Never");
@@ -228,6 +231,12 @@ async fn pods_restart_per_policy_with_backoff() {
     assert_eq!(cstatus(&failed, "c")["state"]["terminated"]["exitCode"], 7);
     assert_eq!(cstatus(&failed, "c")["state"]["terminated"]["reason"], "Error");
     assert_eq!(cstatus(&failed, "c")["restartCount"], 0);
+
+    // Over its memory limit, the kernel kills it, and the status says so.
+    let oom = pod_where(&c, "oom", "OOMKilled", 60, |p| phase(p) == "Failed").await;
+    let t = &cstatus(&oom, "c")["state"]["terminated"];
+    assert_eq!(t["reason"], "OOMKilled", "{t}");
+    assert_eq!(t["exitCode"], 137);
 
     // Always: restarted, with the back-off showing as CrashLoopBackOff between runs.
     let looping = pod_where(&c, "crash", "CrashLoopBackOff after restarts", 60, |p| {
@@ -267,7 +276,7 @@ async fn pods_restart_per_policy_with_backoff() {
         (n <= 3).then_some(json!(n))
     })
     .await;
-    assert!(held.as_u64().unwrap() <= 3);
+    assert!(held.as_u64().unwrap() <= 3, "crash, retry and missing hold one each");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
