@@ -361,6 +361,20 @@ impl Client {
         }))
     }
 
+    /// A container's log (kubectl logs), relayed by the API server from the pod's node: the
+    /// stream's chunks in order; it ends with the log (or, following, with the container).
+    pub async fn pod_logs(
+        &self,
+        r: proto::PodLogsRequest,
+    ) -> Result<
+        impl futures::Stream<Item = Result<bytes::Bytes, ApiError>> + Send + 'static,
+        ApiError,
+    > {
+        use futures::StreamExt;
+        let stream = self.inner.clone().pod_logs(r).await?.into_inner();
+        Ok(stream.map(|c| c.map(|c| c.data).map_err(ApiError::from)))
+    }
+
     pub async fn discovery(&self) -> Result<proto::DiscoveryResponse, ApiError> {
         Ok(self.inner.clone().discovery(proto::DiscoveryRequest {}).await?.into_inner())
     }

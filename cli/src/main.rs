@@ -144,6 +144,25 @@ enum Cmd {
         #[arg(long)]
         replicas: i32,
     },
+    /// Print a container's log (streamed from its node through the API server).
+    Logs {
+        pod: String,
+        /// The container (needed when the pod has several).
+        #[arg(short, long)]
+        container: Option<String>,
+        /// Keep streaming until the container ends.
+        #[arg(short, long)]
+        follow: bool,
+        /// The log of the previous run, after a restart.
+        #[arg(short, long)]
+        previous: bool,
+        /// The last N lines only.
+        #[arg(long, default_value_t = -1)]
+        tail: i64,
+        /// Prefix each line with its RFC 3339 time.
+        #[arg(long)]
+        timestamps: bool,
+    },
     /// The kinds this server serves.
     ApiResources,
     /// Client and server versions.
@@ -802,6 +821,28 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Annotate { kind, name, changes, overwrite } => {
             ctx.meta_map("annotations", &kind, &name, &changes, overwrite).await
+        }
+        Cmd::Logs { pod, container, follow, previous, tail, timestamps } => {
+            use futures::StreamExt;
+            use std::io::Write;
+            let pod =
+                pod.strip_prefix("pod/").or(pod.strip_prefix("pods/")).unwrap_or(&pod).to_string();
+            let req = flotilla_api::proto::PodLogsRequest {
+                namespace: ctx.namespace.clone(),
+                name: pod,
+                container: container.unwrap_or_default(),
+                follow,
+                previous,
+                tail_lines: tail,
+                timestamps,
+            };
+            let mut s = ctx.client.pod_logs(req).await.map_err(server_error)?;
+            let mut out = std::io::stdout().lock();
+            while let Some(chunk) = s.next().await {
+                out.write_all(&chunk.map_err(server_error)?)?;
+                out.flush()?;
+            }
+            Ok(())
         }
         Cmd::Scale { kind, name, replicas } => {
             let info = resource(&kind)?;

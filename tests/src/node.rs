@@ -21,6 +21,8 @@ pub struct Node {
     cidr: String,
     starts: usize,
     extra: Vec<String>,
+    /// The agent's node API (logs), on loopback.
+    pub node_port: u16,
 }
 
 impl Node {
@@ -51,6 +53,7 @@ impl Node {
             cidr: format!("10.244.{n}.0/24"),
             starts: 0,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            node_port: crate::free_port(),
         };
         node.start_agent();
         node
@@ -82,6 +85,8 @@ impl Node {
             "2000",
             "--lease-renew-ms",
             "1000",
+            "--node-listen",
+            &format!("127.0.0.1:{}", self.node_port),
         ]
         .iter()
         .map(|s| s.to_string())
@@ -122,6 +127,18 @@ impl Node {
         ));
         std::fs::read_to_string(p.join(container).join(format!("{attempt}.log")))
             .unwrap_or_default()
+    }
+
+    /// `flotilla ARGS` against this node's server: (success, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(crate::flotilla_cli())
+            .arg("--server")
+            .arg(self.member.api_url().unwrap())
+            .args(args)
+            .output()
+            .unwrap();
+        let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.success(), s(&out.stdout), s(&out.stderr))
     }
 
     pub fn agent_log(&self) -> String {

@@ -166,6 +166,20 @@ async fn pod_runs_init_containers_env_and_volumes() {
     }
     assert!(node.logs(&running, "prep", 0).contains(" stdout F init-done"));
 
+    // The same through the API server: `flotilla logs` never talks to the node itself.
+    let (ok, out, err) = node.cli(&["logs", "web"]);
+    assert!(ok, "{err}");
+    assert!(out.contains(&format!("greeting=hello pod=web ip={ip} mode=fast\n")), "{out}");
+    let (ok, out, _) = node.cli(&["logs", "pod/web", "-c", "app", "--tail", "1"]);
+    assert!(ok);
+    assert_eq!(out, "listening 8080\n");
+    let (ok, out, _) = node.cli(&["logs", "web", "-c", "prep", "--timestamps"]);
+    assert!(ok);
+    assert!(out.ends_with("Z init-done\n") && out.starts_with("20"), "{out}");
+    let (ok, _, err) = node.cli(&["logs", "web", "-c", "nope"]);
+    assert!(!ok);
+    assert!(err.contains("container \"nope\" in pod \"web\" not found"), "{err}");
+
     // The pod answers on its address from the node's namespace.
     let out = Command::new("nsenter")
         .arg(format!("--net={}", node.netns.display()))
@@ -251,6 +265,18 @@ async fn pods_restart_per_policy_with_backoff() {
     assert_eq!(phase(&looping), "Running");
     assert_eq!(condition(&looping, "Ready"), "False");
     assert!(node.logs(&looping, "c", 1).contains("stdout F run"));
+    let (ok, out, err) = node.cli(&["logs", "crash", "--previous"]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "run\n");
+
+    // -f streams until the container ends.
+    c.create("pods", "default", &one("slow", "Never", "echo a; sleep 2; echo b")).await.unwrap();
+    pod_where(&c, "slow", "Running", 30, |p| phase(p) == "Running").await;
+    let t = std::time::Instant::now();
+    let (ok, out, err) = node.cli(&["logs", "slow", "-f"]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "a\nb\n");
+    assert!(t.elapsed() >= Duration::from_millis(500), "it waited for the second line");
 
     // OnFailure: a failed run is restarted; the pod never reaches Succeeded.
     let retry = pod_where(&c, "retry", "a restart", 60, |p| {

@@ -2,6 +2,7 @@
 //! registers the Node, keeps its Lease renewed and reports its conditions, and runs the pods
 //! bound to the node (sandbox, images, containers, restarts, status, graceful deletion).
 
+pub mod logs;
 pub mod node;
 pub mod pods;
 
@@ -71,6 +72,9 @@ pub struct AgentArgs {
     pub restart_backoff_ms: u64,
     #[arg(long, default_value_t = 300_000)]
     pub restart_backoff_max_ms: u64,
+    /// The node API (container logs for the API server), as the kubelet's port.
+    #[arg(long, default_value = "0.0.0.0:10250")]
+    pub node_listen: std::net::SocketAddr,
     /// Register the Node only; run no pods (a control-plane-only member).
     #[arg(long)]
     pub no_pods: bool,
@@ -120,6 +124,7 @@ pub async fn run(a: AgentArgs) -> Result<()> {
         max_pods: a.max_pods,
         lease_seconds: a.lease_seconds,
         eviction: a.eviction_hard.clone(),
+        port: a.node_listen.port(),
     };
     let client = Client::connect_lazy(&a.server)?;
     if a.reset {
@@ -138,8 +143,17 @@ pub async fn run(a: AgentArgs) -> Result<()> {
     if a.no_pods {
         return registration.await;
     }
-    let ctx = pods_context(&a, client, &spec).await?;
-    tokio::try_join!(registration, pods::run(Arc::new(ctx)))?;
+    let ctx = Arc::new(pods_context(&a, client, &spec).await?);
+    let listener = tokio::net::TcpListener::bind(a.node_listen)
+        .await
+        .with_context(|| format!("binding the node API on {}", a.node_listen))?;
+    let node_api = tonic::transport::Server::builder()
+        .add_service(flotilla_api::proto::node_server::NodeServer::new(logs::NodeApi {
+            ctx: ctx.clone(),
+        }))
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+    let node_api = async { node_api.await.context("node API") };
+    tokio::try_join!(registration, pods::run(ctx), node_api)?;
     Ok(())
 }
 

@@ -24,6 +24,8 @@ pub struct NodeSpec {
     pub max_pods: u32,
     pub lease_seconds: u32,
     pub eviction: Eviction,
+    /// The node API's port (daemonEndpoints.kubeletEndpoint).
+    pub port: u16,
 }
 
 /// A hard eviction threshold: an absolute amount (bytes, or a count for pids) or a share of
@@ -339,7 +341,7 @@ pub fn status(spec: &NodeSpec, previous: Option<&Value>) -> Value {
             "operatingSystem": "linux",
             "architecture": arch(),
         },
-        "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": spec.port}},
     })
 }
 

@@ -27,6 +27,7 @@ const INITIAL_BATCH: usize = 500;
 pub struct Service(pub Arc<ApiServer>);
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<proto::WatchResponse, Status>> + Send>>;
+type LogStream = Pin<Box<dyn Stream<Item = Result<proto::LogChunk, Status>> + Send>>;
 
 /// Whether a write goes through the status subresource ("" or "status").
 fn status_subresource(info: &flotilla_api::ResourceInfo, sub: &str) -> Result<bool, ApiError> {
@@ -205,6 +206,73 @@ impl Api for Service {
         };
         tokio::spawn(w.run(sub));
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    type PodLogsStream = LogStream;
+
+    /// Finds the pod's node and relays the stream of that node's agent (the kubelet proxy).
+    async fn pod_logs(
+        &self,
+        req: Request<proto::PodLogsRequest>,
+    ) -> Result<Response<LogStream>, Status> {
+        let mut r = req.into_inner();
+        let s = &self.0;
+        let started = Instant::now();
+        let target = async {
+            let ns =
+                if r.namespace.is_empty() { "default".to_string() } else { r.namespace.clone() };
+            let pod = s.get(s.resource("pods")?, &ns, &r.name).await?;
+            if r.container.is_empty() {
+                let names = |k: &str| -> Vec<String> {
+                    pod["spec"][k]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|c| c["name"].as_str().map(String::from))
+                        .collect()
+                };
+                match names("containers").as_slice() {
+                    [one] => r.container = one.clone(),
+                    many => {
+                        return Err(ApiError::bad_request(format!(
+                            "a container name must be specified for pod {}, choose one of: [{}] or one of the init containers: [{}]",
+                            r.name,
+                            many.join(" "),
+                            names("initContainers").join(" ")
+                        )))
+                    }
+                }
+            }
+            let node = pod["spec"]["nodeName"].as_str().unwrap_or_default();
+            if node.is_empty() {
+                return Err(ApiError::bad_request(format!(
+                    "pod {ns}/{} is not scheduled to a node yet",
+                    r.name
+                )));
+            }
+            let n = s.get(s.resource("nodes")?, "", node).await?;
+            let addr = n["status"]["addresses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|a| a["type"] == "InternalIP")
+                .and_then(|a| a["address"].as_str())
+                .ok_or_else(|| {
+                    ApiError::new(Reason::Unavailable, format!("node {node} has no InternalIP"))
+                })?;
+            let port =
+                n["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"].as_u64().unwrap_or(10250);
+            let host = if addr.contains(':') { format!("[{addr}]") } else { addr.to_string() };
+            Ok::<_, ApiError>((ns, format!("http://{host}:{port}")))
+        };
+        let (ns, url) = target.await.map_err(|e| e.to_status())?;
+        r.namespace = ns;
+        let mut node = proto::node_client::NodeClient::connect(url.clone())
+            .await
+            .map_err(|e| Status::unavailable(format!("node agent at {url}: {e}")))?;
+        let stream = node.container_logs(r).await?.into_inner();
+        s.record("logs", "pods", started);
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn discovery(

@@ -32,6 +32,9 @@ pub const ANN_IMAGE: &str = "io.kubernetes.container.image";
 pub const ANN_IMAGE_ID: &str = "io.flotilla.image.id";
 pub const ANN_STARTED: &str = "io.flotilla.container.started";
 
+/// How a run ended when nothing recorded it (its monitor died with it).
+const UNKNOWN_EXIT: Exit = Exit { code: 255, signal: None, oom_killed: false, finished_at_ns: 0 };
+
 /// A container's run ended after this long resets its restart back-off.
 const BACKOFF_RESET: Duration = Duration::from_secs(600);
 
@@ -118,13 +121,10 @@ impl Worker {
         for (st, status) in mine {
             let a = &st.annotations;
             let name = a.get(ANN_CONTAINER).cloned().unwrap_or_default();
-            let exit = match status {
-                Status::Stopped => Some(State::exit(&ctx.runtime.dir(&st.id)).unwrap_or(Exit {
-                    code: 255,
-                    signal: None,
-                    oom_killed: false,
-                    finished_at_ns: 0,
-                })),
+            // A stopped run whose monitor is still writing its exit is read at the next sync.
+            let exit = match (status, State::exit(&ctx.runtime.dir(&st.id))) {
+                (Status::Stopped, Some(e)) => Some(e),
+                (Status::Stopped, None) if !st.monitor_alive() => Some(UNKNOWN_EXIT),
                 _ => None,
             };
             let attempt = Attempt {
@@ -199,23 +199,19 @@ impl Worker {
         for c in self.ctrs.values_mut() {
             let Some(a) = c.current.as_mut().filter(|a| a.running()) else { continue };
             match self.ctx.runtime.state(&a.id) {
-                Ok((_, Status::Stopped)) => {
-                    a.exit = Some(State::exit(&self.ctx.runtime.dir(&a.id)).unwrap_or(Exit {
-                        code: 255,
-                        signal: None,
-                        oom_killed: false,
-                        finished_at_ns: 0,
-                    }));
+                Ok((st, Status::Stopped)) => {
+                    let dir = self.ctx.runtime.dir(&a.id);
+                    match State::exit(&dir) {
+                        Some(e) => a.exit = Some(e),
+                        // The init is gone but its monitor has not written how yet.
+                        None if st.monitor_alive() => {}
+                        None => a.exit = Some(UNKNOWN_EXIT),
+                    }
                 }
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(container = %a.id, "container state: {e}");
-                    a.exit = Some(Exit {
-                        code: 255,
-                        signal: None,
-                        oom_killed: false,
-                        finished_at_ns: 0,
-                    });
+                    a.exit = Some(UNKNOWN_EXIT);
                 }
             }
         }
