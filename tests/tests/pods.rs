@@ -308,6 +308,7 @@ async fn pods_restart_per_policy_with_backoff() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_survive_agent_restart_and_stop_gracefully() {
     let mut node = Node::start("survive", 23);
+    let hooks = node.dir.path().join("hooks");
     let c = node.client().await;
     let img = node.image();
     let node_name = format!("node-{}", node.tag);
@@ -315,7 +316,11 @@ async fn pods_survive_agent_restart_and_stop_gracefully() {
         "calm",
         &img,
         json!({"nodeName": node_name, "terminationGracePeriodSeconds": 20,
-        "containers": [{"name": "c", "command": ["sh", "-c", "trap 'echo got TERM; exit 0' TERM; echo up; while true; do sleep 0.2; done"]}]}),
+        "volumes": [{"name": "hooks", "hostPath": {"path": hooks.to_str().unwrap(), "type": "DirectoryOrCreate"}}],
+        "containers": [{"name": "c",
+            "command": ["sh", "-c", "trap 'cat /hooks/prestop > /hooks/term; exit 0' TERM; echo up; while true; do sleep 0.2; done"],
+            "volumeMounts": [{"name": "hooks", "mountPath": "/hooks"}],
+            "lifecycle": {"preStop": {"exec": {"command": ["sh", "-c", "echo stopping > /hooks/prestop"]}}}}]}),
     );
     c.create("pods", "default", &p).await.unwrap();
     let running = pod_where(&c, "calm", "Running", 60, |p| phase(p) == "Running").await;
@@ -371,6 +376,8 @@ async fn pods_survive_agent_restart_and_stop_gracefully() {
         "the trap ended it before the grace period: {:?}",
         t.elapsed()
     );
+    // The preStop hook ran, and before the TERM: the trap found its file.
+    assert_eq!(std::fs::read_to_string(hooks.join("term")).unwrap(), "stopping\n");
     // `sleep` as its namespace's PID 1 has no handler, so TERM does nothing: after the
     // grace period (shortened to 1 s by this delete) the agent kills it.
     let t = std::time::Instant::now();

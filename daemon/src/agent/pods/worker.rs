@@ -664,6 +664,45 @@ impl Worker {
         Ok(Attempt { id, attempt, image: image_ref, image_id, started_at: started, exit: None })
     }
 
+    /// The running containers' preStop hooks (exec or httpGet), with where they run.
+    fn pre_stop_hooks(&self) -> Vec<(String, probe::Handler, probe::Target)> {
+        let Some(pod) = &self.last_pod else { return vec![] };
+        let netns = self.ctx.net.pod(&self.uid).ok().flatten().map(|p| p.netns).unwrap_or_default();
+        let mut out = Vec::new();
+        for c in pod["spec"]["containers"].as_array().into_iter().flatten() {
+            let name = c["name"].as_str().unwrap_or_default();
+            let Some(a) =
+                self.ctrs.get(name).and_then(|s| s.current.as_ref()).filter(|a| a.running())
+            else {
+                continue;
+            };
+            let hook = &c["lifecycle"]["preStop"];
+            let handler = if let Some(cmd) = hook["exec"]["command"].as_array() {
+                probe::Handler::Exec(
+                    cmd.iter().filter_map(|s| s.as_str().map(String::from)).collect(),
+                )
+            } else if hook["httpGet"].is_object() {
+                let as_probe =
+                    serde_json::json!({"ports": c["ports"], "hook": {"httpGet": hook["httpGet"]}});
+                match probe::parse(&as_probe, "hook") {
+                    Some(Ok(spec)) => spec.handler,
+                    _ => continue,
+                }
+            } else {
+                continue;
+            };
+            let target = probe::Target {
+                exe: self.ctx.exe.clone(),
+                runtime_root: self.ctx.runtime.root().to_path_buf(),
+                container: a.id.clone(),
+                netns: netns.clone(),
+                ip: self.ip.unwrap_or(Ipv4Addr::LOCALHOST),
+            };
+            out.push((name.to_string(), handler, target));
+        }
+        out
+    }
+
     /// Stops every container (TERM, up to `grace`, then KILL; `None`: at once), then removes
     /// containers, rootfs, pod cgroup, network and directory.
     async fn teardown(&mut self, grace: Option<Duration>) {
@@ -675,10 +714,18 @@ impl Worker {
             .collect();
         let rt = self.ctx.runtime.clone();
         if let Some(grace) = grace.filter(|g| !g.is_zero()) {
+            let deadline = Instant::now() + grace;
+            // preStop hooks first, all at once, inside the grace period (as the kubelet).
+            let hooks: Vec<_> = self.pre_stop_hooks();
+            let runs = hooks.iter().map(|(name, h, t)| async move {
+                if let Err(e) = probe::check(h, t, grace).await {
+                    tracing::warn!(container = %name, "preStop hook failed: {e}");
+                }
+            });
+            let _ = tokio::time::timeout(grace, futures::future::join_all(runs)).await;
             for id in &running {
                 let _ = rt.kill(id, nix::sys::signal::Signal::SIGTERM);
             }
-            let deadline = Instant::now() + grace;
             loop {
                 let alive =
                     running.iter().any(|id| matches!(rt.state(id), Ok((_, Status::Running))));
