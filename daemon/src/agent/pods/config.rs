@@ -151,8 +151,6 @@ pub async fn env(
             None => return Err(format!("{} \"{name}\" not found", singular(kind))),
         }
     }
-    let cpus = std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(1);
-    let mem = nix::sys::sysinfo::sysinfo().map(|s| s.ram_total()).unwrap_or(0);
     for e in container["env"].as_array().into_iter().flatten() {
         let name = e["name"].as_str().unwrap_or_default().to_string();
         let from = &e["valueFrom"];
@@ -162,6 +160,9 @@ pub async fn env(
         } else if from["fieldRef"].is_object() {
             field(pod, from["fieldRef"]["fieldPath"].as_str().unwrap_or_default(), pod_ip, host_ip)?
         } else if from["resourceFieldRef"].is_object() {
+            // The node's size, for refs to limits the container does not set.
+            let cpus = std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(1);
+            let mem = nix::sys::sysinfo::sysinfo().map(|s| s.ram_total()).unwrap_or(0);
             resource(container, &from["resourceFieldRef"], cpus, mem)?
         } else if from["configMapKeyRef"].is_object() || from["secretKeyRef"].is_object() {
             let (kind, r) = if from["configMapKeyRef"].is_object() {

@@ -17,6 +17,7 @@ use std::{
 };
 
 use flotilla_api::{client::DeleteParams, Reason};
+use flotilla_dataplane::net::PodNetwork;
 use flotilla_isolation::{image::rootfs, Exit, State, Status};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
@@ -83,7 +84,8 @@ pub struct Worker {
     ctx: Arc<Ctx>,
     uid: String,
     pub ctrs: BTreeMap<String, Ctr>,
-    pub ip: Option<Ipv4Addr>,
+    /// The pod's network as the dataplane made it (None before the sandbox, or released).
+    net: Option<PodNetwork>,
     pub sandbox_error: Option<String>,
     /// The last pod seen, for a teardown after it is gone.
     last_pod: Option<Arc<Value>>,
@@ -139,12 +141,12 @@ impl Worker {
             c.last = c.current.take();
             c.current = Some(attempt);
         }
-        let ip = ctx.net.pod(uid).ok().flatten().map(|p| p.ip);
+        let net = ctx.net.pod(uid).ok().flatten();
         Worker {
             ctx,
             uid: uid.to_string(),
             ctrs,
-            ip,
+            net,
             sandbox_error: None,
             last_pod: None,
             probes: Default::default(),
@@ -158,7 +160,7 @@ impl Worker {
     }
 
     pub fn has_anything(&self) -> bool {
-        !self.ctrs.is_empty() || self.ip.is_some() || self.ctx.pod_dir(&self.uid).exists()
+        !self.ctrs.is_empty() || self.net.is_some() || self.ctx.pod_dir(&self.uid).exists()
     }
 
     /// Runs until the pod is gone from the API and from the node.
@@ -249,9 +251,9 @@ impl Worker {
             && self.ctrs.values().all(|c| !c.current.as_ref().is_some_and(Attempt::running))
         {
             // Terminal: nothing runs again; the address goes back to the pool.
-            if self.ip.is_some() {
+            if self.net.is_some() {
                 let _ = self.ctx.net.remove_pod(&self.uid).await;
-                self.ip = None;
+                self.net = None;
             }
             return Next::Wait(Duration::from_secs(3600));
         }
@@ -386,23 +388,15 @@ impl Worker {
                     .filter(|c| c["restartPolicy"] == "Always"),
             )
             .collect();
-        let netns = self.ctx.net.pod(&self.uid).ok().flatten().map(|p| p.netns).unwrap_or_default();
         for c in specs {
             let name = c["name"].as_str().unwrap_or_default().to_string();
-            let Some(st) = self.ctrs.get_mut(&name) else { continue };
+            let Some(st) = self.ctrs.get(&name) else { continue };
             let run = st.current.as_ref().filter(|a| a.running()).map(|a| a.id.clone());
             match (run, self.probes.get(&name)) {
                 (Some(id), Some((pid, _))) if *pid == id => {}
                 (Some(id), _) => {
                     self.probes.remove(&name);
-                    let target = probe::Target {
-                        exe: self.ctx.exe.clone(),
-                        runtime_root: self.ctx.runtime.root().to_path_buf(),
-                        container: id.clone(),
-                        netns: netns.clone(),
-                        ip: self.ip.unwrap_or(Ipv4Addr::LOCALHOST),
-                    };
-                    match probe::start(c, target, self.wake.clone()) {
+                    match probe::start(c, self.probe_target(&id), self.wake.clone()) {
                         Ok(Some(p)) => {
                             self.probes.insert(name.clone(), (id, p));
                         }
@@ -414,10 +408,13 @@ impl Worker {
                     self.probes.remove(&name);
                 }
             }
-            st.probe = self
+            let found = self
                 .probes
                 .get(&name)
                 .map(|(_, p)| p.results.lock().expect("probe results").clone());
+            if let Some(st) = self.ctrs.get_mut(&name) {
+                st.probe = found;
+            }
         }
     }
 
@@ -475,7 +472,7 @@ impl Worker {
 
     async fn ensure_sandbox(&mut self, pod: &Value) -> anyhow::Result<()> {
         let dir = self.ctx.pod_dir(&self.uid);
-        if self.ip.is_some() && dir.join("etc/hosts").exists() {
+        if self.net.is_some() && dir.join("etc/hosts").exists() {
             return Ok(());
         }
         let t = Instant::now();
@@ -488,7 +485,7 @@ impl Worker {
         })
         .await??;
         tracing::debug!(pod = %self.uid, ?t_net, total = ?t.elapsed(), "sandbox ready");
-        self.ip = Some(net.ip);
+        self.net = Some(net);
         Ok(())
     }
 
@@ -551,7 +548,8 @@ impl Worker {
         attempt: u32,
     ) -> Result<Attempt, (String, String)> {
         let ctx = self.ctx.clone();
-        let ip = self.ip.expect("sandbox first");
+        let net = self.net.clone().expect("sandbox first");
+        let ip = net.ip;
         let cfg_err = |m: String| ("CreateContainerConfigError".to_string(), m);
         let image_ref = c["image"].as_str().unwrap_or_default().to_string();
         let pull = c["imagePullPolicy"].as_str().unwrap_or("IfNotPresent").to_string();
@@ -589,8 +587,7 @@ impl Worker {
         }
         let cgroup = format!("{}/pod{}/{id}", ctx.cgroup_parent, self.uid);
         let (pod2, c2, id2) = (pod.clone(), c.clone(), id.clone());
-        let netns = ctx.net.pod(&self.uid).ok().flatten().map(|p| p.netns).unwrap_or_default();
-        let sandbox = sandbox::paths(&dir, netns);
+        let sandbox = sandbox::paths(&dir, net.netns);
         let image_id = image.manifest.to_string();
         let ctx2 = ctx.clone();
         let t_config = t0.elapsed();
@@ -667,7 +664,6 @@ impl Worker {
     /// The running containers' preStop hooks (exec or httpGet), with where they run.
     fn pre_stop_hooks(&self) -> Vec<(String, probe::Handler, probe::Target)> {
         let Some(pod) = &self.last_pod else { return vec![] };
-        let netns = self.ctx.net.pod(&self.uid).ok().flatten().map(|p| p.netns).unwrap_or_default();
         let mut out = Vec::new();
         for c in pod["spec"]["containers"].as_array().into_iter().flatten() {
             let name = c["name"].as_str().unwrap_or_default();
@@ -691,14 +687,7 @@ impl Worker {
             } else {
                 continue;
             };
-            let target = probe::Target {
-                exe: self.ctx.exe.clone(),
-                runtime_root: self.ctx.runtime.root().to_path_buf(),
-                container: a.id.clone(),
-                netns: netns.clone(),
-                ip: self.ip.unwrap_or(Ipv4Addr::LOCALHOST),
-            };
-            out.push((name.to_string(), handler, target));
+            out.push((name.to_string(), handler, self.probe_target(&a.id)));
         }
         out
     }
@@ -749,7 +738,7 @@ impl Worker {
         if let Err(e) = self.ctx.net.remove_pod(&self.uid).await {
             tracing::warn!(pod = %self.uid, "removing the pod network: {e}");
         }
-        self.ip = None;
+        self.net = None;
         let dir = self.ctx.pod_dir(&self.uid);
         if let Err(e) = tokio::task::spawn_blocking(move || sandbox::remove(&dir))
             .await
@@ -785,7 +774,18 @@ impl Worker {
     }
 
     pub fn pod_ip(&self) -> Option<Ipv4Addr> {
-        self.ip
+        self.net.as_ref().map(|n| n.ip)
+    }
+
+    /// Where a probe or hook of run `id` executes: the container, and the pod's network.
+    fn probe_target(&self, id: &str) -> probe::Target {
+        probe::Target {
+            exe: self.ctx.exe.clone(),
+            runtime_root: self.ctx.runtime.root().to_path_buf(),
+            container: id.to_string(),
+            netns: self.net.as_ref().map(|n| n.netns.clone()).unwrap_or_default(),
+            ip: self.pod_ip().unwrap_or(Ipv4Addr::LOCALHOST),
+        }
     }
 }
 
