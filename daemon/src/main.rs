@@ -5,8 +5,11 @@
 
 mod agent;
 mod apiserver;
+mod controller;
+mod controllers;
 mod image;
 mod runtime;
+mod scheduler;
 mod server;
 
 use anyhow::Result;
@@ -36,6 +39,10 @@ enum Cmd {
     Image(image::ImageArgs),
     /// The node agent: registers the Node, renews its Lease, reports its conditions.
     Agent(agent::AgentArgs),
+    /// The scheduler on its own (`server` and `up` run it in-process unless --no-scheduler).
+    Scheduler(server::SchedulerArgs),
+    /// The controller manager on its own (`server` and `up` run it unless --no-controllers).
+    Controllers(server::ControllersArgs),
 }
 
 #[derive(clap::Args)]
@@ -111,6 +118,8 @@ fn main() -> Result<()> {
             }
             Cmd::Server(a) => server::run(a).await,
             Cmd::Agent(a) => agent::run(a).await,
+            Cmd::Scheduler(a) => server::run_scheduler(a).await,
+            Cmd::Controllers(a) => server::run_controllers(a).await,
             Cmd::Runtime(_) | Cmd::Image(_) => unreachable!("handled above"),
         }
     })

@@ -2,7 +2,11 @@
 //! API server in front of it.
 
 use crate::apiserver::{self, ApiConfig, ApiServer};
+use crate::controller::leader::{run_elected, LeaderConfig};
+use crate::controllers;
+use crate::scheduler::{self, SchedulerConfig};
 use anyhow::{bail, Context, Result};
+use flotilla_api::client::Client;
 use flotilla_store::etcd::{bind, serve};
 use flotilla_store::{StoreConfig, StoreNode};
 use std::path::PathBuf;
@@ -60,6 +64,85 @@ pub struct ServerArgs {
     /// Seconds between progress notifications for idle watches that ask for them.
     #[arg(long, default_value_t = 600)]
     pub progress_notify_secs: u64,
+    /// Do not run the scheduler in this process (run `flotillad scheduler` instead).
+    #[arg(long)]
+    pub no_scheduler: bool,
+    /// Do not run the controller manager in this process.
+    #[arg(long)]
+    pub no_controllers: bool,
+    #[command(flatten)]
+    pub scheduling: SchedulingArgs,
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct SchedulingArgs {
+    /// Share of nodes to find feasible before scoring (kube-scheduler's
+    /// percentageOfNodesToScore; 0: adaptive, 50% down to 5% as the cluster grows).
+    #[arg(long, default_value_t = 0)]
+    pub percentage_of_nodes_to_score: u32,
+    /// Bindings in flight at once.
+    #[arg(long, default_value_t = 64)]
+    pub bind_concurrency: usize,
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct SchedulerArgs {
+    /// The API server.
+    #[arg(long, default_value = "http://127.0.0.1:6443")]
+    pub server: String,
+    /// Campaign for the `flotilla-scheduler` Lease and act only while holding it.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+    #[command(flatten)]
+    pub scheduling: SchedulingArgs,
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct ControllersArgs {
+    /// The API server.
+    #[arg(long, default_value = "http://127.0.0.1:6443")]
+    pub server: String,
+    /// Campaign for the `flotilla-controller-manager` Lease and act only while holding it.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+}
+
+pub async fn run_scheduler(a: SchedulerArgs) -> Result<()> {
+    let client = Client::connect_lazy(&a.server)?;
+    let cfg = SchedulerConfig {
+        percentage_to_score: a.scheduling.percentage_of_nodes_to_score.min(100),
+        bind_concurrency: a.scheduling.bind_concurrency.max(1),
+        ..SchedulerConfig::default()
+    };
+    if !a.leader_elect {
+        return scheduler::run(client, cfg).await;
+    }
+    let c = client.clone();
+    run_elected(client, LeaderConfig::new("flotilla-scheduler"), move || {
+        scheduler::run(c.clone(), cfg.clone())
+    })
+    .await
+}
+
+pub async fn run_controllers(a: ControllersArgs) -> Result<()> {
+    let client = Client::connect_lazy(&a.server)?;
+    if !a.leader_elect {
+        return controllers::run(client).await;
+    }
+    let c = client.clone();
+    run_elected(client, LeaderConfig::new("flotilla-controller-manager"), move || {
+        controllers::run(c.clone())
+    })
+    .await
+}
+
+/// The address this process's own components reach the API server at.
+fn local_url(listen: &str) -> String {
+    let port = listen.rsplit(':').next().unwrap_or("6443");
+    match listen.rsplit_once(':').map(|(h, _)| h) {
+        Some("0.0.0.0") | Some("[::]") | Some("") | None => format!("http://127.0.0.1:{port}"),
+        Some(h) => format!("http://{h}:{port}"),
+    }
 }
 
 impl ServerArgs {
@@ -124,6 +207,27 @@ pub async fn run(a: ServerArgs) -> Result<()> {
             .await
         })
     };
+    let url = local_url(&a.listen);
+    if !a.no_scheduler {
+        let sa = SchedulerArgs {
+            server: url.clone(),
+            leader_elect: true,
+            scheduling: a.scheduling.clone(),
+        };
+        tokio::spawn(async move {
+            if let Err(e) = run_scheduler(sa).await {
+                tracing::error!("scheduler: {e:#}");
+            }
+        });
+    }
+    if !a.no_controllers {
+        let ca = ControllersArgs { server: url, leader_elect: true };
+        tokio::spawn(async move {
+            if let Err(e) = run_controllers(ca).await {
+                tracing::error!("controller manager: {e:#}");
+            }
+        });
+    }
     tracing::info!(
         name = %a.name,
         api = %a.listen,

@@ -492,6 +492,9 @@ impl ApiServer {
             if info.kind == "Service" {
                 alloc::keep_allocated(&current, &mut new);
             }
+            if info.kind == "Pod" && !status {
+                mark_scheduled(&current, &mut new);
+            }
             let admitted = (info.admit)(&new, Some(&current), info)?;
             let mut obj = admitted.object;
             if spec_part(&obj) != spec_part(&current) {
@@ -693,6 +696,28 @@ impl ApiServer {
 
     pub fn record(&self, verb: &str, resource: &str, started: Instant) {
         self.metrics.observe_request(verb, resource, started.elapsed());
+    }
+}
+
+/// Binding a pod (its first spec.nodeName) sets PodScheduled=True, as Kubernetes' binding
+/// subresource does, in the same write.
+fn mark_scheduled(current: &Value, new: &mut Value) {
+    let node =
+        |v: &Value| v.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("").to_string();
+    if !node(current).is_empty() || node(new).is_empty() {
+        return;
+    }
+    let cond = json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null,
+                      "lastTransitionTime": now_rfc3339()});
+    let status = new
+        .as_object_mut()
+        .and_then(|o| o.entry("status").or_insert_with(|| json!({})).as_object_mut());
+    if let Some(st) = status {
+        let conds = st.entry("conditions").or_insert_with(|| json!([]));
+        if let Some(a) = conds.as_array_mut() {
+            a.retain(|c| c["type"] != "PodScheduled");
+            a.push(cond);
+        }
     }
 }
 
