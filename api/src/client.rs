@@ -484,6 +484,19 @@ impl Informer {
         self.state.read().expect("informer lock").objects.values().cloned().collect()
     }
 
+    /// The objects of one namespace (keys are `namespace/name`, so this is a range).
+    pub fn list_namespace(&self, ns: &str) -> Vec<Arc<Value>> {
+        let prefix = format!("{ns}/");
+        self.state
+            .read()
+            .expect("informer lock")
+            .objects
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
     pub fn resource_version(&self) -> String {
         self.state.read().expect("informer lock").resource_version.clone()
     }

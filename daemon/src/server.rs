@@ -3,7 +3,7 @@
 
 use crate::apiserver::{self, ApiConfig, ApiServer};
 use crate::controller::leader::{run_elected, LeaderConfig};
-use crate::controllers;
+use crate::controllers::{self, ControllerConfig};
 use crate::scheduler::{self, SchedulerConfig};
 use anyhow::{bail, Context, Result};
 use flotilla_api::client::Client;
@@ -72,6 +72,8 @@ pub struct ServerArgs {
     pub no_controllers: bool,
     #[command(flatten)]
     pub scheduling: SchedulingArgs,
+    #[command(flatten)]
+    pub node_lifecycle: NodeLifecycleArgs,
 }
 
 #[derive(clap::Args, Clone, Debug)]
@@ -105,6 +107,19 @@ pub struct ControllersArgs {
     /// Campaign for the `flotilla-controller-manager` Lease and act only while holding it.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub leader_elect: bool,
+    #[command(flatten)]
+    pub node_lifecycle: NodeLifecycleArgs,
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct NodeLifecycleArgs {
+    /// Seconds without a node Lease renewal before the node is NotReady and tainted
+    /// unreachable (kube-controller-manager's --node-monitor-grace-period).
+    #[arg(long, default_value_t = 40)]
+    pub node_monitor_grace_period: u64,
+    /// Seconds pods without their own toleration stay on an unreachable node before eviction.
+    #[arg(long, default_value_t = 300)]
+    pub default_unreachable_toleration_seconds: u64,
 }
 
 pub async fn run_scheduler(a: SchedulerArgs) -> Result<()> {
@@ -126,12 +141,18 @@ pub async fn run_scheduler(a: SchedulerArgs) -> Result<()> {
 
 pub async fn run_controllers(a: ControllersArgs) -> Result<()> {
     let client = Client::connect_lazy(&a.server)?;
+    let cfg = ControllerConfig {
+        node_monitor_grace: Duration::from_secs(a.node_lifecycle.node_monitor_grace_period.max(1)),
+        default_unreachable_toleration: Duration::from_secs(
+            a.node_lifecycle.default_unreachable_toleration_seconds,
+        ),
+    };
     if !a.leader_elect {
-        return controllers::run(client).await;
+        return controllers::run(client, cfg).await;
     }
     let c = client.clone();
     run_elected(client, LeaderConfig::new("flotilla-controller-manager"), move || {
-        controllers::run(c.clone())
+        controllers::run(c.clone(), cfg.clone())
     })
     .await
 }
@@ -221,7 +242,11 @@ pub async fn run(a: ServerArgs) -> Result<()> {
         });
     }
     if !a.no_controllers {
-        let ca = ControllersArgs { server: url, leader_elect: true };
+        let ca = ControllersArgs {
+            server: url,
+            leader_elect: true,
+            node_lifecycle: a.node_lifecycle.clone(),
+        };
         tokio::spawn(async move {
             if let Err(e) = run_controllers(ca).await {
                 tracing::error!("controller manager: {e:#}");

@@ -122,10 +122,12 @@ impl WorkQueue {
         }
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.state.lock().expect("queue lock").queue.len()
     }
 
+    #[cfg(test)]
     pub fn shutdown(&self) {
         self.state.lock().expect("queue lock").shutdown = true;
         self.ready.notify_waiters();
