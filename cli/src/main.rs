@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod print;
+mod rollout;
 
 use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
@@ -137,6 +138,9 @@ enum Cmd {
         #[arg(long)]
         overwrite: bool,
     },
+    /// Manage a Deployment's rollout: status, history, undo, restart, pause, resume.
+    #[command(subcommand)]
+    Rollout(rollout::Rollout),
     /// Set the replicas of a Deployment, ReplicaSet or StatefulSet.
     Scale {
         kind: String,
@@ -844,6 +848,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Rollout(r) => rollout::run(&ctx, r).await,
         Cmd::Scale { kind, name, replicas } => {
             let info = resource(&kind)?;
             if !matches!(info.kind, "Deployment" | "ReplicaSet" | "StatefulSet") {

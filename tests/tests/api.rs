@@ -18,7 +18,9 @@ struct Server {
 async fn server(extra: &[&str]) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let mut member = Member::new("api", dir.path());
-    member.extra = extra.iter().map(|s| s.to_string()).collect();
+    // API semantics alone: no scheduler or controllers writing to the same objects.
+    member.extra =
+        ["--no-scheduler", "--no-controllers"].iter().chain(extra).map(|s| s.to_string()).collect();
     member.start().unwrap();
     let url = member.api_url().unwrap();
     let client = Client::connect(&url).await.unwrap();

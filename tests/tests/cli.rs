@@ -80,6 +80,8 @@ struct Cluster {
 fn cluster() -> Cluster {
     let dir = tempfile::tempdir().unwrap();
     let mut member = Member::new("cli", dir.path());
+    // The CLI against the API alone: no controllers acting on what it applies.
+    member.extra = vec!["--no-scheduler".into(), "--no-controllers".into()];
     member.start().unwrap();
     let url = member.api_url().unwrap();
     let c = Cluster { _member: member, dir, url };

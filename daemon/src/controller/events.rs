@@ -52,9 +52,13 @@ impl Recorder {
     }
 }
 
+/// (involved object's uid, type, reason, message): occurrences of one event. The value kept
+/// is (namespace, Event name, count).
+type EventKey = (String, String, String, String);
+
 async fn write_events(client: Client, component: String, mut rx: mpsc::Receiver<Value>) {
     // (uid, type, reason, message) → (namespace, event name, count).
-    let mut seen: HashMap<(String, String, String, String), (String, String, i64)> = HashMap::new();
+    let mut seen: HashMap<EventKey, (String, String, i64)> = HashMap::new();
     while let Some(mut ev) = rx.recv().await {
         let inv = &ev["involvedObject"];
         let s = |v: &Value| v.as_str().unwrap_or("").to_string();

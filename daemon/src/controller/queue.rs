@@ -18,6 +18,9 @@ struct State {
     dirty: HashSet<String>,
     processing: HashSet<String>,
     failures: HashMap<String, u32>,
+    /// The earliest pending delayed add per key: later ones are dropped, so periodic
+    /// re-checks do not pile up timers.
+    waiting: HashMap<String, tokio::time::Instant>,
     shutdown: bool,
 }
 
@@ -57,10 +60,28 @@ impl WorkQueue {
         if delay.is_zero() {
             return self.add(key);
         }
+        let at = tokio::time::Instant::now() + delay;
+        {
+            let mut st = self.state.lock().expect("queue lock");
+            match st.waiting.get(&key) {
+                Some(t) if *t <= at => return,
+                _ => st.waiting.insert(key.clone(), at),
+            };
+        }
         tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
+            tokio::time::sleep_until(at).await;
             if let Some(q) = Weak::upgrade(&me) {
-                q.add(key);
+                let mine = {
+                    let mut st = q.state.lock().expect("queue lock");
+                    let mine = st.waiting.get(&key) == Some(&at);
+                    if mine {
+                        st.waiting.remove(&key);
+                    }
+                    mine
+                };
+                if mine {
+                    q.add(key);
+                }
             }
         });
     }
@@ -178,6 +199,20 @@ mod tests {
         assert_eq!(q.len(), 1);
         q.forget("a");
         assert_eq!(q.failures("a"), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn delayed_adds_keep_only_the_earliest_timer() {
+        let q = WorkQueue::new();
+        q.add_after("a", Duration::from_secs(5));
+        q.add_after("a", Duration::from_secs(10));
+        q.add_after("a", Duration::from_secs(1));
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(q.len(), 1);
+        let k = q.get().await.unwrap();
+        q.done(&k);
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert_eq!(q.len(), 0, "the superseded timers did not fire");
     }
 
     #[tokio::test]

@@ -29,15 +29,16 @@ pub async fn run(ctx: Arc<Ctx>) {
 }
 
 #[derive(Debug, Clone, PartialEq)]
+/// A write to one of the Deployment's ReplicaSets.
 pub enum Write {
-    CreateRs(Value),
+    Create(Value),
     /// New spec.replicas, and a new revision annotation when it changes.
-    UpdateRs {
+    Scale {
         name: String,
         replicas: i64,
         revision: Option<i64>,
     },
-    DeleteRs {
+    Delete {
         name: String,
         uid: String,
     },
@@ -257,7 +258,7 @@ pub fn plan(d: &Value, rses: &[Arc<Value>], now: jiff::Timestamp) -> Result<Plan
         }
     }
     match &new {
-        None if !paused => writes.push(Write::CreateRs(new_rs(d, &hash, max_rev + 1, target_new))),
+        None if !paused => writes.push(Write::Create(new_rs(d, &hash, max_rev + 1, target_new))),
         None => {}
         Some(n) => {
             // A template seen before (a rollback) becomes the newest revision again.
@@ -265,7 +266,7 @@ pub fn plan(d: &Value, rses: &[Arc<Value>], now: jiff::Timestamp) -> Result<Plan
                 (revision(n) < max_rev || revision(n) == 0).then_some(max_rev.max(revision(n)) + 1);
             let rev = if paused { None } else { rev };
             if target_new != new_spec || rev.is_some() {
-                writes.push(Write::UpdateRs {
+                writes.push(Write::Scale {
                     name: meta(n, "name").into(),
                     replicas: target_new,
                     revision: rev,
@@ -275,7 +276,7 @@ pub fn plan(d: &Value, rses: &[Arc<Value>], now: jiff::Timestamp) -> Result<Plan
     }
     for (r, p) in olds.iter().zip(&old_planned) {
         if *p != spec(r) {
-            writes.push(Write::UpdateRs {
+            writes.push(Write::Scale {
                 name: meta(r, "name").into(),
                 replicas: *p,
                 revision: None,
@@ -292,8 +293,7 @@ pub fn plan(d: &Value, rses: &[Arc<Value>], now: jiff::Timestamp) -> Result<Plan
         .collect();
     if idle.len() > limit {
         for r in &idle[..idle.len() - limit] {
-            writes
-                .push(Write::DeleteRs { name: meta(r, "name").into(), uid: meta(r, "uid").into() });
+            writes.push(Write::Delete { name: meta(r, "name").into(), uid: meta(r, "uid").into() });
         }
     }
 
@@ -422,7 +422,7 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Reconciled {
     let c = &ctx.client;
     for w in &plan.writes {
         match w {
-            Write::CreateRs(rs) => {
+            Write::Create(rs) => {
                 match c.create("replicasets", &ns, rs).await {
                     Ok(_) => {}
                     // Created by an earlier sync the cache has not shown yet.
@@ -441,7 +441,7 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Reconciled {
                     ),
                 );
             }
-            Write::UpdateRs { name, replicas, revision } => {
+            Write::Scale { name, replicas, revision } => {
                 let old = rses
                     .iter()
                     .find(|r| meta(r, "name") == name)
@@ -466,7 +466,7 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Reconciled {
                     );
                 }
             }
-            Write::DeleteRs { name, uid } => {
+            Write::Delete { name, uid } => {
                 let dp = DeleteParams { precondition_uid: uid.clone(), ..Default::default() };
                 match c.delete("replicasets", &ns, name, &dp).await {
                     Ok(_) => {}
@@ -524,8 +524,8 @@ mod tests {
 
     fn replicas_of(p: &Plan, name_has: &str) -> Option<i64> {
         p.writes.iter().find_map(|w| match w {
-            Write::UpdateRs { name, replicas, .. } if name.contains(name_has) => Some(*replicas),
-            Write::CreateRs(r) if meta(r, "name").contains(name_has) => {
+            Write::Scale { name, replicas, .. } if name.contains(name_has) => Some(*replicas),
+            Write::Create(r) if meta(r, "name").contains(name_has) => {
                 r["spec"]["replicas"].as_i64()
             }
             _ => None,
@@ -553,7 +553,7 @@ mod tests {
         let d = deploy(3, "a");
         let p = plan(&d, &[], jiff::Timestamp::now()).unwrap();
         match &p.writes[..] {
-            [Write::CreateRs(rs)] => {
+            [Write::Create(rs)] => {
                 assert_eq!(rs["spec"]["replicas"], 3);
                 assert_eq!(rs["metadata"]["annotations"][REVISION], "1");
                 let hash = rs["metadata"]["labels"][HASH_LABEL].as_str().unwrap();
@@ -614,14 +614,11 @@ mod tests {
         let old = rs_of(&v1, 1, 0, 0, "2020-01-01T00:00:00Z");
         let cur = rs_of(&v2, 2, 2, 2, "2020-01-02T00:00:00Z");
         let p = plan(&v1, &[old, cur], jiff::Timestamp::now()).unwrap();
-        let w = p
-            .writes
-            .iter()
-            .find(|w| matches!(w, Write::UpdateRs { revision: Some(_), .. }))
-            .unwrap();
+        let w =
+            p.writes.iter().find(|w| matches!(w, Write::Scale { revision: Some(_), .. })).unwrap();
         assert_eq!(
             *w,
-            Write::UpdateRs {
+            Write::Scale {
                 name: format!("web-{}", template_hash(&v1["spec"]["template"])),
                 replicas: 1,
                 revision: Some(3)
@@ -646,7 +643,7 @@ mod tests {
             .writes
             .iter()
             .filter_map(|w| match w {
-                Write::DeleteRs { name, .. } => Some(name),
+                Write::Delete { name, .. } => Some(name),
                 _ => None,
             })
             .collect();

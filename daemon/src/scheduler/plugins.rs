@@ -416,7 +416,8 @@ pub fn tolerated(tolerations: &[Toleration], t: &Taint) -> bool {
     tolerations.iter().any(|x| x.tolerates(t))
 }
 
-/// The filters, cheapest first; the first that fails names the reason.
+/// The filters in kube-scheduler's order (NodeUnschedulable, TaintToleration, NodeAffinity,
+/// NodePorts, NodeResourcesFit, InterPodAffinity); the first that fails names the reason.
 pub fn filter(pod: &PodInfo, node: &NodeInfo, forbidden: &Forbidden) -> Result<(), Unfit> {
     if !node.ready {
         return Err(Unfit::NotReady);
@@ -433,6 +434,19 @@ pub fn filter(pod: &PodInfo, node: &NodeInfo, forbidden: &Forbidden) -> Result<(
     {
         return Err(Unfit::Unschedulable);
     }
+    if let Some(t) = node.taints.iter().find(|t| {
+        matches!(t.effect.as_str(), "NoSchedule" | "NoExecute") && !tolerated(&pod.tolerations, t)
+    }) {
+        return Err(Unfit::Taint(format!("{}: {}", t.key, t.value)));
+    }
+    if !pod.node_selector.iter().all(|(k, v)| node.labels.get(k) == Some(v))
+        || (!pod.required.is_empty() && !pod.required.iter().any(|t| t.matches(node)))
+    {
+        return Err(Unfit::NodeAffinity);
+    }
+    if pod.host_ports.iter().any(|p| node.ports.iter().any(|q| p.conflicts(q))) {
+        return Err(Unfit::HostPorts);
+    }
     if node.pods + 1 > node.alloc_pods {
         return Err(Unfit::TooManyPods);
     }
@@ -441,19 +455,6 @@ pub fn filter(pod: &PodInfo, node: &NodeInfo, forbidden: &Forbidden) -> Result<(
     }
     if pod.memory > 0 && node.req_memory + pod.memory > node.alloc_memory {
         return Err(Unfit::InsufficientMemory);
-    }
-    if !pod.node_selector.iter().all(|(k, v)| node.labels.get(k) == Some(v))
-        || (!pod.required.is_empty() && !pod.required.iter().any(|t| t.matches(node)))
-    {
-        return Err(Unfit::NodeAffinity);
-    }
-    if let Some(t) = node.taints.iter().find(|t| {
-        matches!(t.effect.as_str(), "NoSchedule" | "NoExecute") && !tolerated(&pod.tolerations, t)
-    }) {
-        return Err(Unfit::Taint(format!("{}: {}", t.key, t.value)));
-    }
-    if pod.host_ports.iter().any(|p| node.ports.iter().any(|q| p.conflicts(q))) {
-        return Err(Unfit::HostPorts);
     }
     if hits(&forbidden.own, node) {
         return Err(Unfit::AntiAffinity);

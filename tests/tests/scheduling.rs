@@ -1,0 +1,377 @@
+//! The scheduler and the controllers against a real `flotillad server`, with simulated nodes
+//! (Node objects without agents; where a test needs running pods, a small fake kubelet in the
+//! test marks bound pods Running and Ready, and finishes their graceful deletion).
+
+use flotilla_api::client::{Client, DeleteParams, ListParams};
+use flotilla_tests::{flotilla_cli, Member};
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct Server {
+    member: Member,
+    _dir: tempfile::TempDir,
+    client: Client,
+    url: String,
+}
+
+async fn server(extra: &[&str]) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let mut member = Member::new("sched", dir.path());
+    member.extra = extra.iter().map(|s| s.to_string()).collect();
+    member.start().unwrap();
+    let url = member.api_url().unwrap();
+    let client = Client::connect(&url).await.unwrap();
+    for _ in 0..400 {
+        if client.get("namespaces", "", "default").await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    Server { member, _dir: dir, client, url }
+}
+
+impl Server {
+    fn cli(&self, args: &[&str]) -> (bool, String) {
+        let out = std::process::Command::new(flotilla_cli())
+            .args(["--server", &self.url])
+            .args(args)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+}
+
+fn node(name: &str, cpu: &str, labels: Value, spec: Value) -> Value {
+    let mut l = labels;
+    l["kubernetes.io/hostname"] = json!(name);
+    json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": l}, "spec": spec,
+        "status": {"capacity": {"cpu": cpu, "memory": "16Gi", "pods": "110"},
+                   "allocatable": {"cpu": cpu, "memory": "16Gi", "pods": "110"},
+                   "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}]}})
+}
+
+fn pod(name: &str, cpu: &str, extra: Value) -> Value {
+    let mut spec = json!({"containers": [{"name": "c", "image": "busybox",
+        "resources": {"requests": {"cpu": cpu, "memory": "64Mi"}}}]});
+    if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+        s.extend(e.clone());
+    }
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec})
+}
+
+/// Polls `f` until it returns Some, or panics with `what` after `secs`.
+async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn node_of(c: &Client, name: &str) -> Option<String> {
+    let p = c.get("pods", "default", name).await.ok()?;
+    p["spec"]["nodeName"].as_str().map(str::to_string)
+}
+
+fn condition<'a>(p: &'a Value, kind: &str) -> Option<&'a Value> {
+    p["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == kind)
+}
+
+/// Proves the filters hold on a live cluster, that an unschedulable pod says which filters
+/// failed, and that it is placed as soon as a node that fits appears.
+#[tokio::test]
+async fn pods_are_placed_within_every_constraint_and_unschedulable_ones_wait_for_capacity() {
+    let s = server(&["--node-monitor-grace-period", "3600"]).await;
+    let c = &s.client;
+    c.create("nodes", "", &node("n1", "4", json!({"zone": "a"}), json!({}))).await.unwrap();
+    c.create(
+        "nodes",
+        "",
+        &node(
+            "n2",
+            "4",
+            json!({"zone": "b"}),
+            json!({"taints": [{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]}),
+        ),
+    )
+    .await
+    .unwrap();
+    c.create("nodes", "", &node("n3", "4", json!({"zone": "b"}), json!({"unschedulable": true})))
+        .await
+        .unwrap();
+
+    c.create("pods", "default", &pod("big", "3", json!({}))).await.unwrap();
+    c.create("pods", "default", &pod("db", "3", json!({"nodeSelector": {"zone": "b"},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"}]}))).await.unwrap();
+    assert_eq!(eventually(10, "big bound", || node_of(c, "big")).await, "n1");
+    assert_eq!(eventually(10, "db bound", || node_of(c, "db")).await, "n2");
+    let big = c.get("pods", "default", "big").await.unwrap();
+    assert_eq!(condition(&big, "PodScheduled").unwrap()["status"], "True");
+
+    c.create("pods", "default", &pod("huge", "2", json!({}))).await.unwrap();
+    let msg = eventually(10, "PodScheduled=False", || async {
+        let p = c.get("pods", "default", "huge").await.ok()?;
+        let cond = condition(&p, "PodScheduled")?;
+        (cond["status"] == "False").then(|| cond["message"].as_str().unwrap_or("").to_string())
+    })
+    .await;
+    assert_eq!(
+        msg,
+        "0/3 nodes are available: 1 Insufficient cpu, 1 node(s) had untolerated taint {dedicated: db}, 1 node(s) were unschedulable."
+    );
+    let (_, describe) = s.cli(&["describe", "pod", "huge"]);
+    assert!(describe.contains("FailedScheduling"), "{describe}");
+
+    // Capacity arrives: the waiting pod is placed without anyone touching it.
+    c.create("nodes", "", &node("n4", "8", json!({}), json!({}))).await.unwrap();
+    assert_eq!(eventually(10, "huge bound", || node_of(c, "huge")).await, "n4");
+    let (_, events) = s.cli(&["get", "events"]);
+    assert!(events.contains("Successfully assigned default/huge to n4"), "{events}");
+    drop(s.member);
+}
+
+/// A fake kubelet for simulated nodes: bound pods become Running and Ready with an address;
+/// pods being deleted are finished off.
+fn fake_kubelet(c: Client, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ip = 0u32;
+        while !stop.load(Ordering::Relaxed) {
+            let pods = c
+                .list("pods", "default", &ListParams::default())
+                .await
+                .map(|l| l.items)
+                .unwrap_or_default();
+            for p in pods {
+                let name = p["metadata"]["name"].as_str().unwrap_or("").to_string();
+                if p["spec"]["nodeName"].as_str().unwrap_or("").is_empty() {
+                    continue;
+                }
+                if p["metadata"]["deletionTimestamp"].is_string() {
+                    let dp = DeleteParams { grace_period_seconds: Some(0), ..Default::default() };
+                    let _ = c.delete("pods", "default", &name, &dp).await;
+                } else if p["status"]["phase"] != "Running" {
+                    ip += 1;
+                    let mut st = p.clone();
+                    st["status"]["phase"] = json!("Running");
+                    st["status"]["podIP"] = json!(format!("10.244.0.{}", ip % 250 + 2));
+                    let mut conds: Vec<Value> =
+                        st["status"]["conditions"].as_array().cloned().unwrap_or_default();
+                    conds.retain(|c| c["type"] != "Ready");
+                    conds.push(json!({"type": "Ready", "status": "True", "lastTransitionTime": "2020-01-01T00:00:00Z"}));
+                    st["status"]["conditions"] = json!(conds);
+                    if let Err(e) = c.update_status("pods", "default", &st).await {
+                        eprintln!("fake kubelet: {name}: {e}");
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+}
+
+fn ready_pods(pods: &[Value]) -> usize {
+    pods.iter()
+        .filter(|p| !p["metadata"]["deletionTimestamp"].is_string())
+        .filter(|p| condition(p, "Ready").is_some_and(|c| c["status"] == "True"))
+        .count()
+}
+
+/// Proves a Deployment rolls to a new template and back with zero unavailable replicas (every
+/// sample of ready pods during both rollouts is at least the replica count), that revisions
+/// and history follow kubectl's, that the Service's Endpoints track the ready pods, and that
+/// deleting the Deployment cascades to its ReplicaSets and pods.
+// Multi-threaded: the CLI runs blocking while the fake kubelet and the sampler keep going.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_rolls_with_zero_unavailable_rolls_back_and_cascades() {
+    let s = server(&["--node-monitor-grace-period", "3600"]).await;
+    let c = &s.client;
+    for n in ["n1", "n2", "n3"] {
+        c.create("nodes", "", &node(n, "8", json!({}), json!({}))).await.unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let kubelet = fake_kubelet(c.clone(), stop.clone());
+    let d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+        "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {"metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "c", "image": "busybox:1",
+                    "ports": [{"name": "http", "containerPort": 8080}]}]}}}});
+    c.create("deployments", "default", &d).await.unwrap();
+    c.create(
+        "services",
+        "default",
+        &json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": "http"}]}}),
+    )
+    .await
+    .unwrap();
+    let (ok, out) = s.cli(&["rollout", "status", "deployment/web", "--timeout", "30"]);
+    assert!(ok && out.contains("successfully rolled out"), "{out}");
+    let ep = eventually(10, "3 endpoints", || async {
+        let ep = c.get("endpoints", "default", "web").await.ok()?;
+        (ep["subsets"][0]["addresses"].as_array()?.len() == 3).then_some(ep)
+    })
+    .await;
+    assert_eq!(ep["subsets"][0]["ports"][0]["port"], 8080, "named targetPort resolved");
+
+    // Sample readiness through both rollouts.
+    let min_ready = Arc::new(AtomicUsize::new(usize::MAX));
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let (c, min_ready, sampling) = (c.clone(), min_ready.clone(), sampling.clone());
+        tokio::spawn(async move {
+            while sampling.load(Ordering::Relaxed) {
+                if let Ok(l) = c.list("pods", "default", &ListParams::default()).await {
+                    min_ready.fetch_min(ready_pods(&l.items), Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    let (ok, out) = s.cli(&["patch", "deployment", "web", "-p",
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"c","image":"busybox:2","ports":[{"name":"http","containerPort":8080}]}]}}}}"#]);
+    assert!(ok, "{out}");
+    let (ok, out) = s.cli(&["rollout", "status", "deployment/web", "--timeout", "20"]);
+    assert!(ok && out.contains("successfully rolled out"), "{out}");
+    let rs = c.list("replicasets", "default", &ListParams::default()).await.unwrap().items;
+    assert_eq!(rs.len(), 2);
+    let newest = rs.iter().find(|r| r["spec"]["replicas"] == 3).unwrap();
+    assert_eq!(newest["metadata"]["annotations"]["deployment.kubernetes.io/revision"], "2");
+    assert_eq!(newest["spec"]["template"]["spec"]["containers"][0]["image"], "busybox:2");
+
+    let (ok, out) = s.cli(&["rollout", "undo", "deployment/web"]);
+    assert!(ok && out.contains("rolled back"), "{out}");
+    let (ok, out) = s.cli(&["rollout", "status", "deployment/web", "--timeout", "60"]);
+    assert!(ok && out.contains("successfully rolled out"), "{out}");
+    sampling.store(false, Ordering::Relaxed);
+    sampler.await.unwrap();
+    assert!(
+        min_ready.load(Ordering::Relaxed) >= 3,
+        "ready pods dropped to {} during a rollout",
+        min_ready.load(Ordering::Relaxed)
+    );
+    let dep = c.get("deployments", "default", "web").await.unwrap();
+    assert_eq!(dep["spec"]["template"]["spec"]["containers"][0]["image"], "busybox:1");
+    let (_, hist) = s.cli(&["rollout", "history", "deployment/web"]);
+    let revs: Vec<&str> =
+        hist.lines().skip(2).map(|l| l.split_whitespace().next().unwrap_or("")).collect();
+    assert_eq!(revs, vec!["2", "3"], "{hist}");
+    let (_, events) = s.cli(&["get", "events"]);
+    assert!(events.contains("ScalingReplicaSet"), "{events}");
+
+    // Delete: the ReplicaSets and pods follow (garbage collector), then the Endpoints empty.
+    let (ok, out) = s.cli(&["delete", "deployment", "web"]);
+    assert!(ok, "{out}");
+    eventually(20, "ReplicaSets and pods gone", || async {
+        let rs = c.list("replicasets", "default", &ListParams::default()).await.ok()?.items;
+        let pods = c.list("pods", "default", &ListParams::default()).await.ok()?.items;
+        (rs.is_empty() && pods.is_empty()).then_some(())
+    })
+    .await;
+    eventually(10, "empty Endpoints", || async {
+        let ep = c.get("endpoints", "default", "web").await.ok()?;
+        ep.get("subsets").is_none_or(|s| s.as_array().is_some_and(|a| a.is_empty())).then_some(())
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    kubelet.await.unwrap();
+}
+
+async fn renew(c: &Client, node: &str) {
+    let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+    match c.get("leases", "kube-node-lease", node).await {
+        Ok(mut l) => {
+            l["spec"]["renewTime"] = json!(now);
+            let _ = c.update("leases", "kube-node-lease", &l).await;
+        }
+        Err(_) => {
+            let l = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": node, "namespace": "kube-node-lease"},
+                "spec": {"holderIdentity": node, "leaseDurationSeconds": 40, "renewTime": now}});
+            let _ = c.create("leases", "kube-node-lease", &l).await;
+        }
+    }
+}
+
+/// Proves a node that stops renewing its Lease goes NotReady (Unknown) with the unreachable
+/// taints, and that its pods are evicted and replaced on the node that is still alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_node_is_tainted_and_its_pods_move_elsewhere() {
+    let s = server(&[
+        "--node-monitor-grace-period",
+        "2",
+        "--default-unreachable-toleration-seconds",
+        "1",
+    ])
+    .await;
+    let c = &s.client;
+    for n in ["alive", "dying"] {
+        c.create("nodes", "", &node(n, "8", json!({}), json!({}))).await.unwrap();
+        renew(c, n).await;
+    }
+    let dying_alive = Arc::new(AtomicBool::new(true));
+    let renewer = {
+        let (c, dying_alive) = (c.clone(), dying_alive.clone());
+        tokio::spawn(async move {
+            loop {
+                renew(&c, "alive").await;
+                if dying_alive.load(Ordering::Relaxed) {
+                    renew(&c, "dying").await;
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        })
+    };
+    let rs = json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": "app"},
+        "spec": {"replicas": 4, "selector": {"matchLabels": {"app": "x"}},
+            "template": {"metadata": {"labels": {"app": "x"}},
+                "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}});
+    c.create("replicasets", "default", &rs).await.unwrap();
+    let placement = || async {
+        let pods = c.list("pods", "default", &ListParams::default()).await.ok()?.items;
+        let nodes: Vec<String> = pods
+            .iter()
+            .filter(|p| !p["metadata"]["deletionTimestamp"].is_string())
+            .filter_map(|p| p["spec"]["nodeName"].as_str().map(str::to_string))
+            .collect();
+        Some(nodes)
+    };
+    eventually(10, "4 pods spread over both nodes", || async {
+        let n = placement().await?;
+        (n.len() == 4 && n.iter().any(|x| x == "dying") && n.iter().any(|x| x == "alive"))
+            .then_some(())
+    })
+    .await;
+
+    dying_alive.store(false, Ordering::Relaxed);
+    let node = eventually(15, "the dying node tainted", || async {
+        let n = c.get("nodes", "", "dying").await.ok()?;
+        n["spec"]["taints"]
+            .as_array()?
+            .iter()
+            .any(|t| t["key"] == "node.kubernetes.io/unreachable")
+            .then_some(n)
+    })
+    .await;
+    assert_eq!(condition(&node, "Ready").unwrap()["status"], "Unknown");
+    eventually(20, "all 4 pods on the live node", || async {
+        let n = placement().await?;
+        (n.len() == 4 && n.iter().all(|x| x == "alive")).then_some(())
+    })
+    .await;
+    renewer.abort();
+}
