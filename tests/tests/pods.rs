@@ -3,6 +3,8 @@
 //! from a tarball. Each test's node is reset (`flotillad agent --reset`) and its namespace
 //! removed when it ends, pass or fail.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::{path::Path, process::Command, time::Duration};
 
 use flotilla_api::client::{Client, DeleteParams};
@@ -461,4 +463,102 @@ async fn probes_drive_readiness_and_restarts() {
     assert_eq!(condition(&never, "Ready"), "False");
     assert_eq!(cstatus(&never, "c")["ready"], false);
     assert_eq!(cstatus(&never, "c")["started"], true);
+}
+
+/// Proves the whole loop on a real node: a Deployment's pods are created by the controllers,
+/// bound by the scheduler and run by the agent; readiness probes fill the Service's Endpoints;
+/// a template change rolls out with zero unavailable replicas; deleting the Deployment stops
+/// and removes its pods.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_is_scheduled_run_rolled_and_removed_on_a_real_node() {
+    let node = Node::start("deploy", 25);
+    let c = node.client().await;
+    let img = node.image();
+    let deploy = |version: &str| {
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+                "strategy": {"rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+                "template": {"metadata": {"labels": {"app": "web"}},
+                    "spec": {"terminationGracePeriodSeconds": 2, "containers": [{"name": "c", "image": img,
+                        "command": ["sh", "-c", "echo > /tmp/healthy; exec /bin/flotilla-probe http 8080"],
+                        "env": [{"name": "VERSION", "value": version}],
+                        "ports": [{"name": "http", "containerPort": 8080}],
+                        "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 1}}]}}}})
+    };
+    c.create("deployments", "default", &deploy("1")).await.unwrap();
+    c.create("services", "default", &json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": "http"}]}}))
+        .await
+        .unwrap();
+    let (ok, out, err) = node.cli(&["rollout", "status", "deployment/web", "--timeout", "90"]);
+    assert!(ok, "{out}{err}\n{}", node.agent_log());
+    let endpoints = |n: usize| {
+        let c = c.clone();
+        async move {
+            until(&format!("{n} ready endpoints"), 30, || {
+                let c = c.clone();
+                async move {
+                    let ep = c.get("endpoints", "default", "web").await.ok()?;
+                    let ips: Vec<String> = ep["subsets"][0]["addresses"]
+                        .as_array()?
+                        .iter()
+                        .filter_map(|a| a["ip"].as_str().map(str::to_string))
+                        .collect();
+                    (ips.len() == n && ep["subsets"][0].get("notReadyAddresses").is_none()).then_some(json!(ips))
+                }
+            })
+            .await
+        }
+    };
+    let first = endpoints(2).await;
+    assert!(first.as_array().unwrap().iter().all(|ip| ip.as_str().unwrap().starts_with("10.244.25.")), "{first}");
+    let pods = c.list("pods", "default", &Default::default()).await.unwrap().items;
+    assert!(pods.iter().all(|p| p["spec"]["nodeName"] == "node-deploy"), "bound by the scheduler");
+
+    // Roll: Endpoints never fall below 2 ready addresses while the pods are replaced.
+    let sampling = Arc::new(AtomicBool::new(true));
+    let min_ready = Arc::new(AtomicUsize::new(usize::MAX));
+    let sampler = {
+        let (c, sampling, min_ready) = (c.clone(), sampling.clone(), min_ready.clone());
+        tokio::spawn(async move {
+            while sampling.load(Ordering::Relaxed) {
+                if let Ok(ep) = c.get("endpoints", "default", "web").await {
+                    let n = ep["subsets"].as_array().map(|s| {
+                        s.iter().map(|x| x["addresses"].as_array().map_or(0, |a| a.len())).sum::<usize>()
+                    });
+                    min_ready.fetch_min(n.unwrap_or(0), Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let mut d = c.get("deployments", "default", "web").await.unwrap();
+    d["spec"] = deploy("2")["spec"].clone();
+    c.update("deployments", "default", &d).await.unwrap();
+    let (ok, out, err) = node.cli(&["rollout", "status", "deployment/web", "--timeout", "120"]);
+    assert!(ok, "{out}{err}");
+    let second = until("the old pods gone", 60, || {
+        let c = c.clone();
+        async move {
+            let pods = c.list("pods", "default", &Default::default()).await.ok()?.items;
+            (pods.len() == 2 && pods.iter().all(|p| p["spec"]["containers"][0]["env"][0]["value"] == "2"))
+                .then(|| json!(pods))
+        }
+    })
+    .await;
+    sampling.store(false, Ordering::Relaxed);
+    sampler.await.unwrap();
+    assert!(min_ready.load(Ordering::Relaxed) >= 2, "ready endpoints fell to {}", min_ready.load(Ordering::Relaxed));
+    let new_ips = endpoints(2).await;
+    assert_ne!(new_ips, first, "the Endpoints follow the new pods");
+    assert_eq!(second.as_array().unwrap().len(), 2);
+
+    let (ok, out, err) = node.cli(&["delete", "deployment", "web"]);
+    assert!(ok, "{out}{err}");
+    until("the pods stopped and removed", 60, || {
+        let c = c.clone();
+        async move { c.list("pods", "default", &Default::default()).await.ok()?.items.is_empty().then_some(json!(null)) }
+    })
+    .await;
 }
