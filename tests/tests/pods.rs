@@ -486,11 +486,15 @@ async fn a_deployment_is_scheduled_run_rolled_and_removed_on_a_real_node() {
                         "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 1}}]}}}})
     };
     c.create("deployments", "default", &deploy("1")).await.unwrap();
-    c.create("services", "default", &json!({"apiVersion": "v1", "kind": "Service",
+    c.create(
+        "services",
+        "default",
+        &json!({"apiVersion": "v1", "kind": "Service",
         "metadata": {"name": "web", "namespace": "default"},
-        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": "http"}]}}))
-        .await
-        .unwrap();
+        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": "http"}]}}),
+    )
+    .await
+    .unwrap();
     let (ok, out, err) = node.cli(&["rollout", "status", "deployment/web", "--timeout", "90"]);
     assert!(ok, "{out}{err}\n{}", node.agent_log());
     let endpoints = |n: usize| {
@@ -505,14 +509,18 @@ async fn a_deployment_is_scheduled_run_rolled_and_removed_on_a_real_node() {
                         .iter()
                         .filter_map(|a| a["ip"].as_str().map(str::to_string))
                         .collect();
-                    (ips.len() == n && ep["subsets"][0].get("notReadyAddresses").is_none()).then_some(json!(ips))
+                    (ips.len() == n && ep["subsets"][0].get("notReadyAddresses").is_none())
+                        .then_some(json!(ips))
                 }
             })
             .await
         }
     };
     let first = endpoints(2).await;
-    assert!(first.as_array().unwrap().iter().all(|ip| ip.as_str().unwrap().starts_with("10.244.25.")), "{first}");
+    assert!(
+        first.as_array().unwrap().iter().all(|ip| ip.as_str().unwrap().starts_with("10.244.25.")),
+        "{first}"
+    );
     let pods = c.list("pods", "default", &Default::default()).await.unwrap().items;
     assert!(pods.iter().all(|p| p["spec"]["nodeName"] == "node-deploy"), "bound by the scheduler");
 
@@ -525,7 +533,9 @@ async fn a_deployment_is_scheduled_run_rolled_and_removed_on_a_real_node() {
             while sampling.load(Ordering::Relaxed) {
                 if let Ok(ep) = c.get("endpoints", "default", "web").await {
                     let n = ep["subsets"].as_array().map(|s| {
-                        s.iter().map(|x| x["addresses"].as_array().map_or(0, |a| a.len())).sum::<usize>()
+                        s.iter()
+                            .map(|x| x["addresses"].as_array().map_or(0, |a| a.len()))
+                            .sum::<usize>()
                     });
                     min_ready.fetch_min(n.unwrap_or(0), Ordering::Relaxed);
                 }
@@ -542,14 +552,19 @@ async fn a_deployment_is_scheduled_run_rolled_and_removed_on_a_real_node() {
         let c = c.clone();
         async move {
             let pods = c.list("pods", "default", &Default::default()).await.ok()?.items;
-            (pods.len() == 2 && pods.iter().all(|p| p["spec"]["containers"][0]["env"][0]["value"] == "2"))
-                .then(|| json!(pods))
+            (pods.len() == 2
+                && pods.iter().all(|p| p["spec"]["containers"][0]["env"][0]["value"] == "2"))
+            .then(|| json!(pods))
         }
     })
     .await;
     sampling.store(false, Ordering::Relaxed);
     sampler.await.unwrap();
-    assert!(min_ready.load(Ordering::Relaxed) >= 2, "ready endpoints fell to {}", min_ready.load(Ordering::Relaxed));
+    assert!(
+        min_ready.load(Ordering::Relaxed) >= 2,
+        "ready endpoints fell to {}",
+        min_ready.load(Ordering::Relaxed)
+    );
     let new_ips = endpoints(2).await;
     assert_ne!(new_ips, first, "the Endpoints follow the new pods");
     assert_eq!(second.as_array().unwrap().len(), 2);
@@ -558,7 +573,14 @@ async fn a_deployment_is_scheduled_run_rolled_and_removed_on_a_real_node() {
     assert!(ok, "{out}{err}");
     until("the pods stopped and removed", 60, || {
         let c = c.clone();
-        async move { c.list("pods", "default", &Default::default()).await.ok()?.items.is_empty().then_some(json!(null)) }
+        async move {
+            c.list("pods", "default", &Default::default())
+                .await
+                .ok()?
+                .items
+                .is_empty()
+                .then_some(json!(null))
+        }
     })
     .await;
 }

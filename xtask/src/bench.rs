@@ -51,6 +51,17 @@ pub enum Bench {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// The scheduler at scale: simulated nodes and pods through the real API, pods/s from
+    /// creation to binding, latency, CPU and RSS, and a check of every placement.
+    Scheduler {
+        #[arg(long, default_value_t = 5000)]
+        nodes: usize,
+        #[arg(long, default_value_t = 50_000)]
+        pods: usize,
+        /// Extra arguments for the harness (see `sched-bench --help`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// `flotillad runtime` vs runc and crun: create && start && delete -f of busybox /bin/true.
     Runtime {
         /// Measured rounds per runtime.
@@ -105,6 +116,18 @@ pub fn run(what: Bench) -> Result<()> {
                 .arg(pods.to_string())
                 .arg("--burst")
                 .arg(burst.to_string())
+                .args(&args);
+            crate::util::run(cmd)
+        }
+        Bench::Scheduler { nodes, pods, args } => {
+            crate::setup::setup()?;
+            cargo(&["build", "--release", "-p", "flotilla-daemon", "-p", "flotilla-tests"])?;
+            let root = workspace_root();
+            let mut cmd = Command::new(root.join("target/release/sched-bench"));
+            cmd.arg("--nodes")
+                .arg(nodes.to_string())
+                .arg("--pods")
+                .arg(pods.to_string())
                 .args(&args);
             crate::util::run(cmd)
         }

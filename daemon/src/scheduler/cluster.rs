@@ -3,11 +3,16 @@
 //! that keep pod (anti-)affinity and spreading from scanning every pod per decision.
 
 use super::plugins::{self, Forbidden, NodeInfo, PodInfo, PodTerm, Unfit};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// A node's slot: ids are never reused, so pods can name a node (seen before its Node object,
+/// or after its deletion) by id and hot loops index a Vec instead of hashing names.
+type NodeId = usize;
+
 struct Placed {
-    node: String,
+    node: NodeId,
     info: Arc<PodInfo>,
     assumed: bool,
 }
@@ -21,14 +26,17 @@ struct AntiGroup {
 
 #[derive(Default)]
 pub struct Cluster {
-    nodes: HashMap<String, NodeInfo>,
-    order: Vec<String>,
+    ids: HashMap<String, NodeId>,
+    names: Vec<String>,
+    nodes: Vec<Option<NodeInfo>>,
+    /// The live nodes, in the order sampling walks them.
+    order: Vec<NodeId>,
     pods: HashMap<String, Placed>,
     /// (namespace, label key, label value) → uids of placed pods carrying it.
     labels: HashMap<(String, String, String), HashSet<String>>,
     anti: HashMap<String, AntiGroup>,
     /// Controller uid → node → pods of it there.
-    owners: HashMap<String, HashMap<String, usize>>,
+    owners: HashMap<String, HashMap<NodeId, usize>>,
     /// Round-robin start for sampling, as kube-scheduler's nextStartNodeIndex.
     next_start: usize,
     pub percentage_to_score: u32,
@@ -45,11 +53,26 @@ impl Cluster {
     }
 
     pub fn node_count(&self) -> usize {
-        self.nodes.len()
+        self.order.len()
+    }
+
+    fn id(&mut self, name: &str) -> NodeId {
+        if let Some(id) = self.ids.get(name) {
+            return *id;
+        }
+        let id = self.names.len();
+        self.ids.insert(name.to_string(), id);
+        self.names.push(name.to_string());
+        self.nodes.push(None);
+        id
+    }
+
+    fn live(&self, id: NodeId) -> Option<&NodeInfo> {
+        self.nodes.get(id).and_then(Option::as_ref)
     }
 
     pub fn node(&self, name: &str) -> Option<&NodeInfo> {
-        self.nodes.get(name)
+        self.ids.get(name).and_then(|id| self.live(*id))
     }
 
     pub fn pod_count(&self) -> usize {
@@ -57,24 +80,25 @@ impl Cluster {
     }
 
     pub fn set_node(&mut self, mut n: NodeInfo) {
-        match self.nodes.get(&n.name) {
+        let id = self.id(&n.name);
+        match &self.nodes[id] {
             Some(old) => n.carry_placement(old),
             None => {
                 // Pods seen before their node (watch order across types is not guaranteed).
-                let name = n.name.clone();
-                for p in self.pods.values().filter(|p| p.node == name) {
+                for p in self.pods.values().filter(|p| p.node == id) {
                     n.add(&p.info, 1);
                 }
-                self.order.push(n.name.clone());
-                self.order.sort();
+                self.order.push(id);
             }
         }
-        self.nodes.insert(n.name.clone(), n);
+        self.nodes[id] = Some(n);
     }
 
     pub fn remove_node(&mut self, name: &str) {
-        if self.nodes.remove(name).is_some() {
-            self.order.retain(|n| n != name);
+        if let Some(id) = self.ids.get(name).copied() {
+            if self.nodes[id].take().is_some() {
+                self.order.retain(|x| *x != id);
+            }
         }
     }
 
@@ -84,24 +108,36 @@ impl Cluster {
 
     /// Pods whose binding is in flight.
     pub fn assumed(&self) -> Vec<(String, Arc<PodInfo>)> {
-        self.pods.values().filter(|p| p.assumed).map(|p| (p.node.clone(), p.info.clone())).collect()
+        self.pods
+            .values()
+            .filter(|p| p.assumed)
+            .map(|p| (self.names[p.node].clone(), p.info.clone()))
+            .collect()
     }
 
     pub fn placed_on(&self, uid: &str) -> Option<&str> {
-        self.pods.get(uid).map(|p| p.node.as_str())
+        self.pods.get(uid).map(|p| self.names[p.node].as_str())
+    }
+
+    /// The binding of an assumed pod was seen: it is placed for good.
+    pub fn confirm(&mut self, uid: &str) {
+        if let Some(p) = self.pods.get_mut(uid) {
+            p.assumed = false;
+        }
     }
 
     /// Places a pod (bound, or `assumed` while its binding is in flight).
     pub fn add_pod(&mut self, node: &str, info: Arc<PodInfo>, assumed: bool) {
+        let id = self.id(node);
         if let Some(p) = self.pods.get_mut(&info.uid) {
-            if p.node == node {
+            if p.node == id {
                 p.assumed &= assumed;
                 return;
             }
             let uid = info.uid.clone();
             self.remove_pod(&uid);
         }
-        if let Some(n) = self.nodes.get_mut(node) {
+        if let Some(n) = self.nodes[id].as_mut() {
             n.add(&info, 1);
         }
         for (k, v) in &info.labels {
@@ -111,34 +147,27 @@ impl Cluster {
                 .insert(info.uid.clone());
         }
         if !info.owner.is_empty() {
-            *self
-                .owners
-                .entry(info.owner.clone())
-                .or_default()
-                .entry(node.to_string())
-                .or_default() += 1;
+            *self.owners.entry(info.owner.clone()).or_default().entry(id).or_default() += 1;
         }
         for t in &info.anti_affinity {
-            if let Some(v) = self.nodes.get(node).and_then(|n| n.topology(&t.topology_key)) {
+            if let Some(v) =
+                self.live(id).and_then(|n| n.topology(&t.topology_key)).map(str::to_string)
+            {
                 let g = self
                     .anti
                     .entry(t.group_key())
-                    .or_insert_with(|| AntiGroup { term: t.clone(), domains: HashMap::new() });
-                *g.domains.entry(v.to_string()).or_default() += 1;
+                    .or_insert_with(|| AntiGroup { term: t.clone(), domains: HashMap::default() });
+                *g.domains.entry(v).or_default() += 1;
             }
         }
-        self.pods.insert(info.uid.clone(), Placed { node: node.to_string(), info, assumed });
+        self.pods.insert(info.uid.clone(), Placed { node: id, info, assumed });
     }
 
     pub fn remove_pod(&mut self, uid: &str) {
         let Some(p) = self.pods.remove(uid) else { return };
         let info = &p.info;
         for t in &info.anti_affinity {
-            let v = self
-                .nodes
-                .get(&p.node)
-                .and_then(|n| n.topology(&t.topology_key))
-                .map(str::to_string);
+            let v = self.live(p.node).and_then(|n| n.topology(&t.topology_key)).map(str::to_string);
             if let (Some(v), Some(g)) = (v, self.anti.get_mut(&t.group_key())) {
                 if let Some(c) = g.domains.get_mut(&v) {
                     *c -= 1;
@@ -151,7 +180,7 @@ impl Cluster {
                 }
             }
         }
-        if let Some(n) = self.nodes.get_mut(&p.node) {
+        if let Some(n) = self.nodes[p.node].as_mut() {
             n.add(info, -1);
         }
         for (k, v) in &info.labels {
@@ -205,9 +234,9 @@ impl Cluster {
 
     /// Topology values of pods matching `term`, with counts.
     fn domains_of(&self, term: &PodTerm) -> HashMap<String, usize> {
-        let mut d = HashMap::new();
+        let mut d = HashMap::default();
         for p in self.matching(term) {
-            if let Some(v) = self.nodes.get(&p.node).and_then(|n| n.topology(&term.topology_key)) {
+            if let Some(v) = self.live(p.node).and_then(|n| n.topology(&term.topology_key)) {
                 *d.entry(v.to_string()).or_default() += 1;
             }
         }
@@ -235,15 +264,16 @@ impl Cluster {
         let total = self.order.len();
         let forbidden = self.forbidden(pod);
         let want = plugins::nodes_to_find(total, self.percentage_to_score);
-        let mut feasible: Vec<&NodeInfo> = Vec::with_capacity(want.min(total));
+        let mut feasible: Vec<(NodeId, &NodeInfo)> = Vec::with_capacity(want.min(total));
         let mut reasons: BTreeMap<Unfit, usize> = BTreeMap::new();
         let mut checked = 0;
         for i in 0..total {
-            let n = &self.nodes[&self.order[(self.next_start + i) % total]];
+            let id = self.order[(self.next_start + i) % total];
+            let Some(n) = self.nodes[id].as_ref() else { continue };
             checked += 1;
             match plugins::filter(pod, n, &forbidden) {
                 Ok(()) => {
-                    feasible.push(n);
+                    feasible.push((id, n));
                     if feasible.len() >= want {
                         break;
                     }
@@ -256,17 +286,18 @@ impl Cluster {
             return Decision::Unschedulable(plugins::unschedulable_message(total, &reasons));
         }
         if feasible.len() == 1 {
-            return Decision::Node(feasible[0].name.clone());
+            return Decision::Node(feasible[0].1.name.clone());
         }
         let scores = self.score(pod, &feasible);
         let best = scores.iter().copied().max().unwrap_or(0);
         let ties: Vec<usize> = (0..scores.len()).filter(|i| scores[*i] == best).collect();
-        Decision::Node(feasible[ties[fastrand::usize(..ties.len())]].name.clone())
+        Decision::Node(feasible[ties[fastrand::usize(..ties.len())]].1.name.clone())
     }
 
     /// kube-scheduler's default weights: resources 1, balance 1, node affinity 2, taints 3,
     /// spreading 2, inter-pod affinity 2.
-    fn score(&self, pod: &PodInfo, nodes: &[&NodeInfo]) -> Vec<i64> {
+    fn score(&self, pod: &PodInfo, feasible: &[(NodeId, &NodeInfo)]) -> Vec<i64> {
+        let nodes: Vec<&NodeInfo> = feasible.iter().map(|(_, n)| *n).collect();
         let mut total: Vec<i64> = nodes
             .iter()
             .map(|n| plugins::least_allocated(pod, n) + plugins::balanced(pod, n))
@@ -289,16 +320,16 @@ impl Cluster {
         if let Some(per_node) = self.owners.get(&pod.owner).filter(|_| !pod.owner.is_empty()) {
             // Spread a controller's pods: by node, and by zone where nodes have zones (zone
             // weighs 2/3, as the SelectorSpread plugin did).
-            let mut by_zone: HashMap<&str, i64> = HashMap::new();
+            let mut by_zone: HashMap<&str, i64> = HashMap::default();
             for (node, c) in per_node {
-                if let Some(z) =
-                    self.nodes.get(node).and_then(|n| n.labels.get(plugins::ZONE_LABEL))
-                {
+                if let Some(z) = self.live(*node).and_then(|n| n.labels.get(plugins::ZONE_LABEL)) {
                     *by_zone.entry(z).or_default() += *c as i64;
                 }
             }
-            let mut raw: Vec<i64> =
-                nodes.iter().map(|n| per_node.get(&n.name).copied().unwrap_or(0) as i64).collect();
+            let mut raw: Vec<i64> = feasible
+                .iter()
+                .map(|(id, _)| per_node.get(id).copied().unwrap_or(0) as i64)
+                .collect();
             plugins::normalize(&mut raw, true);
             if !by_zone.is_empty() {
                 let mut zr: Vec<i64> = nodes
@@ -389,7 +420,7 @@ mod tests {
         for n in ["a", "b", "c"] {
             c.set_node(node(n, "z1"));
         }
-        let mut used = HashSet::new();
+        let mut used = std::collections::HashSet::new();
         for i in 0..3 {
             let p = pod(&format!("p{i}"), "rs1", json!({}));
             let n = decide(&mut c, &p);
@@ -467,5 +498,9 @@ mod tests {
         assert_eq!(c.node("a").unwrap().req_cpu, 4000);
         c.remove_pod("p0");
         assert_eq!(c.node("a").unwrap().req_cpu, 3900);
+        // A pod seen before its node is accounted once the node appears.
+        c.add_pod("late", pod("early", "rs", json!({})), false);
+        c.set_node(node("late", "z1"));
+        assert_eq!(c.node("late").unwrap().req_cpu, 100);
     }
 }

@@ -240,7 +240,9 @@ impl Scheduler {
             return;
         }
         if !node.is_empty() {
-            if self.cluster.placed_on(&uid) == Some(node) && !self.cluster.is_assumed(&uid) {
+            if self.cluster.placed_on(&uid) == Some(node) {
+                // Our own binding coming back: no need to look at the pod again.
+                self.cluster.confirm(&uid);
                 return;
             }
             match PodInfo::from_value(p) {
