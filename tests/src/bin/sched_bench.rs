@@ -40,10 +40,10 @@ const GROUPS: usize = 1000;
 fn node(i: usize) -> Value {
     let name = format!("sim-{i:05}");
     let mut labels = json!({"kubernetes.io/hostname": name, "topology.kubernetes.io/zone": format!("zone-{}", i % 10)});
-    if i % 3 == 0 {
+    if i.is_multiple_of(3) {
         labels["disk"] = json!("ssd");
     }
-    let taints = if i % 10 == 0 {
+    let taints = if i.is_multiple_of(10) {
         json!([{"key": "dedicated", "value": "infra", "effect": "NoSchedule"}])
     } else {
         json!([])
@@ -62,7 +62,7 @@ fn pod(i: usize) -> Value {
     let mem = ["128Mi", "256Mi", "512Mi", "1Gi"][(i / 4) % 4];
     let mut spec = json!({"containers": [{"name": "c", "image": "busybox",
         "resources": {"requests": {"cpu": cpu, "memory": mem}}}]});
-    if i % 5 == 0 {
+    if i.is_multiple_of(5) {
         spec["nodeSelector"] = json!({"disk": "ssd"});
     }
     if i % 10 == 1 {
