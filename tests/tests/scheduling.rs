@@ -163,6 +163,16 @@ fn fake_kubelet(c: Client, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<()>
                 if p["metadata"]["deletionTimestamp"].is_string() {
                     let dp = DeleteParams { grace_period_seconds: Some(0), ..Default::default() };
                     let _ = c.delete("pods", "default", &name, &dp).await;
+                } else if p["metadata"]["labels"]["batch.kubernetes.io/job-name"].is_string() {
+                    // Job pods run to completion at once.
+                    if p["status"]["phase"] != "Succeeded" {
+                        let mut st = p.clone();
+                        st["status"]["phase"] = json!("Succeeded");
+                        st["status"]["containerStatuses"] = json!([{"name": "c", "ready": false, "restartCount": 0,
+                            "image": "busybox", "imageID": "", "state": {"terminated": {"exitCode": 0, "reason": "Completed",
+                            "finishedAt": "2020-01-01T00:00:00Z"}}}]);
+                        let _ = c.update_status("pods", "default", &st).await;
+                    }
                 } else if p["status"]["phase"] != "Running" {
                     ip += 1;
                     let mut st = p.clone();
@@ -374,4 +384,169 @@ async fn an_unreachable_node_is_tainted_and_its_pods_move_elsewhere() {
     })
     .await;
     renewer.abort();
+}
+
+/// Proves the other workload controllers on simulated nodes: a DaemonSet covers every eligible
+/// node (and a node that joins), a StatefulSet comes up in ordinal order with stable names and
+/// hostnames, a Job runs to completion, and a CronJob fires on schedule and trims its history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemonsets_statefulsets_jobs_and_cronjobs_do_their_work() {
+    let s = server(&["--node-monitor-grace-period", "3600"]).await;
+    let c = &s.client;
+    c.create("nodes", "", &node("n1", "8", json!({}), json!({}))).await.unwrap();
+    c.create("nodes", "", &node("n2", "8", json!({}), json!({}))).await.unwrap();
+    c.create(
+        "nodes",
+        "",
+        &node(
+            "n3",
+            "8",
+            json!({}),
+            json!({"taints": [{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]}),
+        ),
+    )
+    .await
+    .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let kubelet = fake_kubelet(c.clone(), stop.clone());
+    // Everything that happens to pods, in order.
+    let rv = c.list("pods", "default", &ListParams::default()).await.unwrap().resource_version;
+    let stream = c
+        .watch(
+            "pods",
+            "default",
+            &flotilla_api::client::WatchParams { resource_version: rv, ..Default::default() },
+        )
+        .await
+        .unwrap();
+    let log: Arc<std::sync::Mutex<Vec<(String, String, bool)>>> = Arc::default();
+    let recorder = {
+        let log = log.clone();
+        tokio::spawn(async move {
+            use futures::StreamExt;
+            futures::pin_mut!(stream);
+            while let Some(Ok(evs)) = stream.next().await {
+                for e in evs {
+                    let ready =
+                        condition(&e.object, "Ready").is_some_and(|c| c["status"] == "True");
+                    let name = e.object["metadata"]["name"].as_str().unwrap_or("").to_string();
+                    log.lock().unwrap().push((format!("{:?}", e.kind), name, ready));
+                }
+            }
+        })
+    };
+
+    let ds = json!({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "agent"},
+        "spec": {"selector": {"matchLabels": {"app": "agent"}},
+            "template": {"metadata": {"labels": {"app": "agent"}}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}});
+    c.create("daemonsets", "default", &ds).await.unwrap();
+    let daemon_nodes = || async {
+        let pods = c
+            .list(
+                "pods",
+                "default",
+                &ListParams { label_selector: "app=agent".into(), ..Default::default() },
+            )
+            .await
+            .ok()?
+            .items;
+        let mut n: Vec<String> = pods
+            .iter()
+            .filter_map(|p| p["spec"]["nodeName"].as_str().map(str::to_string))
+            .collect();
+        n.sort();
+        Some(n)
+    };
+    eventually(15, "a daemon on n1 and n2 (not on tainted n3)", || async {
+        (daemon_nodes().await? == ["n1", "n2"]).then_some(())
+    })
+    .await;
+    c.create("nodes", "", &node("n4", "8", json!({}), json!({}))).await.unwrap();
+    eventually(15, "a daemon on the new node", || async {
+        (daemon_nodes().await? == ["n1", "n2", "n4"]).then_some(())
+    })
+    .await;
+    eventually(10, "DaemonSet status", || async {
+        let d = c.get("daemonsets", "default", "agent").await.ok()?;
+        (d["status"]["desiredNumberScheduled"] == 3 && d["status"]["numberReady"] == 3)
+            .then_some(())
+    })
+    .await;
+
+    let sts = json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "db"},
+        "spec": {"replicas": 3, "serviceName": "db", "selector": {"matchLabels": {"app": "db"}},
+            "template": {"metadata": {"labels": {"app": "db"}}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}});
+    c.create("statefulsets", "default", &sts).await.unwrap();
+    eventually(30, "db-0..2 ready", || async {
+        let d = c.get("statefulsets", "default", "db").await.ok()?;
+        (d["status"]["readyReplicas"] == 3).then_some(())
+    })
+    .await;
+    let db2 = c.get("pods", "default", "db-2").await.unwrap();
+    assert_eq!(
+        (db2["spec"]["hostname"].as_str(), db2["spec"]["subdomain"].as_str()),
+        (Some("db-2"), Some("db"))
+    );
+    {
+        // db-i+1 was created only after db-i was seen Ready.
+        let log = log.lock().unwrap();
+        for i in 1..3 {
+            let added =
+                log.iter().position(|(k, n, _)| k == "Added" && *n == format!("db-{i}")).unwrap();
+            let prev_ready =
+                log.iter().position(|(_, n, r)| *n == format!("db-{}", i - 1) && *r).unwrap();
+            assert!(prev_ready < added, "db-{i} created before db-{} was Ready", i - 1);
+        }
+    }
+
+    let job = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "once"},
+        "spec": {"completions": 3, "parallelism": 2,
+            "template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox"}]}}}});
+    c.create("jobs", "default", &job).await.unwrap();
+    let done = eventually(30, "the Job Complete", || async {
+        let j = c.get("jobs", "default", "once").await.ok()?;
+        j["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .any(|c| c["type"] == "Complete" && c["status"] == "True")
+            .then_some(j)
+    })
+    .await;
+    assert_eq!(done["status"]["succeeded"], 3);
+    assert!(done["status"]["completionTime"].is_string());
+
+    let cj = json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "tick"},
+        "spec": {"schedule": "@every 2s", "successfulJobsHistoryLimit": 1,
+            "jobTemplate": {"spec": {"template": {"spec": {"restartPolicy": "OnFailure",
+                "containers": [{"name": "c", "image": "busybox"}]}}}}}});
+    c.create("cronjobs", "default", &cj).await.unwrap();
+    let seen: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>> = Arc::default();
+    eventually(30, "the CronJob fired three times", || async {
+        let jobs = c.list("jobs", "default", &ListParams::default()).await.ok()?.items;
+        let mut seen = seen.lock().unwrap();
+        for j in &jobs {
+            let n = j["metadata"]["name"].as_str().unwrap_or("");
+            if n.starts_with("tick-") {
+                seen.insert(n.to_string());
+            }
+        }
+        (seen.len() >= 3).then_some(())
+    })
+    .await;
+    eventually(10, "history trimmed to one successful Job", || async {
+        let jobs = c.list("jobs", "default", &ListParams::default()).await.ok()?.items;
+        let done = jobs
+            .iter()
+            .filter(|j| j["metadata"]["name"].as_str().is_some_and(|n| n.starts_with("tick-")))
+            .filter(|j| j["status"]["succeeded"] == 1)
+            .count();
+        (done <= 1).then_some(())
+    })
+    .await;
+    let tick = c.get("cronjobs", "default", "tick").await.unwrap();
+    assert!(tick["status"]["lastScheduleTime"].is_string());
+    assert!(tick["status"]["lastSuccessfulTime"].is_string());
+    stop.store(true, Ordering::Relaxed);
+    kubelet.await.unwrap();
+    recorder.abort();
 }

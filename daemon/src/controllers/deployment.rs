@@ -111,6 +111,9 @@ pub fn resolve(
     let v = v.cloned().unwrap_or_else(|| json!(default));
     match &v {
         Value::Number(n) => n.as_i64().ok_or_else(|| format!("{v} is not an integer")),
+        Value::String(s) if !s.ends_with('%') => {
+            s.parse().map_err(|_| format!("{s:?} is not an integer or a percentage"))
+        }
         Value::String(s) => {
             let pct: i64 = s
                 .strip_suffix('%')

@@ -19,8 +19,18 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
 
-const DEPENDENTS: &[&str] = &["pods", "replicasets", "deployments", "endpoints", "leases"];
-const OWNERS: &[&str] = &["replicasets", "deployments", "nodes", "pods", "services"];
+const DEPENDENTS: &[&str] = &["pods", "replicasets", "deployments", "endpoints", "leases", "jobs"];
+const OWNERS: &[&str] = &[
+    "replicasets",
+    "deployments",
+    "nodes",
+    "pods",
+    "services",
+    "jobs",
+    "cronjobs",
+    "daemonsets",
+    "statefulsets",
+];
 
 pub async fn run(ctx: Arc<Ctx>) {
     let queue = WorkQueue::new();

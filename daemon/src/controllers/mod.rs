@@ -3,12 +3,16 @@
 //! controller is a work queue of keys, a pure `plan` function (observed objects in, intended
 //! writes out; unit-tested without a cluster) and a thin `reconcile` that executes the plan.
 
+pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod gc;
+pub mod job;
 pub mod namespace;
 pub mod nodelifecycle;
 pub mod replicaset;
+pub mod statefulset;
 
 use crate::controller::events::Recorder;
 use crate::controller::{labels, on_change, Expectations, WorkQueue};
@@ -64,6 +68,10 @@ const WATCHED: &[(&str, &str)] = &[
     ("serviceaccounts", ""),
     ("nodes", ""),
     ("leases", "kube-node-lease"),
+    ("jobs", ""),
+    ("cronjobs", ""),
+    ("daemonsets", ""),
+    ("statefulsets", ""),
 ];
 
 pub async fn run(client: Client, cfg: ControllerConfig) -> Result<()> {
@@ -90,6 +98,10 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<()> {
     set.spawn(namespace::run(ctx.clone()));
     set.spawn(nodelifecycle::run(ctx.clone()));
     set.spawn(gc::run(ctx.clone()));
+    set.spawn(job::run(ctx.clone()));
+    set.spawn(cronjob::run(ctx.clone()));
+    set.spawn(daemonset::run(ctx.clone()));
+    set.spawn(statefulset::run(ctx.clone()));
     while let Some(r) = set.join_next().await {
         r.context("a controller panicked")?;
     }

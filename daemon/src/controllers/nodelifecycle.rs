@@ -108,7 +108,7 @@ async fn unreachable(ctx: &Ctx, node: &Value) -> anyhow::Result<()> {
         tracing::warn!(node = %name, "node stopped renewing its lease; tainted unreachable");
         return Ok(());
     };
-    let tainted_for = (jiff::Timestamp::now() - added).get_seconds().max(0) as u64;
+    let tainted_for = jiff::Timestamp::now().duration_since(added).as_secs().max(0) as u64;
     for pod in ctx.inf("pods").list() {
         if pod.pointer("/spec/nodeName").and_then(Value::as_str) != Some(name)
             || matches!(pod_phase(&pod), "Succeeded" | "Failed")
