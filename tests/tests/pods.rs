@@ -584,3 +584,69 @@ async fn a_deployment_is_scheduled_run_rolled_and_removed_on_a_real_node() {
     })
     .await;
 }
+
+/// Proves Services work from inside pods on a real node: the agent programs the Service's
+/// ClusterIP (from the Endpoints the controller fills) into the eBPF load balancer, a client
+/// pod reaches both backends through the VIP and sees the VIP as its peer, and a Service
+/// without ready endpoints refuses at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_reach_a_service_through_its_cluster_ip() {
+    let node = Node::start("svc", 26);
+    let c = node.client().await;
+    let img = node.image();
+    let echo = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "echo", "namespace": "default"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "echo"}},
+            "template": {"metadata": {"labels": {"app": "echo"}},
+                "spec": {"terminationGracePeriodSeconds": 1, "containers": [{"name": "c", "image": img,
+                    "command": ["/bin/flotilla-probe", "echo", "8080"],
+                    "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+                    "ports": [{"name": "echo", "containerPort": 8080}],
+                    "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}}]}}}});
+    c.create("deployments", "default", &echo).await.unwrap();
+    let svc = |name: &str, app: &str| {
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "default"},
+            "spec": {"selector": {"app": app}, "ports": [{"port": 80, "targetPort": "echo"}]}})
+    };
+    let (s, _) = c.create("services", "default", &svc("echo", "echo")).await.unwrap();
+    let vip = s["spec"]["clusterIP"].as_str().unwrap().to_string();
+    let (none, _) = c.create("services", "default", &svc("nobody", "nobody")).await.unwrap();
+    let none_vip = none["spec"]["clusterIP"].as_str().unwrap().to_string();
+    until("2 ready endpoints", 60, || {
+        let c = c.clone();
+        async move {
+            let ep = c.get("endpoints", "default", "echo").await.ok()?;
+            (ep["subsets"][0]["addresses"].as_array()?.len() == 2).then_some(ep)
+        }
+    })
+    .await;
+
+    let client = |name: &str, target: &str| {
+        pod(
+            name,
+            &img,
+            json!({"restartPolicy": "Never", "containers": [{"name": "c",
+            "command": ["/bin/flotilla-probe", "connect", target, "20"]}]}),
+        )
+    };
+    c.create("pods", "default", &client("client", &format!("{vip}:80"))).await.unwrap();
+    c.create("pods", "default", &client("refused", &format!("{none_vip}:80"))).await.unwrap();
+    for name in ["client", "refused"] {
+        let done = pod_where(&c, name, "Succeeded", 60, |p| phase(p) == "Succeeded").await;
+        let out = node.logs(&done, "c", 0);
+        if name == "client" {
+            let replies: std::collections::BTreeSet<&str> = out
+                .lines()
+                .filter_map(|l| l.split("reply=").nth(1))
+                .map(|r| r.split_whitespace().next().unwrap_or(""))
+                .collect();
+            assert_eq!(replies.len(), 2, "both backends answer through the VIP:\n{out}");
+            assert!(replies.iter().all(|r| r.starts_with("echo-")), "{out}");
+            assert!(
+                out.contains(&format!("peer={vip}:80")),
+                "the client sees the VIP as its peer:\n{out}"
+            );
+        } else {
+            assert!(out.contains("error=refused ms=0"), "no endpoints: refused at once:\n{out}");
+        }
+    }
+}

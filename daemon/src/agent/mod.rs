@@ -5,6 +5,7 @@
 pub mod logs;
 pub mod node;
 pub mod pods;
+pub mod services;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
@@ -130,6 +131,7 @@ pub async fn run(a: AgentArgs) -> Result<()> {
     if a.reset {
         let ctx = Arc::new(pods_context(&a, client, &spec).await?);
         pods::reset(ctx.clone()).await;
+        services::reset(&spec.name, &ctx.cgroup_parent);
         let ctx = Arc::into_inner(ctx).context("reset still in use")?;
         ctx.net.teardown().await.context("removing the node network")?;
         return Ok(());
@@ -153,7 +155,8 @@ pub async fn run(a: AgentArgs) -> Result<()> {
         }))
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
     let node_api = async { node_api.await.context("node API") };
-    tokio::try_join!(registration, pods::run(ctx), node_api)?;
+    let proxy = services::run(ctx.client.clone(), spec.name.clone(), ctx.cgroup_parent.clone());
+    tokio::try_join!(registration, proxy, pods::run(ctx), node_api)?;
     Ok(())
 }
 
