@@ -132,6 +132,7 @@ pub async fn run(a: AgentArgs) -> Result<()> {
         let ctx = Arc::new(pods_context(&a, client, &spec).await?);
         pods::reset(ctx.clone()).await;
         services::reset(&spec.name, &ctx.cgroup_parent);
+        pods::remove_cgroup_parent(&ctx.cgroup_parent);
         let ctx = Arc::into_inner(ctx).context("reset still in use")?;
         ctx.net.teardown().await.context("removing the node network")?;
         return Ok(());

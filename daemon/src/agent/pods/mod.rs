@@ -228,6 +228,15 @@ fn remove_cgroup_dir(rel: &str) {
     }
 }
 
+/// Removes the node's cgroup parent and, when no other node uses it, the parent's parent
+/// (`flotilla` of `flotilla/<node>`), in every hierarchy.
+pub fn remove_cgroup_parent(rel: &str) {
+    remove_cgroup_dir(rel);
+    if let Some(up) = std::path::Path::new(rel).parent().filter(|p| !p.as_os_str().is_empty()) {
+        remove_cgroup_dir(&up.to_string_lossy());
+    }
+}
+
 /// Pod uids the node holds something of: containers, addresses, directories.
 fn local_uids(ctx: &Ctx) -> BTreeSet<String> {
     let mut uids = BTreeSet::new();

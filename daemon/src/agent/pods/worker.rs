@@ -282,7 +282,9 @@ impl Worker {
                 if st.current.as_ref().is_some_and(Attempt::running) {
                     continue;
                 }
-                if st.current.is_none() || self.should_restart(&cname, "Always") {
+                if (st.current.is_none() && self.due(&cname))
+                    || self.should_restart(&cname, "Always")
+                {
                     self.start(pod, c, &cname).await;
                 }
                 initialized = false;
@@ -302,7 +304,9 @@ impl Worker {
                 }
                 None if st.current.is_some() => {}
                 None => {
-                    self.start(pod, c, &cname).await;
+                    if self.due(&cname) {
+                        self.start(pod, c, &cname).await;
+                    }
                 }
             }
             initialized = false;
@@ -313,7 +317,11 @@ impl Worker {
                 let cname = c["name"].as_str().unwrap_or_default().to_string();
                 let st = self.ctrs.entry(cname.clone()).or_default();
                 match st.current.as_ref() {
-                    None => self.start(pod, c, &cname).await,
+                    None => {
+                        if self.due(&cname) {
+                            self.start(pod, c, &cname).await;
+                        }
+                    }
                     Some(a) if a.running() => {}
                     Some(_) => {
                         if self.should_restart(&cname, &policy) {
@@ -418,6 +426,12 @@ impl Worker {
         }
     }
 
+    /// Whether a container that never started may be tried again (a failed pull or create
+    /// waits out its back-off, as the kubelet's ImagePullBackOff).
+    fn due(&self, cname: &str) -> bool {
+        self.ctrs.get(cname).and_then(|s| s.next_try).is_none_or(|t| Instant::now() >= t)
+    }
+
     /// For an exited container under `policy`: whether to start it again now. Sets the
     /// CrashLoopBackOff wait while the back-off runs (the first restart is immediate, then
     /// 10 s doubling to 5 min, reset after 10 min of running, as the kubelet's).
@@ -505,6 +519,22 @@ impl Worker {
                 }
                 st.last = st.current.take();
                 st.current = Some(a);
+                let pull_or_create = |r: &str| {
+                    matches!(
+                        r,
+                        "ErrImagePull"
+                            | "ImagePullBackOff"
+                            | "ErrImageNeverPull"
+                            | "InvalidImageName"
+                            | "CreateContainerConfigError"
+                            | "CreateContainerError"
+                    )
+                };
+                if st.waiting.as_ref().is_some_and(|(r, _)| pull_or_create(r)) {
+                    // A pull or create that finally worked: crash back-off starts afresh.
+                    st.backoff = Duration::ZERO;
+                }
+                st.next_try = None;
                 st.waiting = None;
             }
             Err((reason, message)) => {
