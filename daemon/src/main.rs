@@ -26,9 +26,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// A whole single-node cluster in one process (today: the store, the API server and the
-    /// node agent's registration; the scheduler, controllers, pods and dataplane join it as
-    /// they land).
+    /// A whole single-node cluster in one process: the store, the API server, the scheduler,
+    /// the controllers and the node agent (pods and services).
     Up(UpArgs),
     /// A control-plane member: the API server (--listen) over the Raft store (etcd v3 API on
     /// --store-listen).
@@ -37,7 +36,8 @@ enum Cmd {
     Runtime(runtime::RuntimeArgs),
     /// The node's image store: pull, import, list, rm, gc, mount.
     Image(image::ImageArgs),
-    /// The node agent: registers the Node, renews its Lease, reports its conditions.
+    /// The node agent: registers the Node and renews its Lease, runs the node's pods, programs
+    /// Services into the eBPF load balancer.
     Agent(agent::AgentArgs),
     /// The scheduler on its own (`server` and `up` run it in-process unless --no-scheduler).
     Scheduler(server::SchedulerArgs),
