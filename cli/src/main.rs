@@ -138,6 +138,19 @@ enum Cmd {
         #[arg(long)]
         overwrite: bool,
     },
+    /// Events, oldest first (as `kubectl events`): what controllers, the scheduler and agents
+    /// recorded about objects.
+    Events {
+        /// Only events about this object: KIND/NAME (e.g. pod/web-1).
+        #[arg(long = "for")]
+        for_object: Option<String>,
+        /// Only these types (Normal, Warning), comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        types: Vec<String>,
+        /// Every namespace.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+    },
     /// Manage a Deployment's rollout: status, history, undo, restart, pause, resume.
     #[command(subcommand)]
     Rollout(rollout::Rollout),
@@ -849,6 +862,39 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Rollout(r) => rollout::run(&ctx, r).await,
+        Cmd::Events { for_object, types, all_namespaces } => {
+            let mut fs = Vec::new();
+            if let Some(f) = &for_object {
+                let (kind, name) =
+                    f.split_once('/').context("--for takes KIND/NAME, e.g. pod/web-1")?;
+                fs.push(format!("involvedObject.kind={}", resource(kind)?.kind));
+                fs.push(format!("involvedObject.name={name}"));
+            }
+            let ns = if all_namespaces { String::new() } else { ctx.namespace.clone() };
+            let p = ListParams { field_selector: fs.join(","), ..Default::default() };
+            let mut items =
+                ctx.client.list_all("events", &ns, &p).await.map_err(server_error)?.items;
+            if !types.is_empty() {
+                items.retain(|e| types.iter().any(|t| e["type"].as_str() == Some(t.as_str())));
+            }
+            let when = |e: &Value| {
+                ["lastTimestamp", "eventTime", "firstTimestamp"]
+                    .iter()
+                    .find_map(|k| e[*k].as_str().filter(|s| !s.is_empty()))
+                    .or_else(|| e.pointer("/metadata/creationTimestamp").and_then(Value::as_str))
+                    .unwrap_or("")
+                    .to_string()
+            };
+            items.sort_by_key(when);
+            if items.is_empty() {
+                println!(
+                    "No events found in {} namespace.",
+                    if all_namespaces { "any" } else { &ctx.namespace }
+                );
+                return Ok(());
+            }
+            print::objects(resource("events")?, &items, None, all_namespaces, false)
+        }
         Cmd::Scale { kind, name, replicas } => {
             let info = resource(&kind)?;
             if !matches!(info.kind, "Deployment" | "ReplicaSet" | "StatefulSet") {

@@ -97,6 +97,9 @@ pub struct SchedulerArgs {
     pub leader_elect: bool,
     #[command(flatten)]
     pub scheduling: SchedulingArgs,
+    /// The control-plane member this runs in (part of the leader identity).
+    #[arg(skip)]
+    pub member: Option<String>,
 }
 
 #[derive(clap::Args, Clone, Debug)]
@@ -109,6 +112,8 @@ pub struct ControllersArgs {
     pub leader_elect: bool,
     #[command(flatten)]
     pub node_lifecycle: NodeLifecycleArgs,
+    #[arg(skip)]
+    pub member: Option<String>,
 }
 
 #[derive(clap::Args, Clone, Debug)]
@@ -133,7 +138,7 @@ pub async fn run_scheduler(a: SchedulerArgs) -> Result<()> {
         return scheduler::run(client, cfg).await;
     }
     let c = client.clone();
-    run_elected(client, LeaderConfig::new("flotilla-scheduler"), move || {
+    run_elected(client, LeaderConfig::new("flotilla-scheduler", a.member.as_deref()), move || {
         scheduler::run(c.clone(), cfg.clone())
     })
     .await
@@ -151,9 +156,11 @@ pub async fn run_controllers(a: ControllersArgs) -> Result<()> {
         return controllers::run(client, cfg).await;
     }
     let c = client.clone();
-    run_elected(client, LeaderConfig::new("flotilla-controller-manager"), move || {
-        controllers::run(c.clone(), cfg.clone())
-    })
+    run_elected(
+        client,
+        LeaderConfig::new("flotilla-controller-manager", a.member.as_deref()),
+        move || controllers::run(c.clone(), cfg.clone()),
+    )
     .await
 }
 
@@ -234,6 +241,7 @@ pub async fn run(a: ServerArgs) -> Result<()> {
             server: url.clone(),
             leader_elect: true,
             scheduling: a.scheduling.clone(),
+            member: Some(a.name.clone()),
         };
         tokio::spawn(async move {
             if let Err(e) = run_scheduler(sa).await {
@@ -246,6 +254,7 @@ pub async fn run(a: ServerArgs) -> Result<()> {
             server: url,
             leader_elect: true,
             node_lifecycle: a.node_lifecycle.clone(),
+            member: Some(a.name.clone()),
         };
         tokio::spawn(async move {
             if let Err(e) = run_controllers(ca).await {

@@ -135,6 +135,8 @@ async fn pods_are_placed_within_every_constraint_and_unschedulable_ones_wait_for
     );
     let (_, describe) = s.cli(&["describe", "pod", "huge"]);
     assert!(describe.contains("FailedScheduling"), "{describe}");
+    let (ok, events) = s.cli(&["events", "--for", "pod/huge", "--types", "Warning"]);
+    assert!(ok && events.contains("FailedScheduling") && !events.contains("pod/big"), "{events}");
 
     // Capacity arrives: the waiting pod is placed without anyone touching it.
     c.create("nodes", "", &node("n4", "8", json!({}), json!({}))).await.unwrap();
@@ -549,4 +551,67 @@ async fn daemonsets_statefulsets_jobs_and_cronjobs_do_their_work() {
     stop.store(true, Ordering::Relaxed);
     kubelet.await.unwrap();
     recorder.abort();
+}
+
+fn leader_member(lease: &Value) -> Option<String> {
+    // Identities are <host>_<member>_<uuid>.
+    lease["spec"]["holderIdentity"].as_str()?.split('_').nth(1).map(str::to_string)
+}
+
+/// Proves leader election across control-plane members: of three members, each running a
+/// scheduler and a controller manager, one of each holds its Lease; a ReplicaSet gets exactly
+/// its replicas (no second controller manager acts); killing the leading member hands both
+/// roles to a survivor, which carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_scheduler_and_one_controller_manager_lead_among_three_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut members =
+        flotilla_tests::cluster(3, dir.path(), &["--node-monitor-grace-period", "3600"]).unwrap();
+    let c = Client::connect(&members[0].api_url().unwrap()).await.unwrap();
+    let leases = |c: Client| async move {
+        let s = c.get("leases", "kube-system", "flotilla-scheduler").await.ok()?;
+        let m = c.get("leases", "kube-system", "flotilla-controller-manager").await.ok()?;
+        Some((leader_member(&s)?, leader_member(&m)?))
+    };
+    let (sched, cm) = eventually(60, "both leases held", || leases(c.clone())).await;
+    c.create("nodes", "", &node("n1", "8", json!({}), json!({}))).await.unwrap();
+    let rs = |n: i64| {
+        json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": "app", "namespace": "default"},
+            "spec": {"replicas": n, "selector": {"matchLabels": {"app": "x"}},
+                "template": {"metadata": {"labels": {"app": "x"}}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}})
+    };
+    c.create("replicasets", "default", &rs(5)).await.unwrap();
+    let bound = |c: Client| async move {
+        let pods = c.list("pods", "default", &ListParams::default()).await.ok()?.items;
+        Some((pods.len(), pods.iter().filter(|p| p["spec"]["nodeName"].is_string()).count()))
+    };
+    eventually(30, "5 pods bound", || async { (bound(c.clone()).await? == (5, 5)).then_some(()) })
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        bound(c.clone()).await,
+        Some((5, 5)),
+        "exactly the replicas, from exactly one controller manager"
+    );
+
+    // The leading member goes; a survivor takes both roles over and keeps working.
+    let gone: Vec<String> = [sched.clone(), cm.clone()].into();
+    for m in members.iter_mut().filter(|m| gone.contains(&m.name)) {
+        m.kill();
+    }
+    let survivor = members.iter().find(|m| !gone.contains(&m.name)).unwrap();
+    let c = Client::connect(&survivor.api_url().unwrap()).await.unwrap();
+    let (s2, c2) = eventually(90, "both roles taken over", || async {
+        let (s, m) = leases(c.clone()).await?;
+        (!gone.contains(&s) && !gone.contains(&m)).then_some((s, m))
+    })
+    .await;
+    assert!(!gone.contains(&s2) && !gone.contains(&c2));
+    let mut r = c.get("replicasets", "default", "app").await.unwrap();
+    r["spec"]["replicas"] = json!(7);
+    eventually(30, "scaled under the new leaders", || async {
+        let _ = c.update("replicasets", "default", &r).await;
+        (bound(c.clone()).await? == (7, 7)).then_some(())
+    })
+    .await;
 }

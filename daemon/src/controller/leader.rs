@@ -21,15 +21,17 @@ pub struct LeaderConfig {
 }
 
 impl LeaderConfig {
-    /// kube-scheduler's and kube-controller-manager's defaults: 15 s, 10 s, 2 s.
-    pub fn new(name: &str) -> Self {
+    /// kube-scheduler's and kube-controller-manager's defaults: 15 s, 10 s, 2 s. The identity
+    /// is `<host>[_<member>]_<uuid>`: unique per process, and saying which member leads.
+    pub fn new(name: &str, member: Option<&str>) -> Self {
         let host = nix::unistd::gethostname()
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_else(|_| "flotilla".into());
+        let member = member.map(|m| format!("_{m}")).unwrap_or_default();
         LeaderConfig {
             namespace: "kube-system".into(),
             name: name.into(),
-            identity: format!("{host}_{}", uuid::Uuid::new_v4()),
+            identity: format!("{host}{member}_{}", uuid::Uuid::new_v4()),
             lease_duration: Duration::from_secs(15),
             renew_deadline: Duration::from_secs(10),
             retry: Duration::from_secs(2),
