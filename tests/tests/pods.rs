@@ -476,7 +476,9 @@ async fn a_deployment_is_scheduled_run_rolled_and_removed_on_a_real_node() {
     let img = node.image();
     let deploy = |version: &str| {
         json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "default"},
-            "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+            // minReadySeconds gives the Endpoints controller time to add a new pod before an
+            // old one goes: readiness and Endpoints are separate writes, in Kubernetes too.
+            "spec": {"replicas": 2, "minReadySeconds": 2, "selector": {"matchLabels": {"app": "web"}},
                 "strategy": {"rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
                 "template": {"metadata": {"labels": {"app": "web"}},
                     "spec": {"terminationGracePeriodSeconds": 2, "containers": [{"name": "c", "image": img,

@@ -187,7 +187,10 @@ pub fn plan(d: &Value, rses: &[Arc<Value>], now: jiff::Timestamp) -> Result<Plan
         .collect();
     olds.sort_by(|a, b| meta(a, "creationTimestamp").cmp(meta(b, "creationTimestamp")));
     let spec = |r: &Value| int(r, "/spec/replicas", 1);
-    let avail = |r: &Value| int(r, "/status/availableReplicas", 0);
+    // A ReplicaSet just scaled down still reports the pods it is deleting as available until
+    // its controller catches up; those pods already left the Endpoints. Counting at most
+    // spec.replicas keeps a second scale-down from going below maxUnavailable meanwhile.
+    let avail = |r: &Value| int(r, "/status/availableReplicas", 0).min(spec(r));
     let max_rev = rses.iter().map(|r| revision(r)).max().unwrap_or(0);
     let paused = d.pointer("/spec/paused").and_then(Value::as_bool).unwrap_or(false);
     let recreate = d.pointer("/spec/strategy/type").and_then(Value::as_str) == Some("Recreate");
@@ -597,6 +600,21 @@ mod tests {
             .unwrap();
         assert_eq!(prog["reason"], "NewReplicaSetAvailable");
         assert_eq!(p.status["updatedReplicas"], 3);
+    }
+
+    #[test]
+    fn a_replicaset_still_reporting_deleted_pods_does_not_allow_a_second_scale_down() {
+        let (va, vb, vnew) = (deploy(2, "a"), deploy(2, "b"), deploy(2, "c"));
+        // Old A was just scaled 2 → 1 but still reports 2 available: counting them would allow
+        // scaling both old sets to 0 and leave 1 available pod of the 2 required.
+        let mut a = (*rs_of(&va, 1, 1, 1, "2020-01-01T00:00:00Z")).clone();
+        a["status"]["availableReplicas"] = json!(2);
+        let b = rs_of(&vb, 2, 1, 1, "2020-01-02T00:00:00Z");
+        let new = rs_of(&vnew, 3, 1, 1, "2020-01-03T00:00:00Z");
+        let p = plan(&vnew, &[Arc::new(a), b, new], jiff::Timestamp::now()).unwrap();
+        let downs =
+            p.writes.iter().filter(|w| matches!(w, Write::Scale { replicas: 0, .. })).count();
+        assert_eq!(downs, 1, "{:?}", p.writes);
     }
 
     #[test]
