@@ -6,8 +6,8 @@
 
 use super::{enqueue_owners, enqueue_self, Ctx};
 use crate::controller::{
-    controller_uid, meta, owner_ref, pod_active, pod_phase, pod_ready, run_workers, terminating,
-    Expectations, Reconciled, WorkQueue,
+    controller_uid, meta, pod_active, pod_phase, pod_ready, run_workers, terminating, Expectations,
+    Reconciled, WorkQueue,
 };
 use anyhow::Context;
 use flotilla_api::client::{object_key, DeleteParams};
@@ -229,14 +229,7 @@ async fn reconcile(ctx: &Ctx, exp: &Expectations, key: &str) -> Reconciled {
     }
     if plan.create > 0 {
         exp.expect(key, plan.create, []);
-        let t = job.pointer("/spec/template").cloned().unwrap_or(json!({}));
-        let mut m = json!({"generateName": format!("{name}-"), "namespace": ns, "ownerReferences": [owner_ref(&job)]});
-        for k in ["labels", "annotations"] {
-            if let Some(v) = t.pointer(&format!("/metadata/{k}")) {
-                m[k] = v.clone();
-            }
-        }
-        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": m, "spec": t["spec"]});
+        let pod = super::replicaset::pod_from_template(&job);
         let results =
             futures::future::join_all((0..plan.create).map(|_| c.create("pods", &ns, &pod))).await;
         let mut err = None;

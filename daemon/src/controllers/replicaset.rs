@@ -147,7 +147,9 @@ pub fn plan(
     Ok(p)
 }
 
-fn pod_from_template(rs: &Value) -> Value {
+/// A pod from `owner`'s `spec.template`, named `<owner>-<random>` and controlled by it (the
+/// ReplicaSet's and the Job's pods alike).
+pub fn pod_from_template(rs: &Value) -> Value {
     let t = rs.pointer("/spec/template").cloned().unwrap_or(json!({}));
     let mut m = json!({
         "generateName": format!("{}-", meta(rs, "name")),
