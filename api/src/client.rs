@@ -375,6 +375,20 @@ impl Client {
         Ok(stream.map(|c| c.map(|c| c.data).map_err(ApiError::from)))
     }
 
+    /// A command in a running container (kubectl exec), relayed by the API server to the
+    /// pod's node: `input` starts with an `ExecStart`; the output ends with the exit code.
+    pub async fn pod_exec(
+        &self,
+        input: impl futures::Stream<Item = proto::ExecInput> + Send + 'static,
+    ) -> Result<
+        impl futures::Stream<Item = Result<proto::ExecOutput, ApiError>> + Send + 'static,
+        ApiError,
+    > {
+        use futures::StreamExt;
+        let stream = self.inner.clone().pod_exec(input).await?.into_inner();
+        Ok(stream.map(|m| m.map_err(ApiError::from)))
+    }
+
     pub async fn discovery(&self) -> Result<proto::DiscoveryResponse, ApiError> {
         Ok(self.inner.clone().discovery(proto::DiscoveryRequest {}).await?.into_inner())
     }

@@ -1,6 +1,7 @@
 //! `flotilla`: the user's command line, with kubectl's conventions.
 #![forbid(unsafe_code)]
 
+mod exec;
 mod print;
 mod rollout;
 
@@ -179,6 +180,23 @@ enum Cmd {
         /// Prefix each line with its RFC 3339 time.
         #[arg(long)]
         timestamps: bool,
+    },
+    /// Run a command in a container (relayed through the API server to the pod's node).
+    #[command(arg_required_else_help = true)]
+    Exec {
+        pod: String,
+        /// The container (default: the pod's default-container annotation, else the first).
+        #[arg(short, long)]
+        container: Option<String>,
+        /// Pass stdin to the command.
+        #[arg(short = 'i', long)]
+        stdin: bool,
+        /// Allocate a terminal in the container (with -i and a terminal here).
+        #[arg(short, long)]
+        tty: bool,
+        /// The command and its arguments, after `--`.
+        #[arg(required = true, last = true)]
+        command: Vec<String>,
     },
     /// The kinds this server serves.
     ApiResources,
@@ -858,6 +876,14 @@ async fn run(cli: Cli) -> Result<()> {
             while let Some(chunk) = s.next().await {
                 out.write_all(&chunk.map_err(server_error)?)?;
                 out.flush()?;
+            }
+            Ok(())
+        }
+        Cmd::Exec { pod, container, stdin, tty, command } => {
+            let code = exec::run(&ctx, &pod, container, stdin, tty, command).await?;
+            if code != 0 {
+                eprintln!("command terminated with exit code {code}");
+                std::process::exit(code);
             }
             Ok(())
         }

@@ -67,6 +67,9 @@ enum RuntimeCmd {
         /// Return once the process runs instead of waiting for it.
         #[arg(short, long)]
         detach: bool,
+        /// With --tty: send the pty master over this unix socket instead of relaying it.
+        #[arg(long, requires = "tty")]
+        console_socket: Option<PathBuf>,
         /// File to write the process's pid to.
         #[arg(long)]
         pid_file: Option<PathBuf>,
@@ -141,10 +144,11 @@ pub fn run(args: RuntimeArgs) -> Result<()> {
                 .with_context(|| format!("container {id:?} still running after {timeout}s"))?;
             println!("{}", serde_json::to_string(&exit)?);
         }
-        RuntimeCmd::Exec { tty, cwd, env, detach, pid_file, id, command } => {
+        RuntimeCmd::Exec { tty, cwd, env, detach, console_socket, pid_file, id, command } => {
             flotilla_isolation::reexec_from_sealed_copy()
                 .context("re-executing from a sealed copy")?;
-            let opts = container::ExecOptions { args: command, env, cwd, tty, detach };
+            let opts =
+                container::ExecOptions { args: command, env, cwd, tty, detach, console_socket };
             match rt.exec(&id, &opts)? {
                 container::ExecResult::Detached(pid) => {
                     if let Some(p) = pid_file {

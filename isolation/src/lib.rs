@@ -12,6 +12,7 @@
 //! Knows nothing of pods: the agent turns a pod's containers into bundles.
 
 pub mod cgroups;
+pub mod console;
 pub mod container;
 pub mod error;
 pub mod image;

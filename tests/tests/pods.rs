@@ -3,6 +3,7 @@
 //! from a tarball. Each test's node is reset (`flotillad agent --reset`) and its namespace
 //! removed when it ends, pass or fail.
 
+use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::{path::Path, process::Command, time::Duration};
@@ -181,6 +182,51 @@ async fn pod_runs_init_containers_env_and_volumes() {
     let (ok, _, err) = node.cli(&["logs", "web", "-c", "nope"]);
     assert!(!ok);
     assert!(err.contains("container \"nope\" in pod \"web\" not found"), "{err}");
+
+    // exec, relayed the same way: output streams apart, the exit code comes back, the
+    // command sees the container's filesystem, environment and volumes.
+    let (ok, out, err) = node.cli(&[
+        "exec",
+        "web",
+        "--",
+        "sh",
+        "-c",
+        "cat /cfg/color; echo to-stderr >&2; echo pod=$POD_NAME; exit 3",
+    ]);
+    assert!(!ok);
+    assert_eq!(out, "bluepod=web\n");
+    assert!(
+        err.starts_with("to-stderr\n") && err.contains("command terminated with exit code 3"),
+        "{err}"
+    );
+    // stdin, piped through to the command until it closes.
+    let mut child = Command::new(flotilla_tests::flotilla_cli())
+        .args(["--server", &node.member.api_url().unwrap(), "exec", "-i", "web", "-c", "app", "--"])
+        .args(["sh", "-c", "tr a-z A-Z; echo done"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"hello\nworld\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success());
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "HELLO\nWORLD\ndone\n");
+    // -it under a terminal (script(1) gives the CLI one): the command gets a pty of the
+    // container's own /dev/pts with the terminal's size.
+    let line = format!(
+        "stty rows 33 cols 101; {} --server {} exec -it web -- sh -c 'tty; stty size; exit 4'",
+        flotilla_tests::flotilla_cli().display(),
+        node.member.api_url().unwrap()
+    );
+    let o = Command::new("script").args(["-qec", &line, "/dev/null"]).output().unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(4), "{text}");
+    assert!(text.contains("/dev/pts/0") && text.contains("33 101"), "{text}");
+    // Errors name what is wrong.
+    let (ok, _, err) = node.cli(&["exec", "web", "-c", "nope", "--", "true"]);
+    assert!(!ok && err.contains("container nope is not valid for pod web"), "{err}");
+    let (ok, _, err) = node.cli(&["exec", "web", "--", "/no/such/program"]);
+    assert!(!ok && err.contains("/no/such/program"), "{err}");
 
     // The pod answers on its address from the node's namespace.
     let out = Command::new("nsenter")

@@ -141,6 +141,14 @@ type LogStream =
 #[tonic::async_trait]
 impl Node for NodeApi {
     type ContainerLogsStream = LogStream;
+    type ContainerExecStream = super::exec::ExecStream;
+
+    async fn container_exec(
+        &self,
+        req: Request<tonic::Streaming<proto::ExecInput>>,
+    ) -> Result<Response<Self::ContainerExecStream>, Status> {
+        super::exec::start(self.ctx.clone(), req.into_inner()).await.map(Response::new)
+    }
 
     async fn container_logs(
         &self,

@@ -2,6 +2,7 @@
 //! registers the Node, keeps its Lease renewed and reports its conditions, and runs the pods
 //! bound to the node (sandbox, images, containers, restarts, status, graceful deletion).
 
+pub mod exec;
 pub mod logs;
 pub mod node;
 pub mod pods;

@@ -28,6 +28,16 @@ pub struct Service(pub Arc<ApiServer>);
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<proto::WatchResponse, Status>> + Send>>;
 type LogStream = Pin<Box<dyn Stream<Item = Result<proto::LogChunk, Status>> + Send>>;
+type ExecStream = Pin<Box<dyn Stream<Item = Result<proto::ExecOutput, Status>> + Send>>;
+
+fn container_names(pod: &serde_json::Value, key: &str) -> Vec<String> {
+    pod["spec"][key]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str().map(String::from))
+        .collect()
+}
 
 /// Whether a write goes through the status subresource ("" or "status").
 fn status_subresource(info: &flotilla_api::ResourceInfo, sub: &str) -> Result<bool, ApiError> {
@@ -46,6 +56,37 @@ fn obj_response(v: &serde_json::Value, warnings: Vec<String>) -> Response<proto:
 }
 
 impl Service {
+    /// A pod and the URL of its node's agent API (the kubelet endpoint of its Node).
+    async fn pod_node(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Result<(serde_json::Value, String), ApiError> {
+        let s = &self.0;
+        let ns = if ns.is_empty() { "default" } else { ns };
+        let pod = s.get(s.resource("pods")?, ns, name).await?;
+        let node = pod["spec"]["nodeName"].as_str().unwrap_or_default();
+        if node.is_empty() {
+            return Err(ApiError::bad_request(format!(
+                "pod {ns}/{name} is not scheduled to a node yet"
+            )));
+        }
+        let n = s.get(s.resource("nodes")?, "", node).await?;
+        let addr = n["status"]["addresses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|a| a["type"] == "InternalIP")
+            .and_then(|a| a["address"].as_str())
+            .ok_or_else(|| {
+                ApiError::new(Reason::Unavailable, format!("node {node} has no InternalIP"))
+            })?;
+        let port =
+            n["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"].as_u64().unwrap_or(10250);
+        let host = if addr.contains(':') { format!("[{addr}]") } else { addr.to_string() };
+        Ok((pod, format!("http://{host}:{port}")))
+    }
+
     async fn timed<T, F>(&self, verb: &str, resource: &str, f: F) -> Result<T, Status>
     where
         F: std::future::Future<Output = Result<T, ApiError>>,
@@ -216,62 +257,88 @@ impl Api for Service {
         req: Request<proto::PodLogsRequest>,
     ) -> Result<Response<LogStream>, Status> {
         let mut r = req.into_inner();
-        let s = &self.0;
         let started = Instant::now();
-        let target = async {
-            let ns =
-                if r.namespace.is_empty() { "default".to_string() } else { r.namespace.clone() };
-            let pod = s.get(s.resource("pods")?, &ns, &r.name).await?;
-            if r.container.is_empty() {
-                let names = |k: &str| -> Vec<String> {
-                    pod["spec"][k]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|c| c["name"].as_str().map(String::from))
-                        .collect()
-                };
-                match names("containers").as_slice() {
-                    [one] => r.container = one.clone(),
-                    many => {
-                        return Err(ApiError::bad_request(format!(
-                            "a container name must be specified for pod {}, choose one of: [{}] or one of the init containers: [{}]",
-                            r.name,
-                            many.join(" "),
-                            names("initContainers").join(" ")
-                        )))
-                    }
+        let (pod, url) = self.pod_node(&r.namespace, &r.name).await.map_err(|e| e.to_status())?;
+        r.namespace = pod["metadata"]["namespace"].as_str().unwrap_or_default().to_string();
+        if r.container.is_empty() {
+            let names = container_names(&pod, "containers");
+            match names.as_slice() {
+                [one] => r.container = one.clone(),
+                many => {
+                    return Err(ApiError::bad_request(format!(
+                        "a container name must be specified for pod {}, choose one of: [{}] or one of the init containers: [{}]",
+                        r.name,
+                        many.join(" "),
+                        container_names(&pod, "initContainers").join(" ")
+                    ))
+                    .to_status())
                 }
             }
-            let node = pod["spec"]["nodeName"].as_str().unwrap_or_default();
-            if node.is_empty() {
-                return Err(ApiError::bad_request(format!(
-                    "pod {ns}/{} is not scheduled to a node yet",
-                    r.name
-                )));
-            }
-            let n = s.get(s.resource("nodes")?, "", node).await?;
-            let addr = n["status"]["addresses"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|a| a["type"] == "InternalIP")
-                .and_then(|a| a["address"].as_str())
-                .ok_or_else(|| {
-                    ApiError::new(Reason::Unavailable, format!("node {node} has no InternalIP"))
-                })?;
-            let port =
-                n["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"].as_u64().unwrap_or(10250);
-            let host = if addr.contains(':') { format!("[{addr}]") } else { addr.to_string() };
-            Ok::<_, ApiError>((ns, format!("http://{host}:{port}")))
-        };
-        let (ns, url) = target.await.map_err(|e| e.to_status())?;
-        r.namespace = ns;
+        }
         let mut node = proto::node_client::NodeClient::connect(url.clone())
             .await
             .map_err(|e| Status::unavailable(format!("node agent at {url}: {e}")))?;
         let stream = node.container_logs(r).await?.into_inner();
-        s.record("logs", "pods", started);
+        self.0.record("logs", "pods", started);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    type PodExecStream = ExecStream;
+
+    /// Resolves the pod's node and container, then relays both directions to its agent.
+    async fn pod_exec(
+        &self,
+        req: Request<tonic::Streaming<proto::ExecInput>>,
+    ) -> Result<Response<ExecStream>, Status> {
+        use futures::StreamExt;
+        use proto::exec_input::Msg;
+        let mut input = req.into_inner();
+        let started = Instant::now();
+        let mut start = match input.next().await {
+            Some(Ok(proto::ExecInput { msg: Some(Msg::Start(s)) })) => s,
+            Some(Err(e)) => return Err(e),
+            _ => return Err(Status::invalid_argument("exec: the first message must be `start`")),
+        };
+        let (pod, url) =
+            self.pod_node(&start.namespace, &start.name).await.map_err(|e| e.to_status())?;
+        start.namespace = pod["metadata"]["namespace"].as_str().unwrap_or_default().to_string();
+        start.uid = pod["metadata"]["uid"].as_str().unwrap_or_default().to_string();
+        let names = container_names(&pod, "containers");
+        if start.container.is_empty() {
+            // kubectl's choice: the annotated default container, else the first.
+            let annotated = pod["metadata"]["annotations"]
+                ["kubectl.kubernetes.io/default-container"]
+                .as_str()
+                .filter(|c| names.iter().any(|n| n == c));
+            start.container =
+                annotated.or(names.first().map(|s| s.as_str())).unwrap_or_default().into();
+        } else if !names.contains(&start.container)
+            && !container_names(&pod, "initContainers").contains(&start.container)
+        {
+            return Err(ApiError::bad_request(format!(
+                "container {} is not valid for pod {}",
+                start.container, start.name
+            ))
+            .to_status());
+        }
+        if pod["status"]["phase"] == "Succeeded" || pod["status"]["phase"] == "Failed" {
+            return Err(ApiError::bad_request(format!(
+                "cannot exec into a container in a completed pod; current phase is {}",
+                pod["status"]["phase"].as_str().unwrap_or_default()
+            ))
+            .to_status());
+        }
+        let mut node = proto::node_client::NodeClient::connect(url.clone())
+            .await
+            .map_err(|e| Status::unavailable(format!("node agent at {url}: {e}")))?;
+        let first = proto::ExecInput { msg: Some(Msg::Start(start)) };
+        // A broken client stream ends the relay like a close would.
+        let rest = input
+            .take_while(|m| futures::future::ready(m.is_ok()))
+            .filter_map(|m| futures::future::ready(m.ok()));
+        let outbound = futures::stream::once(futures::future::ready(first)).chain(rest);
+        let stream = node.container_exec(outbound).await?.into_inner();
+        self.0.record("exec", "pods", started);
         Ok(Response::new(Box::pin(stream)))
     }
 

@@ -42,6 +42,9 @@ pub struct ExecOptions {
     pub tty: bool,
     /// Return once the process runs, with its pid, instead of waiting for it.
     pub detach: bool,
+    /// With `tty`: send the pty master to this unix socket (runc's `--console-socket`)
+    /// instead of relaying it to our stdio, so the caller can also resize it.
+    pub console_socket: Option<std::path::PathBuf>,
 }
 
 const NS_ORDER: &[(&str, CloneFlags)] = &[
@@ -199,8 +202,19 @@ impl Runtime {
             let _ = wait_child(joiner);
             return Ok(ExecResult::Detached(pid));
         }
-        if let Some(m) = master {
-            relay_pty(&m);
+        match (master, &opts.console_socket) {
+            (Some(m), Some(path)) => {
+                if let Err(e) = send_fd(path, &m) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                    let _ = wait_child(joiner);
+                    return Err(Error::io("sending the pty to", path.clone(), e));
+                }
+            }
+            (Some(m), None) => relay_pty(&m),
+            (None, _) => {}
         }
         Ok(ExecResult::Exited(wait_child(joiner)))
     }
@@ -258,6 +272,20 @@ fn attach_pty(sock: &OwnedFd) -> nix::Result<()> {
     sendmsg::<()>(
         sock.as_raw_fd(),
         &[IoSlice::new(b"p")],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )?;
+    Ok(())
+}
+
+/// Sends `fd` over the unix socket at `path`, as runc does for `--console-socket`.
+fn send_fd(path: &std::path::Path, fd: &OwnedFd) -> std::io::Result<()> {
+    let sock = std::os::unix::net::UnixStream::connect(path)?;
+    let fds = [fd.as_raw_fd()];
+    sendmsg::<()>(
+        sock.as_raw_fd(),
+        &[IoSlice::new(b"/dev/ptmx")],
         &[ControlMessage::ScmRights(&fds)],
         MsgFlags::empty(),
         None,
