@@ -26,6 +26,10 @@ pub struct ServerArgs {
     /// ClusterIPs of Services are allocated from this range.
     #[arg(long, default_value = "10.96.0.0/12")]
     pub service_cidr: String,
+    /// The ClusterIP of kube-system/kube-dns, which agents serve (and give pods as their
+    /// nameserver); default: the service range's tenth address, kubeadm's choice.
+    #[arg(long)]
+    pub cluster_dns: Option<std::net::Ipv4Addr>,
     /// NodePorts are allocated from this range.
     #[arg(long, default_value = "30000-32767")]
     pub node_port_range: String,
@@ -308,8 +312,13 @@ fn api_config(a: &ServerArgs) -> Result<ApiConfig> {
         .and_then(|(lo, hi)| Some((lo.parse::<i32>().ok()?, hi.parse::<i32>().ok()?)))
         .filter(|(lo, hi)| 0 < *lo && lo <= hi && *hi <= 65535)
         .with_context(|| format!("--node-port-range {:?} is not LOW-HIGH", a.node_port_range))?;
+    let ip: std::net::Ipv4Addr = ip;
+    let cluster_dns = a.cluster_dns.or_else(|| {
+        (len <= 28).then(|| std::net::Ipv4Addr::from(u32::from(ip) & (u32::MAX << (32 - len)) | 10))
+    });
     Ok(ApiConfig {
         service_cidr: (ip, len),
+        cluster_dns,
         node_port_range: (lo, hi),
         bookmark_interval: Duration::from_millis(a.watch_bookmark_ms.max(10)),
         watch_ring: a.watch_ring.max(16),

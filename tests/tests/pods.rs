@@ -657,7 +657,7 @@ async fn pods_reach_a_service_through_its_cluster_ip() {
     c.create("deployments", "default", &echo).await.unwrap();
     let svc = |name: &str, app: &str| {
         json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "default"},
-            "spec": {"selector": {"app": app}, "ports": [{"port": 80, "targetPort": "echo"}]}})
+            "spec": {"selector": {"app": app}, "ports": [{"name": "web", "port": 80, "targetPort": "echo"}]}})
     };
     let (s, _) = c.create("services", "default", &svc("echo", "echo")).await.unwrap();
     let vip = s["spec"]["clusterIP"].as_str().unwrap().to_string();
@@ -681,7 +681,44 @@ async fn pods_reach_a_service_through_its_cluster_ip() {
         )
     };
     c.create("pods", "default", &client("client", &format!("{vip}:80"))).await.unwrap();
+    // Names: the pod's resolv.conf points at the kube-dns ClusterIP, which this node's agent
+    // answers; busybox's nslookup applies the search path like libc does.
+    let lookups = "nslookup echo; nslookup -type=srv _web._tcp.echo.default.svc.cluster.local; \
+        nslookup nosuch.default.svc.cluster.local; nslookup kube-dns.kube-system.svc.cluster.local; cat /etc/resolv.conf";
+    c.create(
+        "pods",
+        "default",
+        &pod(
+            "dns",
+            &img,
+            json!({"restartPolicy": "Never",
+            "containers": [{"name": "c", "command": ["sh", "-c", lookups]}]}),
+        ),
+    )
+    .await
+    .unwrap();
     c.create("pods", "default", &client("refused", &format!("{none_vip}:80"))).await.unwrap();
+    let done =
+        pod_where(&c, "dns", "Succeeded", 60, |p| matches!(phase(p), "Succeeded" | "Failed")).await;
+    let out = node.logs(&done, "c", 0);
+    let dns = c.get("services", "kube-system", "kube-dns").await.unwrap();
+    let dns_ip = dns["spec"]["clusterIP"].as_str().unwrap();
+    assert!(out.contains(&format!("nameserver {dns_ip}")), "{out}");
+    assert!(
+        out.contains(&format!("Server:\t\t{dns_ip}")),
+        "answered from the kube-dns VIP:\n{out}"
+    );
+    assert!(
+        out.contains("Name:\techo.default.svc.cluster.local")
+            && out.contains(&format!("Address: {vip}")),
+        "the service name resolves to its ClusterIP:\n{out}"
+    );
+    assert!(
+        out.contains("_web._tcp.echo.default.svc.cluster.local\tservice = 0 100 80 echo.default.svc.cluster.local"),
+        "named ports have SRV records:\n{out}"
+    );
+    assert!(out.contains("can't find nosuch.default.svc.cluster.local: NXDOMAIN"), "{out}");
+    assert!(out.contains(&format!("Address: {dns_ip}")), "{out}");
     for name in ["client", "refused"] {
         let done = pod_where(&c, name, "Succeeded", 60, |p| phase(p) == "Succeeded").await;
         let out = node.logs(&done, "c", 0);

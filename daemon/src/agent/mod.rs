@@ -2,6 +2,7 @@
 //! registers the Node, keeps its Lease renewed and reports its conditions, and runs the pods
 //! bound to the node (sandbox, images, containers, restarts, status, graceful deletion).
 
+pub mod dns;
 pub mod exec;
 pub mod logs;
 pub mod node;
@@ -157,8 +158,20 @@ pub async fn run(a: AgentArgs) -> Result<()> {
         }))
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
     let node_api = async { node_api.await.context("node API") };
-    let proxy = services::run(ctx.client.clone(), spec.name.clone(), ctx.cgroup_parent.clone());
-    tokio::try_join!(registration, proxy, pods::run(ctx), node_api)?;
+    let zone = dns::empty_zone(&ctx.domain);
+    let dns_server = dns::serve(a.netns.clone(), ctx.net.gateway(), zone.clone());
+    let proxy = services::run(
+        ctx.client.clone(),
+        spec.name.clone(),
+        ctx.cgroup_parent.clone(),
+        services::Dns {
+            vip: a.cluster_dns,
+            server: ctx.net.gateway(),
+            domain: ctx.domain.clone(),
+            zone,
+        },
+    );
+    tokio::try_join!(registration, proxy, pods::run(ctx), node_api, dns_server)?;
     Ok(())
 }
 

@@ -129,8 +129,38 @@ pub fn build(
     out
 }
 
-/// Keeps the node's load balancer in step with the API for as long as the agent runs.
-pub async fn run(client: Client, node: String, cgroup_parent: String) -> Result<()> {
+/// The node's cluster DNS: the address pods are given (the kube-dns Service's ClusterIP) and
+/// where this agent serves it.
+pub struct Dns {
+    pub vip: Ipv4Addr,
+    pub server: Ipv4Addr,
+    pub domain: String,
+    pub zone: super::dns::ZoneHandle,
+}
+
+/// Points the DNS address at this node's own server, replacing the (endpoint-less)
+/// kube-dns Service if the API has one: every agent answers its own pods.
+fn local_dns(services: &mut Vec<Service>, dns: &Dns) {
+    services.retain(|s| s.cluster_ip != dns.vip);
+    let port = |name: &str, protocol| ServicePort {
+        name: name.into(),
+        protocol,
+        port: 53,
+        node_port: None,
+        backends: vec![Backend::new(dns.server, 53)],
+    };
+    services.push(Service {
+        name: "kube-system/kube-dns".into(),
+        cluster_ip: dns.vip,
+        ports: vec![port("dns", Protocol::Udp), port("dns-tcp", Protocol::Tcp)],
+        affinity_timeout: None,
+        selection: Selection::Random,
+    });
+}
+
+/// Keeps the node's load balancer and DNS zone in step with the API for as long as the agent
+/// runs.
+pub async fn run(client: Client, node: String, cgroup_parent: String, dns: Dns) -> Result<()> {
     let cgroup = join_node_cgroup(&cgroup_parent)?;
     let mut lb = LoadBalancer::start(LbConfig {
         pin_dir: pin_dir(&node),
@@ -148,7 +178,11 @@ pub async fn run(client: Client, node: String, cgroup_parent: String) -> Result<
     }
     tracing::info!(%node, cgroup = %cgroup.display(), "service load balancer ready");
     loop {
-        let services = build(&svcs.list(), |k| eps.get(k));
+        let list = svcs.list();
+        let zone = super::dns::Zone::build(&dns.domain, &list, |k| eps.get(k));
+        *dns.zone.write().expect("dns zone lock") = Arc::new(zone);
+        let mut services = build(&list, |k| eps.get(k));
+        local_dns(&mut services, &dns);
         if let Err(e) = lb.sync(&services) {
             tracing::error!(error = %e, "programming services failed; retrying on the next change");
         }

@@ -31,6 +31,8 @@ pub struct ApiConfig {
     /// ClusterIPs are allocated from here.
     pub service_cidr: (std::net::Ipv4Addr, u8),
     pub node_port_range: (i32, i32),
+    /// kube-system/kube-dns gets this ClusterIP (served by the agents).
+    pub cluster_dns: Option<std::net::Ipv4Addr>,
     /// Events each resource's watchers may fall behind before they are cut off.
     pub watch_ring: usize,
     /// Events kept per resource for watches that resume from an older resourceVersion.
@@ -45,6 +47,7 @@ impl Default for ApiConfig {
         ApiConfig {
             service_cidr: (std::net::Ipv4Addr::new(10, 96, 0, 0), 12),
             node_port_range: (30000, 32767),
+            cluster_dns: Some(std::net::Ipv4Addr::new(10, 96, 0, 10)),
             watch_ring: 8192,
             watch_history: 10_000,
             bookmark_interval: Duration::from_secs(10),
@@ -162,6 +165,25 @@ impl ApiServer {
                 Ok(_) => tracing::info!(namespace = name, "created system namespace"),
                 Err(e) if e.reason == Reason::AlreadyExists => {}
                 Err(e) => return Err(e),
+            }
+        }
+        if let Some(ip) = server.config.cluster_dns {
+            // Selector-less: no Endpoints controller touches it; each agent points it at its
+            // own DNS server.
+            let svc = json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "kube-dns", "namespace": "kube-system",
+                    "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "Flotilla-DNS"},
+                    "annotations": {"flotilla.dev/served-by": "node agents"}},
+                "spec": {"clusterIP": ip.to_string(), "ports": [
+                    {"name": "dns", "port": 53, "protocol": "UDP"},
+                    {"name": "dns-tcp", "port": 53, "protocol": "TCP"}]}});
+            let info = flotilla_api::lookup("services").expect("services are registered");
+            match server.create(info, "kube-system", encode(&svc).as_ref(), false).await {
+                Ok(_) => tracing::info!(%ip, "created kube-system/kube-dns"),
+                Err(e) if e.reason == Reason::AlreadyExists => {}
+                Err(e) => {
+                    tracing::warn!(%ip, error = %e.message, "not creating kube-system/kube-dns")
+                }
             }
         }
         Ok(server)
