@@ -389,6 +389,17 @@ impl Client {
         Ok(stream.map(|m| m.map_err(ApiError::from)))
     }
 
+    /// Usage of pods or nodes (metrics.k8s.io PodMetrics / NodeMetrics), and warnings naming
+    /// nodes that did not answer.
+    pub async fn metrics(
+        &self,
+        r: proto::MetricsRequest,
+    ) -> Result<(Vec<Value>, Vec<String>), ApiError> {
+        let out = self.inner.clone().metrics(r).await?.into_inner();
+        let items = out.items.iter().map(|b| from_json(b)).collect::<Result<Vec<_>, _>>()?;
+        Ok((items, out.warnings))
+    }
+
     pub async fn discovery(&self) -> Result<proto::DiscoveryResponse, ApiError> {
         Ok(self.inner.clone().discovery(proto::DiscoveryRequest {}).await?.into_inner())
     }

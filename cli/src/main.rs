@@ -4,6 +4,7 @@
 mod exec;
 mod print;
 mod rollout;
+mod top;
 
 use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
@@ -152,6 +153,9 @@ enum Cmd {
         #[arg(short = 'A', long)]
         all_namespaces: bool,
     },
+    /// CPU and memory usage of pods or nodes.
+    #[command(subcommand)]
+    Top(top::Top),
     /// Manage a Deployment's rollout: status, history, undo, restart, pause, resume.
     #[command(subcommand)]
     Rollout(rollout::Rollout),
@@ -888,6 +892,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Rollout(r) => rollout::run(&ctx, r).await,
+        Cmd::Top(t) => top::run(&ctx, t).await,
         Cmd::Events { for_object, types, all_namespaces } => {
             let mut fs = Vec::new();
             if let Some(f) = &for_object {

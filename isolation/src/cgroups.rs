@@ -78,6 +78,8 @@ pub struct Stats {
     /// CPU time used, nanoseconds.
     pub cpu_usage_ns: u64,
     pub memory_usage_bytes: u64,
+    /// Usage less inactive file cache: what the kubelet reports and evicts by.
+    pub memory_working_set_bytes: u64,
     pub memory_limit_bytes: Option<u64>,
     pub oom_kills: u64,
     pub pids: u64,
@@ -191,6 +193,13 @@ impl Cgroup {
         Stats {
             cpu_usage_ns: s.cpu.cpu_acct.as_ref().map(|c| c.total_usage).unwrap_or(0),
             memory_usage_bytes: mem.map(|m| m.usage).unwrap_or(0),
+            memory_working_set_bytes: {
+                let m = &s.memory;
+                // v1 reports the hierarchy's total; v2's memory.stat is hierarchical already.
+                let inactive =
+                    if m.total_inactive_file > 0 { m.total_inactive_file } else { m.inactive_file };
+                mem.map(|x| x.usage).unwrap_or(0).saturating_sub(inactive)
+            },
             memory_limit_bytes: mem
                 .and_then(|m| u64::try_from(m.limit).ok())
                 .filter(|l| *l < i64::MAX as u64 / 2),

@@ -198,8 +198,14 @@ impl ProcessPlan {
             }
         }
         if let Some(adj) = self.oom_score_adj {
-            std::fs::write("/proc/self/oom_score_adj", adj.to_string())
-                .map_err(|e| format!("oom_score_adj: {e}"))?;
+            match std::fs::write("/proc/self/oom_score_adj", adj.to_string()) {
+                Ok(()) => {}
+                // Lowering the score needs CAP_SYS_RESOURCE, which some hosts (and sandboxes)
+                // withhold even from root: keep the inherited score, as runc does when it
+                // cannot lower it.
+                Err(e) if e.raw_os_error() == Some(libc::EACCES) => {}
+                Err(e) => return Err(format!("oom_score_adj: {e}")),
+            }
         }
         Ok(())
     }

@@ -85,6 +85,8 @@ impl Node {
             "2000",
             "--lease-renew-ms",
             "1000",
+            "--metrics-interval-ms",
+            "1000",
             "--node-listen",
             &format!("127.0.0.1:{}", self.node_port),
         ]

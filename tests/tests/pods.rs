@@ -228,6 +228,56 @@ async fn pod_runs_init_containers_env_and_volumes() {
     let (ok, _, err) = node.cli(&["exec", "web", "--", "/no/such/program"]);
     assert!(!ok && err.contains("/no/such/program"), "{err}");
 
+    // Usage from cgroups: a container spinning under a 200m quota shows about that much.
+    c.create(
+        "pods",
+        "default",
+        &pod(
+            "burner",
+            &img,
+            json!({"nodeName": node_name, "terminationGracePeriodSeconds": 0,
+            "containers": [{"name": "spin", "command": ["sh", "-c", "while :; do :; done"],
+                "resources": {"limits": {"cpu": "200m", "memory": "64Mi"}}}]}),
+        ),
+    )
+    .await
+    .unwrap();
+    let top = until("burner in flotilla top", 30, || async {
+        let (ok, out, _) = node.cli(&["top", "pods", "burner", "--containers"]);
+        (ok && out.contains("spin")).then(|| json!(out))
+    })
+    .await;
+    let line = top.as_str().unwrap().lines().nth(1).unwrap().to_string();
+    let f: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(f[..2], ["burner", "spin"], "{line}");
+    let milli: i64 = f[2].trim_end_matches('m').parse().unwrap();
+    assert!((50..=260).contains(&milli), "spinning under a 200m quota: {line}");
+    let (ok, out, err) = node.cli(&["top", "pods"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with("NAME") && out.contains("CPU(cores)") && out.contains("burner"),
+        "{out}"
+    );
+    let (ok, out, err) = node.cli(&["top", "nodes"]);
+    assert!(ok, "{err}");
+    assert!(out.contains(&node_name) && out.contains("MEMORY(%)"), "{out}");
+    // The same on the agent's /metrics, in the kubelet's names.
+    let text = until("agent /metrics", 10, || async {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", node.node_port)).ok()?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+        let mut body = String::new();
+        std::io::Read::read_to_string(&mut s, &mut body).ok()?;
+        body.contains("container_cpu_usage_seconds_total").then(|| json!(body))
+    })
+    .await;
+    let text = text.as_str().unwrap();
+    assert!(
+        text.contains(r#"container_memory_working_set_bytes{container="spin",namespace="default",pod="burner"}"#),
+        "{text}"
+    );
+    assert!(text.contains("node_cpu_usage_seconds_total"), "{text}");
+    c.delete("pods", "default", "burner", &DeleteParams::default()).await.unwrap();
+
     // The pod answers on its address from the node's namespace.
     let out = Command::new("nsenter")
         .arg(format!("--net={}", node.netns.display()))
@@ -246,8 +296,10 @@ async fn pod_runs_init_containers_env_and_volumes() {
     )
     .await
     .unwrap();
-    until("the pod gone", 30, || async {
-        c.get("pods", "default", "web").await.is_err().then_some(json!(null))
+    until("the pods gone", 30, || async {
+        let gone = c.get("pods", "default", "web").await.is_err()
+            && c.get("pods", "default", "burner").await.is_err();
+        gone.then_some(json!(null))
     })
     .await;
     let uid = running["metadata"]["uid"].as_str().unwrap();

@@ -133,6 +133,7 @@ fn log_file(logs: &Path, r: &proto::PodLogsRequest) -> Result<(PathBuf, String),
 
 pub struct NodeApi {
     pub ctx: Arc<Ctx>,
+    pub stats: super::metrics::Latest,
 }
 
 type LogStream =
@@ -142,6 +143,14 @@ type LogStream =
 impl Node for NodeApi {
     type ContainerLogsStream = LogStream;
     type ContainerExecStream = super::exec::ExecStream;
+
+    async fn stats(
+        &self,
+        _req: Request<proto::StatsRequest>,
+    ) -> Result<Response<proto::StatsSummary>, Status> {
+        let s = self.stats.read().expect("stats lock").clone();
+        Ok(Response::new((*s).clone()))
+    }
 
     async fn container_exec(
         &self,

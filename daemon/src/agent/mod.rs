@@ -5,6 +5,7 @@
 pub mod dns;
 pub mod exec;
 pub mod logs;
+pub mod metrics;
 pub mod node;
 pub mod pods;
 pub mod services;
@@ -63,6 +64,9 @@ pub struct AgentArgs {
     pub cluster_dns: std::net::Ipv4Addr,
     #[arg(long, default_value_t = 1500)]
     pub mtu: u32,
+    /// How often container and node usage is sampled (the window `flotilla top` rates cover).
+    #[arg(long, default_value_t = 10_000)]
+    pub metrics_interval_ms: u64,
     /// Pods' cgroups go under this path in each hierarchy (default flotilla/<node>).
     #[arg(long)]
     pub cgroup_parent: Option<String>,
@@ -152,11 +156,26 @@ pub async fn run(a: AgentArgs) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(a.node_listen)
         .await
         .with_context(|| format!("binding the node API on {}", a.node_listen))?;
+    let stats = metrics::Latest::default();
+    let mut routes =
+        tonic::service::Routes::new(flotilla_api::proto::node_server::NodeServer::new(
+            logs::NodeApi { ctx: ctx.clone(), stats: stats.clone() },
+        ));
+    let latest = stats.clone();
+    let router = std::mem::take(routes.axum_router_mut()).route(
+        "/metrics",
+        axum::routing::get(move || {
+            let s = latest.read().expect("stats lock").clone();
+            async move { metrics::render(&s) }
+        }),
+    );
+    *routes.axum_router_mut() = router;
     let node_api = tonic::transport::Server::builder()
-        .add_service(flotilla_api::proto::node_server::NodeServer::new(logs::NodeApi {
-            ctx: ctx.clone(),
-        }))
+        .accept_http1(true)
+        .add_routes(routes)
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+    let sampler =
+        metrics::run(ctx.clone(), Duration::from_millis(a.metrics_interval_ms.max(100)), stats);
     let node_api = async { node_api.await.context("node API") };
     let zone = dns::empty_zone(&ctx.domain);
     let dns_server = dns::serve(a.netns.clone(), ctx.net.gateway(), zone.clone());
@@ -171,7 +190,7 @@ pub async fn run(a: AgentArgs) -> Result<()> {
             zone,
         },
     );
-    tokio::try_join!(registration, proxy, pods::run(ctx), node_api, dns_server)?;
+    tokio::try_join!(registration, proxy, pods::run(ctx), node_api, dns_server, sampler)?;
     Ok(())
 }
 

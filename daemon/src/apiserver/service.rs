@@ -30,6 +30,28 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<proto::WatchResponse, Status
 type LogStream = Pin<Box<dyn Stream<Item = Result<proto::LogChunk, Status>> + Send>>;
 type ExecStream = Pin<Box<dyn Stream<Item = Result<proto::ExecOutput, Status>> + Send>>;
 
+/// The URL of a node's agent API: its InternalIP and kubelet endpoint port.
+fn node_url(n: &serde_json::Value) -> Result<String, ApiError> {
+    let name = n["metadata"]["name"].as_str().unwrap_or_default();
+    let addr = n["status"]["addresses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|a| a["type"] == "InternalIP")
+        .and_then(|a| a["address"].as_str())
+        .ok_or_else(|| {
+            ApiError::new(Reason::Unavailable, format!("node {name} has no InternalIP"))
+        })?;
+    let port = n["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"].as_u64().unwrap_or(10250);
+    let host = if addr.contains(':') { format!("[{addr}]") } else { addr.to_string() };
+    Ok(format!("http://{host}:{port}"))
+}
+
+/// Usage as metrics-server writes it: CPU in nanocores, memory in KiB.
+fn usage_json(u: &proto::Usage) -> serde_json::Value {
+    json!({"cpu": format!("{}n", u.cpu_nanocores), "memory": format!("{}Ki", u.memory_working_set_bytes / 1024)})
+}
+
 fn container_names(pod: &serde_json::Value, key: &str) -> Vec<String> {
     pod["spec"][key]
         .as_array()
@@ -72,19 +94,7 @@ impl Service {
             )));
         }
         let n = s.get(s.resource("nodes")?, "", node).await?;
-        let addr = n["status"]["addresses"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|a| a["type"] == "InternalIP")
-            .and_then(|a| a["address"].as_str())
-            .ok_or_else(|| {
-                ApiError::new(Reason::Unavailable, format!("node {node} has no InternalIP"))
-            })?;
-        let port =
-            n["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"].as_u64().unwrap_or(10250);
-        let host = if addr.contains(':') { format!("[{addr}]") } else { addr.to_string() };
-        Ok((pod, format!("http://{host}:{port}")))
+        Ok((pod, node_url(&n)?))
     }
 
     async fn timed<T, F>(&self, verb: &str, resource: &str, f: F) -> Result<T, Status>
@@ -340,6 +350,127 @@ impl Api for Service {
         let stream = node.container_exec(outbound).await?.into_inner();
         self.0.record("exec", "pods", started);
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    /// metrics-server's work on demand: the latest sample of every node concerned.
+    async fn metrics(
+        &self,
+        req: Request<proto::MetricsRequest>,
+    ) -> Result<Response<proto::MetricsResponse>, Status> {
+        let r = req.into_inner();
+        let started = Instant::now();
+        let s = &self.0;
+        let decode = |page: super::cache::ListPage| -> Vec<serde_json::Value> {
+            page.items.iter().filter_map(|b| serde_json::from_slice(b).ok()).collect()
+        };
+        let fields =
+            if r.name.is_empty() { String::new() } else { format!("metadata.name={}", r.name) };
+        let gather = async {
+            let (node_labels, pod_filter) = match r.resource.as_str() {
+                "nodes" => (r.label_selector.as_str(), None),
+                "pods" => {
+                    let info = s.resource("pods")?;
+                    let f =
+                        super::cache::Filter::new(info, &r.namespace, &r.label_selector, &fields)?;
+                    ("", Some(decode(s.list(info, &f, 0, "").await?)))
+                }
+                other => {
+                    return Err(ApiError::bad_request(format!(
+                        "metrics are served for pods and nodes, not {other:?}"
+                    )))
+                }
+            };
+            let info = s.resource("nodes")?;
+            let node_fields = if pod_filter.is_none() { fields.as_str() } else { "" };
+            let f = super::cache::Filter::new(info, "", node_labels, node_fields)?;
+            let mut nodes = decode(s.list(info, &f, 0, "").await?);
+            if let Some(pods) = &pod_filter {
+                let used: std::collections::HashSet<&str> =
+                    pods.iter().filter_map(|p| p["spec"]["nodeName"].as_str()).collect();
+                nodes.retain(|n| n["metadata"]["name"].as_str().is_some_and(|n| used.contains(n)));
+            }
+            let calls = nodes.iter().map(|n| async move {
+                let name = n["metadata"]["name"].as_str().unwrap_or_default().to_string();
+                let summary = async {
+                    let url = node_url(n).map_err(|e| e.message)?;
+                    let mut c = proto::node_client::NodeClient::connect(url.clone())
+                        .await
+                        .map_err(|e| format!("node agent at {url}: {e}"))?;
+                    c.stats(proto::StatsRequest {})
+                        .await
+                        .map(|r| r.into_inner())
+                        .map_err(|e| e.message().to_string())
+                };
+                let res = tokio::time::timeout(std::time::Duration::from_secs(5), summary)
+                    .await
+                    .unwrap_or_else(|_| Err("timed out".into()));
+                (name, res)
+            });
+            let mut warnings = Vec::new();
+            let mut summaries = Vec::new();
+            for (name, res) in futures::future::join_all(calls).await {
+                match res {
+                    Ok(sm) => summaries.push(sm),
+                    Err(e) => warnings.push(format!("node {name}: metrics unavailable: {e}")),
+                }
+            }
+            let window =
+                |u: &proto::Usage| format!("{}s", (u.window_ms as f64 / 1000.0).round().max(1.0));
+            let mut items = Vec::new();
+            match &pod_filter {
+                None => {
+                    for sm in &summaries {
+                        let Some(u) = sm.usage.as_ref().filter(|u| u.window_ms > 0) else {
+                            continue;
+                        };
+                        items.push(
+                            json!({"apiVersion": "metrics.k8s.io/v1beta1", "kind": "NodeMetrics",
+                            "metadata": {"name": sm.node, "creationTimestamp": u.timestamp},
+                            "timestamp": u.timestamp, "window": window(u), "usage": usage_json(u)}),
+                        );
+                    }
+                }
+                Some(pods) => {
+                    let by_uid: std::collections::HashMap<&str, &proto::PodStats> = summaries
+                        .iter()
+                        .flat_map(|sm| sm.pods.iter())
+                        .map(|p| (p.uid.as_str(), p))
+                        .collect();
+                    for pod in pods {
+                        let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
+                        let Some(ps) = by_uid.get(uid) else { continue };
+                        let Some(first) = ps.containers.first().and_then(|c| c.usage.as_ref())
+                        else {
+                            continue;
+                        };
+                        // Like metrics-server: a pod is reported once every container has a rate.
+                        if ps
+                            .containers
+                            .iter()
+                            .any(|c| c.usage.as_ref().is_none_or(|u| u.window_ms == 0))
+                        {
+                            continue;
+                        }
+                        let containers: Vec<serde_json::Value> = ps
+                            .containers
+                            .iter()
+                            .map(|c| json!({"name": c.name, "usage": usage_json(c.usage.as_ref().expect("checked"))}))
+                            .collect();
+                        items.push(json!({"apiVersion": "metrics.k8s.io/v1beta1", "kind": "PodMetrics",
+                            "metadata": {"name": ps.name, "namespace": ps.namespace,
+                                "labels": pod["metadata"]["labels"], "creationTimestamp": first.timestamp},
+                            "timestamp": first.timestamp, "window": window(first), "containers": containers}));
+                    }
+                }
+            }
+            Ok::<_, ApiError>(proto::MetricsResponse {
+                items: items.iter().map(encode).collect(),
+                warnings,
+            })
+        };
+        let out = gather.await.map_err(|e| e.to_status())?;
+        s.record("get", "metrics", started);
+        Ok(Response::new(out))
     }
 
     async fn discovery(

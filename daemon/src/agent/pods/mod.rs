@@ -57,6 +57,8 @@ pub struct Ctx {
     /// Restart and pull back-off: initial, maximum.
     pub backoff: (Duration, Duration),
     pulls: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Pod uid → (namespace, name) for the pods this agent runs (metrics name them).
+    pub pod_names: std::sync::RwLock<HashMap<String, (String, String)>>,
 }
 
 type Failure = (String, String);
@@ -91,6 +93,7 @@ impl Ctx {
             insecure_registries,
             backoff,
             pulls: Mutex::new(HashMap::new()),
+            pod_names: Default::default(),
         })
     }
 
@@ -266,6 +269,13 @@ struct Manager {
 
 impl Manager {
     fn dispatch(&mut self, uid: String, pod: Option<Arc<Value>>) {
+        if let Some(p) = &pod {
+            let name = |k: &str| p["metadata"][k].as_str().unwrap_or_default().to_string();
+            let mut names = self.ctx.pod_names.write().expect("pod names lock");
+            if !names.contains_key(&uid) {
+                names.insert(uid.clone(), (name("namespace"), name("name")));
+            }
+        }
         if let Some(tx) = self.workers.get(&uid) {
             if tx.send(pod.clone()).is_ok() {
                 return;
@@ -330,6 +340,7 @@ pub async fn run(ctx: Arc<Ctx>) -> Result<()> {
                 // A worker that finished takes its channel with it; a later event starts anew.
                 if m.workers.get(&uid).is_some_and(|tx| tx.is_closed()) {
                     m.workers.remove(&uid);
+                    ctx.pod_names.write().expect("pod names lock").remove(&uid);
                 }
             }
         }
