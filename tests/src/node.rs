@@ -87,6 +87,8 @@ impl Node {
             "1000",
             "--metrics-interval-ms",
             "1000",
+            "--volume-sync-ms",
+            "1000",
             "--node-listen",
             &format!("127.0.0.1:{}", self.node_port),
         ]

@@ -228,6 +228,33 @@ async fn pod_runs_init_containers_env_and_volumes() {
     let (ok, _, err) = node.cli(&["exec", "web", "--", "/no/such/program"]);
     assert!(!ok && err.contains("/no/such/program"), "{err}");
 
+    // Volumes follow their sources (the kubelet's periodic sync, 1 s here); env does not.
+    c.patch(
+        "configmaps",
+        "default",
+        "settings",
+        &json!({"data": {"color": "green"}}),
+        false,
+        false,
+    )
+    .await
+    .unwrap();
+    c.patch("secrets", "default", "creds", &json!({"data": {"token": "bmV3"}}), false, false)
+        .await
+        .unwrap();
+    until("updated volumes", 20, || async {
+        let (_, out, _) = node.cli(&[
+            "exec",
+            "web",
+            "--",
+            "sh",
+            "-c",
+            "cat /cfg/color /sec/token; echo; echo $GREETING",
+        ]);
+        (out == "greennew\nhello\n").then_some(json!(null))
+    })
+    .await;
+
     // Usage from cgroups: a container spinning under a 200m quota shows about that much.
     c.create(
         "pods",

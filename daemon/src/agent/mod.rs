@@ -64,6 +64,10 @@ pub struct AgentArgs {
     pub cluster_dns: std::net::Ipv4Addr,
     #[arg(long, default_value_t = 1500)]
     pub mtu: u32,
+    /// How often configMap and secret volumes are refreshed from their sources (the kubelet's
+    /// sync frequency).
+    #[arg(long, default_value_t = 60_000)]
+    pub volume_sync_ms: u64,
     /// How often container and node usage is sampled (the window `flotilla top` rates cover).
     #[arg(long, default_value_t = 10_000)]
     pub metrics_interval_ms: u64,
@@ -214,7 +218,7 @@ async fn pods_context(a: &AgentArgs, client: Client, spec: &node::NodeSpec) -> R
         crate::image::preload(&a.image_root).await?;
     }
     let images = ImageStore::open(&a.image_root.join("images-store"))?;
-    pods::Ctx::new(
+    let mut ctx = pods::Ctx::new(
         client,
         spec.name.clone(),
         spec.address.clone(),
@@ -228,5 +232,7 @@ async fn pods_context(a: &AgentArgs, client: Client, spec: &node::NodeSpec) -> R
             Duration::from_millis(a.restart_backoff_ms),
             Duration::from_millis(a.restart_backoff_max_ms.max(a.restart_backoff_ms)),
         ),
-    )
+    )?;
+    ctx.volume_sync = Duration::from_millis(a.volume_sync_ms.max(100));
+    Ok(ctx)
 }

@@ -284,6 +284,63 @@ fn tmpfs(dir: &Path) -> Result<(), ConfigError> {
     .map_err(|e| format!("mounting a tmpfs on {}: {e}", dir.display()))
 }
 
+/// Whether `dir`'s current `..data` already holds exactly `files` with `mode`.
+fn unchanged(dir: &Path, files: &BTreeMap<String, Vec<u8>>, mode: u32) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let data = dir.join("..data");
+    let count = |d: &Path| -> usize {
+        fn walk(d: &Path) -> usize {
+            std::fs::read_dir(d)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| if e.path().is_dir() { walk(&e.path()) } else { 1 })
+                .sum()
+        }
+        walk(d)
+    };
+    files.iter().all(|(p, bytes)| {
+        let f = data.join(p);
+        std::fs::read(&f).is_ok_and(|b| &b == bytes)
+            && std::fs::metadata(&f).is_ok_and(|m| m.permissions().mode() & 0o7777 == mode)
+    }) && count(&data) == files.len()
+}
+
+/// The kubelet's periodic sync of configMap and secret volumes: each one whose source changed
+/// is rewritten through the atomic `..data` swap, so containers see the new files (not
+/// through subPath mounts, as in Kubernetes). A source that is gone, or immutable, keeps what
+/// was written. Returns the volumes that changed.
+pub async fn refresh_volumes(client: &Client, pod: &Value, dir: &Path) -> Vec<String> {
+    let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
+    let mut changed = Vec::new();
+    for v in pod["spec"]["volumes"].as_array().into_iter().flatten() {
+        let name = v["name"].as_str().unwrap_or_default();
+        let (kind, src, obj) = if v["configMap"].is_object() {
+            ("configmaps", &v["configMap"], v["configMap"]["name"].as_str().unwrap_or_default())
+        } else if v["secret"].is_object() {
+            ("secrets", &v["secret"], v["secret"]["secretName"].as_str().unwrap_or_default())
+        } else {
+            continue;
+        };
+        let path = dir.join(name);
+        if !path.join("..data").exists() {
+            continue;
+        }
+        let what = format!("volume {name} ({} {obj})", singular(kind));
+        let Ok(Some(d)) = data(client, kind, ns, obj).await else { continue };
+        let Ok(files) = project(&d, &src["items"], &what) else { continue };
+        let mode = src["defaultMode"].as_u64().unwrap_or(0o644) as u32;
+        if unchanged(&path, &files, mode) {
+            continue;
+        }
+        match write_atomic_dir(&path, &files, mode) {
+            Ok(()) => changed.push(name.to_string()),
+            Err(e) => tracing::warn!("{what}: refreshing: {e}"),
+        }
+    }
+    changed
+}
+
 /// Makes (or refreshes) the pod's volumes under `dir` and returns their paths by name.
 /// Secrets and memory-backed emptyDirs live on tmpfs.
 pub async fn volumes(

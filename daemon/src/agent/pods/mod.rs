@@ -57,6 +57,8 @@ pub struct Ctx {
     /// Restart and pull back-off: initial, maximum.
     pub backoff: (Duration, Duration),
     pulls: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// How often configMap and secret volumes are compared with their sources.
+    pub volume_sync: Duration,
     /// Pod uid → (namespace, name) for the pods this agent runs (metrics name them).
     pub pod_names: std::sync::RwLock<HashMap<String, (String, String)>>,
 }
@@ -94,6 +96,7 @@ impl Ctx {
             backoff,
             pulls: Mutex::new(HashMap::new()),
             pod_names: Default::default(),
+            volume_sync: Duration::from_secs(60),
         })
     }
 

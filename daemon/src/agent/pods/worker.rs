@@ -93,6 +93,8 @@ pub struct Worker {
     probes: std::collections::HashMap<String, (String, probe::Probes)>,
     /// Notified when a probe result changes.
     wake: Arc<tokio::sync::Notify>,
+    /// When configMap and secret volumes were last compared with their sources.
+    volumes_synced: Instant,
 }
 
 /// What the worker does next.
@@ -151,6 +153,7 @@ impl Worker {
             last_pod: None,
             probes: Default::default(),
             wake: Default::default(),
+            volumes_synced: Instant::now(),
         }
     }
 
@@ -332,6 +335,14 @@ impl Worker {
             }
         }
         self.sync_probes(pod);
+        if self.volumes_synced.elapsed() >= self.ctx.volume_sync {
+            self.volumes_synced = Instant::now();
+            let dir = self.ctx.pod_dir(&self.uid).join("volumes");
+            let changed = config::refresh_volumes(&self.ctx.client, pod, &dir).await;
+            if !changed.is_empty() {
+                tracing::info!(pod = %name, volumes = ?changed, "volumes updated from their sources");
+            }
+        }
         self.post(pod).await;
         let soonest = self.ctrs.values().filter_map(|c| c.next_try).min();
         let wait = soonest
