@@ -13,6 +13,7 @@ pub mod sandbox;
 pub mod spec;
 pub mod status;
 pub mod worker;
+pub mod writer;
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -57,6 +58,8 @@ pub struct Ctx {
     /// Restart and pull back-off: initial, maximum.
     pub backoff: (Duration, Duration),
     pulls: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Writes pods' statuses (coalesced, bounded).
+    pub status: writer::StatusWriter,
     /// How often configMap and secret volumes are compared with their sources.
     pub volume_sync: Duration,
     /// Pod uid → (namespace, name) for the pods this agent runs (metrics name them).
@@ -80,6 +83,7 @@ impl Ctx {
         backoff: (Duration, Duration),
     ) -> Result<Ctx> {
         Ok(Ctx {
+            status: writer::StatusWriter::start(client.clone()),
             client,
             node,
             node_ip,
@@ -344,6 +348,7 @@ pub async fn run(ctx: Arc<Ctx>) -> Result<()> {
                 if m.workers.get(&uid).is_some_and(|tx| tx.is_closed()) {
                     m.workers.remove(&uid);
                     ctx.pod_names.write().expect("pod names lock").remove(&uid);
+                    ctx.status.forget(&uid);
                 }
             }
         }

@@ -19,7 +19,7 @@ use std::{
 use flotilla_api::{client::DeleteParams, Reason};
 use flotilla_dataplane::net::PodNetwork;
 use flotilla_isolation::{image::rootfs, Exit, State, Status};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
 use super::{config, probe, sandbox, spec, status, Ctx};
@@ -804,14 +804,7 @@ impl Worker {
         }
         let ns = pod["metadata"]["namespace"].as_str().unwrap_or("");
         let name = pod["metadata"]["name"].as_str().unwrap_or("");
-        // A JSON patch replaces the status whole: a merge patch would keep a container's old
-        // `running` state beside its new `terminated` one.
-        let patch = json!([{"op": "add", "path": "/status", "value": st}]);
-        if let Err(e) = self.ctx.client.patch("pods", ns, name, &patch, true, true).await {
-            if e.reason != Reason::NotFound {
-                tracing::warn!(pod = %format!("{ns}/{name}"), "status: {e}");
-            }
-        }
+        self.ctx.status.send(&self.uid, ns, name, st);
     }
 
     pub fn pod_ip(&self) -> Option<Ipv4Addr> {
