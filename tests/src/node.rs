@@ -107,6 +107,13 @@ impl Node {
         self.agent = Some(Proc::spawn("agent", cmd, &log).unwrap());
     }
 
+    /// Restarts the agent with `extra` flags instead of the ones it had.
+    pub fn restart_agent_with(&mut self, extra: &[&str]) {
+        self.kill_agent();
+        self.extra = extra.iter().map(|s| s.to_string()).collect();
+        self.start_agent();
+    }
+
     pub fn kill_agent(&mut self) {
         if let Some(mut a) = self.agent.take() {
             a.kill();

@@ -722,7 +722,7 @@ async fn a_deployment_is_scheduled_run_rolled_and_removed_on_a_real_node() {
 /// without ready endpoints refuses at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_reach_a_service_through_its_cluster_ip() {
-    let node = Node::start("svc", 26);
+    let mut node = Node::start("svc", 26);
     let c = node.client().await;
     let img = node.image();
     let echo = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "echo", "namespace": "default"},
@@ -816,5 +816,56 @@ async fn pods_reach_a_service_through_its_cluster_ip() {
         } else {
             assert!(out.contains("error=refused ms=0"), "no endpoints: refused at once:\n{out}");
         }
+    }
+
+    // NodePorts from outside the node: a client namespace wired to the node's `ext0`, and
+    // the agent restarted with the tc side on it (pods keep running across the restart).
+    struct Gone(std::path::PathBuf);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = flotilla_dataplane::NetNs::remove(&self.0);
+        }
+    }
+    let outside = Gone(std::path::PathBuf::from("/run/netns/flp-svc-outside"));
+    let _ = flotilla_dataplane::NetNs::remove(&outside.0);
+    let client_ns = flotilla_dataplane::NetNs::create(&outside.0).unwrap();
+    let node_ns = flotilla_dataplane::NetNs::open(&node.netns).unwrap();
+    let addr = |a: &str| Some(a.parse().unwrap());
+    flotilla_dataplane::net::wire(
+        &node_ns,
+        "ext0",
+        addr("198.18.26.1/24"),
+        &client_ns,
+        "eth0",
+        addr("198.18.26.100/24"),
+    )
+    .await
+    .unwrap();
+    node.restart_agent_with(&["--external-interface", "ext0", "--external-address", "198.18.26.1"]);
+    let mut np = svc("echo-np", "echo");
+    np["spec"]["type"] = json!("NodePort");
+    let (np, _) = c.create("services", "default", &np).await.unwrap();
+    let port = np["spec"]["ports"][0]["nodePort"].as_u64().unwrap();
+    let out = until("answers on the NodePort", 30, || async {
+        let o = Command::new("nsenter")
+            .arg(format!("--net={}", outside.0.display()))
+            .arg(probe())
+            .args(["connect", &format!("198.18.26.1:{port}"), "20"])
+            .output()
+            .ok()?;
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        (out.matches("reply=echo-").count() == 20).then(|| json!(out))
+    })
+    .await;
+    let out = out.as_str().unwrap();
+    let replies: std::collections::BTreeSet<&str> =
+        out.lines().filter_map(|l| l.split("reply=").nth(1)?.split_whitespace().next()).collect();
+    assert_eq!(replies.len(), 2, "both backends answer on the NodePort:\n{out}");
+    assert!(out.contains(&format!("peer=198.18.26.1:{port}")), "{out}");
+    let restarts = c.list("pods", "default", &Default::default()).await.unwrap().items;
+    for p in
+        restarts.iter().filter(|p| p["metadata"]["name"].as_str().unwrap().starts_with("echo-"))
+    {
+        assert_eq!(cstatus(p, "c")["restartCount"], 0, "the agent restart left the pods alone");
     }
 }

@@ -64,6 +64,14 @@ pub struct AgentArgs {
     pub cluster_dns: std::net::Ipv4Addr,
     #[arg(long, default_value_t = 1500)]
     pub mtu: u32,
+    /// Attach the tc programs for NodePorts and pod egress SNAT to this interface of the
+    /// node's network namespace (kube-proxy's NodePort side). Without it only ClusterIPs
+    /// (socket level) are served.
+    #[arg(long)]
+    pub external_interface: Option<String>,
+    /// The address NodePorts answer on and pod egress is SNATed to (default: --node-ip).
+    #[arg(long)]
+    pub external_address: Option<std::net::Ipv4Addr>,
     /// How often configMap and secret volumes are refreshed from their sources (the kubelet's
     /// sync frequency).
     #[arg(long, default_value_t = 60_000)]
@@ -183,10 +191,34 @@ pub async fn run(a: AgentArgs) -> Result<()> {
     let node_api = async { node_api.await.context("node API") };
     let zone = dns::empty_zone(&ctx.domain);
     let dns_server = dns::serve(a.netns.clone(), ctx.net.gateway(), zone.clone());
+    let external = match &a.external_interface {
+        None => None,
+        Some(interface) => {
+            let node_addr = match a.external_address {
+                Some(ip) => ip,
+                None => spec.address.parse().with_context(|| {
+                    format!("--external-interface needs an IPv4 node address, not {:?}; set --external-address", spec.address)
+                })?,
+            };
+            let cidr = |what: &str, s: &str| -> Result<ipnet::Ipv4Net> {
+                s.parse().with_context(|| format!("--{what} {s:?} is not an IPv4 CIDR"))
+            };
+            Some(flotilla_dataplane::External {
+                netns: a.netns.clone(),
+                interface: interface.clone(),
+                node_addr,
+                local_pods: cidr("pod-cidr", &a.pod_cidr)?,
+                cluster_pods: cidr("cluster-cidr", &a.cluster_cidr)?,
+                services: cidr("service-cidr", &a.service_cidr)?,
+                masquerade: true,
+            })
+        }
+    };
     let proxy = services::run(
         ctx.client.clone(),
         spec.name.clone(),
         ctx.cgroup_parent.clone(),
+        external,
         services::Dns {
             vip: a.cluster_dns,
             server: ctx.net.gateway(),

@@ -160,14 +160,22 @@ fn local_dns(services: &mut Vec<Service>, dns: &Dns) {
 
 /// Keeps the node's load balancer and DNS zone in step with the API for as long as the agent
 /// runs.
-pub async fn run(client: Client, node: String, cgroup_parent: String, dns: Dns) -> Result<()> {
+pub async fn run(
+    client: Client,
+    node: String,
+    cgroup_parent: String,
+    external: Option<flotilla_dataplane::External>,
+    dns: Dns,
+) -> Result<()> {
     let cgroup = join_node_cgroup(&cgroup_parent)?;
-    let mut lb = LoadBalancer::start(LbConfig {
-        pin_dir: pin_dir(&node),
-        cgroup: cgroup.clone(),
-        external: None,
-    })
-    .with_context(|| format!("starting the service load balancer on {}", cgroup.display()))?;
+    if let Some(e) = &external {
+        tracing::info!(%node, interface = %e.interface, address = %e.node_addr, "NodePorts and egress SNAT on the external interface");
+    }
+    let mut lb =
+        LoadBalancer::start(LbConfig { pin_dir: pin_dir(&node), cgroup: cgroup.clone(), external })
+            .with_context(|| {
+                format!("starting the service load balancer on {}", cgroup.display())
+            })?;
     let svcs = Informer::start(client.clone(), "services", "", WatchParams::default());
     let eps = Informer::start(client, "endpoints", "", WatchParams::default());
     let (mut a, mut b) = (svcs.subscribe(), eps.subscribe());

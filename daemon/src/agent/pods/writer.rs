@@ -40,12 +40,8 @@ impl StatusWriter {
 
     /// Queues `status` as pod `uid`'s newest.
     pub fn send(&self, uid: &str, ns: &str, name: &str, status: Value) {
-        let _ = self.tx.send(Msg::Update {
-            uid: uid.into(),
-            ns: ns.into(),
-            name: name.into(),
-            status,
-        });
+        let _ =
+            self.tx.send(Msg::Update { uid: uid.into(), ns: ns.into(), name: name.into(), status });
     }
 
     /// The pod is gone from this node: drop what is kept of it.
