@@ -2,19 +2,35 @@
 //! arrives over a unix socket, and its owner relays and resizes it.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::net::UnixStream;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 use tokio::io::unix::AsyncFd;
 
-/// Receives the fd sent with the first message on `stream` (blocking).
-pub fn receive_pty(stream: &UnixStream) -> io::Result<OwnedFd> {
+/// Sends `fd` with a one-byte message over the unix socket `sock`.
+pub fn send_fd(sock: &impl AsFd, fd: RawFd) -> nix::Result<()> {
+    let fds = [fd];
+    nix::sys::socket::sendmsg::<()>(
+        sock.as_fd().as_raw_fd(),
+        &[io::IoSlice::new(b"p")],
+        &[nix::sys::socket::ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )?;
+    Ok(())
+}
+
+/// Receives the fd sent with the first message on the unix socket `sock` (blocking).
+pub fn receive_fd(sock: &impl AsFd) -> io::Result<OwnedFd> {
     let mut buf = [0u8; 64];
     let mut iov = [io::IoSliceMut::new(&mut buf)];
     let mut cmsg = nix::cmsg_space!([RawFd; 1]);
-    let msg =
-        recvmsg::<()>(stream.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)?;
+    let msg = recvmsg::<()>(
+        sock.as_fd().as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
     for c in msg.cmsgs()? {
         if let ControlMessageOwned::ScmRights(fds) = c {
             if let Some(fd) = fds.first() {
@@ -23,7 +39,7 @@ pub fn receive_pty(stream: &UnixStream) -> io::Result<OwnedFd> {
             }
         }
     }
-    Err(io::Error::other("no pty in the console socket's message"))
+    Err(io::Error::other("no fd in the socket's message"))
 }
 
 /// Sets a terminal's window size (which sends SIGWINCH to its foreground process group).

@@ -179,5 +179,12 @@ impl Drop for Node {
         if std::thread::panicking() {
             eprintln!("--- agent log ---\n{}", self.agent_log());
         }
+        // For looking into a run afterwards (benchmarks, passing tests).
+        if let Some(dir) = std::env::var_os("FLOTILLA_KEEP_AGENT_LOG") {
+            let _ = std::fs::write(
+                std::path::Path::new(&dir).join(format!("agent-{}.log", self.tag)),
+                self.agent_log(),
+            );
+        }
     }
 }

@@ -854,13 +854,15 @@ async fn pods_reach_a_service_through_its_cluster_ip() {
             .output()
             .ok()?;
         let out = String::from_utf8_lossy(&o.stdout).into_owned();
-        (out.matches("reply=echo-").count() == 20).then(|| json!(out))
+        // Readiness restarts with the agent, as the kubelet's does: wait for both backends.
+        let backends: std::collections::BTreeSet<&str> = out
+            .lines()
+            .filter_map(|l| l.split("reply=").nth(1)?.split_whitespace().next())
+            .collect();
+        (out.matches("reply=echo-").count() == 20 && backends.len() == 2).then(|| json!(out))
     })
     .await;
     let out = out.as_str().unwrap();
-    let replies: std::collections::BTreeSet<&str> =
-        out.lines().filter_map(|l| l.split("reply=").nth(1)?.split_whitespace().next()).collect();
-    assert_eq!(replies.len(), 2, "both backends answer on the NodePort:\n{out}");
     assert!(out.contains(&format!("peer=198.18.26.1:{port}")), "{out}");
     let restarts = c.list("pods", "default", &Default::default()).await.unwrap().items;
     for p in
@@ -868,4 +870,70 @@ async fn pods_reach_a_service_through_its_cluster_ip() {
     {
         assert_eq!(cstatus(p, "c")["restartCount"], 0, "the agent restart left the pods alone");
     }
+}
+
+/// Images from a registry that demands credentials: refused without them (ErrImagePull, then
+/// ImagePullBackOff), pulled with the pod's imagePullSecrets (a dockerconfigjson Secret).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_pull_private_images_with_pull_secrets() {
+    let dir = tempfile::Builder::new().prefix("pull-test").tempdir_in("/var/tmp").unwrap();
+    let layout = dir.path().join("layout");
+    flotilla_tests::oci::write_probe_layout(&layout, &probe(), "latest", "amd64", true).unwrap();
+    let reg =
+        flotilla_tests::Registry::start_with_auth(dir.path(), Some(("puller", "s3cret"))).unwrap();
+    let image = format!("{}/private/probe:1", reg.addr);
+    let out = Command::new("skopeo")
+        .args(["copy", "--dest-tls-verify=false", "--dest-creds", "puller:s3cret"])
+        .arg(format!("oci:{}:latest", layout.display()))
+        .arg(format!("docker://{image}"))
+        .output()
+        .expect("skopeo");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let node = Node::start_with("pull", 27, &["--insecure-registry", &reg.addr]);
+    let c = node.client().await;
+    let node_name = format!("node-{}", node.tag);
+    let mk = |name: &str, image: &str, secret: Option<&str>| {
+        let mut spec = json!({"nodeName": node_name, "terminationGracePeriodSeconds": 0,
+            "containers": [{"name": "c", "image": image, "command": ["/bin/flotilla-probe", "echo", "8080"]}]});
+        if let Some(s) = secret {
+            spec["imagePullSecrets"] = json!([{"name": s}]);
+        }
+        pod(name, image, spec)
+    };
+    let waiting = |p: &Value| cstatus(p, "c")["state"]["waiting"].clone();
+
+    c.create("pods", "default", &mk("nocreds", &image, None)).await.unwrap();
+    let p = pod_where(&c, "nocreds", "ErrImagePull", 60, |p| {
+        matches!(waiting(p)["reason"].as_str(), Some("ErrImagePull" | "ImagePullBackOff"))
+    })
+    .await;
+    let msg = waiting(&p)["message"].as_str().unwrap_or_default().to_lowercase();
+    assert!(msg.contains("not authorized"), "{msg}");
+    pod_where(&c, "nocreds", "ImagePullBackOff", 60, |p| {
+        waiting(p)["reason"] == "ImagePullBackOff"
+    })
+    .await;
+
+    let auths = json!({"auths": {reg.addr.clone(): {"username": "puller", "password": "s3cret"}}});
+    c.create(
+        "secrets",
+        "default",
+        &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "regcred"},
+            "type": "kubernetes.io/dockerconfigjson",
+            "stringData": {".dockerconfigjson": auths.to_string()}}),
+    )
+    .await
+    .unwrap();
+    c.create("pods", "default", &mk("withcreds", &image, Some("regcred"))).await.unwrap();
+    let missing = format!("{}/private/nope:1", reg.addr);
+    c.create("pods", "default", &mk("missing", &missing, Some("regcred"))).await.unwrap();
+    let p = pod_where(&c, "withcreds", "Running", 60, |p| phase(p) == "Running").await;
+    assert!(cstatus(&p, "c")["imageID"].as_str().unwrap().starts_with("sha256:"));
+    let p = pod_where(&c, "missing", "ErrImagePull", 60, |p| {
+        matches!(waiting(p)["reason"].as_str(), Some("ErrImagePull" | "ImagePullBackOff"))
+    })
+    .await;
+    let msg = waiting(&p)["message"].as_str().unwrap_or_default().to_lowercase();
+    assert!(msg.contains("nope"), "the message names the image: {msg}");
 }

@@ -217,7 +217,7 @@ where
     };
     let conn = conn.into_std().map_err(|e| Status::internal(e.to_string()))?;
     conn.set_nonblocking(false).map_err(|e| Status::internal(e.to_string()))?;
-    let master = tokio::task::spawn_blocking(move || console::receive_pty(&conn))
+    let master = tokio::task::spawn_blocking(move || console::receive_fd(&conn))
         .await
         .map_err(|e| Status::internal(e.to_string()))?
         .map_err(|e| Status::internal(format!("receiving the pty: {e}")))?;

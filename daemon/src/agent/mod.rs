@@ -190,7 +190,16 @@ pub async fn run(a: AgentArgs) -> Result<()> {
         metrics::run(ctx.clone(), Duration::from_millis(a.metrics_interval_ms.max(100)), stats);
     let node_api = async { node_api.await.context("node API") };
     let zone = dns::empty_zone(&ctx.domain);
-    let dns_server = dns::serve(a.netns.clone(), ctx.net.gateway(), zone.clone());
+    // A node whose port 53 is taken still runs pods; their names just do not resolve.
+    let dns_server = {
+        let (netns, gw, zone) = (a.netns.clone(), ctx.net.gateway(), zone.clone());
+        async move {
+            if let Err(e) = dns::serve(netns, gw, zone).await {
+                tracing::error!(error = %format!("{e:#}"), "cluster DNS is not served on this node");
+            }
+            Ok::<_, anyhow::Error>(())
+        }
+    };
     let external = match &a.external_interface {
         None => None,
         Some(interface) => {

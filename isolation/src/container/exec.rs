@@ -12,15 +12,11 @@
 //! so `tty` in the container names a device the container can see.
 
 use std::fs::File;
-use std::io::IoSlice;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use nix::fcntl::OFlag;
 use nix::sched::CloneFlags;
-use nix::sys::socket::{
-    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
-    SockFlag, SockType,
-};
+use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::ForkResult;
 use oci_spec::runtime::Process;
@@ -187,7 +183,7 @@ impl Runtime {
         drop((pty_theirs, pid_w, err_w, namespaces));
 
         let pid_bytes = sys::read_to_end(&pid_r);
-        let master = if opts.tty { receive_fd(&pty_ours) } else { None };
+        let master = if opts.tty { crate::console::receive_fd(&pty_ours).ok() } else { None };
         drop(pty_ours);
         let err = sys::read_to_end(&err_r);
         if !err.is_empty() {
@@ -268,45 +264,13 @@ fn attach_pty(sock: &OwnedFd) -> nix::Result<()> {
         nix::unistd::dup2(slave, fd)?;
     }
     let _ = nix::unistd::close(slave);
-    let fds = [master.as_raw_fd()];
-    sendmsg::<()>(
-        sock.as_raw_fd(),
-        &[IoSlice::new(b"p")],
-        &[ControlMessage::ScmRights(&fds)],
-        MsgFlags::empty(),
-        None,
-    )?;
-    Ok(())
+    crate::console::send_fd(sock, master.as_raw_fd())
 }
 
 /// Sends `fd` over the unix socket at `path`, as runc does for `--console-socket`.
 fn send_fd(path: &std::path::Path, fd: &OwnedFd) -> std::io::Result<()> {
     let sock = std::os::unix::net::UnixStream::connect(path)?;
-    let fds = [fd.as_raw_fd()];
-    sendmsg::<()>(
-        sock.as_raw_fd(),
-        &[IoSlice::new(b"/dev/ptmx")],
-        &[ControlMessage::ScmRights(&fds)],
-        MsgFlags::empty(),
-        None,
-    )?;
-    Ok(())
-}
-
-fn receive_fd(sock: &OwnedFd) -> Option<OwnedFd> {
-    let mut buf = [0u8; 1];
-    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-    let mut cmsg = nix::cmsg_space!([RawFd; 1]);
-    let msg =
-        recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)
-            .ok()?;
-    for c in msg.cmsgs().ok()? {
-        if let ControlMessageOwned::ScmRights(fds) = c {
-            // SAFETY: the kernel installed this fd for us with the message.
-            return fds.first().map(|fd| unsafe { OwnedFd::from_raw_fd(*fd) });
-        }
-    }
-    None
+    Ok(crate::console::send_fd(&sock, fd.as_raw_fd())?)
 }
 
 /// Copies the pty's output to our stdout and our stdin to the pty until the process side

@@ -335,6 +335,17 @@ impl Worker {
             }
         }
         self.sync_probes(pod);
+        // As the kubelet: ErrImagePull right after a failed pull, ImagePullBackOff while the
+        // next try waits.
+        let now = Instant::now();
+        for st in self.ctrs.values_mut() {
+            if st.next_try.is_some_and(|t| t > now) {
+                if let Some((r, m)) = st.waiting.as_mut().filter(|(r, _)| r == "ErrImagePull") {
+                    *r = "ImagePullBackOff".into();
+                    *m = format!("Back-off pulling image: {m}");
+                }
+            }
+        }
         if self.volumes_synced.elapsed() >= self.ctx.volume_sync {
             self.volumes_synced = Instant::now();
             let dir = self.ctx.pod_dir(&self.uid).join("volumes");
@@ -552,16 +563,6 @@ impl Worker {
                 tracing::warn!(pod = %self.uid, container = cname, reason, "{message}");
                 let (initial, max) = self.ctx.backoff;
                 let st = self.ctrs.get_mut(cname).expect("tracked");
-                let reason = if reason == "ErrImagePull"
-                    && st
-                        .waiting
-                        .as_ref()
-                        .is_some_and(|(r, _)| r == "ErrImagePull" || r == "ImagePullBackOff")
-                {
-                    "ImagePullBackOff".to_string()
-                } else {
-                    reason
-                };
                 if st.current.as_ref().is_none_or(|a| !a.running()) {
                     // Retried after a back-off, as the kubelet retries pulls and creates.
                     st.backoff =
