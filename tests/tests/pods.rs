@@ -227,6 +227,14 @@ async fn pod_runs_init_containers_env_and_volumes() {
     assert!(!ok && err.contains("container nope is not valid for pod web"), "{err}");
     let (ok, _, err) = node.cli(&["exec", "web", "--", "/no/such/program"]);
     assert!(!ok && err.contains("/no/such/program"), "{err}");
+    let line = format!(
+        "{} --server {} exec -it web -- /no/such/program",
+        flotilla_tests::flotilla_cli().display(),
+        node.member.api_url().unwrap()
+    );
+    let o = Command::new("script").args(["-qec", &line, "/dev/null"]).output().unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(!o.status.success() && text.contains("/no/such/program"), "with a tty too: {text}");
 
     // Volumes follow their sources (the kubelet's periodic sync, 1 s here); env does not.
     c.patch(

@@ -117,16 +117,11 @@ impl Drop for Removal {
     }
 }
 
-/// The runtime's exit: the command's code, or (126 and a message on stderr) why it could not
-/// run, which becomes the error.
-async fn finish(child: &mut tokio::process::Child, err: Vec<u8>) -> Result<i32, Status> {
+/// The runtime's exit code: the command's, or non-zero with the reason on its stderr when
+/// the command could not be started.
+async fn finish(child: &mut tokio::process::Child) -> Result<i32, Status> {
     let st = child.wait().await.map_err(|e| Status::internal(e.to_string()))?;
-    let code = st.code().unwrap_or(255);
-    let msg = String::from_utf8_lossy(&err);
-    if code == 126 && msg.contains("exec:") {
-        return Err(Status::failed_precondition(msg.trim().to_string()));
-    }
-    Ok(code)
+    Ok(st.code().unwrap_or(255))
 }
 
 /// Forwards stdin messages to `w` until stdin closes (or the client goes).
@@ -162,20 +157,14 @@ where
         let tx = tx.clone();
         tokio::spawn(async move {
             let mut buf = vec![0u8; 32 * 1024];
-            let mut kept = Vec::new();
-            loop {
-                match r.read(&mut buf).await {
-                    Ok(0) | Err(_) => return kept,
-                    Ok(n) => {
-                        let b = buf[..n].to_vec();
-                        if err && kept.len() < 4096 {
-                            kept.extend_from_slice(&b);
-                        }
-                        let m = if err { Out::Stderr(b.into()) } else { Out::Stdout(b.into()) };
-                        if tx.send(out(m)).await.is_err() {
-                            return kept;
-                        }
-                    }
+            while let Ok(n) = r.read(&mut buf).await {
+                if n == 0 {
+                    return;
+                }
+                let b = bytes::Bytes::copy_from_slice(&buf[..n]);
+                let m = if err { Out::Stderr(b) } else { Out::Stdout(b) };
+                if tx.send(out(m)).await.is_err() {
+                    return;
                 }
             }
         })
@@ -191,9 +180,9 @@ where
     feed.abort();
     let grace = Duration::from_secs(1);
     let _ = tokio::time::timeout(grace, o).await;
-    let err = tokio::time::timeout(grace, e).await.ok().and_then(|r| r.ok()).unwrap_or_default();
+    let _ = tokio::time::timeout(grace, e).await;
     let _ = status.map_err(|e| Status::internal(e.to_string()))?;
-    finish(child, err).await
+    finish(child).await
 }
 
 async fn relay_pty<S>(
@@ -210,9 +199,9 @@ where
     let conn = tokio::select! {
         c = listener.accept() => c.map_err(|e| Status::internal(e.to_string()))?.0,
         _ = child.wait() => {
-            let mut err = Vec::new();
-            let _ = stderr.read_to_end(&mut err).await;
-            return finish(child, err).await;
+            // It ended before handing over a pty: its stderr says why.
+            forward_stderr(&mut stderr, tx).await;
+            return finish(child).await;
         }
     };
     let conn = conn.into_std().map_err(|e| Status::internal(e.to_string()))?;
@@ -256,9 +245,17 @@ where
     if !ended {
         return Err(Status::cancelled("client gone"));
     }
+    forward_stderr(&mut stderr, tx).await;
+    finish(child).await
+}
+
+/// With a tty the command writes to the pty; the runtime's own stderr only has its errors.
+async fn forward_stderr(stderr: &mut tokio::process::ChildStderr, tx: &Tx) {
     let mut err = Vec::new();
     let _ = stderr.read_to_end(&mut err).await;
-    finish(child, err).await
+    if !err.is_empty() {
+        let _ = tx.send(out(Out::Stderr(err.into()))).await;
+    }
 }
 
 /// The pty master as an async writer for [`pump_stdin`].

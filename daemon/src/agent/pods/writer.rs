@@ -74,6 +74,8 @@ async fn run(client: Client, mut rx: mpsc::UnboundedReceiver<Msg>) {
     let mut queue: VecDeque<String> = VecDeque::new();
     let mut in_flight: HashSet<String> = HashSet::new();
     let mut written: HashMap<String, Value> = HashMap::new();
+    // Forgotten while a write was in flight: nothing is kept when it lands.
+    let mut forgotten: HashSet<String> = HashSet::new();
     let mut tasks: JoinSet<(String, Value, bool)> = JoinSet::new();
     loop {
         tokio::select! {
@@ -91,15 +93,18 @@ async fn run(client: Client, mut rx: mpsc::UnboundedReceiver<Msg>) {
                 Some(Msg::Forget(uid)) => {
                     written.remove(&uid);
                     pending.remove(&uid);
+                    if in_flight.contains(&uid) {
+                        forgotten.insert(uid);
+                    }
                 }
             },
             Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                 if let Ok((uid, status, ok)) = done {
                     in_flight.remove(&uid);
-                    if ok {
-                        written.insert(uid.clone(), status);
-                    } else {
+                    if forgotten.remove(&uid) || !ok {
                         written.remove(&uid);
+                    } else {
+                        written.insert(uid.clone(), status);
                     }
                     // A newer status may be waiting for this one to finish.
                     if pending.contains_key(&uid) && !queue.contains(&uid) {
