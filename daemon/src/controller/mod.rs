@@ -201,7 +201,11 @@ pub fn pod_available(p: &Value, min_ready: i64, now: jiff::Timestamp) -> bool {
 
 /// RFC 3339 to the second, as metav1.Time.
 pub fn now_rfc3339() -> String {
-    let t = jiff::Timestamp::now();
+    rfc3339_seconds(jiff::Timestamp::now())
+}
+
+/// `t` as metav1.Time writes it: RFC 3339 with whole seconds.
+pub fn rfc3339_seconds(t: jiff::Timestamp) -> String {
     jiff::Timestamp::from_second(t.as_second()).unwrap_or(t).to_string()
 }
 

@@ -6,6 +6,7 @@
 
 use super::job::finished;
 use super::{enqueue_owners, enqueue_self, Ctx};
+use crate::controller::rfc3339_seconds as ts;
 use crate::controller::{
     controller_uid, meta, owner_ref, run_workers, terminating, Reconciled, WorkQueue,
 };
@@ -111,10 +112,6 @@ fn parse_go_duration(s: &str) -> Option<SignedDuration> {
         rest = &rest[unit_end..];
     }
     Some(SignedDuration::from_secs_f64(total))
-}
-
-fn ts(t: Timestamp) -> String {
-    Timestamp::from_second(t.as_second()).unwrap_or(t).to_string()
 }
 
 async fn reconcile(ctx: &Ctx, key: &str) -> Reconciled {

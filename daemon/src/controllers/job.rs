@@ -5,6 +5,7 @@
 //! its pods; the Complete or Failed condition is final; `ttlSecondsAfterFinished` deletes it.
 
 use super::{enqueue_owners, enqueue_self, Ctx};
+use crate::controller::rfc3339_seconds as ts;
 use crate::controller::{
     controller_uid, meta, pod_active, pod_phase, pod_ready, run_workers, terminating, Expectations,
     Reconciled, WorkQueue,
@@ -35,10 +36,6 @@ fn int(v: &Value, ptr: &str) -> Option<i64> {
 
 fn time(v: &Value, ptr: &str) -> Option<Timestamp> {
     v.pointer(ptr).and_then(Value::as_str).and_then(|s| s.parse().ok())
-}
-
-fn ts(t: Timestamp) -> String {
-    Timestamp::from_second(t.as_second()).unwrap_or(t).to_string()
 }
 
 /// The Job's final condition, if it has one.
