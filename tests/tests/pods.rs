@@ -213,28 +213,25 @@ async fn pod_runs_init_containers_env_and_volumes() {
     assert_eq!(String::from_utf8_lossy(&o.stdout), "HELLO\nWORLD\ndone\n");
     // -it under a terminal (script(1) gives the CLI one): the command gets a pty of the
     // container's own /dev/pts with the terminal's size.
-    let line = format!(
-        "stty rows 33 cols 101; {} --server {} exec -it web -- sh -c 'tty; stty size; exit 4'",
-        flotilla_tests::flotilla_cli().display(),
-        node.member.api_url().unwrap()
-    );
-    let o = Command::new("script").args(["-qec", &line, "/dev/null"]).output().unwrap();
-    let text = String::from_utf8_lossy(&o.stdout);
-    assert_eq!(o.status.code(), Some(4), "{text}");
+    let under_tty = |setup: &str, args: &str| {
+        let line = format!(
+            "{setup}{} --server {} exec -it web -- {args}",
+            flotilla_tests::flotilla_cli().display(),
+            node.member.api_url().unwrap()
+        );
+        let o = Command::new("script").args(["-qec", &line, "/dev/null"]).output().unwrap();
+        (o.status, String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    let (status, text) = under_tty("stty rows 33 cols 101; ", "sh -c 'tty; stty size; exit 4'");
+    assert_eq!(status.code(), Some(4), "{text}");
     assert!(text.contains("/dev/pts/0") && text.contains("33 101"), "{text}");
     // Errors name what is wrong.
     let (ok, _, err) = node.cli(&["exec", "web", "-c", "nope", "--", "true"]);
     assert!(!ok && err.contains("container nope is not valid for pod web"), "{err}");
     let (ok, _, err) = node.cli(&["exec", "web", "--", "/no/such/program"]);
     assert!(!ok && err.contains("/no/such/program"), "{err}");
-    let line = format!(
-        "{} --server {} exec -it web -- /no/such/program",
-        flotilla_tests::flotilla_cli().display(),
-        node.member.api_url().unwrap()
-    );
-    let o = Command::new("script").args(["-qec", &line, "/dev/null"]).output().unwrap();
-    let text = String::from_utf8_lossy(&o.stdout);
-    assert!(!o.status.success() && text.contains("/no/such/program"), "with a tty too: {text}");
+    let (status, text) = under_tty("", "/no/such/program");
+    assert!(!status.success() && text.contains("/no/such/program"), "with a tty too: {text}");
 
     // Volumes follow their sources (the kubelet's periodic sync, 1 s here); env does not.
     c.patch(

@@ -45,6 +45,9 @@ pub struct Zone {
     /// `cluster.local.`
     domain: String,
     names: HashMap<String, Entry>,
+    /// Ancestors of the names under the domain: empty non-terminals (`svc.<domain>`,
+    /// `<ns>.svc.<domain>`) exist without records. Kept so a query never scans every name.
+    parents: std::collections::HashSet<String>,
 }
 
 fn fqdn(s: &str) -> String {
@@ -158,7 +161,18 @@ impl Zone {
             e.srv.sort();
             e.srv.dedup();
         }
-        Zone { domain, names }
+        let mut parents = std::collections::HashSet::new();
+        for n in names.keys() {
+            let mut rest = n.as_str();
+            while let Some((_, up)) = rest.split_once('.') {
+                if up.len() <= domain.len() {
+                    break;
+                }
+                parents.insert(up.to_string());
+                rest = up;
+            }
+        }
+        Zone { domain, names, parents }
     }
 
     fn contains(&self, name: &str) -> bool {
@@ -174,12 +188,10 @@ impl Zone {
     }
 
     fn exists(&self, name: &str) -> bool {
-        if self.names.contains_key(name) || self.pod(name).is_some() || name == self.domain {
-            return true;
-        }
-        // Empty non-terminals (`svc.<domain>`, `<ns>.svc.<domain>`) exist without records.
-        let suffix = format!(".{name}");
-        self.names.keys().any(|k| k.ends_with(&suffix))
+        self.names.contains_key(name)
+            || self.parents.contains(name)
+            || self.pod(name).is_some()
+            || name == self.domain
     }
 
     fn soa(&self) -> Record {

@@ -82,7 +82,7 @@ impl Sampler {
         let ts = jiff::Timestamp::now().to_string();
         let names = ctx.pod_names.read().expect("pod names lock").clone();
         let mut pods: HashMap<String, proto::PodStats> = HashMap::new();
-        let mut seen = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for (st, status) in ctx.runtime.list().unwrap_or_default() {
             if status != RunStatus::Running {
                 continue;
@@ -91,7 +91,7 @@ impl Sampler {
             let Some((ns, name)) = names.get(uid) else { continue };
             let Ok(s) = ctx.runtime.stats(&st.id) else { continue };
             let usage = self.usage(&st.id, s.cpu_usage_ns, s.memory_working_set_bytes, now, &ts);
-            seen.push(st.id.clone());
+            seen.insert(st.id.clone());
             let pod = pods.entry(uid.to_string()).or_insert_with(|| proto::PodStats {
                 namespace: ns.clone(),
                 name: name.clone(),
@@ -102,7 +102,7 @@ impl Sampler {
                 .push(proto::ContainerStats { name: cname.to_string(), usage: Some(usage) });
         }
         let node = self.usage("", host_cpu_ns(), host_memory_working_set(), now, &ts);
-        seen.push(String::new());
+        seen.insert(String::new());
         self.prev.retain(|k, _| seen.contains(k));
         let mut pods: Vec<proto::PodStats> = pods.into_values().collect();
         pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
