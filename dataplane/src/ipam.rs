@@ -67,6 +67,21 @@ impl Ipam {
         ))
     }
 
+    /// Hands `addr` from `from` to `to` in one step (a crash leaves it with one of them).
+    pub fn reassign(&self, addr: Ipv4Addr, from: &str, to: &str) -> io::Result<()> {
+        let path = self.dir.join(addr.to_string());
+        let held = fs::read_to_string(&path)?;
+        if held != from {
+            return Err(io::Error::other(format!("{addr} is held by {held:?}, not {from:?}")));
+        }
+        // Not a parseable address: lookups never see the temporary file.
+        let tmp = self.dir.join(format!(".{addr}.new"));
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(to.as_bytes())?;
+        f.sync_all()?;
+        fs::rename(&tmp, &path)
+    }
+
     /// Frees `owner`'s address; freeing twice is fine.
     pub fn release(&self, owner: &str) -> io::Result<Option<Ipv4Addr>> {
         let a = self.lookup(owner)?;
@@ -117,5 +132,10 @@ mod tests {
         assert_eq!(again.release("pod-a").unwrap(), None);
         assert_eq!(again.allocate("f").unwrap(), a, "released addresses are reused");
         assert_eq!(again.allocated().unwrap().len(), 5);
+        again.reassign(a, "f", "g").unwrap();
+        assert_eq!(again.lookup("g").unwrap(), Some(a));
+        assert_eq!(again.lookup("f").unwrap(), None);
+        assert!(again.reassign(a, "f", "h").is_err(), "only from its holder");
+        assert_eq!(again.allocated().unwrap().len(), 5, "no temporary file listed");
     }
 }

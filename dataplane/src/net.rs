@@ -18,10 +18,10 @@ use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use rtnetlink::{
     packet_route::{
-        link::LinkAttribute,
+        link::{InfoData, InfoVeth, LinkAttribute},
         route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteType},
     },
-    Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
 };
 
 use crate::{ipam::Ipam, netns::NetNs};
@@ -58,8 +58,20 @@ pub struct PodNetwork {
 pub struct NodeNetwork {
     cfg: NodeConfig,
     ipam: Ipam,
-    nl: Handle,
+    /// The node namespace's connection. One request at a time: netlink replies to concurrent
+    /// requests on one socket can be lost (rust-netlink/netlink-proto#24), and the kernel
+    /// serialises link changes under the RTNL lock anyway.
+    nl: tokio::sync::Mutex<Handle>,
+    /// Ready pod networks not yet given to a pod: (address, IPAM owner).
+    warm: std::sync::Mutex<Vec<(Ipv4Addr, String)>>,
+    /// The bridge's index, checked again when using it fails.
+    bridge: std::sync::atomic::AtomicU32,
+    /// Wakes `keep_warm` when a ready network was taken.
+    taken: tokio::sync::Notify,
 }
+
+/// IPAM owners of ready pod networks waiting for a pod start with this.
+const WARM_OWNER: &str = "~warm-";
 
 fn nl_err(what: impl std::fmt::Display) -> impl FnOnce(rtnetlink::Error) -> io::Error {
     let what = what.to_string();
@@ -189,12 +201,21 @@ async fn our_routes(nl: &Handle) -> io::Result<Vec<RouteMessage>> {
     Ok(all.into_iter().filter(|r| r.header.protocol == ROUTE_PROTO).collect())
 }
 
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+}
+
 fn short_hash(s: &str) -> String {
-    // FNV-1a: stable interface names from pod ids (names are limited to 15 bytes).
-    let h = s
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
-    format!("{:010x}", h & 0xff_ffff_ffff)
+    // Stable interface names from ids (names are limited to 15 bytes).
+    format!("{:010x}", fnv1a(s) & 0xff_ffff_ffff)
+}
+
+/// The bridge's own MAC, stable per node and locally administered. A bridge without one set
+/// takes the lowest of its ports' and changes it as pods come and go, and every pod's cached
+/// gateway address goes stale until ARP notices (seconds of lost replies, probes included).
+fn bridge_mac(node: &str) -> Vec<u8> {
+    let h = fnv1a(node).to_be_bytes();
+    vec![0x02, h[3], h[4], h[5], h[6], h[7]]
 }
 
 impl NodeNetwork {
@@ -219,9 +240,31 @@ impl NodeNetwork {
             Some(ns) => ns.run(sysctl)??,
             None => sysctl()?,
         }
-        let net = NodeNetwork { cfg, ipam, nl };
-        net.ensure_bridge().await?;
-        net.fence().await?;
+        let net = NodeNetwork {
+            cfg,
+            ipam,
+            nl: tokio::sync::Mutex::new(nl),
+            warm: Default::default(),
+            bridge: Default::default(),
+            taken: Default::default(),
+        };
+        {
+            let nl = net.nl.lock().await;
+            let bridge = net.ensure_bridge(&nl).await?;
+            nl.link()
+                .set(LinkUnspec::new_with_index(bridge).address(bridge_mac(&net.cfg.name)).build())
+                .execute()
+                .await
+                .map_err(nl_err(format!("setting the MAC of {}", net.cfg.bridge)))?;
+            net.fence(&nl).await?;
+        }
+        // Ready networks of an earlier run go: `keep_warm` makes fresh ones.
+        for (ip, owner) in net.ipam.allocated()? {
+            if owner.starts_with(WARM_OWNER) {
+                net.remove_slot(ip).await?;
+                net.ipam.release(&owner)?;
+            }
+        }
         Ok(net)
     }
 
@@ -233,28 +276,28 @@ impl NodeNetwork {
         self.ipam.gateway()
     }
 
-    async fn ensure_bridge(&self) -> io::Result<u32> {
+    async fn ensure_bridge(&self, nl: &Handle) -> io::Result<u32> {
         let name = &self.cfg.bridge;
-        let index = match link_index(&self.nl, name).await? {
+        let index = match link_index(nl, name).await? {
             Some(i) => i,
             None => {
-                self.nl
-                    .link()
+                nl.link()
                     .add(LinkBridge::new(name).mtu(self.cfg.mtu).build())
                     .execute()
                     .await
                     .map_err(nl_err(format!("creating bridge {name}")))?;
-                link_index(&self.nl, name)
+                link_index(nl, name)
                     .await?
                     .ok_or_else(|| io::Error::other(format!("bridge {name} vanished")))?
             }
         };
-        add_addr(&self.nl, index, self.gateway(), self.cfg.pod_cidr.prefix_len(), name).await?;
-        set_up(&self.nl, index, name).await?;
+        add_addr(nl, index, self.gateway(), self.cfg.pod_cidr.prefix_len(), name).await?;
+        set_up(nl, index, name).await?;
+        self.bridge.store(index, std::sync::atomic::Ordering::Relaxed);
         Ok(index)
     }
 
-    async fn fence(&self) -> io::Result<()> {
+    async fn fence(&self, nl: &Handle) -> io::Result<()> {
         for net in [self.cfg.service_cidr, self.cfg.cluster_cidr] {
             let r = RouteMessageBuilder::<Ipv4Addr>::new()
                 .destination_prefix(net.network(), net.prefix_len())
@@ -262,13 +305,14 @@ impl NodeNetwork {
                 .protocol(ROUTE_PROTO)
                 .priority(FENCE_METRIC)
                 .build();
-            replace_route(&self.nl, r, &format!("fencing {net} with an unreachable route")).await?;
+            replace_route(nl, r, &format!("fencing {net} with an unreachable route")).await?;
         }
         Ok(())
     }
 
     /// Makes the host-gw routes exactly `peers`: each other node's pod CIDR via its address.
     pub async fn set_peers(&self, peers: &[(Ipv4Net, Ipv4Addr)]) -> io::Result<()> {
+        let nl = self.nl.lock().await;
         let want: HashSet<Ipv4Net> = peers.iter().map(|p| p.0).collect();
         for &(net, via) in peers {
             if net == self.cfg.pod_cidr {
@@ -279,16 +323,15 @@ impl NodeNetwork {
                 .gateway(via)
                 .protocol(ROUTE_PROTO)
                 .build();
-            replace_route(&self.nl, r, &format!("route {net} via {via}")).await?;
+            replace_route(&nl, r, &format!("route {net} via {via}")).await?;
         }
-        for r in our_routes(&self.nl).await? {
+        for r in our_routes(&nl).await? {
             if r.header.kind != RouteType::Unicast {
                 continue;
             }
             if let Some(dst) = route_dst(&r) {
                 if !want.contains(&dst) {
-                    self.nl
-                        .route()
+                    nl.route()
                         .del(r)
                         .execute()
                         .await
@@ -299,106 +342,214 @@ impl NodeNetwork {
         Ok(())
     }
 
-    fn pod_netns(&self, pod: &str) -> PathBuf {
-        self.cfg.state_dir.join("netns").join(pod)
+    /// Pod networks are named by address, so a ready one can be handed to any pod.
+    fn slot_netns(&self, ip: Ipv4Addr) -> PathBuf {
+        self.cfg.state_dir.join("netns").join(ip.to_string())
     }
 
-    fn veth_names(&self, pod: &str) -> (String, String) {
-        let h = short_hash(&format!("{}/{pod}", self.cfg.name));
-        (format!("fl{h}"), format!("fp{h}"))
+    fn slot_veth(&self, ip: Ipv4Addr) -> String {
+        format!("fl{}", short_hash(&format!("{}/{ip}", self.cfg.name)))
+    }
+
+    fn slot(&self, ip: Ipv4Addr) -> PodNetwork {
+        PodNetwork {
+            netns: self.slot_netns(ip),
+            ip,
+            gateway: self.gateway(),
+            host_veth: self.slot_veth(ip),
+        }
     }
 
     /// Gives `pod` (a unique id, e.g. the pod's uid) a namespace, an address and an `eth0`
-    /// with a default route via the bridge. Idempotent: an existing setup is kept as it is.
+    /// with a default route via the bridge: a ready one from [`Self::keep_warm`] if there is
+    /// one, else made now. Idempotent: an existing setup is kept as it is.
     pub async fn add_pod(&self, pod: &str) -> io::Result<PodNetwork> {
-        let ip = self.ipam.allocate(pod)?;
-        let gateway = self.gateway();
-        let ns_path = self.pod_netns(pod);
-        let ns = NetNs::create(&ns_path)?;
-        let (host, peer) = self.veth_names(pod);
-        let result = PodNetwork { netns: ns_path.clone(), ip, gateway, host_veth: host.clone() };
-        let bridge = self.ensure_bridge().await?;
-        if link_index(&self.nl, &host).await?.is_none() {
-            // A half-made pair from an interrupted attempt is replaced.
-            if let Some(i) = link_index(&self.nl, &peer).await? {
-                let _ = self.nl.link().del(i).execute().await;
-            }
-            veth_into(&self.nl, &host, &peer, Some(self.cfg.mtu), &ns).await?;
+        if let Some(ip) = self.ipam.lookup(pod)? {
+            return self.make_slot(ip).await;
         }
-        let hi = link_index(&self.nl, &host)
-            .await?
-            .ok_or_else(|| io::Error::other(format!("veth {host} vanished")))?;
-        self.nl
-            .link()
-            .set(LinkUnspec::new_with_index(hi).controller(bridge).mtu(self.cfg.mtu).up().build())
-            .execute()
-            .await
-            .map_err(nl_err(format!("attaching {host} to {}", self.cfg.bridge)))?;
+        let ready = self.warm.lock().expect("warm lock").pop();
+        if let Some((ip, owner)) = ready {
+            self.taken.notify_one();
+            match self.ipam.reassign(ip, &owner, pod) {
+                Ok(()) => return Ok(self.slot(ip)),
+                Err(e) => tracing::warn!(%ip, "ready pod network not taken: {e}"),
+            }
+        }
+        let ip = self.ipam.allocate(pod)?;
+        self.make_slot(ip).await
+    }
 
+    /// Keeps `n` pod networks ready so that a pod start does not wait for one (a namespace, a
+    /// veth pair and routes take 15 to 40 ms of kernel work here). Runs until dropped.
+    pub async fn keep_warm(&self, n: usize) {
+        let mut made = 0u64;
+        loop {
+            while self.warm.lock().expect("warm lock").len() < n {
+                made += 1;
+                let owner = format!("{WARM_OWNER}{}-{made}", std::process::id());
+                let ip = match self.ipam.allocate(&owner) {
+                    Ok(ip) => ip,
+                    Err(e) => {
+                        tracing::debug!("no ready pod network: {e}");
+                        break;
+                    }
+                };
+                match self.make_slot(ip).await {
+                    Ok(_) => self.warm.lock().expect("warm lock").push((ip, owner)),
+                    Err(e) => {
+                        tracing::warn!(%ip, "making a ready pod network: {e}");
+                        let _ = self.remove_slot(ip).await;
+                        let _ = self.ipam.release(&owner);
+                        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                    }
+                }
+            }
+            // Also retried now and then: a full pod CIDR frees up as pods go.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), self.taken.notified())
+                .await;
+        }
+    }
+
+    /// Every address in use: pods' and ready networks'.
+    pub fn slots(&self) -> io::Result<Vec<Ipv4Addr>> {
+        Ok(self.ipam.allocated()?.into_iter().map(|(ip, _)| ip).collect())
+    }
+
+    /// How many pod networks are ready for the next pods.
+    pub fn ready(&self) -> usize {
+        self.warm.lock().expect("warm lock").len()
+    }
+
+    /// Makes (or completes) the network named by `ip`.
+    async fn make_slot(&self, ip: Ipv4Addr) -> io::Result<PodNetwork> {
+        let slot = self.slot(ip);
+        let ns = NetNs::create(&slot.netns)?;
         let pnl = netlink_in(Some(&ns))?;
-        let eth = match link_index(&pnl, "eth0").await? {
-            Some(i) => i,
-            None => rename(&pnl, &peer, "eth0").await?,
-        };
-        pnl.link()
-            .set(LinkUnspec::new_with_index(eth).mtu(self.cfg.mtu).build())
-            .execute()
-            .await
-            .map_err(nl_err(format!("pod {pod}: setting the MTU")))?;
+        let what = |w: &str| format!("pod network {ip}: {w}");
+        let eth = link_index(&pnl, "eth0").await?;
+        {
+            let nl = self.nl.lock().await;
+            let host = link_index(&nl, &slot.host_veth).await?;
+            if let (Some(hi), Some(_)) = (host, eth) {
+                let attach =
+                    |bridge: u32| LinkUnspec::new_with_index(hi).controller(bridge).up().build();
+                let bridge = self.bridge.load(std::sync::atomic::Ordering::Relaxed);
+                if nl.link().set(attach(bridge)).execute().await.is_err() {
+                    let bridge = self.ensure_bridge(&nl).await?;
+                    nl.link()
+                        .set(attach(bridge))
+                        .execute()
+                        .await
+                        .map_err(nl_err(what("attaching the veth to the bridge")))?;
+                }
+            } else {
+                // A half-made pair from an interrupted attempt is replaced.
+                if let Some(hi) = host {
+                    let _ = nl.link().del(hi).execute().await;
+                }
+                if let Some(e) = eth {
+                    let _ = pnl.link().del(e).execute().await;
+                }
+                // One message: the pair, eth0 in the pod's namespace, the host end on the
+                // bridge and up (eth0 cannot be set up in it: its peer does not exist yet).
+                let make = |bridge: u32| {
+                    // The MAC follows the address (0a:58 + the IPv4 bytes, as CNI bridges do):
+                    // a reused address keeps its MAC, so no neighbour cache on the node or in
+                    // other pods goes stale when one pod's address passes to the next.
+                    let o = ip.octets();
+                    let peer = LinkMessageBuilder::<LinkUnspec>::new()
+                        .name("eth0")
+                        .address(vec![0x0a, 0x58, o[0], o[1], o[2], o[3]])
+                        .mtu(self.cfg.mtu)
+                        .setns_by_fd(ns.as_fd().as_raw_fd())
+                        .build();
+                    LinkVeth::new(&slot.host_veth, "eth0")
+                        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+                        .mtu(self.cfg.mtu)
+                        .controller(bridge)
+                        .up()
+                        .build()
+                };
+                let bridge = self.bridge.load(std::sync::atomic::Ordering::Relaxed);
+                if nl.link().add(make(bridge)).execute().await.is_err() {
+                    // The bridge may be gone (someone deleted it): make it again, once.
+                    let bridge = self.ensure_bridge(&nl).await?;
+                    if let Some(e) = link_index(&pnl, "eth0").await? {
+                        let _ = pnl.link().del(e).execute().await;
+                    }
+                    nl.link()
+                        .add(make(bridge))
+                        .execute()
+                        .await
+                        .map_err(nl_err(what("creating the veth pair")))?;
+                }
+            }
+        }
+        let eth = link_index(&pnl, "eth0")
+            .await?
+            .ok_or_else(|| io::Error::other(what("eth0 vanished")))?;
         add_addr(&pnl, eth, ip, self.cfg.pod_cidr.prefix_len(), "eth0").await?;
         set_up(&pnl, eth, "eth0").await?;
         if let Some(lo) = link_index(&pnl, "lo").await? {
             set_up(&pnl, lo, "lo").await?;
         }
-        let r =
-            RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).output_interface(eth).build();
-        replace_route(&pnl, r, &format!("pod {pod}: default route via {gateway}")).await?;
-        Ok(result)
+        let r = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(slot.gateway)
+            .output_interface(eth)
+            .build();
+        replace_route(&pnl, r, &what(&format!("default route via {}", slot.gateway))).await?;
+        Ok(slot)
     }
 
     /// The pod's network as `add_pod` made it, if it exists.
     pub fn pod(&self, pod: &str) -> io::Result<Option<PodNetwork>> {
-        let Some(ip) = self.ipam.lookup(pod)? else { return Ok(None) };
-        Ok(Some(PodNetwork {
-            netns: self.pod_netns(pod),
-            ip,
-            gateway: self.gateway(),
-            host_veth: self.veth_names(pod).0,
-        }))
+        Ok(self.ipam.lookup(pod)?.map(|ip| self.slot(ip)))
     }
 
     /// Removes the pod's veth, namespace and address; removing twice is fine.
     pub async fn remove_pod(&self, pod: &str) -> io::Result<()> {
-        let (host, _) = self.veth_names(pod);
-        if let Some(i) = link_index(&self.nl, &host).await? {
-            match self.nl.link().del(i).execute().await {
-                Err(e) if errno(&e) != libc::ENODEV => {
-                    return Err(nl_err(format!("deleting {host}"))(e));
+        if let Some(ip) = self.ipam.lookup(pod)? {
+            self.remove_slot(ip).await?;
+            self.ipam.release(pod)?;
+        }
+        Ok(())
+    }
+
+    async fn remove_slot(&self, ip: Ipv4Addr) -> io::Result<()> {
+        let host = self.slot_veth(ip);
+        {
+            let nl = self.nl.lock().await;
+            if let Some(i) = link_index(&nl, &host).await? {
+                match nl.link().del(i).execute().await {
+                    Err(e) if errno(&e) != libc::ENODEV => {
+                        return Err(nl_err(format!("deleting {host}"))(e));
+                    }
+                    _ => {}
                 }
-                _ => {}
             }
         }
-        NetNs::remove(self.pod_netns(pod))?;
-        self.ipam.release(pod)?;
-        Ok(())
+        NetNs::remove(self.slot_netns(ip))
     }
 
     /// Pods with an address on this node (to re-adopt after a restart).
     pub fn pods(&self) -> io::Result<Vec<(Ipv4Addr, String)>> {
-        self.ipam.allocated()
+        let mut all = self.ipam.allocated()?;
+        all.retain(|(_, owner)| !owner.starts_with(WARM_OWNER));
+        Ok(all)
     }
 
     /// Removes every pod, the bridge, and every route this node added.
     pub async fn teardown(self) -> io::Result<()> {
-        for (_, pod) in self.pods()? {
-            self.remove_pod(&pod).await?;
+        for (ip, owner) in self.ipam.allocated()? {
+            self.remove_slot(ip).await?;
+            self.ipam.release(&owner)?;
         }
-        for r in our_routes(&self.nl).await? {
-            let _ = self.nl.route().del(r).execute().await;
+        let nl = self.nl.lock().await;
+        for r in our_routes(&nl).await? {
+            let _ = nl.route().del(r).execute().await;
         }
-        if let Some(i) = link_index(&self.nl, &self.cfg.bridge).await? {
-            self.nl
-                .link()
+        if let Some(i) = link_index(&nl, &self.cfg.bridge).await? {
+            nl.link()
                 .del(i)
                 .execute()
                 .await

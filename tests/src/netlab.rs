@@ -283,7 +283,9 @@ impl Drop for Lab {
             n.lb = None;
             let _ = remove_pins(&n.lb_config.pin_dir);
             for (_, pod) in n.net.pods().unwrap_or_default() {
-                let _ = NetNs::remove(n.net.config().state_dir.join("netns").join(pod));
+                if let Ok(Some(p)) = n.net.pod(&pod) {
+                    let _ = NetNs::remove(p.netns);
+                }
             }
             let _ = std::fs::remove_dir(&n.cgroup);
         }

@@ -344,6 +344,55 @@ async fn bad_input_is_refused_and_maps_stay_whole() {
     lab.lb(0).apply(&grown).unwrap();
 }
 
+/// Pod networks made ahead are handed to pods whole (address, eth0, route) and replaced; a
+/// restarted node drops the ones no pod took, and teardown removes them too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_networks_made_ahead_are_handed_to_pods() {
+    if !root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let mut lab = Lab::new("pw", 1).await.unwrap();
+    let net = &lab.nodes[0].net;
+    let until_ready = |n: usize| async move {
+        while net.ready() < n {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    };
+    let (a, b) = tokio::select! {
+        _ = net.keep_warm(2) => unreachable!("keep_warm returns only when dropped"),
+        r = async {
+            tokio::time::timeout(std::time::Duration::from_secs(20), until_ready(2)).await.unwrap();
+            let made: Vec<_> = net.slots().unwrap();
+            assert_eq!(made.len(), 2, "{made:?}");
+            assert!(net.pods().unwrap().is_empty(), "ready networks are no pods");
+            let a = net.add_pod("uid-a").await.unwrap();
+            assert!(made.contains(&a.ip), "{a:?} taken from {made:?}");
+            // The taken one is replaced.
+            tokio::time::timeout(std::time::Duration::from_secs(20), until_ready(2)).await.unwrap();
+            let b = net.add_pod("uid-b").await.unwrap();
+            (a, b)
+        } => r,
+    };
+    let mut want = vec![(a.ip, "uid-a".to_string()), (b.ip, "uid-b".to_string())];
+    want.sort();
+    assert_eq!(net.pods().unwrap(), want);
+    assert_eq!(net.pod("uid-a").unwrap(), Some(a.clone()));
+    // Handed over whole: one pod reaches the other.
+    lab.serve(&b, "uid-b", 8080).unwrap();
+    let out = lab.run_in_pod(0, &a, &["connect", &format!("{}:8080", b.ip), "1"]).unwrap();
+    assert!(out[0].starts_with("reply=uid-b"), "{out:?}");
+    // A restarted node keeps the pods and drops the ready ones nobody took.
+    let cfg = lab.nodes[0].net.config().clone();
+    let again = flotilla_dataplane::NodeNetwork::setup(cfg.clone()).await.unwrap();
+    assert_eq!(again.slots().unwrap().len(), 2, "only the two pods remain");
+    assert_eq!(again.add_pod("uid-a").await.unwrap(), a);
+    again.teardown().await.unwrap();
+    let left: Vec<_> =
+        std::fs::read_dir(cfg.state_dir.join("netns")).into_iter().flatten().collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
 /// The pod network is idempotent (a restarted agent re-adopts: same address, same namespace,
 /// nothing recreated) and its teardown removes every link, route and namespace it made.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -325,6 +325,12 @@ async fn main() -> Result<()> {
         rss, args.burst, idle_rss
     );
     println!("orchestration overhead (pod p50 − bare runtime p50): {:.1} ms", s50 - r50);
+    // A kernel-wide setting the agent makes (--cgroup-favordynmods): every row above ran with it.
+    let favor = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.contains(" - cgroup2 ") && l.contains("favordynmods"));
+    println!("cgroup favordynmods (kernel-wide, all rows): {}", if favor { "on" } else { "off" });
     if let Some((c50, c99, _)) = peer {
         println!("containerd+runc / flotilla pod: p50 {:.2}x, p99 {:.2}x", c50 / s50, c99 / s99);
     }

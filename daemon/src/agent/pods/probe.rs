@@ -116,11 +116,22 @@ fn http_get(
     }
     req.push_str("\r\n");
     c.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
-    let mut head = [0u8; 64];
-    let n = c.read(&mut head).map_err(|e| e.to_string())?;
-    let line = String::from_utf8_lossy(&head[..n]);
-    line.split_whitespace()
-        .nth(1)
+    // The status line may come in several segments: read until it is whole.
+    let mut head = Vec::new();
+    let mut buf = [0u8; 256];
+    while !head.windows(2).any(|w| w == b"\r\n") && head.len() < 1024 {
+        match c.read(&mut buf).map_err(|e| e.to_string())? {
+            0 => break,
+            n => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&head);
+    let line = text.split("\r\n").next().unwrap_or_default();
+    let mut words = line.split_whitespace();
+    words
+        .next()
+        .filter(|v| v.starts_with("HTTP/"))
+        .and(words.next())
         .and_then(|code| code.parse().ok())
         .ok_or_else(|| format!("not an HTTP response: {line:?}"))
 }
@@ -268,7 +279,10 @@ async fn run(
             let result = check(&spec.handler, &t, spec.timeout).await;
             match &result {
                 Ok(()) => (ok_run, bad_run) = (ok_run + 1, 0),
-                Err(_) => (ok_run, bad_run) = (0, bad_run + 1),
+                Err(e) => {
+                    tracing::debug!(container = %name, ?kind, failures = bad_run + 1, "probe failed: {e}");
+                    (ok_run, bad_run) = (0, bad_run + 1)
+                }
             }
             let mut res = r.lock().expect("probe results");
             let before = (res.started, res.ready, res.kill.clone());
@@ -308,6 +322,33 @@ async fn run(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// Serves one connection with `parts`, written apart.
+    fn serve_once(parts: &'static [&'static [u8]]) -> SocketAddr {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            let mut req = [0u8; 512];
+            let _ = c.read(&mut req);
+            for p in parts {
+                c.write_all(p).unwrap();
+                c.flush().unwrap();
+                std::thread::sleep(Duration::from_millis(30));
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn http_status_lines_split_across_segments_are_read_whole() {
+        let t = Duration::from_secs(2);
+        let split = serve_once(&[b"HTTP/1.1 ", b"204 No Content\r\n", b"\r\n"]);
+        assert_eq!(http_get(split, "/healthz", "x", &[], t), Ok(204));
+        let junk = serve_once(&[b"SSH-2.0-OpenSSH\r\n"]);
+        let err = http_get(junk, "/", "x", &[], t).unwrap_err();
+        assert!(err.contains("not an HTTP response"), "{err}");
+    }
 
     #[test]
     fn parses_handlers_timing_and_named_ports() {
