@@ -372,7 +372,11 @@ impl NodeNetwork {
             self.taken.notify_one();
             match self.ipam.reassign(ip, &owner, pod) {
                 Ok(()) => return Ok(self.slot(ip)),
-                Err(e) => tracing::warn!(%ip, "ready pod network not taken: {e}"),
+                Err(e) => {
+                    tracing::warn!(%ip, "ready pod network not taken: {e}");
+                    let _ = self.remove_slot(ip).await;
+                    let _ = self.ipam.release(&owner);
+                }
             }
         }
         let ip = self.ipam.allocate(pod)?;
