@@ -261,8 +261,7 @@ impl NodeNetwork {
         // Ready networks of an earlier run go: `keep_warm` makes fresh ones.
         for (ip, owner) in net.ipam.allocated()? {
             if owner.starts_with(WARM_OWNER) {
-                net.remove_slot(ip).await?;
-                net.ipam.release(&owner)?;
+                net.drop_slot(ip, &owner).await?;
             }
         }
         Ok(net)
@@ -374,8 +373,7 @@ impl NodeNetwork {
                 Ok(()) => return Ok(self.slot(ip)),
                 Err(e) => {
                     tracing::warn!(%ip, "ready pod network not taken: {e}");
-                    let _ = self.remove_slot(ip).await;
-                    let _ = self.ipam.release(&owner);
+                    let _ = self.drop_slot(ip, &owner).await;
                 }
             }
         }
@@ -402,8 +400,7 @@ impl NodeNetwork {
                     Ok(_) => self.warm.lock().expect("warm lock").push((ip, owner)),
                     Err(e) => {
                         tracing::warn!(%ip, "making a ready pod network: {e}");
-                        let _ = self.remove_slot(ip).await;
-                        let _ = self.ipam.release(&owner);
+                        let _ = self.drop_slot(ip, &owner).await;
                         tokio::time::sleep(std::time::Duration::from_secs(5)).await;
                     }
                 }
@@ -478,9 +475,6 @@ impl NodeNetwork {
                 if nl.link().add(make(bridge)).execute().await.is_err() {
                     // The bridge may be gone (someone deleted it): make it again, once.
                     let bridge = self.ensure_bridge(&nl).await?;
-                    if let Some(e) = link_index(&pnl, "eth0").await? {
-                        let _ = pnl.link().del(e).execute().await;
-                    }
                     nl.link()
                         .add(make(bridge))
                         .execute()
@@ -512,11 +506,16 @@ impl NodeNetwork {
 
     /// Removes the pod's veth, namespace and address; removing twice is fine.
     pub async fn remove_pod(&self, pod: &str) -> io::Result<()> {
-        if let Some(ip) = self.ipam.lookup(pod)? {
-            self.remove_slot(ip).await?;
-            self.ipam.release(pod)?;
+        match self.ipam.lookup(pod)? {
+            Some(ip) => self.drop_slot(ip, pod).await,
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    /// Removes the network named by `ip` and frees the address from `owner`.
+    async fn drop_slot(&self, ip: Ipv4Addr, owner: &str) -> io::Result<()> {
+        self.remove_slot(ip).await?;
+        self.ipam.release(owner).map(drop)
     }
 
     async fn remove_slot(&self, ip: Ipv4Addr) -> io::Result<()> {
@@ -545,8 +544,7 @@ impl NodeNetwork {
     /// Removes every pod, the bridge, and every route this node added.
     pub async fn teardown(self) -> io::Result<()> {
         for (ip, owner) in self.ipam.allocated()? {
-            self.remove_slot(ip).await?;
-            self.ipam.release(&owner)?;
+            self.drop_slot(ip, &owner).await?;
         }
         let nl = self.nl.lock().await;
         for r in our_routes(&nl).await? {
