@@ -10,11 +10,27 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::broadcast;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 #[derive(Clone)]
 pub struct Client {
-    inner: ApiClient<Channel>,
+    inner: ApiClient<InterceptedService<Channel, Credentials>>,
+    channel: Channel,
+}
+
+/// The `authorization` header every call carries, when the client has a bearer token.
+#[derive(Clone, Default)]
+pub struct Credentials(Option<MetadataValue<Ascii>>);
+
+impl tonic::service::Interceptor for Credentials {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -121,10 +137,15 @@ impl Client {
     }
 
     fn from_channel(ch: Channel) -> Self {
+        Self::with_credentials(ch, Credentials::default())
+    }
+
+    fn with_credentials(ch: Channel, creds: Credentials) -> Self {
         Client {
-            inner: ApiClient::new(ch)
+            inner: ApiClient::with_interceptor(ch.clone(), creds)
                 .max_decoding_message_size(256 << 20)
                 .max_encoding_message_size(64 << 20),
+            channel: ch,
         }
     }
 
@@ -398,6 +419,41 @@ impl Client {
         let out = self.inner.clone().metrics(r).await?.into_inner();
         let items = out.items.iter().map(|b| from_json(b)).collect::<Result<Vec<_>, _>>()?;
         Ok((items, out.warnings))
+    }
+
+    /// This client, sending `token` as its bearer token on every call.
+    pub fn with_token(self, token: &str) -> Result<Self, ApiError> {
+        let v = format!("Bearer {}", token.trim()).parse().map_err(|_| {
+            ApiError::bad_request("the bearer token has characters a header cannot carry")
+        })?;
+        Ok(Self::with_credentials(self.channel, Credentials(Some(v))))
+    }
+
+    /// A bound token for service account `ns/name` (`kubectl create token`): `request` is an
+    /// authentication.k8s.io/v1 TokenRequest; the answer has `status.token`.
+    pub async fn create_token(
+        &self,
+        ns: &str,
+        name: &str,
+        request: &Value,
+    ) -> Result<Value, ApiError> {
+        let r = proto::CreateTokenRequest {
+            namespace: ns.to_string(),
+            name: name.to_string(),
+            object: to_json(request)?,
+        };
+        from_json(&self.inner.clone().create_token(r).await?.into_inner().object)
+    }
+
+    /// A TokenReview with its status filled in.
+    pub async fn review_token(&self, review: &Value) -> Result<Value, ApiError> {
+        let r = proto::ReviewTokenRequest { object: to_json(review)? };
+        from_json(&self.inner.clone().review_token(r).await?.into_inner().object)
+    }
+
+    /// The caller's identity (a SelfSubjectReview).
+    pub async fn who_am_i(&self) -> Result<Value, ApiError> {
+        from_json(&self.inner.clone().who_am_i(proto::WhoAmIRequest {}).await?.into_inner().object)
     }
 
     pub async fn discovery(&self) -> Result<proto::DiscoveryResponse, ApiError> {

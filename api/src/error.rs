@@ -24,6 +24,8 @@ pub enum Reason {
     /// A watcher fell behind or a limit was reached: resume or retry later.
     TooManyRequests,
     Unavailable,
+    /// The request's credentials (bearer token) are not valid.
+    Unauthorized,
     Internal,
 }
 
@@ -38,6 +40,7 @@ impl Reason {
             Reason::Forbidden => Code::FailedPrecondition,
             Reason::Expired => Code::OutOfRange,
             Reason::TooManyRequests => Code::ResourceExhausted,
+            Reason::Unauthorized => Code::Unauthenticated,
             Reason::Unavailable => Code::Unavailable,
             Reason::Internal => Code::Internal,
         }
@@ -52,6 +55,7 @@ impl Reason {
             Code::FailedPrecondition => Reason::Forbidden,
             Code::OutOfRange => Reason::Expired,
             Code::ResourceExhausted => Reason::TooManyRequests,
+            Code::Unauthenticated => Reason::Unauthorized,
             Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => Reason::Unavailable,
             _ => Reason::Internal,
         }

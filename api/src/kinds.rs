@@ -442,6 +442,37 @@ pub fn validate_pod_spec(errs: &mut Errors, p: &str, s: &core::PodSpec) {
                 }
             }
         }
+        if let Some(pr) = &v.projected {
+            for (j, src) in pr.sources.iter().flatten().enumerate() {
+                let sp = format!("{vp}.projected.sources[{j}]");
+                exactly_one(errs, &sp, &set_members(src), "projection");
+                if let Some(t) = &src.service_account_token {
+                    let tp = format!("{sp}.serviceAccountToken");
+                    match t.expiration_seconds {
+                        Some(e) if e < 600 => errs.invalid(
+                            format!("{tp}.expirationSeconds"),
+                            e,
+                            "may not specify a duration less than 10 minutes",
+                        ),
+                        Some(e) if e > 1 << 32 => errs.invalid(
+                            format!("{tp}.expirationSeconds"),
+                            e,
+                            "may not specify a duration larger than 2^32 seconds",
+                        ),
+                        _ => {}
+                    }
+                    if t.path.is_empty() {
+                        errs.required(format!("{tp}.path"), "");
+                    } else if t.path.starts_with('/') || t.path.split('/').any(|c| c == "..") {
+                        errs.invalid_str(
+                            format!("{tp}.path"),
+                            &t.path,
+                            "must be a relative path without '..'",
+                        );
+                    }
+                }
+            }
+        }
         if let Some(hp) = &v.host_path {
             if !hp.path.starts_with('/') {
                 errs.invalid_str(

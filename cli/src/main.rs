@@ -1,6 +1,7 @@
 //! `flotilla`: the user's command line, with kubectl's conventions.
 #![forbid(unsafe_code)]
 
+mod auth;
 mod exec;
 mod print;
 mod rollout;
@@ -32,6 +33,9 @@ struct Cli {
     /// Namespace of the request (default: "default").
     #[arg(short = 'n', long, global = true)]
     namespace: Option<String>,
+    /// Bearer token to present (a service account token); also FLOTILLA_TOKEN.
+    #[arg(long, env = "FLOTILLA_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -54,13 +58,19 @@ enum Cmd {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Create objects from manifests; existing ones are an error.
+    /// Create objects from manifests (existing ones are an error), or a token.
+    #[command(args_conflicts_with_subcommands = true)]
     Create {
-        #[arg(short, long, required = true)]
+        #[command(subcommand)]
+        what: Option<auth::CreateWhat>,
+        #[arg(short, long)]
         filename: Vec<String>,
         #[arg(long)]
         dry_run: bool,
     },
+    /// Inspect authentication: `auth whoami`.
+    #[command(subcommand)]
+    Auth(auth::Auth),
     /// List or show objects.
     Get {
         /// Kind (pods, po, deploy, svc, …), or several separated by commas.
@@ -795,7 +805,10 @@ async fn run(cli: Cli) -> Result<()> {
         _ => {}
     }
     let url = server_url(cli.server.clone());
-    let client = Client::connect(&url).await.map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    let mut client = Client::connect(&url).await.map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    if let Some(t) = cli.token.as_deref().filter(|t| !t.is_empty()) {
+        client = client.with_token(t).map_err(|e| anyhow::anyhow!("--token: {}", e.message))?;
+    }
     let ctx = Ctx {
         client,
         explicit_ns: cli.namespace.is_some(),
@@ -803,7 +816,14 @@ async fn run(cli: Cli) -> Result<()> {
     };
     match cli.cmd {
         Cmd::Apply { filename, dry_run } => ctx.apply(&filename, dry_run).await,
-        Cmd::Create { filename, dry_run } => ctx.create(&filename, dry_run).await,
+        Cmd::Create { what: Some(what), .. } => auth::create(&ctx, what).await,
+        Cmd::Create { what: None, filename, dry_run } => {
+            if filename.is_empty() {
+                anyhow::bail!("create: give -f FILE (or a subcommand such as `create token`)");
+            }
+            ctx.create(&filename, dry_run).await
+        }
+        Cmd::Auth(a) => auth::run(&ctx, a).await,
         Cmd::Get {
             kind,
             names,

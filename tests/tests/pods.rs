@@ -956,3 +956,150 @@ async fn pods_pull_private_images_with_pull_secrets() {
     let msg = waiting(&p)["message"].as_str().unwrap_or_default().to_lowercase();
     assert!(msg.contains("nope"), "the message names the image: {msg}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_account_tokens_are_mounted_bound_and_revoked() {
+    let node = Node::start("token", 28);
+    let c = node.client().await;
+    let node_name = format!("node-{}", node.tag);
+    let sa_dir = "/var/run/secrets/kubernetes.io/serviceaccount";
+    let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"},
+        "data": {"color": "blue"}});
+    c.create("configmaps", "default", &cm).await.unwrap();
+    let mut tok = pod(
+        "tok",
+        &node.image(),
+        json!({"nodeName": node_name, "serviceAccountName": "robot", "terminationGracePeriodSeconds": 0,
+            "containers": [{"name": "app", "command": ["sleep", "3600"],
+                "volumeMounts": [{"name": "proj", "mountPath": "/proj"}]}],
+            "volumes": [{"name": "proj", "projected": {"sources": [
+                {"serviceAccountToken": {"audience": "vault", "expirationSeconds": 600, "path": "vault/token"}},
+                {"configMap": {"name": "settings", "items": [{"key": "color", "path": "cfg/color"}]}},
+                {"downwardAPI": {"items": [{"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}},
+                    {"path": "name", "fieldRef": {"fieldPath": "metadata.name"}}]}}]}}]}),
+    );
+    tok["metadata"]["labels"] = json!({"app": "tok"});
+    // Admission gives it the token volume; its service account does not exist yet, so it
+    // waits with a reason that names it.
+    let (created, _) = c.create("pods", "default", &tok).await.unwrap();
+    let spec = &created["spec"];
+    assert_eq!(spec["serviceAccountName"], "robot");
+    let mount = spec["containers"][0]["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"] == sa_dir)
+        .cloned()
+        .expect("the token volume is mounted");
+    assert_eq!(mount["readOnly"], true);
+    let vol = mount["name"].as_str().unwrap();
+    assert!(vol.starts_with("kube-api-access-"), "{vol}");
+    let waiting = pod_where(&c, "tok", "CreateContainerConfigError", 60, |p| {
+        cstatus(p, "app")["state"]["waiting"]["reason"] == "CreateContainerConfigError"
+    })
+    .await;
+    let msg = cstatus(&waiting, "app")["state"]["waiting"]["message"].as_str().unwrap().to_string();
+    assert!(msg.contains("serviceaccounts \"robot\" not found"), "{msg}");
+    let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "robot"}});
+    c.create("serviceaccounts", "default", &sa).await.unwrap();
+    let running = pod_where(&c, "tok", "Running", 60, |p| phase(p) == "Running").await;
+    let uid = running["metadata"]["uid"].as_str().unwrap().to_string();
+
+    // A pod that opts out gets no token.
+    let quiet = pod(
+        "quiet",
+        &node.image(),
+        json!({"nodeName": node_name, "automountServiceAccountToken": false,
+            "containers": [{"name": "app", "command": ["sleep", "3600"]}]}),
+    );
+    let (created, _) = c.create("pods", "default", &quiet).await.unwrap();
+    assert_eq!(created["spec"]["serviceAccountName"], "default");
+    assert!(created["spec"]["volumes"].is_null(), "{}", created["spec"]);
+
+    let exec = |cmd: &str| {
+        let (ok, out, err) = node.cli(&["exec", "tok", "--", "sh", "-c", cmd]);
+        assert!(ok, "{cmd}: {err}");
+        out
+    };
+    let token = exec(&format!("cat {sa_dir}/token"));
+    assert_eq!(exec(&format!("cat {sa_dir}/namespace")), "default");
+    assert_eq!(
+        exec("cat /proj/cfg/color; echo; cat /proj/name; echo; cat /proj/labels"),
+        "blue\ntok\napp=\"tok\""
+    );
+    // On tmpfs, read-only in the container.
+    assert!(exec(&format!("grep ' {sa_dir} ' /proc/mounts")).contains("tmpfs"));
+    let (ok, _, _) =
+        node.cli(&["exec", "tok", "--", "sh", "-c", &format!("echo x > {sa_dir}/token")]);
+    assert!(!ok, "the token volume is read-only");
+
+    // The token names the service account and the pod it is bound to.
+    let whoami = |t: &str| node.cli(&["--token", t, "auth", "whoami", "-o", "json"]);
+    let (ok, out, err) = whoami(&token);
+    assert!(ok, "{err}");
+    let me: Value = serde_json::from_str(&out).unwrap();
+    let user = &me["status"]["userInfo"];
+    assert_eq!(user["username"], "system:serviceaccount:default:robot");
+    assert_eq!(user["extra"]["authentication.kubernetes.io/pod-name"], json!(["tok"]));
+    assert_eq!(user["extra"]["authentication.kubernetes.io/pod-uid"], json!([uid]));
+    assert_eq!(user["extra"]["authentication.kubernetes.io/node-name"], json!([node_name]));
+    assert!(user["groups"].as_array().unwrap().contains(&json!("system:serviceaccounts:default")));
+    let (ok, out, _) = node.cli(&["auth", "whoami"]);
+    assert!(ok && out.contains("system:anonymous"), "{out}");
+
+    // The projected token is for its audience only.
+    let vault = exec("cat /proj/vault/token");
+    let (ok, _, err) = whoami(&vault);
+    assert!(!ok && err.contains("Unauthorized") && err.contains("audiences"), "{err}");
+    let review = |t: &str, aud: Value| {
+        let c = c.clone();
+        let r = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+            "spec": {"token": t, "audiences": aud}});
+        async move { c.review_token(&r).await.unwrap()["status"].clone() }
+    };
+    let st = review(&vault, json!(["vault"])).await;
+    assert_eq!(st["authenticated"], true, "{st}");
+    assert_eq!(st["audiences"], json!(["vault"]));
+
+    // `create token`: lifetimes are checked; a token bound to a Secret dies with it.
+    let (ok, _, err) = node.cli(&["create", "token", "robot", "--duration", "5m"]);
+    assert!(!ok && err.contains("less than 10 minutes"), "{err}");
+    let (ok, _, err) = node.cli(&["create", "token", "nobody"]);
+    assert!(!ok && err.contains("serviceaccounts \"nobody\" not found"), "{err}");
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "bound"}});
+    c.create("secrets", "default", &secret).await.unwrap();
+    let (ok, bound, err) = node.cli(&[
+        "create",
+        "token",
+        "robot",
+        "--duration",
+        "10m",
+        "--bound-object-kind",
+        "Secret",
+        "--bound-object-name",
+        "bound",
+    ]);
+    assert!(ok, "{err}");
+    let bound = bound.trim().to_string();
+    assert!(whoami(&bound).0);
+    c.delete("secrets", "default", "bound", &DeleteParams::default()).await.unwrap();
+    until("the secret-bound token refused", 10, || async {
+        let (ok, _, err) = whoami(&bound);
+        (!ok && err.contains("secret default/bound has been deleted")).then_some(json!(null))
+    })
+    .await;
+    let (ok, _, err) = whoami("not-a-token");
+    assert!(!ok && err.contains("invalid bearer token"), "{err}");
+
+    // Deleting the pod revokes its tokens.
+    c.delete("pods", "default", "tok", &DeleteParams::default()).await.unwrap();
+    until("the pod gone", 30, || async {
+        c.get("pods", "default", "tok").await.is_err().then_some(json!(null))
+    })
+    .await;
+    let (ok, _, err) = whoami(&token);
+    assert!(!ok && err.contains("pod default/tok has been deleted"), "{err}");
+    let st = review(&token, json!([])).await;
+    assert_eq!(st["authenticated"], false);
+    c.delete("pods", "default", "quiet", &DeleteParams::default()).await.unwrap();
+}

@@ -11,6 +11,7 @@ pub mod cache;
 pub mod kv;
 pub mod metrics;
 mod service;
+pub mod tokens;
 
 use bytes::Bytes;
 use cache::{Filter, WatchCache};
@@ -64,6 +65,7 @@ const WRITE_RETRIES: usize = 16;
 pub struct ApiServer {
     kv: Kv,
     caches: HashMap<&'static str, Arc<WatchCache>>,
+    signer: tokens::Signer,
     pub config: ApiConfig,
     pub metrics: metrics::Metrics,
 }
@@ -157,7 +159,9 @@ impl ApiServer {
             tokio::spawn(c.clone().run(kv.clone()));
             caches.insert(r.plural, c);
         }
-        let server = Arc::new(ApiServer { kv, caches, config, metrics: metrics::Metrics::new() });
+        let signer = tokens::Signer::load_or_create(&kv).await?;
+        let server =
+            Arc::new(ApiServer { kv, caches, signer, config, metrics: metrics::Metrics::new() });
         let ns = flotilla_api::lookup("namespaces").expect("namespaces are registered");
         for name in SYSTEM_NAMESPACES {
             let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
@@ -292,10 +296,13 @@ impl ApiServer {
                 o.remove("status");
             }
         }
-        let admitted = (info.admit)(&v, None, info)?;
+        let mut admitted = (info.admit)(&v, None, info)?;
         let name = meta_str(&admitted.object, "name").to_string();
         if info.namespaced {
             self.ensure_namespace(&ns).await?;
+        }
+        if info.kind == "Pod" {
+            self.admit_pod_service_account(&ns, &mut admitted.object);
         }
         let key = info.key(&ns, &name);
         for attempt in 0..32 {

@@ -473,6 +473,41 @@ impl Api for Service {
         Ok(Response::new(out))
     }
 
+    async fn create_token(
+        &self,
+        req: Request<proto::CreateTokenRequest>,
+    ) -> Result<Response<proto::ObjectResponse>, Status> {
+        let r = req.into_inner();
+        let s = &self.0;
+        self.timed("create", "serviceaccounts", async {
+            let v = s.create_token(&r.namespace, &r.name, &r.object).await?;
+            Ok(obj_response(&v, Vec::new()))
+        })
+        .await
+    }
+
+    async fn review_token(
+        &self,
+        req: Request<proto::ReviewTokenRequest>,
+    ) -> Result<Response<proto::ObjectResponse>, Status> {
+        let v = self.0.token_review(&req.into_inner().object).map_err(|e| e.to_status())?;
+        Ok(obj_response(&v, Vec::new()))
+    }
+
+    async fn who_am_i(
+        &self,
+        req: Request<proto::WhoAmIRequest>,
+    ) -> Result<Response<proto::ObjectResponse>, Status> {
+        let user = match req.extensions().get::<Caller>() {
+            Some(Caller(u)) => u.clone(),
+            None => json!({"username": "system:anonymous", "groups": ["system:unauthenticated"]}),
+        };
+        let v = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview",
+            "metadata": {"creationTimestamp": super::now_rfc3339()},
+            "status": {"userInfo": user}});
+        Ok(obj_response(&v, Vec::new()))
+    }
+
     async fn discovery(
         &self,
         _req: Request<proto::DiscoveryRequest>,
@@ -660,6 +695,36 @@ fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
     G(Some(f))
 }
 
+/// Who made a request, when it carried a valid bearer token (a UserInfo).
+#[derive(Clone)]
+struct Caller(serde_json::Value);
+
+/// Checks the bearer token of a request that has one: a valid one names the caller, anything
+/// else is refused (UNAUTHENTICATED); a request without one goes on as anonymous.
+fn authenticate(server: &ApiServer, mut req: Request<()>) -> Result<Request<()>, Status> {
+    let Some(h) = req.metadata().get("authorization") else { return Ok(req) };
+    let token = h
+        .to_str()
+        .ok()
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            Status::unauthenticated("the authorization header is not \"Bearer <token>\"")
+        })?;
+    match server.review(token, &[]) {
+        Ok(user) => {
+            req.extensions_mut().insert(Caller(user));
+            Ok(req)
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "refused a bearer token");
+            Err(ApiError::new(Reason::Unauthorized, format!("invalid bearer token: {e}"))
+                .to_status())
+        }
+    }
+}
+
 /// Serves the API (gRPC, HTTP/2) and `/metrics` (HTTP/1.1 or 2) on one listener.
 pub async fn serve(
     server: Arc<ApiServer>,
@@ -669,6 +734,10 @@ pub async fn serve(
     let svc = proto::api_server::ApiServer::new(Service(server.clone()))
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(256 << 20);
+    let auth = server.clone();
+    let svc = tonic::service::interceptor::InterceptedService::new(svc, move |req| {
+        authenticate(&auth, req)
+    });
     let mut routes = tonic::service::Routes::new(svc);
     let m = server.clone();
     let router = std::mem::take(routes.axum_router_mut()).route(

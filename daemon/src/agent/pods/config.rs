@@ -10,7 +10,7 @@ use std::{
 
 use base64::Engine as _;
 use flotilla_api::{client::Client, Reason};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::spec::{ConfigError, VolumeMount};
 
@@ -161,8 +161,7 @@ pub async fn env(
             field(pod, from["fieldRef"]["fieldPath"].as_str().unwrap_or_default(), pod_ip, host_ip)?
         } else if from["resourceFieldRef"].is_object() {
             // The node's size, for refs to limits the container does not set.
-            let cpus = std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(1);
-            let mem = nix::sys::sysinfo::sysinfo().map(|s| s.ram_total()).unwrap_or(0);
+            let (cpus, mem) = node_size();
             resource(container, &from["resourceFieldRef"], cpus, mem)?
         } else if from["configMapKeyRef"].is_object() || from["secretKeyRef"].is_object() {
             let (kind, r) = if from["configMapKeyRef"].is_object() {
@@ -306,49 +305,228 @@ fn unchanged(dir: &Path, files: &BTreeMap<String, Vec<u8>>, mode: u32) -> bool {
     }) && count(&data) == files.len()
 }
 
-/// The kubelet's periodic sync of configMap and secret volumes: each one whose source changed
-/// is rewritten through the atomic `..data` swap, so containers see the new files (not
-/// through subPath mounts, as in Kubernetes). A source that is gone, or immutable, keeps what
-/// was written. Returns the volumes that changed.
-pub async fn refresh_volumes(client: &Client, pod: &Value, dir: &Path) -> Vec<String> {
+/// What the downward API needs besides the pod object: the addresses it was given.
+#[derive(Clone, Copy)]
+pub struct Downward<'a> {
+    pub pod_ip: Ipv4Addr,
+    pub host_ip: &'a str,
+}
+
+/// The contents of a volume the agent writes (configMap, secret, downwardAPI, projected).
+struct Contents {
+    files: BTreeMap<String, Vec<u8>>,
+    mode: u32,
+    /// Secrets and tokens stay in memory.
+    tmpfs: bool,
+}
+
+/// The files of a volume made from API data, or `None` for other volume types. `dir` is
+/// the volume's directory: a token written there is reused while it is fresh.
+async fn contents(
+    client: &Client,
+    pod: &Value,
+    v: &Value,
+    dir: &Path,
+    down: Downward<'_>,
+) -> Result<Option<Contents>, ConfigError> {
+    let name = v["name"].as_str().unwrap_or_default();
+    let (sources, mode, tmpfs) = if v["projected"].is_object() {
+        let list = v["projected"]["sources"].as_array().cloned().unwrap_or_default();
+        (list, &v["projected"]["defaultMode"], true)
+    } else if v["configMap"].is_object() {
+        (vec![json!({"configMap": v["configMap"]})], &v["configMap"]["defaultMode"], false)
+    } else if v["secret"].is_object() {
+        let mut src = v["secret"].clone();
+        src["name"] = src["secretName"].clone();
+        (vec![json!({ "secret": src })], &v["secret"]["defaultMode"], true)
+    } else if v["downwardAPI"].is_object() {
+        (vec![json!({"downwardAPI": v["downwardAPI"]})], &v["downwardAPI"]["defaultMode"], false)
+    } else {
+        return Ok(None);
+    };
     let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
+    let mut files = BTreeMap::new();
+    for src in &sources {
+        if src["configMap"].is_object() || src["secret"].is_object() {
+            let (kind, src) = if src["configMap"].is_object() {
+                ("configmaps", &src["configMap"])
+            } else {
+                ("secrets", &src["secret"])
+            };
+            let obj = src["name"].as_str().unwrap_or_default();
+            let what = format!("volume {name} ({} {obj})", singular(kind));
+            let d = match data(client, kind, ns, obj).await? {
+                Some(d) => d,
+                None if src["optional"].as_bool() == Some(true) => BTreeMap::new(),
+                None => return Err(format!("{what}: {} \"{obj}\" not found", singular(kind))),
+            };
+            files.extend(project(&d, &src["items"], &what)?);
+        } else if src["downwardAPI"].is_object() {
+            for it in src["downwardAPI"]["items"].as_array().into_iter().flatten() {
+                let path = item_path(it["path"].as_str().unwrap_or_default(), name)?;
+                let value = if it["fieldRef"].is_object() {
+                    let f = it["fieldRef"]["fieldPath"].as_str().unwrap_or_default();
+                    field_file(pod, f, down)?
+                } else if it["resourceFieldRef"].is_object() {
+                    let r = &it["resourceFieldRef"];
+                    let cname = r["containerName"].as_str().unwrap_or_default();
+                    let c = pod["spec"]["containers"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .find(|c| c["name"] == cname)
+                        .ok_or_else(|| {
+                            format!("volume {name}: resourceFieldRef: no container {cname:?}")
+                        })?;
+                    let (cpus, mem) = node_size();
+                    resource(c, r, cpus, mem)?
+                } else {
+                    return Err(format!("volume {name}: item {path:?} has no source"));
+                };
+                files.insert(path, value.into_bytes());
+            }
+        } else if src["serviceAccountToken"].is_object() {
+            let t = &src["serviceAccountToken"];
+            let path = item_path(t["path"].as_str().unwrap_or_default(), name)?;
+            let token = token(client, pod, t, &dir.join("..data").join(&path))
+                .await
+                .map_err(|e| format!("volume {name}: {e}"))?;
+            files.insert(path, token.into_bytes());
+        } else {
+            return Err(format!("volume {name}: unsupported projected volume source"));
+        }
+    }
+    let mode = mode.as_u64().unwrap_or(0o644) as u32;
+    Ok(Some(Contents { files, mode, tmpfs }))
+}
+
+fn item_path(path: &str, volume: &str) -> Result<String, ConfigError> {
+    if path.is_empty() || path.starts_with('/') || path.split('/').any(|c| c == "..") {
+        return Err(format!("volume {volume}: item path {path:?} escapes the volume"));
+    }
+    Ok(path.to_string())
+}
+
+/// A downward API field as a volume file renders it: labels and annotations as `k="v"` lines.
+fn field_file(pod: &Value, path: &str, down: Downward<'_>) -> Result<String, ConfigError> {
+    if let Some(key @ ("labels" | "annotations")) = path.strip_prefix("metadata.") {
+        let map = pod["metadata"][key].as_object();
+        let lines: Vec<String> = map
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| format!("{k}={:?}", v.as_str().unwrap_or_default()))
+            .collect();
+        return Ok(lines.join("\n"));
+    }
+    field(pod, path, down.pod_ip, down.host_ip)
+}
+
+fn node_size() -> (u64, u64) {
+    let cpus = std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(1);
+    let mem = nix::sys::sysinfo::sysinfo().map(|s| s.ram_total()).unwrap_or(0);
+    (cpus, mem)
+}
+
+/// The claims of a token the agent needs to decide when to renew it (its signature is the
+/// API server's business; this token came from it).
+fn token_times(token: &str) -> Option<(i64, i64, Value)> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
+    let c: Value = serde_json::from_slice(&bytes).ok()?;
+    Some((c["iat"].as_i64()?, c["exp"].as_i64()?, c))
+}
+
+/// Whether the token an earlier sync wrote can stay: for the same audience and pod, and
+/// younger than 80% of its lifetime and than 24 hours (the kubelet's token manager's rule).
+fn reusable(token: &str, now: i64, audience: &str, pod_uid: &str) -> bool {
+    let Some((iat, exp, c)) = token_times(token) else { return false };
+    let age = now - iat;
+    let same_audience =
+        audience.is_empty() || c["aud"].as_array().is_some_and(|a| a.iter().any(|a| a == audience));
+    c["kubernetes.io"]["pod"]["uid"] == pod_uid
+        && same_audience
+        && age < (exp - iat) * 8 / 10
+        && age < 24 * 3600
+}
+
+/// A service account token bound to the pod, for a serviceAccountToken projection: the one
+/// at `current` while it is [`reusable`], else a new one from the API server.
+async fn token(
+    client: &Client,
+    pod: &Value,
+    src: &Value,
+    current: &Path,
+) -> Result<String, ConfigError> {
+    let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
+    let sa = pod["spec"]["serviceAccountName"].as_str().unwrap_or("default");
+    let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
+    let audience = src["audience"].as_str().unwrap_or_default();
+    let expiration = src["expirationSeconds"].as_i64().unwrap_or(3600);
+    if let Ok(t) = std::fs::read_to_string(current) {
+        if reusable(&t, jiff::Timestamp::now().as_second(), audience, uid) {
+            return Ok(t);
+        }
+    }
+    let req = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+        "spec": {"audiences": if audience.is_empty() { json!([]) } else { json!([audience]) },
+                 "expirationSeconds": expiration,
+                 "boundObjectRef": {"apiVersion": "v1", "kind": "Pod",
+                     "name": pod["metadata"]["name"], "uid": uid}}});
+    let out = client
+        .create_token(ns, sa, &req)
+        .await
+        .map_err(|e| format!("token for serviceaccount {ns}/{sa}: {e}"))?;
+    out["status"]["token"]
+        .as_str()
+        .map(String::from)
+        .ok_or_else(|| format!("token for serviceaccount {ns}/{sa}: the answer has no token"))
+}
+
+/// The kubelet's periodic sync of volumes made from API data (configMap, secret,
+/// downwardAPI, projected): each one whose content changed, or whose token is due for
+/// renewal, is rewritten through the atomic `..data` swap, so containers see the new files
+/// (not through subPath mounts, as in Kubernetes). A source that is gone keeps what was
+/// written. Returns the volumes that changed.
+pub async fn refresh_volumes(
+    client: &Client,
+    pod: &Value,
+    dir: &Path,
+    down: Downward<'_>,
+) -> Vec<String> {
     let mut changed = Vec::new();
     for v in pod["spec"]["volumes"].as_array().into_iter().flatten() {
         let name = v["name"].as_str().unwrap_or_default();
-        let (kind, src, obj) = if v["configMap"].is_object() {
-            ("configmaps", &v["configMap"], v["configMap"]["name"].as_str().unwrap_or_default())
-        } else if v["secret"].is_object() {
-            ("secrets", &v["secret"], v["secret"]["secretName"].as_str().unwrap_or_default())
-        } else {
-            continue;
-        };
         let path = dir.join(name);
         if !path.join("..data").exists() {
             continue;
         }
-        let what = format!("volume {name} ({} {obj})", singular(kind));
-        let Ok(Some(d)) = data(client, kind, ns, obj).await else { continue };
-        let Ok(files) = project(&d, &src["items"], &what) else { continue };
-        let mode = src["defaultMode"].as_u64().unwrap_or(0o644) as u32;
-        if unchanged(&path, &files, mode) {
+        let c = match contents(client, pod, v, &path, down).await {
+            Ok(Some(c)) => c,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::debug!("refreshing {e}");
+                continue;
+            }
+        };
+        if unchanged(&path, &c.files, c.mode) {
             continue;
         }
-        match write_atomic_dir(&path, &files, mode) {
+        match write_atomic_dir(&path, &c.files, c.mode) {
             Ok(()) => changed.push(name.to_string()),
-            Err(e) => tracing::warn!("{what}: refreshing: {e}"),
+            Err(e) => tracing::warn!("volume {name}: refreshing: {e}"),
         }
     }
     changed
 }
 
 /// Makes (or refreshes) the pod's volumes under `dir` and returns their paths by name.
-/// Secrets and memory-backed emptyDirs live on tmpfs.
+/// Secrets, tokens and memory-backed emptyDirs live on tmpfs.
 pub async fn volumes(
     client: &Client,
     pod: &Value,
     dir: &Path,
+    down: Downward<'_>,
 ) -> Result<BTreeMap<String, PathBuf>, ConfigError> {
-    let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
     let mut out = BTreeMap::new();
     for v in pod["spec"]["volumes"].as_array().into_iter().flatten() {
         let name = v["name"].as_str().unwrap_or_default();
@@ -386,25 +564,15 @@ pub async fn volumes(
             }
             out.insert(name.to_string(), host);
             continue;
-        } else if v["configMap"].is_object() || v["secret"].is_object() {
-            let (kind, src, obj) = if v["configMap"].is_object() {
-                ("configmaps", &v["configMap"], v["configMap"]["name"].as_str().unwrap_or_default())
-            } else {
-                ("secrets", &v["secret"], v["secret"]["secretName"].as_str().unwrap_or_default())
-            };
-            let what = format!("volume {name} ({} {obj})", singular(kind));
-            let d = match data(client, kind, ns, obj).await? {
-                Some(d) => d,
-                None if src["optional"].as_bool() == Some(true) => BTreeMap::new(),
-                None => return Err(format!("{what}: {} \"{obj}\" not found", singular(kind))),
-            };
-            let files = project(&d, &src["items"], &what)?;
+        } else if let Some(c) = contents(client, pod, v, &path, down).await? {
             mkdir(&path)?;
-            if kind == "secrets" {
+            if c.tmpfs {
                 tmpfs(&path)?;
             }
-            let mode = src["defaultMode"].as_u64().unwrap_or(0o644) as u32;
-            write_atomic_dir(&path, &files, mode).map_err(|e| format!("{what}: {e}"))?;
+            if !unchanged(&path, &c.files, c.mode) {
+                write_atomic_dir(&path, &c.files, c.mode)
+                    .map_err(|e| format!("volume {name}: {e}"))?;
+            }
         } else {
             return Err(format!("volume {name}: unsupported volume source"));
         }
@@ -442,6 +610,26 @@ pub fn mounts(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn tokens_are_renewed_at_80_percent_of_their_life_or_after_a_day() {
+        use base64::Engine as _;
+        let b = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let tok = |iat: i64, exp: i64, aud: &str| {
+            let c = serde_json::json!({"iat": iat, "exp": exp, "aud": [aud],
+                "kubernetes.io": {"pod": {"name": "p", "uid": "u1"}}});
+            format!("h.{}.s", b.encode(c.to_string()))
+        };
+        let t = tok(1000, 1000 + 3600, "api");
+        assert!(super::reusable(&t, 1000 + 2879, "", "u1"));
+        assert!(!super::reusable(&t, 1000 + 2880, "", "u1"), "80% of an hour");
+        assert!(super::reusable(&t, 1100, "api", "u1"));
+        assert!(!super::reusable(&t, 1100, "vault", "u1"), "another audience");
+        assert!(!super::reusable(&t, 1100, "", "u2"), "another pod");
+        let long = tok(1000, 1000 + 7 * 86400, "api");
+        assert!(!super::reusable(&long, 1000 + 86400, "", "u1"), "a day old");
+        assert!(!super::reusable("garbage", 1100, "", "u1"));
+    }
+
     use super::*;
     use serde_json::json;
 

@@ -349,7 +349,9 @@ impl Worker {
         if self.volumes_synced.elapsed() >= self.ctx.volume_sync {
             self.volumes_synced = Instant::now();
             let dir = self.ctx.pod_dir(&self.uid).join("volumes");
-            let changed = config::refresh_volumes(&self.ctx.client, pod, &dir).await;
+            let ip = self.net.as_ref().map_or(std::net::Ipv4Addr::UNSPECIFIED, |n| n.ip);
+            let down = config::Downward { pod_ip: ip, host_ip: &self.ctx.node_ip };
+            let changed = config::refresh_volumes(&self.ctx.client, pod, &dir, down).await;
             if !changed.is_empty() {
                 tracing::info!(pod = %name, volumes = ?changed, "volumes updated from their sources");
             }
@@ -602,7 +604,8 @@ impl Worker {
         let image = ctx.image(pod, &image_ref, &pull).await?;
         let t_image = t0.elapsed();
         let dir = ctx.pod_dir(&self.uid);
-        let vols = config::volumes(&ctx.client, pod, &dir.join("volumes"))
+        let down = config::Downward { pod_ip: ip, host_ip: &ctx.node_ip };
+        let vols = config::volumes(&ctx.client, pod, &dir.join("volumes"), down)
             .await
             .map_err(|m| ("CreateContainerConfigError".to_string(), m))?;
         let mounts = config::mounts(c, &vols).map_err(cfg_err)?;

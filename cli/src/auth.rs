@@ -1,0 +1,139 @@
+//! `flotilla create token` and `flotilla auth whoami`: service account tokens, as kubectl's.
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use crate::print::table;
+use crate::{server_error, Ctx};
+
+#[derive(clap::Subcommand)]
+pub enum CreateWhat {
+    /// A token for a service account (a TokenRequest), printed on stdout.
+    Token {
+        service_account: String,
+        /// Who the token is for (repeatable; default: the API server).
+        #[arg(long)]
+        audience: Vec<String>,
+        /// Lifetime: seconds, or a duration such as 10m, 1h, 1h30m (default: 1h).
+        #[arg(long)]
+        duration: Option<String>,
+        /// Bind the token to an object (Pod, Secret or Node): it stops working when the
+        /// object is deleted.
+        #[arg(long, requires = "bound_object_name")]
+        bound_object_kind: Option<String>,
+        #[arg(long, requires = "bound_object_kind")]
+        bound_object_name: Option<String>,
+        /// The bound object's uid (the request fails if it does not match).
+        #[arg(long, requires = "bound_object_kind")]
+        bound_object_uid: Option<String>,
+    },
+}
+
+#[derive(clap::Subcommand)]
+pub enum Auth {
+    /// Who the server takes you for (from --token).
+    Whoami {
+        #[arg(short, long)]
+        output: Option<crate::Output>,
+    },
+}
+
+/// Seconds in `10m`, `1h30m`, `45s` or a plain number of seconds.
+fn parse_duration(s: &str) -> Result<i64> {
+    if let Ok(n) = s.parse::<i64>() {
+        return Ok(n);
+    }
+    let mut total = 0i64;
+    let mut num = String::new();
+    for ch in s.chars() {
+        if ch.is_ascii_digit() {
+            num.push(ch);
+            continue;
+        }
+        let unit = match ch {
+            'h' => 3600,
+            'm' => 60,
+            's' => 1,
+            _ => bail!("--duration {s:?}: unknown unit {ch:?} (use h, m, s)"),
+        };
+        let n: i64 =
+            num.parse().with_context(|| format!("--duration {s:?}: no number before {ch:?}"))?;
+        total += n * unit;
+        num.clear();
+    }
+    if !num.is_empty() {
+        bail!("--duration {s:?}: {num} has no unit");
+    }
+    Ok(total)
+}
+
+pub async fn create(ctx: &Ctx, what: CreateWhat) -> Result<()> {
+    let CreateWhat::Token {
+        service_account,
+        audience,
+        duration,
+        bound_object_kind,
+        bound_object_name,
+        bound_object_uid,
+    } = what;
+    let mut spec = json!({"audiences": audience});
+    if let Some(d) = duration {
+        spec["expirationSeconds"] = json!(parse_duration(&d)?);
+    }
+    if let (Some(kind), Some(name)) = (bound_object_kind, bound_object_name) {
+        let api = if kind == "Pod" || kind == "Secret" || kind == "Node" { "v1" } else { "" };
+        spec["boundObjectRef"] = json!({"kind": kind, "apiVersion": api, "name": name});
+        if let Some(uid) = bound_object_uid {
+            spec["boundObjectRef"]["uid"] = json!(uid);
+        }
+    }
+    let req =
+        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec});
+    let out = ctx
+        .client
+        .create_token(&ctx.namespace, &service_account, &req)
+        .await
+        .map_err(server_error)?;
+    println!("{}", out["status"]["token"].as_str().unwrap_or_default());
+    Ok(())
+}
+
+pub async fn run(ctx: &Ctx, a: Auth) -> Result<()> {
+    let Auth::Whoami { output } = a;
+    let review = ctx.client.who_am_i().await.map_err(server_error)?;
+    match output {
+        Some(crate::Output::Json) => println!("{}", serde_json::to_string_pretty(&review)?),
+        Some(crate::Output::Yaml) => print!("{}", serde_yaml::to_string(&review)?),
+        _ => {
+            let u = &review["status"]["userInfo"];
+            let mut rows = vec![vec!["ATTRIBUTE".to_string(), "VALUE".to_string()]];
+            rows.push(vec!["Username".into(), u["username"].as_str().unwrap_or("").into()]);
+            if let Some(uid) = u["uid"].as_str() {
+                rows.push(vec!["UID".into(), uid.into()]);
+            }
+            let groups: Vec<&str> =
+                u["groups"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+            rows.push(vec!["Groups".into(), format!("[{}]", groups.join(" "))]);
+            for (k, v) in u["extra"].as_object().into_iter().flatten() {
+                let vals: Vec<&str> =
+                    v.as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+                rows.push(vec![format!("Extra: {k}"), format!("[{}]", vals.join(" "))]);
+            }
+            table(&rows);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn durations_read_like_kubectls() {
+        assert_eq!(super::parse_duration("600").unwrap(), 600);
+        assert_eq!(super::parse_duration("10m").unwrap(), 600);
+        assert_eq!(super::parse_duration("1h30m").unwrap(), 5400);
+        assert!(super::parse_duration("1d").is_err());
+        assert!(super::parse_duration("10").is_ok());
+        assert!(super::parse_duration("5m3").is_err());
+    }
+}
