@@ -225,6 +225,45 @@ async fn pod_runs_init_containers_env_and_volumes() {
     let (status, text) = under_tty("stty rows 33 cols 101; ", "sh -c 'tty; stty size; exit 4'");
     assert_eq!(status.code(), Some(4), "{text}");
     assert!(text.contains("/dev/pts/0") && text.contains("33 101"), "{text}");
+    // With a tty, a closed stdin is typed as the terminal's EOF (twice after a partial
+    // line), so a program reading lines ends as it would at a terminal.
+    {
+        use flotilla_api::proto::{self, exec_input::Msg as In, exec_output::Msg as Out};
+        use futures::StreamExt;
+        let script = "cat; echo after-eof";
+        let msgs = [
+            In::Start(proto::ExecStart {
+                namespace: "default".into(),
+                name: "web".into(),
+                container: "app".into(),
+                command: vec!["sh".into(), "-c".into(), script.into()],
+                stdin: true,
+                tty: true,
+                uid: String::new(),
+                size: None,
+            }),
+            In::Stdin(b"partial".to_vec().into()),
+            In::CloseStdin(true),
+        ];
+        let input = futures::stream::iter(msgs.map(|m| proto::ExecInput { msg: Some(m) }));
+        let session = async {
+            let mut out = c.pod_exec(input).await.unwrap();
+            let (mut text, mut code) = (String::new(), None);
+            while let Some(m) = out.next().await {
+                match m.unwrap().msg {
+                    Some(Out::Stdout(b)) => text.push_str(&String::from_utf8_lossy(&b)),
+                    Some(Out::ExitCode(c)) => code = Some(c),
+                    _ => {}
+                }
+            }
+            (text, code)
+        };
+        let (text, code) = tokio::time::timeout(Duration::from_secs(20), session)
+            .await
+            .expect("cat ends when stdin closes");
+        assert_eq!(code, Some(0), "{text}");
+        assert!(text.contains("after-eof"), "{text}");
+    }
     // Errors name what is wrong.
     let (ok, _, err) = node.cli(&["exec", "web", "-c", "nope", "--", "true"]);
     assert!(!ok && err.contains("container nope is not valid for pod web"), "{err}");

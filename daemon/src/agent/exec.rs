@@ -124,13 +124,19 @@ async fn finish(child: &mut tokio::process::Child) -> Result<i32, Status> {
     Ok(st.code().unwrap_or(255))
 }
 
-/// Forwards stdin messages to `w` until stdin closes (or the client goes).
-async fn pump_stdin<S, W>(mut input: S, mut w: Option<W>, resize: impl Fn(&proto::TerminalSize))
-where
+/// Forwards stdin messages to `w` until stdin closes (or the client goes). A pipe is closed
+/// then; a pty cannot be, so `eof` gives what to type instead (see [`pty_eof`]).
+async fn pump_stdin<S, W>(
+    mut input: S,
+    mut w: Option<W>,
+    resize: impl Fn(&proto::TerminalSize),
+    eof: impl Fn(bool) -> Vec<u8>,
+) where
     S: Stream<Item = Result<proto::ExecInput, Status>> + Unpin,
     W: tokio::io::AsyncWrite + Unpin,
 {
     use tokio::io::AsyncWriteExt;
+    let mut at_line_start = true;
     while let Some(Ok(m)) = input.next().await {
         match m.msg {
             Some(In::Stdin(b)) => {
@@ -139,8 +145,16 @@ where
                         w = None;
                     }
                 }
+                if let Some(last) = b.last() {
+                    at_line_start = *last == b'\n';
+                }
             }
-            Some(In::CloseStdin(_)) => w = None,
+            Some(In::CloseStdin(_)) => {
+                if let Some(mut wr) = w.take() {
+                    let _ = wr.write_all(&eof(at_line_start)).await;
+                    let _ = wr.flush().await;
+                }
+            }
             Some(In::Resize(s)) => resize(&s),
             _ => {}
         }
@@ -152,7 +166,7 @@ where
     S: Stream<Item = Result<proto::ExecInput, Status>> + Send + Unpin + 'static,
 {
     let stdin = child.stdin.take();
-    let feed = tokio::spawn(pump_stdin(input, stdin, |_| {}));
+    let feed = tokio::spawn(pump_stdin(input, stdin, |_| {}, |_| Vec::new()));
     let copy = |mut r: Box<dyn tokio::io::AsyncRead + Send + Unpin>, err: bool| {
         let tx = tx.clone();
         tokio::spawn(async move {
@@ -214,10 +228,15 @@ where
         set_size(master.as_fd(), s);
     }
     let master = Arc::new(console::async_fd(master).map_err(|e| Status::internal(e.to_string()))?);
-    let feed = tokio::spawn(pump_stdin(input, Some(Pty(master.clone())), {
+    let resize = {
         let m = master.clone();
-        move |s| set_size(m.get_ref().as_fd(), s)
-    }));
+        move |s: &proto::TerminalSize| set_size(m.get_ref().as_fd(), s)
+    };
+    let eof = {
+        let m = master.clone();
+        move |at_line_start: bool| pty_eof(m.get_ref().as_fd(), at_line_start)
+    };
+    let feed = tokio::spawn(pump_stdin(input, Some(Pty(master.clone())), resize, eof));
     // The master reads EIO once the last process on the pty is gone. When this returns, the
     // last master fd closes (the feed is aborted below), which hangs up the pty's session.
     let copy = async {
@@ -255,6 +274,23 @@ async fn forward_stderr(stderr: &mut tokio::process::ChildStderr, tx: &Tx) {
     let _ = stderr.read_to_end(&mut err).await;
     if !err.is_empty() {
         let _ = tx.send(out(Out::Stderr(err.into()))).await;
+    }
+}
+
+/// What a closed stdin types on a pty: the terminal's EOF character (^D) while it reads
+/// lines, twice after a partial line (the first only ends the line), as a user at a terminal
+/// would; nothing in raw mode, where the program reads keys, not lines.
+fn pty_eof(master: std::os::fd::BorrowedFd<'_>, at_line_start: bool) -> Vec<u8> {
+    use nix::sys::termios::{tcgetattr, LocalFlags, SpecialCharacterIndices};
+    let Ok(t) = tcgetattr(master) else { return Vec::new() };
+    if !t.local_flags.contains(LocalFlags::ICANON) {
+        return Vec::new();
+    }
+    let c = t.control_chars[SpecialCharacterIndices::VEOF as usize];
+    if at_line_start {
+        vec![c]
+    } else {
+        vec![c, c]
     }
 }
 
