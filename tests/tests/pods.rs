@@ -820,8 +820,9 @@ async fn pods_reach_a_service_through_its_cluster_ip() {
     c.create("pods", "default", &client("client", &format!("{vip}:80"))).await.unwrap();
     // Names: the pod's resolv.conf points at the kube-dns ClusterIP, which this node's agent
     // answers; busybox's nslookup applies the search path like libc does.
-    let lookups = "nslookup echo; nslookup -type=srv _web._tcp.echo.default.svc.cluster.local; \
-        nslookup nosuch.default.svc.cluster.local; nslookup kube-dns.kube-system.svc.cluster.local; cat /etc/resolv.conf";
+    let lookups = format!("nslookup echo; nslookup -type=srv _web._tcp.echo.default.svc.cluster.local; \
+        nslookup nosuch.default.svc.cluster.local; nslookup kube-dns.kube-system.svc.cluster.local; \
+        nslookup {vip}; cat /etc/resolv.conf");
     c.create(
         "pods",
         "default",
@@ -856,6 +857,14 @@ async fn pods_reach_a_service_through_its_cluster_ip() {
     );
     assert!(out.contains("can't find nosuch.default.svc.cluster.local: NXDOMAIN"), "{out}");
     assert!(out.contains(&format!("Address: {dns_ip}")), "{out}");
+    let rev: Vec<&str> = vip.split('.').rev().collect();
+    assert!(
+        out.contains(&format!(
+            "{}.in-addr.arpa\tname = echo.default.svc.cluster.local",
+            rev.join(".")
+        )),
+        "the ClusterIP resolves back to the service's name:\n{out}"
+    );
     for name in ["client", "refused"] {
         let done = pod_where(&c, name, "Succeeded", 60, |p| phase(p) == "Succeeded").await;
         let out = node.logs(&done, "c", 0);

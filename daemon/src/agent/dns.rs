@@ -9,7 +9,9 @@
 //! Records: `<svc>.<ns>.svc.<domain>` A (the ClusterIP, or a headless service's ready
 //! addresses), `<host>.<svc>.<ns>.svc.<domain>` A for headless endpoints, SRV
 //! `_<port>._<proto>.<svc>.<ns>.svc.<domain>` for named ports, CNAME for ExternalName, and
-//! `<a-b-c-d>.<ns>.pod.<domain>` A. Unknown names are NXDOMAIN with the zone's SOA.
+//! `<a-b-c-d>.<ns>.pod.<domain>` A; PTR `<d.c.b.a>.in-addr.arpa` for ClusterIPs and headless
+//! endpoints (other reverse names go upstream, CoreDNS's `fallthrough`). Unknown names are
+//! NXDOMAIN with the zone's SOA.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -21,7 +23,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use hickory_server::net::runtime::{Time, TokioRuntimeProvider};
 use hickory_server::proto::op::{Edns, Metadata, ResponseCode};
-use hickory_server::proto::rr::rdata::{A, CNAME, SOA, SRV};
+use hickory_server::proto::rr::rdata::{A, CNAME, PTR, SOA, SRV};
 use hickory_server::proto::rr::{LowerName, Name, RData, Record, RecordType};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::store::forwarder::ForwardZoneHandler;
@@ -48,6 +50,13 @@ pub struct Zone {
     /// Ancestors of the names under the domain: empty non-terminals (`svc.<domain>`,
     /// `<ns>.svc.<domain>`) exist without records. Kept so a query never scans every name.
     parents: std::collections::HashSet<String>,
+    /// `d.c.b.a.in-addr.arpa.` → the names with that address.
+    ptr: HashMap<String, Vec<String>>,
+}
+
+fn reverse(ip: Ipv4Addr) -> String {
+    let [a, b, c, d] = ip.octets();
+    format!("{d}.{c}.{b}.{a}.in-addr.arpa.")
 }
 
 fn fqdn(s: &str) -> String {
@@ -71,6 +80,7 @@ impl Zone {
     ) -> Zone {
         let domain = fqdn(domain);
         let mut names: HashMap<String, Entry> = HashMap::new();
+        let mut ptr: HashMap<String, Vec<String>> = HashMap::new();
         for svc in services {
             let (Some(name), Some(ns)) =
                 (svc["metadata"]["name"].as_str(), svc["metadata"]["namespace"].as_str())
@@ -119,6 +129,7 @@ impl Zone {
                             let own = format!("{}.{base}", host.to_ascii_lowercase());
                             names.entry(base.clone()).or_default().a.push(addr);
                             names.entry(own.clone()).or_default().a.push(addr);
+                            ptr.entry(reverse(addr)).or_default().push(own.clone());
                             for p in subset["ports"].as_array().into_iter().flatten() {
                                 let (Some(pn), Some(port)) =
                                     (p["name"].as_str(), p["port"].as_u64())
@@ -144,6 +155,7 @@ impl Zone {
                 Some(ip) => {
                     let Ok(ip) = ip.parse::<Ipv4Addr>() else { continue };
                     names.entry(base.clone()).or_default().a.push(ip);
+                    ptr.entry(reverse(ip)).or_default().push(base.clone());
                     for (pn, proto, port) in ports {
                         names
                             .entry(format!("_{pn}._{proto}.{base}"))
@@ -161,6 +173,10 @@ impl Zone {
             e.srv.sort();
             e.srv.dedup();
         }
+        for targets in ptr.values_mut() {
+            targets.sort();
+            targets.dedup();
+        }
         let mut parents = std::collections::HashSet::new();
         for n in names.keys() {
             let mut rest = n.as_str();
@@ -172,11 +188,15 @@ impl Zone {
                 rest = up;
             }
         }
-        Zone { domain, names, parents }
+        Zone { domain, names, parents, ptr }
     }
 
+    /// Whether the zone answers for `name`: names under the domain, and the reverse names of
+    /// the addresses it knows.
     fn contains(&self, name: &str) -> bool {
-        name == self.domain || name.ends_with(&format!(".{}", self.domain))
+        name == self.domain
+            || name.ends_with(&format!(".{}", self.domain))
+            || self.ptr.contains_key(name)
     }
 
     /// A pod record: `<a-b-c-d>.<ns>.pod.<domain>` (kube-dns's "insecure" pods mode: the
@@ -222,6 +242,15 @@ impl Zone {
         let owner = Name::from_str(&name).unwrap_or_else(|_| Name::root());
         let mut answers = Vec::new();
         let mut extra = Vec::new();
+        if let Some(targets) = self.ptr.get(&name) {
+            if qtype == RecordType::PTR || qtype == RecordType::ANY {
+                for t in targets.iter().filter_map(|t| Name::from_str(t).ok()) {
+                    answers.push(Record::from_rdata(owner.clone(), TTL, RData::PTR(PTR(t))));
+                }
+                return (ResponseCode::NoError, answers, vec![]);
+            }
+            return (ResponseCode::NoError, answers, vec![self.soa()]);
+        }
         if !self.exists(&name) {
             return (ResponseCode::NXDomain, answers, vec![self.soa()]);
         }
@@ -431,6 +460,25 @@ mod tests {
         assert_eq!(z.answer("default.svc.cluster.local.", RecordType::A).0, ResponseCode::NoError);
         let (code, _, extra) = z.answer("nope.default.svc.cluster.local.", RecordType::A);
         assert_eq!((code, extra[0].record_type()), (ResponseCode::NXDomain, RecordType::SOA));
+    }
+
+    #[test]
+    fn addresses_of_services_and_headless_endpoints_resolve_back_to_their_names() {
+        let z = zone();
+        let (code, ans, _) = z.answer("20.0.96.10.in-addr.arpa.", RecordType::PTR);
+        assert_eq!(
+            (code, ips(&ans)),
+            (ResponseCode::NoError, vec!["web.default.svc.cluster.local.".to_string()])
+        );
+        let (_, ans, _) = z.answer("5.1.244.10.in-addr.arpa.", RecordType::PTR);
+        assert_eq!(ips(&ans), ["db-0.db.prod.svc.cluster.local."]);
+        let (_, ans, _) = z.answer("6.1.244.10.in-addr.arpa", RecordType::PTR);
+        assert_eq!(ips(&ans), ["10-244-1-6.db.prod.svc.cluster.local."]);
+        // Not-ready endpoints and unknown addresses are not ours: they go upstream.
+        assert!(!z.contains("7.1.244.10.in-addr.arpa."));
+        assert!(!z.contains("1.0.0.127.in-addr.arpa."));
+        let (code, ans, extra) = z.answer("20.0.96.10.in-addr.arpa.", RecordType::A);
+        assert_eq!((code, ans.len(), extra.len()), (ResponseCode::NoError, 0, 1));
     }
 
     #[test]
