@@ -1151,3 +1151,143 @@ async fn service_account_tokens_are_mounted_bound_and_revoked() {
     assert_eq!(st["authenticated"], false);
     c.delete("pods", "default", "quiet", &DeleteParams::default()).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_pods_are_evicted_and_replaced_on_a_live_node() {
+    // Node lifecycle sped up: 4 s without a Lease renewal makes a node unreachable; pods
+    // tolerate that for 2 s.
+    let node = Node::start_full(
+        "evict-a",
+        29,
+        &[],
+        &["--node-monitor-grace-period", "4", "--default-unreachable-toleration-seconds", "2"],
+    );
+    let mut peer = node.peer("evict-b", 30);
+    let c = node.client().await;
+    let (a, b) = ("node-evict-a".to_string(), "node-evict-b".to_string());
+    let ready = |n: &Value| {
+        n["status"]["conditions"]
+            .as_array()
+            .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+    };
+    for name in [&a, &b] {
+        until("both nodes Ready", 60, || async {
+            c.get("nodes", "", name).await.ok().filter(ready)
+        })
+        .await;
+    }
+    // Each node routes the other's pod CIDR to it (host-gw).
+    let route = |netns: &Path| {
+        let out = Command::new("ip")
+            .args(["-n", netns.file_name().unwrap().to_str().unwrap(), "route"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    until("routes to the other node's pods", 20, || async {
+        let (ra, rb) = (route(&node.netns), route(&peer.netns));
+        (ra.contains(&format!("10.244.30.0/24 via {}", peer.ip))
+            && rb.contains("10.244.29.0/24 via 127.0.0.1"))
+        .then_some(json!(null))
+    })
+    .await;
+
+    // Two replicas that prefer different nodes, and a bare pod on the node that will die.
+    let template = json!({"metadata": {"labels": {"app": "web"}},
+        "spec": {"terminationGracePeriodSeconds": 0,
+            "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": 100, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname",
+                    "labelSelector": {"matchLabels": {"app": "web"}}}}]}},
+            "containers": [{"name": "c", "image": node.image(), "imagePullPolicy": "IfNotPresent",
+                "command": ["sleep", "3600"]}]}});
+    let deploy = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}}, "template": template}});
+    c.create("deployments", "default", &deploy).await.unwrap();
+    let bare = pod(
+        "bare",
+        &node.image(),
+        json!({"nodeName": b, "terminationGracePeriodSeconds": 0,
+            "containers": [{"name": "c", "command": ["sleep", "3600"]}]}),
+    );
+    c.create("pods", "default", &bare).await.unwrap();
+    let running_on = |c: Client| async move {
+        let l = c.list("pods", "default", &Default::default()).await.ok()?;
+        let mut on: Vec<(String, String)> = l
+            .items
+            .iter()
+            .filter(|p| p["metadata"]["labels"]["app"] == "web" && phase(p) == "Running")
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .map(|p| {
+                let n = p["spec"]["nodeName"].as_str().unwrap_or_default().to_string();
+                (n, p["metadata"]["name"].as_str().unwrap_or_default().to_string())
+            })
+            .collect();
+        on.sort();
+        Some(on)
+    };
+    let before = until("a web pod Running on each node", 60, || async {
+        let on = running_on(c.clone()).await?;
+        let nodes: std::collections::BTreeSet<&str> = on.iter().map(|(n, _)| n.as_str()).collect();
+        (on.len() == 2 && nodes.len() == 2).then(|| json!(on))
+    })
+    .await;
+    let on_b = before
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x[0] == b.as_str())
+        .map(|x| x[1].as_str().unwrap().to_string())
+        .unwrap();
+    let bare_uid = pod_where(&c, "bare", "bare Running", 60, |p| phase(p) == "Running").await
+        ["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // The node dies (its containers keep running, as on a partitioned machine).
+    peer.kill_agent();
+    let n = until("node B unreachable", 30, || async {
+        let n = c.get("nodes", "", &b).await.ok()?;
+        let taints = n["spec"]["taints"].as_array()?.clone();
+        let unreachable = taints.iter().filter(|t| t["key"] == "node.kubernetes.io/unreachable");
+        (unreachable.count() == 2).then_some(n)
+    })
+    .await;
+    let cond = n["status"]["conditions"].as_array().unwrap();
+    assert!(cond.iter().any(|c| c["type"] == "Ready" && c["status"] == "Unknown"), "{cond:?}");
+    // Its pods are evicted; the Deployment's comes back on the live node, the bare one does not.
+    let after = until("both web pods Running on node A", 60, || async {
+        let on = running_on(c.clone()).await?;
+        (on.len() == 2 && on.iter().all(|(n, _)| *n == a)).then(|| json!(on))
+    })
+    .await;
+    assert!(!after.to_string().contains(&on_b), "the evicted pod is gone: {after}");
+    until("the bare pod evicted", 30, || async {
+        c.get("pods", "default", "bare").await.is_err().then_some(json!(null))
+    })
+    .await;
+    until("the eviction recorded as an event", 20, || async {
+        let events = c.list("events", "default", &Default::default()).await.ok()?;
+        events
+            .items
+            .iter()
+            .any(|e| e["involvedObject"]["name"] == "bare" && e["reason"] == "TaintManagerEviction")
+            .then_some(json!(null))
+    })
+    .await;
+    // The node comes back: ready and untainted, it stops what was evicted meanwhile.
+    peer.start_agent();
+    until("node B Ready without taints", 60, || async {
+        let n = c.get("nodes", "", &b).await.ok()?;
+        let tainted = n["spec"]["taints"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t["key"] == "node.kubernetes.io/unreachable"));
+        (ready(&n) && !tainted).then_some(n)
+    })
+    .await;
+    until("the evicted pod's sandbox removed from node B", 60, || async {
+        (!peer.dir.join("agent/pods").join(&bare_uid).exists()).then_some(json!(null))
+    })
+    .await;
+    c.delete("deployments", "default", "web", &DeleteParams::default()).await.unwrap();
+}

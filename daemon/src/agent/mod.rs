@@ -7,6 +7,7 @@ pub mod exec;
 pub mod logs;
 pub mod metrics;
 pub mod node;
+mod peers;
 pub mod pods;
 pub mod services;
 
@@ -262,7 +263,20 @@ pub async fn run(a: AgentArgs) -> Result<()> {
             Ok::<_, anyhow::Error>(())
         }
     };
-    tokio::try_join!(registration, proxy, pods::run(ctx), node_api, dns_server, sampler, warm)?;
+    let routes = {
+        let (ctx, name) = (ctx.clone(), spec.name.clone());
+        async move { peers::run(ctx.client.clone(), name, &ctx.net).await }
+    };
+    tokio::try_join!(
+        registration,
+        proxy,
+        pods::run(ctx),
+        node_api,
+        dns_server,
+        sampler,
+        warm,
+        routes
+    )?;
     Ok(())
 }
 
