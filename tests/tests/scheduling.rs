@@ -143,6 +143,24 @@ async fn pods_are_placed_within_every_constraint_and_unschedulable_ones_wait_for
     assert_eq!(eventually(10, "huge bound", || node_of(c, "huge")).await, "n4");
     let (_, events) = s.cli(&["get", "events"]);
     assert!(events.contains("Successfully assigned default/huge to n4"), "{events}");
+
+    // Required pod affinity: a pod that wants to be in the zone of a cache waits until a
+    // cache pod exists, then goes to that zone.
+    let near = json!({"affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"labelSelector": {"matchLabels": {"app": "cache"}}, "topologyKey": "zone"}]}}});
+    c.create("pods", "default", &pod("near", "100m", near)).await.unwrap();
+    let msg = eventually(10, "near waits for a cache pod", || async {
+        let p = c.get("pods", "default", "near").await.ok()?;
+        let cond = condition(&p, "PodScheduled")?;
+        (cond["status"] == "False").then(|| cond["message"].as_str().unwrap_or("").to_string())
+    })
+    .await;
+    assert!(msg.contains("didn't match pod affinity rules"), "{msg}");
+    let mut cache = pod("cache", "100m", json!({"nodeSelector": {"zone": "a"}}));
+    cache["metadata"]["labels"] = json!({"app": "cache"});
+    c.create("pods", "default", &cache).await.unwrap();
+    assert_eq!(eventually(10, "cache bound", || node_of(c, "cache")).await, "n1");
+    assert_eq!(eventually(10, "near bound next to it", || node_of(c, "near")).await, "n1");
     drop(s.member);
 }
 

@@ -255,7 +255,15 @@ impl Cluster {
             .filter(|g| g.term.matches(&pod.namespace, &pod.labels))
             .map(|g| (g.term.topology_key.clone(), g.domains.keys().cloned().collect()))
             .collect();
-        Forbidden { own, existing }
+        let affinity: Vec<(String, std::collections::HashSet<String>)> = pod
+            .affinity
+            .iter()
+            .map(|t| (t.topology_key.clone(), self.domains_of(t).into_keys().collect()))
+            .collect();
+        // kube-scheduler's rule for a group's first pod (affinity to its own kind).
+        let first_of_group = affinity.iter().all(|(_, d)| d.is_empty())
+            && pod.affinity.iter().all(|t| t.matches(&pod.namespace, &pod.labels));
+        Forbidden { own, existing, affinity, first_of_group }
     }
 
     /// One scheduling decision: filter nodes round-robin until enough are feasible, score
@@ -459,6 +467,40 @@ mod tests {
         // Removing one frees its node.
         c.remove_pod("p0");
         assert_eq!(decide(&mut c, &third), placed[0]);
+    }
+
+    #[test]
+    fn required_affinity_places_pods_in_the_domain_of_the_pods_they_want() {
+        let mut c = Cluster::default();
+        for (n, z) in [("a1", "z1"), ("a2", "z1"), ("b1", "z2"), ("b2", "z2")] {
+            c.set_node(node(n, z));
+        }
+        let near_db = json!({"affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"labelSelector": {"matchLabels": {"app": "db"}}, "topologyKey": plugins::ZONE_LABEL}]}}});
+        // No db pod anywhere, and the pod is not one itself: nowhere fits.
+        let web = pod("web", "rs1", near_db.clone());
+        match c.schedule(&web) {
+            Decision::Unschedulable(m) => {
+                assert_eq!(m, "0/4 nodes are available: 4 node(s) didn't match pod affinity rules.")
+            }
+            Decision::Node(n) => panic!("placed on {n} with no db pod to be near"),
+        }
+        // A db pod in z2 draws it there, whichever node it picks.
+        let mut db = (*pod("db", "rs2", json!({}))).clone();
+        db.labels = [("app".to_string(), "db".to_string())].into();
+        c.add_pod("b1", Arc::new(db), false);
+        for _ in 0..8 {
+            assert!(decide(&mut c, &web).starts_with('b'));
+        }
+        // The first of a group with affinity to its own kind may go anywhere; the rest follow.
+        let together = json!({"affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"labelSelector": {"matchLabels": {"app": "web"}}, "topologyKey": plugins::HOSTNAME_LABEL}]}}});
+        let first = pod("w0", "rs3", together.clone());
+        let n = decide(&mut c, &first);
+        c.add_pod(&n, first, true);
+        for i in 1..4 {
+            assert_eq!(decide(&mut c, &pod(&format!("w{i}"), "rs3", together.clone())), n);
+        }
     }
 
     #[test]

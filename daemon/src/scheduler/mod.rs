@@ -59,6 +59,8 @@ struct Queue {
     active: BTreeSet<(Reverse<i32>, u64, String)>,
     queued: HashMap<String, (i32, u64)>,
     parked: HashMap<String, Instant>,
+    /// Parked pods with required pod affinity: a pod placed anywhere may be what they wait for.
+    parked_affinity: std::collections::HashSet<String>,
     attempts: HashMap<String, u32>,
     seq: u64,
 }
@@ -69,6 +71,7 @@ impl Queue {
             return;
         }
         self.parked.remove(key);
+        self.parked_affinity.remove(key);
         self.seq += 1;
         self.active.insert((Reverse(priority), self.seq, key.to_string()));
         self.queued.insert(key.to_string(), (priority, self.seq));
@@ -80,8 +83,19 @@ impl Queue {
         Some(key)
     }
 
-    fn park(&mut self, key: &str) {
+    fn park(&mut self, key: &str, wants_pods: bool) {
         self.parked.insert(key.to_string(), Instant::now());
+        if wants_pods {
+            self.parked_affinity.insert(key.to_string());
+        }
+    }
+
+    /// A pod was placed: pods waiting for company may fit now.
+    fn unpark_affinity(&mut self, pods: &Informer) {
+        for key in std::mem::take(&mut self.parked_affinity) {
+            let prio = pods.get(&key).map(|p| priority(&p)).unwrap_or(0);
+            self.add(&key, prio);
+        }
     }
 
     /// The cluster changed: parked pods may fit now.
@@ -246,7 +260,10 @@ impl Scheduler {
                 return;
             }
             match PodInfo::from_value(p) {
-                Ok(info) => self.cluster.add_pod(node, Arc::new(info), false),
+                Ok(info) => {
+                    self.cluster.add_pod(node, Arc::new(info), false);
+                    self.queue.unpark_affinity(&self.pods);
+                }
                 Err(e) => {
                     tracing::warn!(pod = %object_key(p), error = %e, "cannot account a bound pod")
                 }
@@ -345,13 +362,14 @@ impl Scheduler {
             Ok(i) => i,
             Err(e) => {
                 self.unschedulable(&p, &format!("the pod cannot be scheduled: {e}"));
-                self.queue.park(key);
+                self.queue.park(key, false);
                 return;
             }
         };
         match self.cluster.schedule(&info) {
             Decision::Node(node) => {
                 self.cluster.add_pod(&node, Arc::new(info), true);
+                self.queue.unpark_affinity(&self.pods);
                 let permit = self.binds.clone().acquire_owned().await.expect("bind semaphore");
                 let (client, tx, key) = (self.client.clone(), self.tx.clone(), key.to_string());
                 let ns = p["metadata"]["namespace"].as_str().unwrap_or("").to_string();
@@ -369,7 +387,7 @@ impl Scheduler {
             Decision::Unschedulable(msg) => {
                 tracing::debug!(pod = %key, %msg, "unschedulable");
                 self.unschedulable(&p, &msg);
-                self.queue.park(key);
+                self.queue.park(key, !info.affinity.is_empty());
             }
         }
     }

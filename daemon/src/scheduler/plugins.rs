@@ -149,6 +149,8 @@ pub struct PodInfo {
     pub tolerations: Vec<Toleration>,
     pub host_ports: Vec<HostPort>,
     pub anti_affinity: Vec<PodTerm>,
+    /// Required pod affinity: every term must have a matching pod in the node's domain.
+    pub affinity: Vec<PodTerm>,
     pub preferred_affinity: Vec<(i32, PodTerm)>,
     pub preferred_anti_affinity: Vec<(i32, PodTerm)>,
     /// The controller's uid: pods of one controller are spread.
@@ -267,6 +269,7 @@ impl PodInfo {
             tolerations,
             host_ports,
             anti_affinity: terms(&paa.required_during_scheduling_ignored_during_execution)?,
+            affinity: terms(&pa.required_during_scheduling_ignored_during_execution)?,
             preferred_affinity: weighted(&pa.preferred_during_scheduling_ignored_during_execution)?,
             preferred_anti_affinity: weighted(
                 &paa.preferred_during_scheduling_ignored_during_execution,
@@ -377,6 +380,7 @@ pub enum Unfit {
     HostPorts,
     AntiAffinity,
     ExistingAntiAffinity,
+    Affinity,
 }
 
 impl std::fmt::Display for Unfit {
@@ -396,16 +400,22 @@ impl std::fmt::Display for Unfit {
             Unfit::ExistingAntiAffinity => {
                 f.write_str("node(s) didn't satisfy existing pods anti-affinity rules")
             }
+            Unfit::Affinity => f.write_str("node(s) didn't match pod affinity rules"),
         }
     }
 }
 
-/// Topology domains a pod may not land in: (topology key, values), from its own required
-/// anti-affinity and from existing pods' anti-affinity that matches it.
+/// A pod's topology constraints from other pods: domains (topology key, values) it may not
+/// land in, from its own required anti-affinity and from existing pods' anti-affinity that
+/// matches it; and, per required affinity term, the domains that have a matching pod.
 #[derive(Debug, Default, Clone)]
 pub struct Forbidden {
     pub own: Vec<(String, HashSet<String>)>,
     pub existing: Vec<(String, HashSet<String>)>,
+    pub affinity: Vec<(String, HashSet<String>)>,
+    /// No pod matches any affinity term, and the pod matches all of them itself: the first
+    /// of a group that wants to be together may go anywhere with the topology keys.
+    pub first_of_group: bool,
 }
 
 fn hits(domains: &[(String, HashSet<String>)], node: &NodeInfo) -> bool {
@@ -461,6 +471,16 @@ pub fn filter(pod: &PodInfo, node: &NodeInfo, forbidden: &Forbidden) -> Result<(
     }
     if hits(&forbidden.existing, node) {
         return Err(Unfit::ExistingAntiAffinity);
+    }
+    let mut together = true;
+    for (key, domains) in &forbidden.affinity {
+        match node.topology(key) {
+            None => return Err(Unfit::Affinity),
+            Some(v) => together &= domains.contains(v),
+        }
+    }
+    if !together && !forbidden.first_of_group {
+        return Err(Unfit::Affinity);
     }
     Ok(())
 }
@@ -653,14 +673,31 @@ mod tests {
         let p = pod(json!({"containers": [ctr("1m", "1Mi")]}));
         let f = Forbidden {
             own: vec![("zone".into(), HashSet::from(["a".to_string()]))],
-            existing: vec![],
+            ..Default::default()
         };
         assert_eq!(filter(&p, &n, &f), Err(Unfit::AntiAffinity));
         let f = Forbidden {
-            own: vec![],
             existing: vec![(HOSTNAME_LABEL.into(), HashSet::from(["n1".to_string()]))],
+            ..Default::default()
         };
         assert_eq!(filter(&p, &n, &f), Err(Unfit::ExistingAntiAffinity));
+        // Affinity: the node's domain must hold a wanted pod, and the node the topology key.
+        let f = Forbidden {
+            affinity: vec![(HOSTNAME_LABEL.into(), HashSet::from(["n2".to_string()]))],
+            ..Default::default()
+        };
+        assert_eq!(filter(&p, &n, &f), Err(Unfit::Affinity));
+        let f = Forbidden {
+            affinity: vec![(HOSTNAME_LABEL.into(), HashSet::from(["n1".to_string()]))],
+            ..Default::default()
+        };
+        assert_eq!(filter(&p, &n, &f), Ok(()));
+        let f = Forbidden {
+            affinity: vec![("rack".into(), HashSet::new())],
+            first_of_group: true,
+            ..Default::default()
+        };
+        assert_eq!(filter(&p, &n, &f), Err(Unfit::Affinity), "no rack label");
     }
 
     #[test]
