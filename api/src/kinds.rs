@@ -1053,6 +1053,11 @@ impl Kind for batch::CronJob {
         } else if let Some(e) = cron_error(&s.schedule) {
             errs.invalid_str("spec.schedule", &s.schedule, &e);
         }
+        if let Some(z) = &s.time_zone {
+            if z.parse::<chrono_tz::Tz>().is_err() {
+                errs.invalid_str("spec.timeZone", z, &format!("unknown time zone {z}"));
+            }
+        }
         one_of(
             errs,
             "spec.concurrencyPolicy".into(),
@@ -1597,6 +1602,11 @@ mod tests {
                 "cj",
                 json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "c", "namespace": "default"}, "spec": {"schedule": "every minute", "jobTemplate": {"spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "x"}]}}}}}}),
                 "spec.schedule",
+            ),
+            (
+                "cj",
+                json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "c", "namespace": "default"}, "spec": {"schedule": "0 * * * *", "timeZone": "Mars/Olympus", "jobTemplate": {"spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "x"}]}}}}}}),
+                "spec.timeZone",
             ),
             (
                 "jobs",

@@ -1,5 +1,6 @@
 //! CronJob controller: creates a Job for each scheduled time (standard five-field cron via the
-//! `croner` crate, the `@hourly`-style macros, and `@every <duration>`), in UTC; honours
+//! `croner` crate, the `@hourly`-style macros, and `@every <duration>`), in UTC or the IANA
+//! zone of `spec.timeZone` (daylight saving included, via `chrono-tz`); honours
 //! concurrencyPolicy (Allow, Forbid, Replace), startingDeadlineSeconds, suspend, and the
 //! successful/failed history limits. Job names are `<cronjob>-<minutes since the epoch>` as in
 //! Kubernetes (seconds for sub-minute `@every`), so a retried sync never starts a time twice.
@@ -30,12 +31,17 @@ pub async fn run(ctx: Arc<Ctx>) {
 }
 
 pub enum Schedule {
-    Cron(Box<croner::Cron>),
+    Cron(Box<croner::Cron>, chrono_tz::Tz),
     Every(SignedDuration),
 }
 
 impl Schedule {
-    pub fn parse(s: &str) -> Result<Self, String> {
+    /// `s` read in `time_zone` (an IANA name; none: UTC).
+    pub fn parse(s: &str, time_zone: Option<&str>) -> Result<Self, String> {
+        let tz = match time_zone {
+            None => chrono_tz::UTC,
+            Some(z) => z.parse().map_err(|_| format!("unknown time zone {z:?}"))?,
+        };
         let s = s.trim();
         if let Some(d) = s.strip_prefix("@every ") {
             let d: SignedDuration =
@@ -55,7 +61,7 @@ impl Schedule {
         };
         let cron: croner::Cron =
             expr.parse().map_err(|e| format!("invalid schedule {s:?}: {e}"))?;
-        Ok(Schedule::Cron(Box::new(cron)))
+        Ok(Schedule::Cron(Box::new(cron), tz))
     }
 
     /// The latest scheduled time in (`after`, `now`], if any.
@@ -65,8 +71,8 @@ impl Schedule {
                 let n = now.duration_since(after).as_nanos() / d.as_nanos();
                 (n >= 1).then(|| after + SignedDuration::from_nanos((d.as_nanos() * n) as i64))
             }
-            Schedule::Cron(c) => {
-                let t = chrono::DateTime::from_timestamp(now.as_second(), 0)?;
+            Schedule::Cron(c, tz) => {
+                let t = chrono::DateTime::from_timestamp(now.as_second(), 0)?.with_timezone(tz);
                 let prev = c.find_previous_occurrence(&t, true).ok()?;
                 let prev = Timestamp::from_second(prev.timestamp()).ok()?;
                 (prev > after).then_some(prev)
@@ -78,8 +84,8 @@ impl Schedule {
     pub fn next_after(&self, t: Timestamp) -> Option<Timestamp> {
         match self {
             Schedule::Every(d) => Some(t + *d),
-            Schedule::Cron(c) => {
-                let dt = chrono::DateTime::from_timestamp(t.as_second(), 0)?;
+            Schedule::Cron(c, tz) => {
+                let dt = chrono::DateTime::from_timestamp(t.as_second(), 0)?.with_timezone(tz);
                 let next = c.find_next_occurrence(&dt, false).ok()?;
                 Timestamp::from_second(next.timestamp()).ok()
             }
@@ -121,14 +127,16 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Reconciled {
     }
     let (ns, name) = (meta(&cj, "namespace").to_string(), meta(&cj, "name").to_string());
     let c = &ctx.client;
-    let schedule =
-        match Schedule::parse(cj.pointer("/spec/schedule").and_then(Value::as_str).unwrap_or("")) {
-            Ok(s) => s,
-            Err(e) => {
-                ctx.events.warning(&cj, "UnparseableSchedule", e);
-                return Ok(None);
-            }
-        };
+    let schedule = match Schedule::parse(
+        cj.pointer("/spec/schedule").and_then(Value::as_str).unwrap_or(""),
+        cj.pointer("/spec/timeZone").and_then(Value::as_str),
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            ctx.events.warning(&cj, "UnparseableSchedule", e);
+            return Ok(None);
+        }
+    };
     let uid = meta(&cj, "uid");
     let mut jobs: Vec<Arc<Value>> = ctx
         .inf("jobs")
@@ -266,27 +274,40 @@ mod tests {
 
     #[test]
     fn cron_schedules_find_the_latest_due_time() {
-        let s = Schedule::parse("*/5 * * * *").unwrap();
+        let s = Schedule::parse("*/5 * * * *", None).unwrap();
         assert_eq!(
             s.latest_due(t("2024-01-01T00:00:00Z"), t("2024-01-01T00:12:30Z")),
             Some(t("2024-01-01T00:10:00Z"))
         );
         assert_eq!(s.latest_due(t("2024-01-01T00:10:00Z"), t("2024-01-01T00:12:30Z")), None);
         assert_eq!(s.next_after(t("2024-01-01T00:12:30Z")), Some(t("2024-01-01T00:15:00Z")));
-        let h = Schedule::parse("@hourly").unwrap();
+        let h = Schedule::parse("@hourly", None).unwrap();
         assert_eq!(h.next_after(t("2024-01-01T00:12:30Z")), Some(t("2024-01-01T01:00:00Z")));
-        assert!(Schedule::parse("61 * * * *").is_err());
+        assert!(Schedule::parse("61 * * * *", None).is_err());
+    }
+
+    #[test]
+    fn schedules_follow_their_time_zone_through_daylight_saving() {
+        let s = Schedule::parse("30 9 * * *", Some("Europe/Berlin")).unwrap();
+        // 09:30 in Berlin is 08:30 UTC in winter (CET) and 07:30 UTC in summer (CEST).
+        assert_eq!(s.next_after(t("2024-01-15T00:00:00Z")), Some(t("2024-01-15T08:30:00Z")));
+        assert_eq!(s.next_after(t("2024-07-15T00:00:00Z")), Some(t("2024-07-15T07:30:00Z")));
+        assert_eq!(
+            s.latest_due(t("2024-07-14T00:00:00Z"), t("2024-07-15T07:45:00Z")),
+            Some(t("2024-07-15T07:30:00Z"))
+        );
+        assert!(Schedule::parse("0 * * * *", Some("Mars/Olympus")).is_err());
     }
 
     #[test]
     fn every_schedules_count_from_the_last_run() {
-        let s = Schedule::parse("@every 1m30s").unwrap();
+        let s = Schedule::parse("@every 1m30s", None).unwrap();
         assert_eq!(s.latest_due(t("2024-01-01T00:00:00Z"), t("2024-01-01T00:01:00Z")), None);
         assert_eq!(
             s.latest_due(t("2024-01-01T00:00:00Z"), t("2024-01-01T00:04:00Z")),
             Some(t("2024-01-01T00:03:00Z"))
         );
-        assert!(Schedule::parse("@every 0s").is_err());
-        assert!(Schedule::parse("@every soon").is_err());
+        assert!(Schedule::parse("@every 0s", None).is_err());
+        assert!(Schedule::parse("@every soon", None).is_err());
     }
 }
