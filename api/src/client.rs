@@ -519,11 +519,27 @@ pub struct Informer {
     state: RwLock<InformerState>,
     changes: broadcast::Sender<Change>,
     synced: tokio::sync::watch::Sender<bool>,
+    transform: Transform,
 }
+
+/// What an informer keeps of each object (client-go's SetTransform): a consumer that needs a
+/// few fields of many objects keeps only those.
+pub type Transform = fn(Value) -> Value;
 
 impl Informer {
     /// Starts listing and watching in the background.
     pub fn start(client: Client, resource: &str, ns: &str, selectors: WatchParams) -> Arc<Self> {
+        Self::start_with(client, resource, ns, selectors, |v| v)
+    }
+
+    /// As [`Informer::start`], keeping `transform(object)` of each object.
+    pub fn start_with(
+        client: Client,
+        resource: &str,
+        ns: &str,
+        selectors: WatchParams,
+        transform: Transform,
+    ) -> Arc<Self> {
         let (changes, _) = broadcast::channel(4096);
         let inf = Arc::new(Informer {
             state: RwLock::new(InformerState {
@@ -533,6 +549,7 @@ impl Informer {
             }),
             changes,
             synced: tokio::sync::watch::channel(false).0,
+            transform,
         });
         let (me, resource, ns) = (Arc::downgrade(&inf), resource.to_string(), ns.to_string());
         tokio::spawn(async move { run_informer(me, client, resource, ns, selectors).await });
@@ -584,7 +601,8 @@ impl Informer {
 
     fn replace(&self, items: Vec<Value>, rv: String) {
         let mut st = self.state.write().expect("informer lock");
-        st.objects = items.into_iter().map(|v| (object_key(&v), Arc::new(v))).collect();
+        let t = self.transform;
+        st.objects = items.into_iter().map(|v| (object_key(&v), Arc::new(t(v)))).collect();
         st.resource_version = rv;
         st.synced = true;
         drop(st);
@@ -602,7 +620,7 @@ impl Informer {
             EventType::Bookmark => None,
             EventType::Added | EventType::Modified => {
                 let key = object_key(&ev.object);
-                let new = Arc::new(ev.object);
+                let new = Arc::new((self.transform)(ev.object));
                 Some(match st.objects.insert(key, new.clone()) {
                     Some(old) => Change::Modified { old, new },
                     None => Change::Added(new),
@@ -611,7 +629,7 @@ impl Informer {
             EventType::Deleted => {
                 let key = object_key(&ev.object);
                 st.objects.remove(&key);
-                Some(Change::Deleted(Arc::new(ev.object)))
+                Some(Change::Deleted(Arc::new((self.transform)(ev.object))))
             }
         };
         drop(st);

@@ -121,6 +121,52 @@ impl Queue {
     }
 }
 
+/// What the scheduler keeps of a pod: what it schedules by and writes back (its conditions),
+/// a fraction of the whole (command, env, volumes, probes and annotations go), so a large
+/// cluster's pods fit in a small scheduler.
+pub fn scheduling_view(mut p: Value) -> Value {
+    fn keep(v: &mut Value, fields: &[&str]) {
+        if let Some(m) = v.as_object_mut() {
+            m.retain(|k, _| fields.contains(&k.as_str()));
+        }
+    }
+    keep(&mut p, &["apiVersion", "kind", "metadata", "spec", "status"]);
+    keep(
+        &mut p["metadata"],
+        &[
+            "name",
+            "namespace",
+            "uid",
+            "labels",
+            "ownerReferences",
+            "deletionTimestamp",
+            "resourceVersion",
+        ],
+    );
+    let spec = &mut p["spec"];
+    keep(
+        spec,
+        &[
+            "nodeName",
+            "schedulerName",
+            "priority",
+            "nodeSelector",
+            "affinity",
+            "tolerations",
+            "overhead",
+            "containers",
+            "initContainers",
+        ],
+    );
+    for key in ["containers", "initContainers"] {
+        for c in spec[key].as_array_mut().into_iter().flatten() {
+            keep(c, &["name", "resources", "ports", "restartPolicy"]);
+        }
+    }
+    keep(&mut p["status"], &["phase", "conditions"]);
+    p
+}
+
 fn priority(p: &Value) -> i32 {
     p.pointer("/spec/priority").and_then(Value::as_i64).unwrap_or(0) as i32
 }
@@ -153,7 +199,8 @@ struct Scheduler {
 
 /// Runs the scheduler until the process stops (run it under leader election).
 pub async fn run(client: Client, cfg: SchedulerConfig) -> Result<()> {
-    let pods = Informer::start(client.clone(), "pods", "", WatchParams::default());
+    let pods =
+        Informer::start_with(client.clone(), "pods", "", WatchParams::default(), scheduling_view);
     let nodes = Informer::start(client.clone(), "nodes", "", WatchParams::default());
     let (tx, mut rx) = mpsc::unbounded_channel();
     let t = tx.clone();
@@ -416,5 +463,39 @@ impl Scheduler {
                 tracing::debug!(pod = %name, error = %e, "recording PodScheduled=False failed");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plugins::PodInfo;
+    use serde_json::json;
+
+    #[test]
+    fn the_scheduling_view_keeps_everything_scheduling_reads() {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u", "labels": {"app": "web"},
+                "annotations": {"big": "x".repeat(4096)}, "resourceVersion": "7",
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs",
+                    "uid": "o", "controller": true}]},
+            "spec": {"priority": 5, "nodeSelector": {"disk": "ssd"}, "schedulerName": "default-scheduler",
+                "tolerations": [{"key": "k", "operator": "Exists"}],
+                "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                    {"labelSelector": {"matchLabels": {"app": "web"}}, "topologyKey": "zone"}]}},
+                "overhead": {"cpu": "10m"},
+                "initContainers": [{"name": "i", "image": "x", "restartPolicy": "Always",
+                    "resources": {"requests": {"cpu": "2"}}}],
+                "containers": [{"name": "c", "image": "x", "command": ["sh", "-c", "x".repeat(4096)],
+                    "env": [{"name": "A", "value": "b"}],
+                    "ports": [{"containerPort": 80, "hostPort": 8080}],
+                    "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}}}],
+                "volumes": [{"name": "v", "emptyDir": {}}]},
+            "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False"}],
+                "containerStatuses": []}});
+        let view = super::scheduling_view(pod.clone());
+        let (a, b) = (PodInfo::from_value(&pod).unwrap(), PodInfo::from_value(&view).unwrap());
+        assert_eq!(format!("{a:?}"), format!("{b:?}"));
+        assert_eq!(view["status"]["conditions"], pod["status"]["conditions"]);
+        assert!(view.to_string().len() < pod.to_string().len() / 8, "{view}");
     }
 }
