@@ -1053,6 +1053,16 @@ async fn service_account_tokens_are_mounted_bound_and_revoked() {
     let running = pod_where(&c, "tok", "Running", 60, |p| phase(p) == "Running").await;
     let uid = running["metadata"]["uid"].as_str().unwrap().to_string();
 
+    // A merge patch that sends the containers as the user wrote them keeps the token mount
+    // (as a strategic merge patch would), instead of failing pod validation.
+    let patch = json!({"spec": {"containers": tok["spec"]["containers"]}});
+    let (patched, _) = c.patch("pods", "default", "tok", &patch, false, false).await.unwrap();
+    assert!(
+        patched["spec"]["containers"][0]["volumeMounts"].to_string().contains(sa_dir),
+        "{}",
+        patched["spec"]
+    );
+
     // A pod that opts out gets no token.
     let quiet = pod(
         "quiet",

@@ -523,6 +523,7 @@ impl ApiServer {
             }
             if info.kind == "Pod" && !status {
                 mark_scheduled(&current, &mut new);
+                tokens::keep_token_volume(&current, &mut new);
             }
             let admitted = (info.admit)(&new, Some(&current), info)?;
             let mut obj = admitted.object;

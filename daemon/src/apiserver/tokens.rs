@@ -435,8 +435,76 @@ impl ApiServer {
     }
 }
 
+/// On a pod update, the token volume and its mounts that admission added stay, as a
+/// strategic merge patch would keep them: a client that sends the pod as it wrote it (a
+/// merge patch replacing `containers` to change an image) does not lose them, which pod
+/// validation would refuse as a spec change.
+pub fn keep_token_volume(current: &Value, new: &mut Value) {
+    let injected = |v: &&Value| {
+        v["name"].as_str().is_some_and(|n| n.starts_with("kube-api-access-"))
+            && v["projected"].is_object()
+    };
+    let Some(vol) = current["spec"]["volumes"].as_array().and_then(|v| v.iter().find(injected))
+    else {
+        return;
+    };
+    let name = vol["name"].as_str().unwrap_or_default();
+    let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) else { return };
+    let volumes = spec.entry("volumes").or_insert_with(|| json!([]));
+    if let Some(list) = volumes.as_array_mut() {
+        if !list.iter().any(|v| v["name"] == name) {
+            list.push(vol.clone());
+        }
+    }
+    for key in ["initContainers", "containers"] {
+        let had: Vec<&str> = current["spec"][key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| {
+                c["volumeMounts"].as_array().is_some_and(|m| {
+                    m.iter().any(|m| m["name"] == name && m["mountPath"] == TOKEN_MOUNT_PATH)
+                })
+            })
+            .filter_map(|c| c["name"].as_str())
+            .collect();
+        for c in spec.get_mut(key).and_then(Value::as_array_mut).into_iter().flatten() {
+            if !c["name"].as_str().is_some_and(|n| had.contains(&n)) {
+                continue;
+            }
+            let has = c["volumeMounts"]
+                .as_array()
+                .is_some_and(|m| m.iter().any(|m| m["mountPath"] == TOKEN_MOUNT_PATH));
+            if !has {
+                let m = json!({"name": name, "mountPath": TOKEN_MOUNT_PATH, "readOnly": true});
+                match c.get_mut("volumeMounts").and_then(Value::as_array_mut) {
+                    Some(list) => list.push(m),
+                    None => c["volumeMounts"] = json!([m]),
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_update_without_the_token_volume_keeps_it() {
+        let mount = json!({"name": "kube-api-access-abcde", "mountPath": TOKEN_MOUNT_PATH, "readOnly": true});
+        let vol = json!({"name": "kube-api-access-abcde", "projected": {"sources": []}});
+        let current = json!({"spec": {"containers": [{"name": "c", "image": "a", "volumeMounts": [mount]}],
+            "volumes": [vol]}});
+        let mut new = json!({"spec": {"containers": [{"name": "c", "image": "b"}]}});
+        keep_token_volume(&current, &mut new);
+        assert_eq!(new["spec"]["volumes"], json!([vol]));
+        assert_eq!(new["spec"]["containers"][0]["volumeMounts"], json!([mount]));
+        assert_eq!(new["spec"]["containers"][0]["image"], "b");
+        // Sent whole, nothing is added twice.
+        let again = new.clone();
+        keep_token_volume(&current, &mut new);
+        assert_eq!(new, again);
+    }
+
     use super::*;
 
     fn claims(exp_in: i64, aud: &str) -> Claims {
