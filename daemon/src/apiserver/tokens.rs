@@ -398,24 +398,13 @@ impl ApiServer {
         if automount == Some(false) {
             return;
         }
-        let has_mount = |c: &Value| {
-            c["volumeMounts"]
-                .as_array()
-                .is_some_and(|m| m.iter().any(|m| m["mountPath"] == TOKEN_MOUNT_PATH))
-        };
         let volume = format!("kube-api-access-{}", random_suffix(5));
         let mut mounted = false;
         for key in ["initContainers", "containers"] {
             for c in spec.get_mut(key).and_then(Value::as_array_mut).into_iter().flatten() {
-                if !c.is_object() || has_mount(c) {
-                    continue;
+                if c.is_object() && add_token_mount(c, &volume) {
+                    mounted = true;
                 }
-                let m = json!({"name": volume, "mountPath": TOKEN_MOUNT_PATH, "readOnly": true});
-                match c.get_mut("volumeMounts").and_then(Value::as_array_mut) {
-                    Some(list) => list.push(m),
-                    None => c["volumeMounts"] = json!([m]),
-                }
-                mounted = true;
             }
         }
         if !mounted {
@@ -433,6 +422,23 @@ impl ApiServer {
             }
         }
     }
+}
+
+/// Mounts `volume` read-only at [`TOKEN_MOUNT_PATH`] in container `c`, unless something is
+/// mounted there already; whether it did.
+fn add_token_mount(c: &mut Value, volume: &str) -> bool {
+    let taken = c["volumeMounts"]
+        .as_array()
+        .is_some_and(|m| m.iter().any(|m| m["mountPath"] == TOKEN_MOUNT_PATH));
+    if taken {
+        return false;
+    }
+    let m = json!({"name": volume, "mountPath": TOKEN_MOUNT_PATH, "readOnly": true});
+    match c.get_mut("volumeMounts").and_then(Value::as_array_mut) {
+        Some(list) => list.push(m),
+        None => c["volumeMounts"] = json!([m]),
+    }
+    true
 }
 
 /// On a pod update, the token volume and its mounts that admission added stay, as a
@@ -469,18 +475,8 @@ pub fn keep_token_volume(current: &Value, new: &mut Value) {
             .filter_map(|c| c["name"].as_str())
             .collect();
         for c in spec.get_mut(key).and_then(Value::as_array_mut).into_iter().flatten() {
-            if !c["name"].as_str().is_some_and(|n| had.contains(&n)) {
-                continue;
-            }
-            let has = c["volumeMounts"]
-                .as_array()
-                .is_some_and(|m| m.iter().any(|m| m["mountPath"] == TOKEN_MOUNT_PATH));
-            if !has {
-                let m = json!({"name": name, "mountPath": TOKEN_MOUNT_PATH, "readOnly": true});
-                match c.get_mut("volumeMounts").and_then(Value::as_array_mut) {
-                    Some(list) => list.push(m),
-                    None => c["volumeMounts"] = json!([m]),
-                }
+            if c["name"].as_str().is_some_and(|n| had.contains(&n)) {
+                add_token_mount(c, name);
             }
         }
     }
