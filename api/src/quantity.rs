@@ -86,6 +86,34 @@ impl Quantity {
     }
 }
 
+/// Go's time.ParseDuration (`90s`, `5m`, `1h30m`, `500ms`): CronJob's `@every`, and
+/// durations on the command line.
+pub fn parse_go_duration(s: &str) -> Option<jiff::SignedDuration> {
+    let mut total = 0f64;
+    let mut rest = s;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let n: f64 = rest[..num_end].parse().ok()?;
+        rest = &rest[num_end..];
+        let unit_end = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let secs = match &rest[..unit_end] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        total += n * secs;
+        rest = &rest[unit_end..];
+    }
+    Some(jiff::SignedDuration::from_secs_f64(total))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,6 @@
 //! `flotilla create token` and `flotilla auth whoami`: service account tokens, as kubectl's.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde_json::{json, Value};
 
 use crate::print::table;
@@ -38,33 +38,16 @@ pub enum Auth {
     },
 }
 
-/// Seconds in `10m`, `1h30m`, `45s` or a plain number of seconds.
+/// Seconds in `10m`, `1h30m`, `45s` (Go's durations, as kubectl takes them) or a plain
+/// number of seconds.
 fn parse_duration(s: &str) -> Result<i64> {
     if let Ok(n) = s.parse::<i64>() {
         return Ok(n);
     }
-    let mut total = 0i64;
-    let mut num = String::new();
-    for ch in s.chars() {
-        if ch.is_ascii_digit() {
-            num.push(ch);
-            continue;
-        }
-        let unit = match ch {
-            'h' => 3600,
-            'm' => 60,
-            's' => 1,
-            _ => bail!("--duration {s:?}: unknown unit {ch:?} (use h, m, s)"),
-        };
-        let n: i64 =
-            num.parse().with_context(|| format!("--duration {s:?}: no number before {ch:?}"))?;
-        total += n * unit;
-        num.clear();
+    match flotilla_api::quantity::parse_go_duration(s) {
+        Some(d) => Ok(d.as_secs()),
+        None => bail!("--duration {s:?} is not a duration such as 10m, 1h30m or 600"),
     }
-    if !num.is_empty() {
-        bail!("--duration {s:?}: {num} has no unit");
-    }
-    Ok(total)
 }
 
 pub async fn create(ctx: &Ctx, what: CreateWhat) -> Result<()> {

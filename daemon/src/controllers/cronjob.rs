@@ -44,8 +44,8 @@ impl Schedule {
         };
         let s = s.trim();
         if let Some(d) = s.strip_prefix("@every ") {
-            let d: SignedDuration =
-                parse_go_duration(d.trim()).ok_or_else(|| format!("invalid duration in {s:?}"))?;
+            let d: SignedDuration = flotilla_api::quantity::parse_go_duration(d.trim())
+                .ok_or_else(|| format!("invalid duration in {s:?}"))?;
             if d <= SignedDuration::ZERO {
                 return Err(format!("{s:?}: the interval must be positive"));
             }
@@ -91,33 +91,6 @@ impl Schedule {
             }
         }
     }
-}
-
-/// Go's time.ParseDuration for the forms schedules use: `90s`, `5m`, `1h30m`, `500ms`.
-fn parse_go_duration(s: &str) -> Option<SignedDuration> {
-    let mut total = 0f64;
-    let mut rest = s;
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
-        let n: f64 = rest[..num_end].parse().ok()?;
-        rest = &rest[num_end..];
-        let unit_end = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
-        let secs = match &rest[..unit_end] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return None,
-        };
-        total += n * secs;
-        rest = &rest[unit_end..];
-    }
-    Some(SignedDuration::from_secs_f64(total))
 }
 
 async fn reconcile(ctx: &Ctx, key: &str) -> Reconciled {
