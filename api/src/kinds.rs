@@ -931,6 +931,22 @@ impl Kind for apps::StatefulSet {
     }
 }
 
+/// A revision's `data` is the template it records; only its number may change (a rollback
+/// makes an old revision the newest), as in Kubernetes' ValidateControllerRevisionUpdate.
+impl Kind for apps::ControllerRevision {
+    fn validate(&self, errs: &mut Errors) {
+        non_negative(errs, "revision", Some(self.revision));
+        if self.data.as_ref().is_none_or(|d| d.0.is_null()) {
+            errs.required("data", "");
+        }
+    }
+    fn validate_update(&self, old: &Self, errs: &mut Errors) {
+        if self.data != old.data {
+            errs.invalid("data", "", "field is immutable");
+        }
+    }
+}
+
 impl Kind for batch::Job {
     fn set_defaults(&mut self) {
         let s = self.spec.get_or_insert_with(Default::default);

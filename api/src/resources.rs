@@ -146,6 +146,8 @@ resources! {
         status: true, name: Subdomain, fields: [] },
     apps::StatefulSet => { "StatefulSet", "apps", "statefulsets", ["sts"], namespaced: true,
         status: true, name: Subdomain, fields: [] },
+    apps::ControllerRevision => { "ControllerRevision", "apps", "controllerrevisions", [],
+        namespaced: true, status: false, name: Subdomain, fields: [] },
     batch::Job => { "Job", "batch", "jobs", [], namespaced: true, status: true,
         name: Subdomain, fields: ["status.successful"] },
     batch::CronJob => { "CronJob", "batch", "cronjobs", ["cj"], namespaced: true, status: true,

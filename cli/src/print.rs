@@ -82,6 +82,7 @@ fn columns(info: &ResourceInfo, wide: bool) -> Vec<&'static str> {
         "Job" => vec!["NAME", "STATUS", "COMPLETIONS", "AGE"],
         "CronJob" => vec!["NAME", "SCHEDULE", "SUSPEND", "ACTIVE", "LAST SCHEDULE", "AGE"],
         "Endpoints" => vec!["NAME", "ENDPOINTS", "AGE"],
+        "ControllerRevision" => vec!["NAME", "CONTROLLER", "REVISION", "AGE"],
         "Event" => vec!["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
         _ => vec!["NAME", "AGE"],
     };
@@ -166,6 +167,24 @@ fn row(info: &ResourceInfo, o: &Value, wide: bool) -> Vec<String> {
             ]
         }
         "Namespace" => vec![name, s(o, "/status/phase").to_string(), a],
+        "ControllerRevision" => {
+            let owner = o
+                .pointer("/metadata/ownerReferences")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .find(|r| r.get("controller").and_then(Value::as_bool) == Some(true))
+                .map(|r| {
+                    // kubectl's form: statefulset.apps/web.
+                    let kind = s(r, "/kind").to_lowercase();
+                    match s(r, "/apiVersion").split_once('/') {
+                        Some((group, _)) => format!("{kind}.{group}/{}", s(r, "/name")),
+                        None => format!("{kind}/{}", s(r, "/name")),
+                    }
+                })
+                .unwrap_or_else(|| "<none>".into());
+            vec![name, owner, i(o, "/revision").to_string(), a]
+        }
         "Node" => {
             let ready = o
                 .pointer("/status/conditions")

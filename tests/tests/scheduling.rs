@@ -518,6 +518,54 @@ async fn daemonsets_statefulsets_jobs_and_cronjobs_do_their_work() {
             assert!(prev_ready < added, "db-{i} created before db-{} was Ready", i - 1);
         }
     }
+    // A partitioned rolling update: only db-2 moves to the new template, recorded as a second
+    // ControllerRevision; db-0, deleted, comes back at the old one.
+    let image = |p: &Value| p["spec"]["containers"][0]["image"].as_str().unwrap_or("").to_string();
+    let patch = json!({"spec": {"updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"partition": 2}},
+        "template": {"spec": {"containers": [{"name": "c", "image": "busybox:v2"}]}}}});
+    c.patch("statefulsets", "default", "db", &patch, false, false).await.unwrap();
+    let st = eventually(30, "db-2 at the new template, db-0 and db-1 not", || async {
+        let d = c.get("statefulsets", "default", "db").await.ok()?;
+        let pods = c.list("pods", "default", &ListParams::default()).await.ok()?.items;
+        let img = |n: &str| pods.iter().find(|p| p["metadata"]["name"] == n).map(image);
+        (d["status"]["updatedReplicas"] == 1
+            && d["status"]["readyReplicas"] == 3
+            && img("db-2")? == "busybox:v2"
+            && img("db-1")? == "busybox"
+            && img("db-0")? == "busybox")
+            .then_some(d["status"].clone())
+    })
+    .await;
+    let (current, update) = (st["currentRevision"].clone(), st["updateRevision"].clone());
+    assert_ne!(current, update);
+    let mut revs: Vec<(i64, String)> = c
+        .list("controllerrevisions", "default", &ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|r| {
+            (r["revision"].as_i64().unwrap_or(0), r["metadata"]["name"].as_str().unwrap().into())
+        })
+        .collect();
+    revs.sort();
+    assert_eq!(
+        revs,
+        vec![(1, current.as_str().unwrap().into()), (2, update.as_str().unwrap().into())]
+    );
+    let old_uid = c.get("pods", "default", "db-0").await.unwrap()["metadata"]["uid"].clone();
+    c.delete("pods", "default", "db-0", &DeleteParams::default()).await.unwrap();
+    let db0 = eventually(30, "db-0 recreated", || async {
+        let p = c.get("pods", "default", "db-0").await.ok()?;
+        (p["metadata"]["uid"] != old_uid && p["metadata"]["deletionTimestamp"].is_null())
+            .then_some(p)
+    })
+    .await;
+    assert_eq!(
+        (image(&db0), &db0["metadata"]["labels"]["controller-revision-hash"]),
+        ("busybox".to_string(), &current),
+        "below the partition a pod is recreated at the current revision"
+    );
 
     let job = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "once"},
         "spec": {"completions": 3, "parallelism": 2,

@@ -7,7 +7,7 @@
 //!   dependents, then loses the finalizer.
 //!
 //! Dependents are looked for among the informed types (pods, ReplicaSets, Deployments,
-//! Endpoints, node Leases); owners of any registered kind are looked up by uid.
+//! Endpoints, node Leases, Jobs, ControllerRevisions); owners of any registered kind are looked up by uid.
 
 use super::Ctx;
 use crate::controller::{meta, on_change, run_workers, terminating, Reconciled, WorkQueue};
@@ -19,7 +19,8 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
 
-const DEPENDENTS: &[&str] = &["pods", "replicasets", "deployments", "endpoints", "leases", "jobs"];
+const DEPENDENTS: &[&str] =
+    &["pods", "replicasets", "deployments", "endpoints", "leases", "jobs", "controllerrevisions"];
 const OWNERS: &[&str] = &[
     "replicasets",
     "deployments",

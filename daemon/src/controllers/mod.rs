@@ -72,6 +72,7 @@ const WATCHED: &[(&str, &str)] = &[
     ("cronjobs", ""),
     ("daemonsets", ""),
     ("statefulsets", ""),
+    ("controllerrevisions", ""),
 ];
 
 pub async fn run(client: Client, cfg: ControllerConfig) -> Result<()> {
