@@ -431,6 +431,29 @@ impl Client {
 
     /// A bound token for service account `ns/name` (`kubectl create token`): `request` is an
     /// authentication.k8s.io/v1 TokenRequest; the answer has `status.token`.
+    /// Binds a pod to a node through the pods/binding subresource; `uid`, when not empty, is a
+    /// precondition (a pod re-created under the same name is not bound). Returns the bound pod.
+    pub async fn bind(
+        &self,
+        ns: &str,
+        name: &str,
+        uid: &str,
+        node: &str,
+    ) -> Result<Value, ApiError> {
+        let mut meta = serde_json::json!({"name": name, "namespace": ns});
+        if !uid.is_empty() {
+            meta["uid"] = Value::String(uid.into());
+        }
+        let binding = serde_json::json!({"apiVersion": "v1", "kind": "Binding", "metadata": meta,
+            "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
+        let r = proto::BindRequest {
+            namespace: ns.to_string(),
+            name: name.to_string(),
+            object: to_json(&binding)?,
+        };
+        from_json(&self.inner.clone().bind(r).await?.into_inner().object)
+    }
+
     pub async fn create_token(
         &self,
         ns: &str,

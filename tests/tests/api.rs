@@ -147,6 +147,56 @@ async fn create_update_conflict_generation_and_status_path() {
     drop(s.member);
 }
 
+/// The pods/binding subresource, as the scheduler uses it: a pod is bound once, to one node,
+/// with PodScheduled=True in the same write; a stale uid, a bound or a terminating pod, and a
+/// binding without a node are refused, and nothing changes.
+#[tokio::test]
+async fn pods_are_bound_once_through_the_binding_subresource() {
+    let s = server(&[]).await;
+    let c = &s.client;
+    let (p, _) = c.create("pods", "default", &pod("web", json!({}), None)).await.unwrap();
+    let uid = p["metadata"]["uid"].as_str().unwrap();
+
+    let e = c.bind("default", "web", uid, "").await.unwrap_err();
+    assert_eq!(e.reason, Reason::Invalid, "{}", e.message);
+    assert!(e.message.contains("target.name"), "{}", e.message);
+    let e = c.bind("default", "web", "0000-stale", "n1").await.unwrap_err();
+    assert_eq!(e.reason, Reason::Conflict, "{}", e.message);
+    assert!(e.message.contains("UID in precondition"), "{}", e.message);
+    let e = c.bind("default", "nope", "", "n1").await.unwrap_err();
+    assert_eq!(e.reason, Reason::NotFound, "{}", e.message);
+    assert!(c.get("pods", "default", "web").await.unwrap()["spec"]["nodeName"].is_null());
+
+    let bound = c.bind("default", "web", uid, "n1").await.unwrap();
+    assert_eq!(bound["spec"]["nodeName"], "n1");
+    assert!(rv(&bound) > rv(&p));
+    let got = c.get("pods", "default", "web").await.unwrap();
+    assert_eq!(got["spec"]["nodeName"], "n1");
+    let scheduled = got["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "PodScheduled")
+        .cloned()
+        .unwrap();
+    assert_eq!(scheduled["status"], "True");
+
+    let e = c.bind("default", "web", uid, "n2").await.unwrap_err();
+    assert_eq!(e.reason, Reason::Conflict, "{}", e.message);
+    assert!(e.message.contains("already assigned to node \"n1\""), "{}", e.message);
+    assert_eq!(c.get("pods", "default", "web").await.unwrap()["spec"]["nodeName"], "n1");
+
+    // A terminating pod is not bound (a finalizer keeps it terminating).
+    let mut held = pod("held", json!({}), None);
+    held["metadata"]["finalizers"] = json!(["example.com/hold"]);
+    c.create("pods", "default", &held).await.unwrap();
+    c.delete("pods", "default", "held", &DeleteParams::default()).await.unwrap();
+    let e = c.bind("default", "held", "", "n1").await.unwrap_err();
+    assert_eq!(e.reason, Reason::Conflict, "{}", e.message);
+    assert!(e.message.contains("being deleted"), "{}", e.message);
+    drop(s.member);
+}
+
 #[tokio::test]
 async fn invalid_objects_are_rejected_with_field_paths_and_nothing_is_stored() {
     let s = server(&[]).await;

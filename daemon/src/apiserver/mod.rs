@@ -574,6 +574,63 @@ impl ApiServer {
         Err(ApiError::conflict(&what, name, "too many concurrent writers; retry"))
     }
 
+    /// The pods/binding subresource, as Kubernetes' BindingREST: spec.nodeName and
+    /// PodScheduled=True are set on the stored pod in one guarded write. The pod was admitted
+    /// when it was created and binding changes nothing else, so there is no second admission;
+    /// that makes a binding a fraction of a patch's cost, and the scheduler makes one per pod.
+    pub async fn bind(&self, ns: &str, name: &str, body: &[u8]) -> Result<Value, ApiError> {
+        let info = flotilla_api::lookup("pods").expect("registered");
+        let b: Value = serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("Binding {name}: {e}")))?;
+        let s = |ptr: &str| b.pointer(ptr).and_then(Value::as_str).unwrap_or("").to_string();
+        let (kind, node, uid) = (s("/target/kind"), s("/target/name"), s("/metadata/uid"));
+        if !s("/metadata/name").is_empty() && s("/metadata/name") != name {
+            return Err(ApiError::bad_request(format!(
+                "Binding {}: the name does not match the pod {name}",
+                s("/metadata/name")
+            )));
+        }
+        let mut errs = Errors::default();
+        if !kind.is_empty() && kind != "Node" {
+            errs.not_supported("target.kind", &kind, &["Node", ""]);
+        }
+        if node.is_empty() {
+            errs.required("target.name", "");
+        }
+        if !errs.is_empty() {
+            return Err(ApiError::invalid("Binding", name, errs.0));
+        }
+        let what = info.qualified_plural();
+        for _ in 0..WRITE_RETRIES {
+            let (current, cur_rev) = self.read(info, ns, name).await?;
+            let have_uid = meta_str(&current, "uid");
+            if !uid.is_empty() && uid != have_uid {
+                let why = format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {have_uid}"
+                );
+                return Err(ApiError::conflict(&what, name, &why));
+            }
+            if !meta_str(&current, "deletionTimestamp").is_empty() {
+                let why = format!("pod {name} is being deleted, cannot be assigned to a host");
+                return Err(ApiError::conflict(&what, name, &why));
+            }
+            let bound = current.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("");
+            if !bound.is_empty() {
+                let why = format!("pod {name} is already assigned to node {bound:?}");
+                return Err(ApiError::conflict(&what, name, &why));
+            }
+            let mut pod = current.clone();
+            pod["spec"]["nodeName"] = Value::String(node.clone());
+            mark_scheduled(&current, &mut pod);
+            let key = info.key(ns, name);
+            let put = vec![Op::Put(key.clone(), to_store(&pod))];
+            if let Some(rev) = self.kv.txn(vec![Cond::ModRev(key, cur_rev)], put).await? {
+                return Ok(with_rv(pod, rev));
+            }
+        }
+        Err(ApiError::conflict(&what, name, "too many concurrent writers; retry"))
+    }
+
     /// A bound, running pod is deleted gracefully: its agent stops it and then deletes it
     /// with a zero grace period.
     fn pod_needs_agent(&self, pod: &Value) -> bool {

@@ -473,6 +473,19 @@ impl Api for Service {
         Ok(Response::new(out))
     }
 
+    async fn bind(
+        &self,
+        req: Request<proto::BindRequest>,
+    ) -> Result<Response<proto::ObjectResponse>, Status> {
+        let r = req.into_inner();
+        let s = &self.0;
+        self.timed("create", "pods/binding", async {
+            let v = s.bind(&r.namespace, &r.name, &r.object).await?;
+            Ok(obj_response(&v, Vec::new()))
+        })
+        .await
+    }
+
     async fn create_token(
         &self,
         req: Request<proto::CreateTokenRequest>,

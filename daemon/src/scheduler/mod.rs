@@ -424,9 +424,7 @@ impl Scheduler {
                 tokio::spawn(async move {
                     // The uid makes the binding a precondition: a pod deleted and re-created
                     // under the same name is not bound by a decision made for the old one.
-                    let patch = json!({"metadata": {"uid": uid}, "spec": {"nodeName": node}});
-                    let result =
-                        client.patch("pods", &ns, &name, &patch, false, false).await.map(|r| r.0);
+                    let result = client.bind(&ns, &name, &uid, &node).await;
                     drop(permit);
                     let _ = tx.send(Ev::Bound { key, uid, node, result });
                 });
