@@ -475,17 +475,7 @@ impl ApiServer {
             };
             new["apiVersion"] = Value::String(info.api_version());
             new["kind"] = Value::String(info.kind.into());
-            let new_uid = meta_str(&new, "uid").to_string();
-            if !new_uid.is_empty() && new_uid != meta_str(&current, "uid") {
-                return Err(ApiError::conflict(
-                    &what,
-                    name,
-                    &format!(
-                    "Precondition failed: UID in precondition: {new_uid}, UID in object meta: {}",
-                    meta_str(&current, "uid")
-                ),
-                ));
-            }
+            uid_precondition(&what, name, meta_str(&new, "uid"), &current)?;
             {
                 let cm = current.get("metadata").cloned().unwrap_or(json!({}));
                 let m = meta_mut(&mut new);
@@ -603,13 +593,7 @@ impl ApiServer {
         let what = info.qualified_plural();
         for _ in 0..WRITE_RETRIES {
             let (current, cur_rev) = self.read(info, ns, name).await?;
-            let have_uid = meta_str(&current, "uid");
-            if !uid.is_empty() && uid != have_uid {
-                let why = format!(
-                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {have_uid}"
-                );
-                return Err(ApiError::conflict(&what, name, &why));
-            }
+            uid_precondition(&what, name, &uid, &current)?;
             if !meta_str(&current, "deletionTimestamp").is_empty() {
                 let why = format!("pod {name} is being deleted, cannot be assigned to a host");
                 return Err(ApiError::conflict(&what, name, &why));
@@ -784,6 +768,18 @@ impl ApiServer {
     pub fn record(&self, verb: &str, resource: &str, started: Instant) {
         self.metrics.observe_request(verb, resource, started.elapsed());
     }
+}
+
+/// A uid in a write is a precondition: the stored object must be that one, not a namesake
+/// created since.
+fn uid_precondition(what: &str, name: &str, want: &str, current: &Value) -> Result<(), ApiError> {
+    let have = meta_str(current, "uid");
+    if want.is_empty() || want == have {
+        return Ok(());
+    }
+    let why =
+        format!("Precondition failed: UID in precondition: {want}, UID in object meta: {have}");
+    Err(ApiError::conflict(what, name, &why))
 }
 
 /// Binding a pod (its first spec.nodeName) sets PodScheduled=True, as Kubernetes' binding

@@ -130,7 +130,12 @@ pub fn history(sts: &Value, owned: &[Arc<Value>], pods: &[Arc<Value>]) -> (Revis
         .filter(|r| r.name != update.name)
         .cloned()
         .unwrap_or_else(|| update.clone());
-    let mut used: HashSet<&str> = pods.iter().filter_map(|p| label_revision(p)).collect();
+    let uid = meta(sts, "uid");
+    let mut used: HashSet<&str> = pods
+        .iter()
+        .filter(|p| controller_uid(p) == uid)
+        .filter_map(|p| label_revision(p))
+        .collect();
     used.extend([current.name.as_str(), update.name.as_str()]);
     let limit = sts.pointer("/spec/revisionHistoryLimit").and_then(Value::as_i64).unwrap_or(10);
     let unused: Vec<&Revision> = known.iter().filter(|r| !used.contains(r.name.as_str())).collect();
@@ -142,13 +147,15 @@ pub fn history(sts: &Value, owned: &[Arc<Value>], pods: &[Arc<Value>]) -> (Revis
 /// The revision a pod at `ordinal` is created from: below the partition of a rolling update,
 /// the current one; otherwise the set's template.
 pub fn revision_for(sts: &Value, revs: &Revisions, ordinal: i64) -> Revision {
-    let rolling =
-        sts.pointer("/spec/updateStrategy/type").and_then(Value::as_str) != Some("OnDelete");
-    if rolling && ordinal < partition(sts) {
+    if rolling(sts) && ordinal < partition(sts) {
         revs.current.clone()
     } else {
         revs.update.clone()
     }
+}
+
+fn rolling(sts: &Value) -> bool {
+    sts.pointer("/spec/updateStrategy/type").and_then(Value::as_str) != Some("OnDelete")
 }
 
 fn partition(sts: &Value) -> i64 {
@@ -185,8 +192,7 @@ pub fn plan(sts: &Value, revs: &Revisions, pods: &[Arc<Value>], now: jiff::Times
     let replicas = sts.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1).max(0);
     let parallel =
         sts.pointer("/spec/podManagementPolicy").and_then(Value::as_str) == Some("Parallel");
-    let rolling =
-        sts.pointer("/spec/updateStrategy/type").and_then(Value::as_str) != Some("OnDelete");
+    let rolling = rolling(sts);
     let partition = partition(sts);
     let mut by_ord: BTreeMap<i64, Arc<Value>> = BTreeMap::new();
     for p in pods.iter().filter(|p| controller_uid(p) == uid) {
