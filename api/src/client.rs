@@ -433,13 +433,7 @@ impl Client {
     /// authentication.k8s.io/v1 TokenRequest; the answer has `status.token`.
     /// Binds a pod to a node through the pods/binding subresource; `uid`, when not empty, is a
     /// precondition (a pod re-created under the same name is not bound). Returns the bound pod.
-    pub async fn bind(
-        &self,
-        ns: &str,
-        name: &str,
-        uid: &str,
-        node: &str,
-    ) -> Result<Value, ApiError> {
+    pub async fn bind(&self, ns: &str, name: &str, uid: &str, node: &str) -> Result<(), ApiError> {
         let mut meta = serde_json::json!({"name": name, "namespace": ns});
         if !uid.is_empty() {
             meta["uid"] = Value::String(uid.into());
@@ -451,7 +445,9 @@ impl Client {
             name: name.to_string(),
             object: to_json(&binding)?,
         };
-        from_json(&self.inner.clone().bind(r).await?.into_inner().object)
+        // The answer is a Status, as Kubernetes' binding returns: the pod comes by the watch.
+        self.inner.clone().bind(r).await?;
+        Ok(())
     }
 
     pub async fn create_token(

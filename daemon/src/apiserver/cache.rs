@@ -32,11 +32,18 @@ pub struct CachedObject {
 }
 
 impl CachedObject {
-    fn new(key: String, mut value: Value, rv: i64) -> Self {
+    fn new(key: String, value: Value, rv: i64) -> Self {
+        Self::with_json(key, value, rv, None)
+    }
+
+    /// `stored`: the object's bytes in the store, served as they are when their layout allows.
+    fn with_json(key: String, mut value: Value, rv: i64, stored: Option<&[u8]>) -> Self {
         if let Some(m) = value.get_mut("metadata").and_then(Value::as_object_mut) {
             m.insert("resourceVersion".into(), Value::String(rv.to_string()));
         }
-        let bytes = Bytes::from(serde_json::to_vec(&value).unwrap_or_default());
+        let bytes = stored
+            .and_then(|s| super::served(s, rv))
+            .unwrap_or_else(|| Bytes::from(serde_json::to_vec(&value).unwrap_or_default()));
         let meta = value.get("metadata");
         let namespace =
             meta.and_then(|m| m.get("namespace")).and_then(Value::as_str).unwrap_or("").to_string();
@@ -353,7 +360,12 @@ impl WatchCache {
                     tracing::error!(%key, "undecodable object in the store; skipped");
                     continue;
                 };
-                let obj = Arc::new(CachedObject::new(key.clone(), v, kv.mod_revision));
+                let obj = Arc::new(CachedObject::with_json(
+                    key.clone(),
+                    v,
+                    kv.mod_revision,
+                    Some(&kv.value),
+                ));
                 if let Some(p) = &prev {
                     st.unindex(p);
                 }

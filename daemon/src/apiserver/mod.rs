@@ -88,12 +88,74 @@ fn now_rfc3339() -> String {
 }
 
 /// An object's store form: no resourceVersion (the store's mod revision is the truth).
+/// An object as stored: metadata first and without resourceVersion (the store's revision is
+/// the version), so the served form is the stored bytes with the version spliced in
+/// (`served`) rather than a second serialization. Written without copying the object.
 fn to_store(v: &Value) -> Vec<u8> {
-    let mut v = v.clone();
-    if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
-        m.remove("resourceVersion");
+    use serde::ser::{Serialize, SerializeMap, Serializer};
+    struct Meta<'a>(&'a Map<String, Value>);
+    impl Serialize for Meta<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let mut m = s.serialize_map(None)?;
+            for (k, v) in self.0.iter().filter(|(k, _)| *k != "resourceVersion") {
+                m.serialize_entry(k, v)?;
+            }
+            m.end()
+        }
     }
-    serde_json::to_vec(&v).unwrap_or_default()
+    struct Stored<'a>(&'a Map<String, Value>);
+    impl Serialize for Stored<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let mut m = s.serialize_map(Some(self.0.len()))?;
+            if let Some(Value::Object(meta)) = self.0.get("metadata") {
+                m.serialize_entry("metadata", &Meta(meta))?;
+            }
+            for (k, v) in self.0.iter().filter(|(k, v)| *k != "metadata" || !v.is_object()) {
+                m.serialize_entry(k, v)?;
+            }
+            m.end()
+        }
+    }
+    match v {
+        Value::Object(o) => serde_json::to_vec(&Stored(o)),
+        v => serde_json::to_vec(v),
+    }
+    .unwrap_or_default()
+}
+
+/// Stored bytes as served: metadata.resourceVersion set to `rv`. `None` when the bytes are not
+/// in `to_store`'s layout (written by an older version), and the caller re-encodes.
+pub(crate) fn served(stored: &[u8], rv: i64) -> Option<Bytes> {
+    const HEAD: &[u8] = br#"{"metadata":{"#;
+    let rest = stored.strip_prefix(HEAD)?;
+    let mut out = Vec::with_capacity(stored.len() + 32);
+    out.extend_from_slice(HEAD);
+    out.extend_from_slice(br#""resourceVersion":""#);
+    out.extend_from_slice(rv.to_string().as_bytes());
+    out.push(b'"');
+    if rest.first() != Some(&b'}') {
+        out.push(b',');
+    }
+    out.extend_from_slice(rest);
+    Some(Bytes::from(out))
+}
+
+/// A written object, with its served encoding when the write produced it.
+pub struct Written {
+    pub object: Value,
+    pub warnings: Vec<String>,
+    json: Option<Bytes>,
+}
+
+impl Written {
+    fn new(object: Value, json: Option<Bytes>, warnings: Vec<String>) -> Self {
+        Written { object, warnings, json }
+    }
+
+    /// The object as JSON, as clients get it.
+    pub fn json(&self) -> Bytes {
+        self.json.clone().unwrap_or_else(|| encode(&self.object))
+    }
 }
 
 fn with_rv(mut v: Value, rv: i64) -> Value {
@@ -261,7 +323,7 @@ impl ApiServer {
         ns: &str,
         body: &[u8],
         dry_run: bool,
-    ) -> Result<(Value, Vec<String>), ApiError> {
+    ) -> Result<Written, ApiError> {
         let mut v = parse_object(info, body)?;
         v["apiVersion"] = Value::String(info.api_version());
         v["kind"] = Value::String(info.kind.into());
@@ -305,23 +367,32 @@ impl ApiServer {
             self.admit_pod_service_account(&ns, &mut admitted.object);
         }
         let key = info.key(&ns, &name);
+        let service = info.kind == "Service";
         for attempt in 0..32 {
-            // Each attempt allocates afresh from the admitted object.
-            let mut obj = admitted.object.clone();
-            let plan = if info.kind == "Service" {
+            // Each attempt allocates a Service's addresses afresh from the admitted object;
+            // nothing else is allocated, so nothing else needs a copy.
+            let mut obj = if service { admitted.object.clone() } else { admitted.object.take() };
+            let plan = if service {
                 alloc::plan_create(self, &mut obj, attempt)?
             } else {
                 alloc::Plan::default()
             };
             if dry_run {
-                return Ok((obj, admitted.warnings.clone()));
+                return Ok(Written::new(obj, None, admitted.warnings));
             }
+            let stored = to_store(&obj);
             let mut conds = vec![Cond::Absent(key.clone())];
-            let mut ops = vec![Op::Put(key.clone(), to_store(&obj))];
+            let mut ops = vec![Op::Put(key.clone(), stored.clone())];
             plan.add_to(&key, &mut conds, &mut ops);
             match self.kv.txn(conds, ops).await? {
-                Some(rev) => return Ok((with_rv(obj, rev), admitted.warnings.clone())),
+                Some(rev) => {
+                    let bytes = served(&stored, rev);
+                    return Ok(Written::new(with_rv(obj, rev), bytes, admitted.warnings));
+                }
                 None => {
+                    if !service {
+                        admitted.object = obj;
+                    }
                     if self.kv.get(&key).await?.is_some() {
                         return Err(ApiError::already_exists(&info.qualified_plural(), &name));
                     }
@@ -568,7 +639,7 @@ impl ApiServer {
     /// PodScheduled=True are set on the stored pod in one guarded write. The pod was admitted
     /// when it was created and binding changes nothing else, so there is no second admission;
     /// that makes a binding a fraction of a patch's cost, and the scheduler makes one per pod.
-    pub async fn bind(&self, ns: &str, name: &str, body: &[u8]) -> Result<Value, ApiError> {
+    pub async fn bind(&self, ns: &str, name: &str, body: &[u8]) -> Result<(), ApiError> {
         let info = flotilla_api::lookup("pods").expect("registered");
         let b: Value = serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("Binding {name}: {e}")))?;
@@ -608,8 +679,8 @@ impl ApiServer {
             mark_scheduled(&current, &mut pod);
             let key = info.key(ns, name);
             let put = vec![Op::Put(key.clone(), to_store(&pod))];
-            if let Some(rev) = self.kv.txn(vec![Cond::ModRev(key, cur_rev)], put).await? {
-                return Ok(with_rv(pod, rev));
+            if self.kv.txn(vec![Cond::ModRev(key, cur_rev)], put).await?.is_some() {
+                return Ok(());
             }
         }
         Err(ApiError::conflict(&what, name, "too many concurrent writers; retry"))
@@ -817,4 +888,32 @@ fn decode_continue(token: &str) -> Result<String, ApiError> {
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
         .ok_or_else(|| ApiError::bad_request("invalid continue token"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_bytes_are_served_with_the_revision_spliced_in() {
+        let obj = json!({"apiVersion": "v1", "kind": "ControllerRevision",
+            // A nested "metadata" sorted before the top-level one must not confuse the splice.
+            "data": {"spec": {"template": {"metadata": {"labels": {"a": "b"}}}}},
+            "metadata": {"name": "x", "namespace": "ns", "resourceVersion": "7",
+                         "labels": {"app": "\"metadata\":{"}},
+            "revision": 1});
+        let stored = to_store(&obj);
+        assert!(stored.starts_with(br#"{"metadata":{"#), "{}", String::from_utf8_lossy(&stored));
+        let kept: Value = serde_json::from_slice(&stored).unwrap();
+        assert!(kept["metadata"].get("resourceVersion").is_none());
+        let out: Value = serde_json::from_slice(&served(&stored, 42).unwrap()).unwrap();
+        assert_eq!(out, with_rv(obj.clone(), 42));
+
+        // Empty metadata: no dangling comma.
+        let bare = to_store(&json!({"metadata": {}, "kind": "X"}));
+        let v: Value = serde_json::from_slice(&served(&bare, 3).unwrap()).unwrap();
+        assert_eq!(v, json!({"metadata": {"resourceVersion": "3"}, "kind": "X"}));
+        // An older layout (keys sorted) is not spliced: the caller re-encodes.
+        assert!(served(&serde_json::to_vec(&obj).unwrap(), 1).is_none());
+    }
 }

@@ -119,8 +119,8 @@ impl Api for Service {
         let s = &self.0;
         self.timed("create", &r.resource, async {
             let info = s.resource(&r.resource)?;
-            let (v, w) = s.create(info, &r.namespace, &r.object, r.dry_run).await?;
-            Ok(obj_response(&v, w))
+            let w = s.create(info, &r.namespace, &r.object, r.dry_run).await?;
+            Ok(Response::new(proto::ObjectResponse { object: w.json(), warnings: w.warnings }))
         })
         .await
     }
@@ -480,8 +480,12 @@ impl Api for Service {
         let r = req.into_inner();
         let s = &self.0;
         self.timed("create", "pods/binding", async {
-            let v = s.bind(&r.namespace, &r.name, &r.object).await?;
-            Ok(obj_response(&v, Vec::new()))
+            s.bind(&r.namespace, &r.name, &r.object).await?;
+            // Kubernetes' BindingREST answers with a Status, not the pod: nobody pays for
+            // encoding and decoding a pod the binder already has.
+            let ok = json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                            "status": "Success", "code": 201});
+            Ok(obj_response(&ok, Vec::new()))
         })
         .await
     }

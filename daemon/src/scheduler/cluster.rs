@@ -37,6 +37,8 @@ pub struct Cluster {
     anti: HashMap<String, AntiGroup>,
     /// Controller uid → node → pods of it there.
     owners: HashMap<String, HashMap<NodeId, usize>>,
+    /// Zone label values, interned: `NodeInfo::zone` indexes this.
+    zones: HashMap<String, usize>,
     /// Round-robin start for sampling, as kube-scheduler's nextStartNodeIndex.
     next_start: usize,
     pub percentage_to_score: u32,
@@ -81,6 +83,10 @@ impl Cluster {
 
     pub fn set_node(&mut self, mut n: NodeInfo) {
         let id = self.id(&n.name);
+        n.zone = n.labels.get(plugins::ZONE_LABEL).map(|z| {
+            let next = self.zones.len();
+            *self.zones.entry(z.clone()).or_insert(next)
+        });
         match &self.nodes[id] {
             Some(old) => n.carry_placement(old),
             None => {
@@ -328,10 +334,12 @@ impl Cluster {
         if let Some(per_node) = self.owners.get(&pod.owner).filter(|_| !pod.owner.is_empty()) {
             // Spread a controller's pods: by node, and by zone where nodes have zones (zone
             // weighs 2/3, as the SelectorSpread plugin did).
-            let mut by_zone: HashMap<&str, i64> = HashMap::default();
+            let mut by_zone = vec![0i64; self.zones.len()];
+            let mut zoned = false;
             for (node, c) in per_node {
-                if let Some(z) = self.live(*node).and_then(|n| n.labels.get(plugins::ZONE_LABEL)) {
-                    *by_zone.entry(z).or_default() += *c as i64;
+                if let Some(z) = self.live(*node).and_then(|n| n.zone) {
+                    by_zone[z] += *c as i64;
+                    zoned = true;
                 }
             }
             let mut raw: Vec<i64> = feasible
@@ -339,17 +347,9 @@ impl Cluster {
                 .map(|(id, _)| per_node.get(id).copied().unwrap_or(0) as i64)
                 .collect();
             plugins::normalize(&mut raw, true);
-            if !by_zone.is_empty() {
-                let mut zr: Vec<i64> = nodes
-                    .iter()
-                    .map(|n| {
-                        n.labels
-                            .get(plugins::ZONE_LABEL)
-                            .and_then(|z| by_zone.get(z.as_str()))
-                            .copied()
-                            .unwrap_or(0)
-                    })
-                    .collect();
+            if zoned {
+                let mut zr: Vec<i64> =
+                    nodes.iter().map(|n| n.zone.map_or(0, |z| by_zone[z])).collect();
                 plugins::normalize(&mut zr, true);
                 for (r, z) in raw.iter_mut().zip(zr) {
                     *r = (*r + 2 * z) / 3;

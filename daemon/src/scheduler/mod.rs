@@ -49,7 +49,7 @@ impl Default for SchedulerConfig {
 enum Ev {
     Pod(Change),
     Node(Change),
-    Bound { key: String, uid: String, node: String, result: Result<Value, ApiError> },
+    Bound { key: String, pod: Arc<Value>, node: String, result: Result<(), ApiError> },
     Retry(String),
 }
 
@@ -353,8 +353,8 @@ impl Scheduler {
             Ev::Node(Change::Deleted(n)) => {
                 self.cluster.remove_node(n["metadata"]["name"].as_str().unwrap_or(""));
             }
-            Ev::Bound { key, uid, node, result } => match result {
-                Ok(pod) => {
+            Ev::Bound { key, pod, node, result } => match result {
+                Ok(()) => {
                     self.queue.attempts.remove(&key);
                     let ns = pod["metadata"]["namespace"].as_str().unwrap_or("");
                     let name = pod["metadata"]["name"].as_str().unwrap_or("");
@@ -367,8 +367,9 @@ impl Scheduler {
                 Err(e) => {
                     // Not bound: give the capacity back (the watch brings the truth if someone
                     // else bound it).
-                    if self.cluster.is_assumed(&uid) {
-                        self.cluster.remove_pod(&uid);
+                    let uid = pod["metadata"]["uid"].as_str().unwrap_or("");
+                    if self.cluster.is_assumed(uid) {
+                        self.cluster.remove_pod(uid);
                     }
                     if matches!(e.reason, Reason::NotFound | Reason::Conflict | Reason::Invalid) {
                         tracing::debug!(pod = %key, error = %e, "binding refused; not retrying");
@@ -419,6 +420,7 @@ impl Scheduler {
                 self.queue.unpark_affinity(&self.pods);
                 let permit = self.binds.clone().acquire_owned().await.expect("bind semaphore");
                 let (client, tx, key) = (self.client.clone(), self.tx.clone(), key.to_string());
+                let pod = p.clone();
                 let ns = p["metadata"]["namespace"].as_str().unwrap_or("").to_string();
                 let name = p["metadata"]["name"].as_str().unwrap_or("").to_string();
                 tokio::spawn(async move {
@@ -426,7 +428,7 @@ impl Scheduler {
                     // under the same name is not bound by a decision made for the old one.
                     let result = client.bind(&ns, &name, &uid, &node).await;
                     drop(permit);
-                    let _ = tx.send(Ev::Bound { key, uid, node, result });
+                    let _ = tx.send(Ev::Bound { key, pod, node, result });
                 });
             }
             Decision::Unschedulable(msg) => {

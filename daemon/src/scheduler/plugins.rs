@@ -298,6 +298,9 @@ pub struct NodeInfo {
     pub nonzero_memory: i64,
     pub pods: i64,
     pub ports: Vec<HostPort>,
+    /// The zone label as the cluster's index of zones (set by `Cluster::set_node`), so
+    /// spreading compares integers instead of looking up labels on every scored node.
+    pub zone: Option<usize>,
 }
 
 impl NodeInfo {
@@ -367,23 +370,25 @@ impl NodeInfo {
     }
 }
 
-/// Why a node was filtered out; the text is kube-scheduler's.
+/// Why a node was filtered out; the text is kube-scheduler's. A taint is borrowed from its
+/// node: filtering thousands of nodes must not allocate per rejection.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Unfit {
+pub enum Unfit<'a> {
     NotReady,
     Unschedulable,
     InsufficientCpu,
     InsufficientMemory,
     TooManyPods,
     NodeAffinity,
-    Taint(String),
+    /// Key and value.
+    Taint(&'a str, &'a str),
     HostPorts,
     AntiAffinity,
     ExistingAntiAffinity,
     Affinity,
 }
 
-impl std::fmt::Display for Unfit {
+impl std::fmt::Display for Unfit<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Unfit::NotReady => f.write_str("node(s) were not ready"),
@@ -392,7 +397,7 @@ impl std::fmt::Display for Unfit {
             Unfit::InsufficientMemory => f.write_str("Insufficient memory"),
             Unfit::TooManyPods => f.write_str("Too many pods"),
             Unfit::NodeAffinity => f.write_str("node(s) didn't match Pod's node affinity/selector"),
-            Unfit::Taint(t) => write!(f, "node(s) had untolerated taint {{{t}}}"),
+            Unfit::Taint(k, v) => write!(f, "node(s) had untolerated taint {{{k}: {v}}}"),
             Unfit::HostPorts => {
                 f.write_str("node(s) didn't have free ports for the requested pod ports")
             }
@@ -428,7 +433,11 @@ pub fn tolerated(tolerations: &[Toleration], t: &Taint) -> bool {
 
 /// The filters in kube-scheduler's order (NodeUnschedulable, TaintToleration, NodeAffinity,
 /// NodePorts, NodeResourcesFit, InterPodAffinity); the first that fails names the reason.
-pub fn filter(pod: &PodInfo, node: &NodeInfo, forbidden: &Forbidden) -> Result<(), Unfit> {
+pub fn filter<'a>(
+    pod: &PodInfo,
+    node: &'a NodeInfo,
+    forbidden: &Forbidden,
+) -> Result<(), Unfit<'a>> {
     if !node.ready {
         return Err(Unfit::NotReady);
     }
@@ -447,7 +456,7 @@ pub fn filter(pod: &PodInfo, node: &NodeInfo, forbidden: &Forbidden) -> Result<(
     if let Some(t) = node.taints.iter().find(|t| {
         matches!(t.effect.as_str(), "NoSchedule" | "NoExecute") && !tolerated(&pod.tolerations, t)
     }) {
-        return Err(Unfit::Taint(format!("{}: {}", t.key, t.value)));
+        return Err(Unfit::Taint(&t.key, &t.value));
     }
     if !pod.node_selector.iter().all(|(k, v)| node.labels.get(k) == Some(v))
         || (!pod.required.is_empty() && !pod.required.iter().any(|t| t.matches(node)))
@@ -486,7 +495,7 @@ pub fn filter(pod: &PodInfo, node: &NodeInfo, forbidden: &Forbidden) -> Result<(
 }
 
 /// kube-scheduler's "0/5 nodes are available: 3 Insufficient cpu, 2 node(s) ...".
-pub fn unschedulable_message(total: usize, reasons: &BTreeMap<Unfit, usize>) -> String {
+pub fn unschedulable_message(total: usize, reasons: &BTreeMap<Unfit<'_>, usize>) -> String {
     let mut parts: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
     parts.sort();
     if total == 0 {
@@ -639,7 +648,7 @@ mod tests {
             effect: "NoSchedule".into(),
         });
         let p = pod(json!({"containers": [ctr("1m", "1Mi")]}));
-        assert_eq!(filter(&p, &n, &Forbidden::default()), Err(Unfit::Taint("gpu: yes".into())));
+        assert_eq!(filter(&p, &n, &Forbidden::default()), Err(Unfit::Taint("gpu", "yes")));
         let t = pod(json!({"containers": [ctr("1m", "1Mi")], "tolerations": [
             {"key": "gpu", "operator": "Equal", "value": "yes", "effect": "NoSchedule"}]}));
         assert_eq!(filter(&t, &n, &Forbidden::default()), Ok(()));
@@ -702,7 +711,7 @@ mod tests {
 
     #[test]
     fn the_unschedulable_message_counts_reasons_like_kube_scheduler() {
-        let r = BTreeMap::from([(Unfit::InsufficientCpu, 3), (Unfit::Taint("a: b".into()), 2)]);
+        let r = BTreeMap::from([(Unfit::InsufficientCpu, 3), (Unfit::Taint("a", "b"), 2)]);
         assert_eq!(
             unschedulable_message(5, &r),
             "0/5 nodes are available: 2 node(s) had untolerated taint {a: b}, 3 Insufficient cpu."
