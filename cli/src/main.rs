@@ -166,7 +166,8 @@ enum Cmd {
     /// CPU and memory usage of pods or nodes.
     #[command(subcommand)]
     Top(top::Top),
-    /// Manage a Deployment's rollout: status, history, undo, restart, pause, resume.
+    /// Manage the rollout of a Deployment, StatefulSet or DaemonSet: status, history, undo,
+    /// restart; pause and resume (Deployments).
     #[command(subcommand)]
     Rollout(rollout::Rollout),
     /// Set the replicas of a Deployment, ReplicaSet or StatefulSet.

@@ -566,6 +566,32 @@ async fn daemonsets_statefulsets_jobs_and_cronjobs_do_their_work() {
         ("busybox".to_string(), &current),
         "below the partition a pod is recreated at the current revision"
     );
+    // kubectl's rollout verbs for StatefulSets and DaemonSets.
+    let (ok, out) = s.cli(&["rollout", "status", "statefulset/db", "--timeout", "30"]);
+    assert!(ok && out.contains("partitioned roll out complete: 1 new pods"), "{out}");
+    let (ok, out) = s.cli(&["rollout", "status", "ds/agent", "--timeout", "30"]);
+    assert!(ok && out.contains("daemon set \"agent\" successfully rolled out"), "{out}");
+    let history = || {
+        let (ok, out) = s.cli(&["rollout", "history", "sts/db"]);
+        assert!(ok && out.starts_with("statefulset.apps/db"), "{out}");
+        out.lines()
+            .skip(2)
+            .map(|l| l.split_whitespace().next().unwrap_or("").to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(history(), ["1", "2"]);
+    let (ok, out) = s.cli(&["rollout", "undo", "sts/db"]);
+    assert!(ok && out.contains("statefulset.apps/db rolled back (to revision 1)"), "{out}");
+    eventually(30, "db-2 back at the first template", || async {
+        let p = c.get("pods", "default", "db-2").await.ok()?;
+        (image(&p) == "busybox" && p["metadata"]["deletionTimestamp"].is_null()).then_some(())
+    })
+    .await;
+    assert_eq!(history(), ["2", "3"], "the restored revision is renumbered as the newest");
+    let (ok, out) = s.cli(&["rollout", "undo", "sts/db", "--to-revision", "3"]);
+    assert!(ok && out.contains("skipped rollback"), "{out}");
+    let (ok, out) = s.cli(&["rollout", "pause", "sts/db"]);
+    assert!(!ok && out.contains("not supported"), "{out}");
 
     let job = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "once"},
         "spec": {"completions": 3, "parallelism": 2,
