@@ -539,7 +539,11 @@ async fn daemonsets_statefulsets_jobs_and_cronjobs_do_their_work() {
     let (current, update) = (st["currentRevision"].clone(), st["updateRevision"].clone());
     assert_ne!(current, update);
     let mut revs: Vec<(i64, String)> = c
-        .list("controllerrevisions", "default", &ListParams::default())
+        .list(
+            "controllerrevisions",
+            "default",
+            &ListParams { label_selector: "app=db".into(), ..Default::default() },
+        )
         .await
         .unwrap()
         .items
@@ -569,8 +573,43 @@ async fn daemonsets_statefulsets_jobs_and_cronjobs_do_their_work() {
     // kubectl's rollout verbs for StatefulSets and DaemonSets.
     let (ok, out) = s.cli(&["rollout", "status", "statefulset/db", "--timeout", "30"]);
     assert!(ok && out.contains("partitioned roll out complete: 1 new pods"), "{out}");
+    // A DaemonSet's templates are ControllerRevisions too: roll to a new image, then undo.
+    let ds_images = || async {
+        let pods = c
+            .list(
+                "pods",
+                "default",
+                &ListParams { label_selector: "app=agent".into(), ..Default::default() },
+            )
+            .await
+            .ok()?
+            .items;
+        let live = pods.iter().filter(|p| p["metadata"]["deletionTimestamp"].is_null());
+        let mut v: Vec<String> = live.map(image).collect();
+        v.sort();
+        Some(v)
+    };
+    let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "busybox:v2"}]}}}});
+    c.patch("daemonsets", "default", "agent", &patch, false, false).await.unwrap();
     let (ok, out) = s.cli(&["rollout", "status", "ds/agent", "--timeout", "30"]);
     assert!(ok && out.contains("daemon set \"agent\" successfully rolled out"), "{out}");
+    assert_eq!(ds_images().await.unwrap(), ["busybox:v2"; 3]);
+    let ds_history = || {
+        let (ok, out) = s.cli(&["rollout", "history", "daemonset", "agent"]);
+        assert!(ok && out.starts_with("daemonset.apps/agent"), "{out}");
+        out.lines()
+            .skip(2)
+            .map(|l| l.split_whitespace().next().unwrap_or("").to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ds_history(), ["1", "2"]);
+    let (ok, out) = s.cli(&["rollout", "undo", "ds/agent"]);
+    assert!(ok && out.contains("daemonset.apps/agent rolled back (to revision 1)"), "{out}");
+    eventually(30, "every daemon back at the first image", || async {
+        (ds_images().await? == ["busybox"; 3]).then_some(())
+    })
+    .await;
+    assert_eq!(ds_history(), ["2", "3"]);
     let history = || {
         let (ok, out) = s.cli(&["rollout", "history", "sts/db"]);
         assert!(ok && out.starts_with("statefulset.apps/db"), "{out}");

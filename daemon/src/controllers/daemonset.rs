@@ -2,9 +2,11 @@
 //! affinity and tolerations allow (plus the tolerations Kubernetes adds to daemon pods). Pods
 //! are pinned with a `metadata.name` node-affinity term and placed by the scheduler, as in
 //! Kubernetes; extra, failed and misplaced pods go; RollingUpdate replaces pods of an old
-//! template (the `controller-revision-hash` label) at most maxUnavailable at a time.
+//! template (the `controller-revision-hash` label) at most maxUnavailable at a time. Templates
+//! are recorded as ControllerRevisions `<ds>-<hash>`, as the StatefulSet's are.
 
 use super::deployment::template_hash;
+use super::statefulset::{history_of, owned_revisions, prune_history, record_history, PodLabel};
 use super::{enqueue_owners, enqueue_self, Ctx};
 use crate::controller::{
     controller_uid, meta, on_change, owner_ref, pod_available, pod_phase, run_workers, terminating,
@@ -25,6 +27,7 @@ pub async fn run(ctx: Arc<Ctx>) {
     let exp = Arc::new(Expectations::default());
     enqueue_self(ctx.inf("daemonsets"), queue.clone());
     enqueue_owners(ctx.inf("pods"), "DaemonSet", queue.clone(), Some(exp.clone()), |_| {});
+    enqueue_owners(ctx.inf("controllerrevisions"), "DaemonSet", queue.clone(), None, |_| {});
     // A node coming, going or changing labels/taints may change where daemons run.
     let (q, dss) = (queue.clone(), Arc::downgrade(ctx.inf("daemonsets")));
     on_change(ctx.inf("nodes"), move |c| {
@@ -224,18 +227,18 @@ async fn reconcile(ctx: &Ctx, exp: &Expectations, key: &str) -> Reconciled {
         return Ok(None);
     }
     let ns = meta(&ds, "namespace").to_string();
-    let plan = match plan(
-        &ds,
-        &ctx.inf("nodes").list(),
-        &ctx.inf("pods").list_namespace(&ns),
-        jiff::Timestamp::now(),
-    ) {
+    let pods = ctx.inf("pods").list_namespace(&ns);
+    let plan = match plan(&ds, &ctx.inf("nodes").list(), &pods, jiff::Timestamp::now()) {
         Ok(p) => p,
         Err(e) => {
             ctx.events.warning(&ds, "InvalidSpec", e);
             return Ok(None);
         }
     };
+    // Templates are recorded as ControllerRevisions (`flotilla rollout history|undo`); the
+    // pods carry the template hash, as in Kubernetes.
+    let (_, history) = history_of(&ds, &owned_revisions(ctx, &ds), &pods, PodLabel::Hash);
+    record_history(ctx, &ns, &history).await?;
     let c = &ctx.client;
     if exp.satisfied(key) {
         let hash = template_hash(ds.pointer("/spec/template").unwrap_or(&Value::Null));
@@ -259,6 +262,7 @@ async fn reconcile(ctx: &Ctx, exp: &Expectations, key: &str) -> Reconciled {
             }
         }
     }
+    prune_history(ctx, &ns, &history).await?;
     let cur = ds.get("status").cloned().unwrap_or(json!({}));
     let differs = plan.status.as_object().is_some_and(|m| {
         m.iter().any(|(k, v)| cur[k].as_i64().unwrap_or(0) != v.as_i64().unwrap_or(0))

@@ -98,11 +98,30 @@ fn label_revision(p: &Value) -> Option<&str> {
     p["metadata"]["labels"][HASH_LABEL].as_str()
 }
 
+/// What a pod's `controller-revision-hash` label holds: the revision's name (StatefulSets) or
+/// its template hash (DaemonSets), as in Kubernetes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PodLabel {
+    Name,
+    Hash,
+}
+
 /// The set's revisions from the ControllerRevisions it owns (and, for pruning, its pods).
 pub fn history(sts: &Value, owned: &[Arc<Value>], pods: &[Arc<Value>]) -> (Revisions, History) {
-    let set = meta(sts, "name");
-    let template = sts.pointer("/spec/template").cloned().unwrap_or(json!({}));
-    let name = format!("{set}-{}", template_hash(&template));
+    history_of(sts, owned, pods, PodLabel::Name)
+}
+
+/// `history` for any controller of pods with a `spec.template` (StatefulSet, DaemonSet).
+pub fn history_of(
+    obj: &Value,
+    owned: &[Arc<Value>],
+    pods: &[Arc<Value>],
+    pod_label: PodLabel,
+) -> (Revisions, History) {
+    let set = meta(obj, "name");
+    let template = obj.pointer("/spec/template").cloned().unwrap_or(json!({}));
+    let hash = template_hash(&template);
+    let name = format!("{set}-{hash}");
     let mut known: Vec<Revision> = owned.iter().map(|o| Revision::from_object(o)).collect();
     known.sort_by_key(|r| r.number);
     let newest = known.last().map_or(0, |r| r.number);
@@ -115,33 +134,76 @@ pub fn history(sts: &Value, owned: &[Arc<Value>], pods: &[Arc<Value>]) -> (Revis
         }
         None => {
             let mut labels = template.pointer("/metadata/labels").cloned().unwrap_or(json!({}));
-            labels[HASH_LABEL] = json!(name);
+            labels[HASH_LABEL] = json!(if pod_label == PodLabel::Name { &name } else { &hash });
             h.create = Some(json!({"apiVersion": "apps/v1", "kind": "ControllerRevision",
-                "metadata": {"name": name, "namespace": meta(sts, "namespace"), "labels": labels,
-                             "ownerReferences": [owner_ref(sts)]},
+                "metadata": {"name": name, "namespace": meta(obj, "namespace"), "labels": labels,
+                             "ownerReferences": [owner_ref(obj)]},
                 "data": {"spec": {"template": template}}, "revision": newest + 1}));
             Revision { name: name.clone(), number: newest + 1, template }
         }
     };
-    let current = sts
+    let current = obj
         .pointer("/status/currentRevision")
         .and_then(Value::as_str)
         .and_then(|c| known.iter().find(|r| r.name == c))
         .filter(|r| r.name != update.name)
         .cloned()
         .unwrap_or_else(|| update.clone());
-    let uid = meta(sts, "uid");
-    let mut used: HashSet<&str> = pods
+    let uid = meta(obj, "uid");
+    let mut used: HashSet<String> = pods
         .iter()
         .filter(|p| controller_uid(p) == uid)
         .filter_map(|p| label_revision(p))
+        .map(|l| if pod_label == PodLabel::Name { l.to_string() } else { format!("{set}-{l}") })
         .collect();
-    used.extend([current.name.as_str(), update.name.as_str()]);
-    let limit = sts.pointer("/spec/revisionHistoryLimit").and_then(Value::as_i64).unwrap_or(10);
-    let unused: Vec<&Revision> = known.iter().filter(|r| !used.contains(r.name.as_str())).collect();
+    used.extend([current.name.clone(), update.name.clone()]);
+    let limit = obj.pointer("/spec/revisionHistoryLimit").and_then(Value::as_i64).unwrap_or(10);
+    let unused: Vec<&Revision> = known.iter().filter(|r| !used.contains(&r.name)).collect();
     let excess = unused.len().saturating_sub(limit.max(0) as usize);
     h.prune = unused[..excess].iter().map(|r| r.name.clone()).collect();
     (Revisions { current, update }, h)
+}
+
+/// Records a new revision or renumbers a restored one, before pods are touched.
+pub async fn record_history(ctx: &Ctx, ns: &str, h: &History) -> anyhow::Result<()> {
+    let c = &ctx.client;
+    if let Some(cr) = &h.create {
+        match c.create("controllerrevisions", ns, cr).await {
+            // The cache has not shown it yet.
+            Ok(_) => {}
+            Err(e) if e.reason == Reason::AlreadyExists => {}
+            Err(e) => return Err(e).context("recording a revision"),
+        }
+    }
+    if let Some((name, number)) = &h.renumber {
+        let patch = json!({"revision": number});
+        c.patch("controllerrevisions", ns, name, &patch, false, false)
+            .await
+            .context("renumbering a revision")?;
+    }
+    Ok(())
+}
+
+/// Deletes the revisions beyond the history limit.
+pub async fn prune_history(ctx: &Ctx, ns: &str, h: &History) -> anyhow::Result<()> {
+    for name in &h.prune {
+        match ctx.client.delete("controllerrevisions", ns, name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(e) if e.reason == Reason::NotFound => {}
+            Err(e) => return Err(e).context("pruning the revision history"),
+        }
+    }
+    Ok(())
+}
+
+/// The ControllerRevisions `obj` controls.
+pub fn owned_revisions(ctx: &Ctx, obj: &Value) -> Vec<Arc<Value>> {
+    let uid = meta(obj, "uid");
+    ctx.inf("controllerrevisions")
+        .list_namespace(meta(obj, "namespace"))
+        .into_iter()
+        .filter(|r| controller_uid(r) == uid)
+        .collect()
 }
 
 /// The revision a pod at `ordinal` is created from: below the partition of a rolling update,
@@ -276,27 +338,8 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Reconciled {
     let (ns, set, uid) = (meta(&sts, "namespace"), meta(&sts, "name"), meta(&sts, "uid"));
     let c = &ctx.client;
     let pods = ctx.inf("pods").list_namespace(ns);
-    let owned: Vec<Arc<Value>> = ctx
-        .inf("controllerrevisions")
-        .list_namespace(ns)
-        .into_iter()
-        .filter(|r| controller_uid(r) == uid)
-        .collect();
-    let (revs, history) = history(&sts, &owned, &pods);
-    if let Some(cr) = &history.create {
-        match c.create("controllerrevisions", ns, cr).await {
-            // The cache has not shown it yet.
-            Ok(_) => {}
-            Err(e) if e.reason == Reason::AlreadyExists => {}
-            Err(e) => return Err(e).context("recording the StatefulSet's revision"),
-        }
-    }
-    if let Some((name, number)) = &history.renumber {
-        let patch = json!({"revision": number});
-        c.patch("controllerrevisions", ns, name, &patch, false, false)
-            .await
-            .context("renumbering the StatefulSet's revision")?;
-    }
+    let (revs, history) = history(&sts, &owned_revisions(ctx, &sts), &pods);
+    record_history(ctx, ns, &history).await?;
     let plan = plan(&sts, &revs, &pods, jiff::Timestamp::now());
     for step in &plan.steps {
         match step {
@@ -333,13 +376,7 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Reconciled {
             }
         }
     }
-    for name in &history.prune {
-        match c.delete("controllerrevisions", ns, name, &DeleteParams::default()).await {
-            Ok(_) => {}
-            Err(e) if e.reason == Reason::NotFound => {}
-            Err(e) => return Err(e).context("pruning the StatefulSet's revision history"),
-        }
-    }
+    prune_history(ctx, ns, &history).await?;
     if sts.get("status").cloned().unwrap_or(json!({})) != plan.status {
         let patch = json!({"metadata": {"uid": uid}, "status": plan.status});
         if let Err(e) = c.patch("statefulsets", ns, set, &patch, false, true).await {
@@ -520,5 +557,18 @@ mod tests {
         let v2 = fresh(&sets[1]).update;
         let (_, h) = history(&b, &owned, &[pod(&sets[1], 0, true, &v2)]);
         assert_eq!(h.prune, vec![fresh(&sets[0]).update.name, fresh(&sets[2]).update.name]);
+
+        // A DaemonSet's pods carry the bare hash: the same pod keeps the same revision.
+        let mut daemon = (*pod(&sets[1], 0, true, &v2)).clone();
+        let hash = v2.name.strip_prefix("db-").unwrap().to_string();
+        daemon["metadata"]["labels"][HASH_LABEL] = json!(hash);
+        let (_, h) = history_of(&b, &owned, &[Arc::new(daemon)], PodLabel::Hash);
+        assert_eq!(h.prune, vec![fresh(&sets[0]).update.name, fresh(&sets[2]).update.name]);
+        let (_, fresh_ds) = history_of(&sets[0], &[], &[], PodLabel::Hash);
+        let cr = fresh_ds.create.unwrap();
+        assert_eq!(
+            cr["metadata"]["labels"][HASH_LABEL],
+            json!(template_hash(&sets[0]["spec"]["template"]))
+        );
     }
 }
