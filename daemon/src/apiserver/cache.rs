@@ -14,7 +14,7 @@ use flotilla_store::{KeyRange, WatchSpec, WatchUpdate};
 use prost::Message;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, Notify};
 
@@ -194,7 +194,14 @@ pub struct WatchCache {
     progress: Notify,
     /// Signalled whenever `rev` moves.
     advanced: Notify,
+    /// Objects this server is writing, already decoded (store key → stored bytes, object):
+    /// applying their event takes the object instead of parsing the bytes again.
+    decoded: Mutex<HashMap<String, (Bytes, Value)>>,
 }
+
+/// Most hand-overs waiting: beyond this (writes whose events this cache never applies, such
+/// as during a relist), they are dropped and the events parsed.
+const MAX_DECODED: usize = 8192;
 
 /// A snapshot for a new watcher: the events it must replay, then the live ring.
 pub struct Subscription {
@@ -232,7 +239,40 @@ impl WatchCache {
             history_limit,
             progress: Notify::new(),
             advanced: Notify::new(),
+            decoded: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Hands over the object a write is about to store as `stored` under `key`, so that
+    /// applying its event needs no decoding. Call before the write; `forget` if it fails.
+    pub fn expect(&self, key: &str, stored: Bytes, object: Value) {
+        let mut d = self.decoded.lock().expect("decoded lock");
+        if d.len() >= MAX_DECODED {
+            d.clear();
+        }
+        d.insert(key.to_string(), (stored, object));
+    }
+
+    /// Takes back what `expect` handed over for a write that did not happen.
+    pub fn forget(&self, key: &str, stored: &[u8]) -> Option<Value> {
+        let mut d = self.decoded.lock().expect("decoded lock");
+        match d.get(key) {
+            Some((b, _)) if b.as_ref() == stored => d.remove(key).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    /// The handed-over object for this event, if its bytes are exactly what was stored.
+    fn take_decoded(&self, key: &[u8], value: &[u8]) -> Option<Value> {
+        let mut d = self.decoded.lock().expect("decoded lock");
+        if d.is_empty() {
+            return None;
+        }
+        let key = std::str::from_utf8(key).ok()?;
+        match d.get(key) {
+            Some((b, _)) if b.as_ref() == value => d.remove(key).map(|(_, v)| v),
+            _ => None,
+        }
     }
 
     pub fn rev(&self) -> i64 {
@@ -356,7 +396,9 @@ impl WatchCache {
                 let obj = Arc::new(CachedObject::new(key, p.value.clone(), kv.mod_revision));
                 CacheEvent::new(EventKind::Deleted, kv.mod_revision, obj, prev, seen)
             } else {
-                let Ok(v) = serde_json::from_slice::<Value>(&kv.value) else {
+                let decoded = self.take_decoded(&kv.key, &kv.value);
+                let Some(v) = decoded.or_else(|| serde_json::from_slice::<Value>(&kv.value).ok())
+                else {
                     tracing::error!(%key, "undecodable object in the store; skipped");
                     continue;
                 };
@@ -509,5 +551,31 @@ impl WatchCache {
         }
         sub.replay = st.history.iter().filter(|e| e.rev > from).cloned().collect();
         Ok(sub)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn handed_over_objects_are_taken_only_for_their_exact_bytes() {
+        let c = WatchCache::new(flotilla_api::lookup("pods").unwrap(), 16, 16);
+        let key = "/registry/core/pods/default/a";
+        let stored = Bytes::from_static(br#"{"metadata":{"name":"a"}}"#);
+        c.expect(key, stored.clone(), json!({"metadata": {"name": "a"}}));
+        // Other bytes under the key (someone else's write): parsed, the hand-over stays.
+        assert!(c.take_decoded(key.as_bytes(), br#"{"metadata":{"name":"b"}}"#).is_none());
+        assert_eq!(
+            c.take_decoded(key.as_bytes(), &stored),
+            Some(json!({"metadata": {"name": "a"}}))
+        );
+        assert!(c.take_decoded(key.as_bytes(), &stored).is_none(), "taken once");
+        // A failed write takes its object back; nothing is left behind.
+        c.expect(key, stored.clone(), json!({"x": 1}));
+        assert_eq!(c.forget(key, b"other"), None);
+        assert_eq!(c.forget(key, &stored), Some(json!({"x": 1})));
+        assert!(c.decoded.lock().unwrap().is_empty());
     }
 }

@@ -123,10 +123,13 @@ fn to_store(v: &Value) -> Vec<u8> {
     .unwrap_or_default()
 }
 
+/// How `to_store`'s output starts when the object has metadata.
+const STORED_HEAD: &[u8] = br#"{"metadata":{"#;
+
 /// Stored bytes as served: metadata.resourceVersion set to `rv`. `None` when the bytes are not
 /// in `to_store`'s layout (written by an older version), and the caller re-encodes.
 pub(crate) fn served(stored: &[u8], rv: i64) -> Option<Bytes> {
-    const HEAD: &[u8] = br#"{"metadata":{"#;
+    const HEAD: &[u8] = STORED_HEAD;
     let rest = stored.strip_prefix(HEAD)?;
     let mut out = Vec::with_capacity(stored.len() + 32);
     out.extend_from_slice(HEAD);
@@ -140,7 +143,8 @@ pub(crate) fn served(stored: &[u8], rv: i64) -> Option<Bytes> {
     Some(Bytes::from(out))
 }
 
-/// A written object, with its served encoding when the write produced it.
+/// A written object, with its served encoding when the write produced it. `object` is Null
+/// when it was handed to the watch cache: `json` is the object then.
 pub struct Written {
     pub object: Value,
     pub warnings: Vec<String>,
@@ -380,17 +384,32 @@ impl ApiServer {
             if dry_run {
                 return Ok(Written::new(obj, None, admitted.warnings));
             }
-            let stored = to_store(&obj);
+            let stored = Bytes::from(to_store(&obj));
             let mut conds = vec![Cond::Absent(key.clone())];
-            let mut ops = vec![Op::Put(key.clone(), stored.clone())];
+            let mut ops = vec![Op::Put(key.clone(), stored.to_vec())];
             plan.add_to(&key, &mut conds, &mut ops);
-            match self.kv.txn(conds, ops).await? {
+            // The cache gets the object as it is (the response is the stored bytes), unless
+            // the bytes cannot be served as they are.
+            let cache = self.cache(info);
+            let mut kept = Some(obj);
+            if stored.starts_with(STORED_HEAD) {
+                cache.expect(&key, stored.clone(), kept.take().expect("kept"));
+            }
+            let outcome = self.kv.txn(conds, ops).await;
+            if !matches!(outcome, Ok(Some(_))) && kept.is_none() {
+                kept = cache.forget(&key, &stored);
+            }
+            match outcome? {
                 Some(rev) => {
-                    let bytes = served(&stored, rev);
-                    return Ok(Written::new(with_rv(obj, rev), bytes, admitted.warnings));
+                    let object = kept.map(|o| with_rv(o, rev)).unwrap_or(Value::Null);
+                    return Ok(Written::new(object, served(&stored, rev), admitted.warnings));
                 }
                 None => {
                     if !service {
+                        // Taken by a concurrent write of the same key: this one lost anyway.
+                        let Some(obj) = kept else {
+                            return Err(ApiError::already_exists(&info.qualified_plural(), &name));
+                        };
                         admitted.object = obj;
                     }
                     if self.kv.get(&key).await?.is_some() {
@@ -678,8 +697,16 @@ impl ApiServer {
             pod["spec"]["nodeName"] = Value::String(node.clone());
             mark_scheduled(&current, &mut pod);
             let key = info.key(ns, name);
-            let put = vec![Op::Put(key.clone(), to_store(&pod))];
-            if self.kv.txn(vec![Cond::ModRev(key, cur_rev)], put).await?.is_some() {
+            let stored = Bytes::from(to_store(&pod));
+            let put = vec![Op::Put(key.clone(), stored.to_vec())];
+            // Nobody needs the bound pod back: the cache takes it instead of decoding it.
+            let cache = self.cache(info);
+            cache.expect(&key, stored.clone(), pod);
+            let outcome = self.kv.txn(vec![Cond::ModRev(key.clone(), cur_rev)], put).await;
+            if !matches!(outcome, Ok(Some(_))) {
+                cache.forget(&key, &stored);
+            }
+            if outcome?.is_some() {
                 return Ok(());
             }
         }
