@@ -460,16 +460,12 @@ async fn daemonsets_statefulsets_jobs_and_cronjobs_do_their_work() {
         "spec": {"selector": {"matchLabels": {"app": "agent"}},
             "template": {"metadata": {"labels": {"app": "agent"}}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}});
     c.create("daemonsets", "default", &ds).await.unwrap();
+    let agent_pods = || async {
+        let app = ListParams { label_selector: "app=agent".into(), ..Default::default() };
+        c.list("pods", "default", &app).await.ok().map(|l| l.items)
+    };
     let daemon_nodes = || async {
-        let pods = c
-            .list(
-                "pods",
-                "default",
-                &ListParams { label_selector: "app=agent".into(), ..Default::default() },
-            )
-            .await
-            .ok()?
-            .items;
+        let pods = agent_pods().await?;
         let mut n: Vec<String> = pods
             .iter()
             .filter_map(|p| p["spec"]["nodeName"].as_str().map(str::to_string))
@@ -575,15 +571,7 @@ async fn daemonsets_statefulsets_jobs_and_cronjobs_do_their_work() {
     assert!(ok && out.contains("partitioned roll out complete: 1 new pods"), "{out}");
     // A DaemonSet's templates are ControllerRevisions too: roll to a new image, then undo.
     let ds_images = || async {
-        let pods = c
-            .list(
-                "pods",
-                "default",
-                &ListParams { label_selector: "app=agent".into(), ..Default::default() },
-            )
-            .await
-            .ok()?
-            .items;
+        let pods = agent_pods().await?;
         let live = pods.iter().filter(|p| p["metadata"]["deletionTimestamp"].is_null());
         let mut v: Vec<String> = live.map(image).collect();
         v.sort();
