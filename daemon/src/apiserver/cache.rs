@@ -255,11 +255,7 @@ impl WatchCache {
 
     /// Takes back what `expect` handed over for a write that did not happen.
     pub fn forget(&self, key: &str, stored: &[u8]) -> Option<Value> {
-        let mut d = self.decoded.lock().expect("decoded lock");
-        match d.get(key) {
-            Some((b, _)) if b.as_ref() == stored => d.remove(key).map(|(_, v)| v),
-            _ => None,
-        }
+        self.take_decoded(key.as_bytes(), stored)
     }
 
     /// The handed-over object for this event, if its bytes are exactly what was stored.

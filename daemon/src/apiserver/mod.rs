@@ -129,10 +129,9 @@ const STORED_HEAD: &[u8] = br#"{"metadata":{"#;
 /// Stored bytes as served: metadata.resourceVersion set to `rv`. `None` when the bytes are not
 /// in `to_store`'s layout (written by an older version), and the caller re-encodes.
 pub(crate) fn served(stored: &[u8], rv: i64) -> Option<Bytes> {
-    const HEAD: &[u8] = STORED_HEAD;
-    let rest = stored.strip_prefix(HEAD)?;
+    let rest = stored.strip_prefix(STORED_HEAD)?;
     let mut out = Vec::with_capacity(stored.len() + 32);
-    out.extend_from_slice(HEAD);
+    out.extend_from_slice(STORED_HEAD);
     out.extend_from_slice(br#""resourceVersion":""#);
     out.extend_from_slice(rv.to_string().as_bytes());
     out.push(b'"');
@@ -388,17 +387,9 @@ impl ApiServer {
             let mut conds = vec![Cond::Absent(key.clone())];
             let mut ops = vec![Op::Put(key.clone(), stored.to_vec())];
             plan.add_to(&key, &mut conds, &mut ops);
-            // The cache gets the object as it is (the response is the stored bytes), unless
-            // the bytes cannot be served as they are.
-            let cache = self.cache(info);
-            let mut kept = Some(obj);
-            if stored.starts_with(STORED_HEAD) {
-                cache.expect(&key, stored.clone(), kept.take().expect("kept"));
-            }
-            let outcome = self.kv.txn(conds, ops).await;
-            if !matches!(outcome, Ok(Some(_))) && kept.is_none() {
-                kept = cache.forget(&key, &stored);
-            }
+            // The response is the stored bytes: the object itself goes to the cache.
+            let (outcome, kept) =
+                self.write_handing_over(info, &key, &stored, obj, conds, ops).await;
             match outcome? {
                 Some(rev) => {
                     let object = kept.map(|o| with_rv(o, rev)).unwrap_or(Value::Null);
@@ -654,6 +645,31 @@ impl ApiServer {
         Err(ApiError::conflict(&what, name, "too many concurrent writers; retry"))
     }
 
+    /// Writes `stored` (the encoding of `obj`), handing `obj` to the watch cache so that its
+    /// event needs no decoding. `obj` comes back when the write did not happen, or when its
+    /// bytes are not in the servable layout and the cache was not given it.
+    async fn write_handing_over(
+        &self,
+        info: &ResourceInfo,
+        key: &str,
+        stored: &Bytes,
+        obj: Value,
+        conds: Vec<Cond>,
+        ops: Vec<Op>,
+    ) -> (Result<Option<i64>, ApiError>, Option<Value>) {
+        if !stored.starts_with(STORED_HEAD) {
+            return (self.kv.txn(conds, ops).await, Some(obj));
+        }
+        let cache = self.cache(info);
+        cache.expect(key, stored.clone(), obj);
+        let outcome = self.kv.txn(conds, ops).await;
+        let back = match outcome {
+            Ok(Some(_)) => None,
+            _ => cache.forget(key, stored),
+        };
+        (outcome, back)
+    }
+
     /// The pods/binding subresource, as Kubernetes' BindingREST: spec.nodeName and
     /// PodScheduled=True are set on the stored pod in one guarded write. The pod was admitted
     /// when it was created and binding changes nothing else, so there is no second admission;
@@ -699,13 +715,9 @@ impl ApiServer {
             let key = info.key(ns, name);
             let stored = Bytes::from(to_store(&pod));
             let put = vec![Op::Put(key.clone(), stored.to_vec())];
+            let conds = vec![Cond::ModRev(key.clone(), cur_rev)];
             // Nobody needs the bound pod back: the cache takes it instead of decoding it.
-            let cache = self.cache(info);
-            cache.expect(&key, stored.clone(), pod);
-            let outcome = self.kv.txn(vec![Cond::ModRev(key.clone(), cur_rev)], put).await;
-            if !matches!(outcome, Ok(Some(_))) {
-                cache.forget(&key, &stored);
-            }
+            let (outcome, _) = self.write_handing_over(info, &key, &stored, pod, conds, put).await;
             if outcome?.is_some() {
                 return Ok(());
             }

@@ -483,9 +483,12 @@ impl Api for Service {
             s.bind(&r.namespace, &r.name, &r.object).await?;
             // Kubernetes' BindingREST answers with a Status, not the pod: nobody pays for
             // encoding and decoding a pod the binder already has.
-            let ok = json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
-                            "status": "Success", "code": 201});
-            Ok(obj_response(&ok, Vec::new()))
+            const SUCCESS: &[u8] =
+                br#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Success","code":201}"#;
+            Ok(Response::new(proto::ObjectResponse {
+                object: bytes::Bytes::from_static(SUCCESS),
+                warnings: Vec::new(),
+            }))
         })
         .await
     }
