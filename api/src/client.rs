@@ -165,18 +165,26 @@ impl Client {
         obj: &Value,
         dry_run: bool,
     ) -> Result<(Value, Vec<String>), ApiError> {
-        let r = self
-            .inner
-            .clone()
-            .create(proto::CreateRequest {
-                resource: resource.into(),
-                namespace: ns.into(),
-                object: to_json(obj)?,
-                dry_run,
-            })
-            .await?
-            .into_inner();
+        let r = self.create_json(resource, ns, to_json(obj)?, dry_run).await?;
         Ok((from_json(&r.object)?, r.warnings))
+    }
+
+    /// A create of an object already encoded as JSON, answered undecoded: for load generators
+    /// that need neither step done for them.
+    pub async fn create_json(
+        &self,
+        resource: &str,
+        ns: &str,
+        object: bytes::Bytes,
+        dry_run: bool,
+    ) -> Result<proto::ObjectResponse, ApiError> {
+        let r = proto::CreateRequest {
+            resource: resource.into(),
+            namespace: ns.into(),
+            object,
+            dry_run,
+        };
+        Ok(self.inner.clone().create(r).await?.into_inner())
     }
 
     pub async fn get(&self, resource: &str, ns: &str, name: &str) -> Result<Value, ApiError> {
@@ -348,6 +356,27 @@ impl Client {
         ApiError,
     > {
         use futures::StreamExt;
+        let stream = self.watch_json(resource, ns, p).await?;
+        Ok(stream.map(|batch| {
+            batch?
+                .into_iter()
+                .map(|(kind, object)| Ok(WatchEvent { kind, object: from_json(&object)? }))
+                .collect()
+        }))
+    }
+
+    /// [`Client::watch`] with each object left as the JSON the server sent, for a caller that
+    /// decodes only what it needs.
+    pub async fn watch_json(
+        &self,
+        resource: &str,
+        ns: &str,
+        p: &WatchParams,
+    ) -> Result<
+        impl futures::Stream<Item = Result<Vec<(EventType, bytes::Bytes)>, ApiError>> + Send + 'static,
+        ApiError,
+    > {
+        use futures::StreamExt;
         let stream = self
             .inner
             .clone()
@@ -376,7 +405,7 @@ impl Client {
                         Ok(proto::EventType::Deleted) => EventType::Deleted,
                         _ => EventType::Bookmark,
                     };
-                    Ok(WatchEvent { kind, object: from_json(&e.object)? })
+                    Ok((kind, e.object))
                 })
                 .collect()
         }))
@@ -429,10 +458,8 @@ impl Client {
         Ok(Self::with_credentials(self.channel, Credentials(Some(v))))
     }
 
-    /// A bound token for service account `ns/name` (`kubectl create token`): `request` is an
-    /// authentication.k8s.io/v1 TokenRequest; the answer has `status.token`.
     /// Binds a pod to a node through the pods/binding subresource; `uid`, when not empty, is a
-    /// precondition (a pod re-created under the same name is not bound). Returns the bound pod.
+    /// precondition (a pod re-created under the same name is not bound).
     pub async fn bind(&self, ns: &str, name: &str, uid: &str, node: &str) -> Result<(), ApiError> {
         let mut meta = serde_json::json!({"name": name, "namespace": ns});
         if !uid.is_empty() {
@@ -450,6 +477,8 @@ impl Client {
         Ok(())
     }
 
+    /// A bound token for service account `ns/name` (`kubectl create token`): `request` is an
+    /// authentication.k8s.io/v1 TokenRequest; the answer has `status.token`.
     pub async fn create_token(
         &self,
         ns: &str,
