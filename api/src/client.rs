@@ -4,6 +4,7 @@
 
 use crate::error::{ApiError, Reason};
 use crate::proto::{self, api_client::ApiClient};
+use crate::prune::Keep;
 use serde::{de::DeserializeOwned, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -92,6 +93,11 @@ fn to_json<T: Serialize>(v: &T) -> Result<bytes::Bytes, ApiError> {
     serde_json::to_vec(v)
         .map(Into::into)
         .map_err(|e| ApiError::bad_request(format!("cannot encode the object: {e}")))
+}
+
+fn decode(b: &[u8], keep: &Keep) -> Result<Value, ApiError> {
+    crate::prune::decode(b, keep)
+        .map_err(|e| ApiError::internal(format!("undecodable object from the server: {e}")))
 }
 
 fn from_json<T: DeserializeOwned>(b: &[u8]) -> Result<T, ApiError> {
@@ -207,6 +213,17 @@ impl Client {
         ns: &str,
         p: &ListParams,
     ) -> Result<ObjectList, ApiError> {
+        self.list_with(resource, ns, p, &Keep::All).await
+    }
+
+    /// A list page keeping `keep` of each item.
+    async fn list_with(
+        &self,
+        resource: &str,
+        ns: &str,
+        p: &ListParams,
+        keep: &Keep,
+    ) -> Result<ObjectList, ApiError> {
         let r = self
             .inner
             .clone()
@@ -220,7 +237,7 @@ impl Client {
             })
             .await?
             .into_inner();
-        let items = r.items.iter().map(|b| from_json(b)).collect::<Result<_, _>>()?;
+        let items = r.items.iter().map(|b| decode(b, keep)).collect::<Result<_, _>>()?;
         Ok(ObjectList {
             items,
             resource_version: r.resource_version,
@@ -236,14 +253,24 @@ impl Client {
         ns: &str,
         p: &ListParams,
     ) -> Result<ObjectList, ApiError> {
+        self.list_all_with(resource, ns, p, &Keep::All).await
+    }
+
+    async fn list_all_with(
+        &self,
+        resource: &str,
+        ns: &str,
+        p: &ListParams,
+        keep: &Keep,
+    ) -> Result<ObjectList, ApiError> {
         let mut p = p.clone();
         if p.limit == 0 {
             p.limit = 500;
         }
-        let mut all = self.list(resource, ns, &p).await?;
+        let mut all = self.list_with(resource, ns, &p, keep).await?;
         while !all.continue_token.is_empty() {
             p.continue_token = std::mem::take(&mut all.continue_token);
-            let page = self.list(resource, ns, &p).await?;
+            let page = self.list_with(resource, ns, &p, keep).await?;
             all.items.extend(page.items);
             all.continue_token = page.continue_token;
             all.resource_version = page.resource_version;
@@ -567,26 +594,24 @@ pub struct Informer {
     state: RwLock<InformerState>,
     changes: broadcast::Sender<Change>,
     synced: tokio::sync::watch::Sender<bool>,
-    transform: Transform,
+    keep: &'static Keep,
 }
-
-/// What an informer keeps of each object (client-go's SetTransform): a consumer that needs a
-/// few fields of many objects keeps only those.
-pub type Transform = fn(Value) -> Value;
 
 impl Informer {
     /// Starts listing and watching in the background.
     pub fn start(client: Client, resource: &str, ns: &str, selectors: WatchParams) -> Arc<Self> {
-        Self::start_with(client, resource, ns, selectors, |v| v)
+        Self::start_with(client, resource, ns, selectors, &Keep::All)
     }
 
-    /// As [`Informer::start`], keeping `transform(object)` of each object.
+    /// As [`Informer::start`], keeping only `keep` of each object (client-go's SetTransform,
+    /// done while decoding): a consumer that needs a few fields of many objects holds and
+    /// decodes only those. `keep` must hold metadata's name, namespace and resourceVersion.
     pub fn start_with(
         client: Client,
         resource: &str,
         ns: &str,
         selectors: WatchParams,
-        transform: Transform,
+        keep: &'static Keep,
     ) -> Arc<Self> {
         let (changes, _) = broadcast::channel(4096);
         let inf = Arc::new(Informer {
@@ -597,7 +622,7 @@ impl Informer {
             }),
             changes,
             synced: tokio::sync::watch::channel(false).0,
-            transform,
+            keep,
         });
         let (me, resource, ns) = (Arc::downgrade(&inf), resource.to_string(), ns.to_string());
         tokio::spawn(async move { run_informer(me, client, resource, ns, selectors).await });
@@ -649,8 +674,7 @@ impl Informer {
 
     fn replace(&self, items: Vec<Value>, rv: String) {
         let mut st = self.state.write().expect("informer lock");
-        let t = self.transform;
-        st.objects = items.into_iter().map(|v| (object_key(&v), Arc::new(t(v)))).collect();
+        st.objects = items.into_iter().map(|v| (object_key(&v), Arc::new(v))).collect();
         st.resource_version = rv;
         st.synced = true;
         drop(st);
@@ -658,7 +682,8 @@ impl Informer {
         self.synced.send_replace(true);
     }
 
-    fn apply(&self, ev: WatchEvent) {
+    fn apply(&self, kind: EventType, json: &[u8]) -> Result<(), ApiError> {
+        let ev = WatchEvent { kind, object: decode(json, self.keep)? };
         let mut st = self.state.write().expect("informer lock");
         let rv = ev.resource_version().to_string();
         if !rv.is_empty() {
@@ -668,7 +693,7 @@ impl Informer {
             EventType::Bookmark => None,
             EventType::Added | EventType::Modified => {
                 let key = object_key(&ev.object);
-                let new = Arc::new((self.transform)(ev.object));
+                let new = Arc::new(ev.object);
                 Some(match st.objects.insert(key, new.clone()) {
                     Some(old) => Change::Modified { old, new },
                     None => Change::Added(new),
@@ -677,13 +702,14 @@ impl Informer {
             EventType::Deleted => {
                 let key = object_key(&ev.object);
                 st.objects.remove(&key);
-                Some(Change::Deleted(Arc::new((self.transform)(ev.object))))
+                Some(Change::Deleted(Arc::new(ev.object)))
             }
         };
         drop(st);
         if let Some(c) = change {
             let _ = self.changes.send(c);
         }
+        Ok(())
     }
 }
 
@@ -705,7 +731,7 @@ async fn run_informer(
                 field_selector: p.field_selector.clone(),
                 ..Default::default()
             };
-            match client.list_all(&resource, &ns, &lp).await {
+            match client.list_all_with(&resource, &ns, &lp, inf.keep).await {
                 Ok(l) => {
                     inf.replace(l.items, l.resource_version);
                     need_list = false;
@@ -726,7 +752,7 @@ async fn run_informer(
             ..p.clone()
         };
         drop(inf);
-        let stream = match client.watch(&resource, &ns, &wp).await {
+        let stream = match client.watch_json(&resource, &ns, &wp).await {
             Ok(s) => s,
             Err(e) => {
                 need_list = e.reason == Reason::Expired;
@@ -741,8 +767,10 @@ async fn run_informer(
             match item {
                 Ok(events) => {
                     backoff = Duration::from_millis(100);
-                    for ev in events {
-                        inf.apply(ev);
+                    for (kind, json) in events {
+                        if let Err(e) = inf.apply(kind, &json) {
+                            tracing::warn!(%resource, error = %e, "informer skipped an event");
+                        }
                     }
                 }
                 Err(e) => {

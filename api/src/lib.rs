@@ -14,6 +14,7 @@ pub mod error;
 pub mod kinds;
 pub mod manifest;
 pub mod patch;
+pub mod prune;
 pub mod quantity;
 pub mod resources;
 pub mod selector;

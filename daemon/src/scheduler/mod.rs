@@ -18,6 +18,7 @@ use anyhow::Result;
 use cluster::{Cluster, Decision};
 use flotilla_api::client::{object_key, Change, Client, Informer, WatchParams};
 use flotilla_api::error::{ApiError, Reason};
+use flotilla_api::prune::Keep;
 use plugins::{NodeInfo, PodInfo};
 use serde_json::{json, Value};
 use std::cmp::Reverse;
@@ -123,49 +124,45 @@ impl Queue {
 
 /// What the scheduler keeps of a pod: what it schedules by and writes back (its conditions),
 /// a fraction of the whole (command, env, volumes, probes and annotations go), so a large
-/// cluster's pods fit in a small scheduler.
-pub fn scheduling_view(mut p: Value) -> Value {
-    fn keep(v: &mut Value, fields: &[&str]) {
-        if let Some(m) = v.as_object_mut() {
-            m.retain(|k, _| fields.contains(&k.as_str()));
-        }
-    }
-    keep(&mut p, &["apiVersion", "kind", "metadata", "spec", "status"]);
-    keep(
-        &mut p["metadata"],
-        &[
-            "name",
-            "namespace",
-            "uid",
-            "labels",
-            "ownerReferences",
-            "deletionTimestamp",
-            "resourceVersion",
-        ],
-    );
-    let spec = &mut p["spec"];
-    keep(
-        spec,
-        &[
-            "nodeName",
-            "schedulerName",
-            "priority",
-            "nodeSelector",
-            "affinity",
-            "tolerations",
-            "overhead",
-            "containers",
-            "initContainers",
-        ],
-    );
-    for key in ["containers", "initContainers"] {
-        for c in spec[key].as_array_mut().into_iter().flatten() {
-            keep(c, &["name", "resources", "ports", "restartPolicy"]);
-        }
-    }
-    keep(&mut p["status"], &["phase", "conditions"]);
-    p
-}
+/// cluster's pods fit in a small scheduler. The informer skips the rest while decoding.
+pub static SCHEDULING_VIEW: Keep = Keep::Fields(&[
+    ("apiVersion", Keep::All),
+    ("kind", Keep::All),
+    (
+        "metadata",
+        Keep::Fields(&[
+            ("name", Keep::All),
+            ("namespace", Keep::All),
+            ("uid", Keep::All),
+            ("labels", Keep::All),
+            ("ownerReferences", Keep::All),
+            ("deletionTimestamp", Keep::All),
+            ("resourceVersion", Keep::All),
+        ]),
+    ),
+    (
+        "spec",
+        Keep::Fields(&[
+            ("nodeName", Keep::All),
+            ("schedulerName", Keep::All),
+            ("priority", Keep::All),
+            ("nodeSelector", Keep::All),
+            ("affinity", Keep::All),
+            ("tolerations", Keep::All),
+            ("overhead", Keep::All),
+            ("containers", CONTAINER_VIEW),
+            ("initContainers", CONTAINER_VIEW),
+        ]),
+    ),
+    ("status", Keep::Fields(&[("phase", Keep::All), ("conditions", Keep::All)])),
+]);
+
+const CONTAINER_VIEW: Keep = Keep::Fields(&[
+    ("name", Keep::All),
+    ("resources", Keep::All),
+    ("ports", Keep::All),
+    ("restartPolicy", Keep::All),
+]);
 
 fn priority(p: &Value) -> i32 {
     p.pointer("/spec/priority").and_then(Value::as_i64).unwrap_or(0) as i32
@@ -200,7 +197,7 @@ struct Scheduler {
 /// Runs the scheduler until the process stops (run it under leader election).
 pub async fn run(client: Client, cfg: SchedulerConfig) -> Result<()> {
     let pods =
-        Informer::start_with(client.clone(), "pods", "", WatchParams::default(), scheduling_view);
+        Informer::start_with(client.clone(), "pods", "", WatchParams::default(), &SCHEDULING_VIEW);
     let nodes = Informer::start(client.clone(), "nodes", "", WatchParams::default());
     let (tx, mut rx) = mpsc::unbounded_channel();
     let t = tx.clone();
@@ -469,6 +466,7 @@ impl Scheduler {
 #[cfg(test)]
 mod tests {
     use super::plugins::PodInfo;
+    use flotilla_api::prune;
     use serde_json::json;
 
     #[test]
@@ -492,7 +490,7 @@ mod tests {
                 "volumes": [{"name": "v", "emptyDir": {}}]},
             "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False"}],
                 "containerStatuses": []}});
-        let view = super::scheduling_view(pod.clone());
+        let view = prune::decode(pod.to_string().as_bytes(), &super::SCHEDULING_VIEW).unwrap();
         let (a, b) = (PodInfo::from_value(&pod).unwrap(), PodInfo::from_value(&view).unwrap());
         assert_eq!(format!("{a:?}"), format!("{b:?}"));
         assert_eq!(view["status"]["conditions"], pod["status"]["conditions"]);
