@@ -376,6 +376,11 @@ async fn main() -> Result<()> {
     let pods = c.list_all("pods", "default", &ListParams::default()).await?.items;
     let unbound = pods.iter().filter(|p| !p["spec"]["nodeName"].is_string()).count();
     let bad = check(&nodes, &pods);
+    // Events are recorded as client-go records them: written one at a time, dropped when the
+    // recorder's backlog is full. How many made it is part of the picture.
+    let one = ListParams { limit: 1, ..Default::default() };
+    let ev = c.list("events", "default", &one).await?;
+    let events = ev.items.len() as i64 + ev.remaining;
     sched.terminate(Duration::from_secs(5));
 
     println!(
@@ -407,6 +412,7 @@ async fn main() -> Result<()> {
         "flotilla backlog rate vs kube-scheduler's published ~300 pods/s: {:.1}x",
         drain_rate / 300.0
     );
+    println!("Scheduled/FailedScheduling events recorded: {events} (a full recorder backlog drops events, as client-go's does)");
     println!("validity: {} pods bound, {unbound} unbound, {} violations", b.len(), bad.len());
     for v in bad.iter().take(20) {
         println!("  violation: {v}");
