@@ -10,10 +10,6 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-/// sled stores values larger than (segment size / 4 − header) as blobs; anything near that
-/// size makes the next sync a deep one.
-pub const BLOB_HINT_BYTES: usize = 64 * 1024;
-
 pub struct Durability {
     db: sled::Db,
     main_file: File,
