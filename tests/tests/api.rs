@@ -193,6 +193,21 @@ async fn pods_are_bound_once_through_the_binding_subresource() {
     let e = c.bind("default", "held", "", "n1").await.unwrap_err();
     assert_eq!(e.reason, Reason::Conflict, "{}", e.message);
     assert!(e.message.contains("being deleted"), "{}", e.message);
+
+    // Deleted and re-created under the same name, back to back (the server's cache may still
+    // hold the old pod): the binding answers from the pod that exists, whichever uid it names.
+    for round in 0..20 {
+        let name = format!("again-{round}");
+        let (old, _) = c.create("pods", "default", &pod(&name, json!({}), None)).await.unwrap();
+        let old_uid = old["metadata"]["uid"].as_str().unwrap().to_string();
+        let zero = DeleteParams { grace_period_seconds: Some(0), ..Default::default() };
+        c.delete("pods", "default", &name, &zero).await.unwrap();
+        let (new, _) = c.create("pods", "default", &pod(&name, json!({}), None)).await.unwrap();
+        let e = c.bind("default", &name, &old_uid, "n1").await.unwrap_err();
+        assert_eq!(e.reason, Reason::Conflict, "{}", e.message);
+        c.bind("default", &name, new["metadata"]["uid"].as_str().unwrap(), "n1").await.unwrap();
+        assert_eq!(c.get("pods", "default", &name).await.unwrap()["spec"]["nodeName"], "n1");
+    }
     drop(s.member);
 }
 

@@ -697,21 +697,44 @@ impl ApiServer {
             return Err(ApiError::invalid("Binding", name, errs.0));
         }
         let what = info.qualified_plural();
+        // The first attempt starts from the watch cache's copy, already decoded: the write's
+        // revision precondition refuses it if it is stale, and any refusal is decided again on
+        // the store's copy, so a lagging cache can cost a retry but never change an answer.
+        let cache_key = if ns.is_empty() { name.to_string() } else { format!("{ns}/{name}") };
+        let mut cached = self.cache(info).get(&cache_key);
         for _ in 0..WRITE_RETRIES {
-            let (current, cur_rev) = self.read(info, ns, name).await?;
-            uid_precondition(&what, name, &uid, &current)?;
-            if !meta_str(&current, "deletionTimestamp").is_empty() {
-                let why = format!("pod {name} is being deleted, cannot be assigned to a host");
-                return Err(ApiError::conflict(&what, name, &why));
-            }
-            let bound = current.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("");
-            if !bound.is_empty() {
-                let why = format!("pod {name} is already assigned to node {bound:?}");
-                return Err(ApiError::conflict(&what, name, &why));
+            let from_cache = cached.take().and_then(|o| {
+                let rv = meta_str(&o.value, "resourceVersion").parse::<i64>().ok()?;
+                Some((o, rv))
+            });
+            let read;
+            let (current, cur_rev, from_cache) = match &from_cache {
+                Some((o, rv)) => (&o.value, *rv, true),
+                None => {
+                    read = self.read(info, ns, name).await?;
+                    (&read.0, read.1, false)
+                }
+            };
+            let refused = uid_precondition(&what, name, &uid, current)
+                .err()
+                .or_else(|| {
+                    let why = "is being deleted, cannot be assigned to a host";
+                    (!meta_str(current, "deletionTimestamp").is_empty())
+                        .then(|| ApiError::conflict(&what, name, &format!("pod {name} {why}")))
+                })
+                .or_else(|| {
+                    let bound = current.pointer("/spec/nodeName").and_then(Value::as_str)?;
+                    let why = format!("pod {name} is already assigned to node {bound:?}");
+                    (!bound.is_empty()).then(|| ApiError::conflict(&what, name, &why))
+                });
+            match refused {
+                Some(_) if from_cache => continue,
+                Some(e) => return Err(e),
+                None => {}
             }
             let mut pod = current.clone();
             pod["spec"]["nodeName"] = Value::String(node.clone());
-            mark_scheduled(&current, &mut pod);
+            mark_scheduled(current, &mut pod);
             let key = info.key(ns, name);
             let stored = Bytes::from(to_store(&pod));
             let put = vec![Op::Put(key.clone(), stored.to_vec())];
