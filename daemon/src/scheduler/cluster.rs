@@ -261,7 +261,7 @@ impl Cluster {
             .filter(|g| g.term.matches(&pod.namespace, &pod.labels))
             .map(|g| (g.term.topology_key.clone(), g.domains.keys().cloned().collect()))
             .collect();
-        let affinity: Vec<(String, std::collections::HashSet<String>)> = pod
+        let affinity: Vec<(String, HashSet<String>)> = pod
             .affinity
             .iter()
             .map(|t| (t.topology_key.clone(), self.domains_of(t).into_keys().collect()))

@@ -6,9 +6,10 @@
 use flotilla_api::quantity::Quantity;
 use flotilla_api::selector::{LabelSelector, Op, Requirement};
 use k8s_openapi::api::core::v1 as core;
+use rustc_hash::FxHashSet as HashSet;
 use serde::Deserialize;
 use serde_json::Value;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
@@ -681,28 +682,28 @@ mod tests {
         let n = node("n1", "1", "1Gi");
         let p = pod(json!({"containers": [ctr("1m", "1Mi")]}));
         let f = Forbidden {
-            own: vec![("zone".into(), HashSet::from(["a".to_string()]))],
+            own: vec![("zone".into(), HashSet::from_iter(["a".to_string()]))],
             ..Default::default()
         };
         assert_eq!(filter(&p, &n, &f), Err(Unfit::AntiAffinity));
         let f = Forbidden {
-            existing: vec![(HOSTNAME_LABEL.into(), HashSet::from(["n1".to_string()]))],
+            existing: vec![(HOSTNAME_LABEL.into(), HashSet::from_iter(["n1".to_string()]))],
             ..Default::default()
         };
         assert_eq!(filter(&p, &n, &f), Err(Unfit::ExistingAntiAffinity));
         // Affinity: the node's domain must hold a wanted pod, and the node the topology key.
         let f = Forbidden {
-            affinity: vec![(HOSTNAME_LABEL.into(), HashSet::from(["n2".to_string()]))],
+            affinity: vec![(HOSTNAME_LABEL.into(), HashSet::from_iter(["n2".to_string()]))],
             ..Default::default()
         };
         assert_eq!(filter(&p, &n, &f), Err(Unfit::Affinity));
         let f = Forbidden {
-            affinity: vec![(HOSTNAME_LABEL.into(), HashSet::from(["n1".to_string()]))],
+            affinity: vec![(HOSTNAME_LABEL.into(), HashSet::from_iter(["n1".to_string()]))],
             ..Default::default()
         };
         assert_eq!(filter(&p, &n, &f), Ok(()));
         let f = Forbidden {
-            affinity: vec![("rack".into(), HashSet::new())],
+            affinity: vec![("rack".into(), HashSet::default())],
             first_of_group: true,
             ..Default::default()
         };
