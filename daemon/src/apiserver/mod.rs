@@ -701,36 +701,25 @@ impl ApiServer {
         // revision precondition refuses it if it is stale, and any refusal is decided again on
         // the store's copy, so a lagging cache can cost a retry but never change an answer.
         let cache_key = if ns.is_empty() { name.to_string() } else { format!("{ns}/{name}") };
-        let mut cached = self.cache(info).get(&cache_key);
+        let mut cached = self.cache(info).get(&cache_key).and_then(|o| {
+            let rv = meta_str(&o.value, "resourceVersion").parse::<i64>().ok()?;
+            Some((o, rv))
+        });
         for _ in 0..WRITE_RETRIES {
-            let from_cache = cached.take().and_then(|o| {
-                let rv = meta_str(&o.value, "resourceVersion").parse::<i64>().ok()?;
-                Some((o, rv))
-            });
+            let attempt = cached.take();
             let read;
-            let (current, cur_rev, from_cache) = match &from_cache {
-                Some((o, rv)) => (&o.value, *rv, true),
+            let (current, cur_rev) = match &attempt {
+                Some((o, rv)) => (&o.value, *rv),
                 None => {
                     read = self.read(info, ns, name).await?;
-                    (&read.0, read.1, false)
+                    (&read.0, read.1)
                 }
             };
-            let refused = uid_precondition(&what, name, &uid, current)
-                .err()
-                .or_else(|| {
-                    let why = "is being deleted, cannot be assigned to a host";
-                    (!meta_str(current, "deletionTimestamp").is_empty())
-                        .then(|| ApiError::conflict(&what, name, &format!("pod {name} {why}")))
-                })
-                .or_else(|| {
-                    let bound = current.pointer("/spec/nodeName").and_then(Value::as_str)?;
-                    let why = format!("pod {name} is already assigned to node {bound:?}");
-                    (!bound.is_empty()).then(|| ApiError::conflict(&what, name, &why))
-                });
-            match refused {
-                Some(_) if from_cache => continue,
-                Some(e) => return Err(e),
-                None => {}
+            if let Some(e) = binding_refused(&what, name, &uid, current) {
+                if attempt.is_some() {
+                    continue;
+                }
+                return Err(e);
             }
             let mut pod = current.clone();
             pod["spec"]["nodeName"] = Value::String(node.clone());
@@ -905,6 +894,22 @@ impl ApiServer {
 
 /// A uid in a write is a precondition: the stored object must be that one, not a namesake
 /// created since.
+/// Why `pod` cannot be bound: a uid precondition it fails, deletion, or a node it already has.
+fn binding_refused(what: &str, name: &str, uid: &str, pod: &Value) -> Option<ApiError> {
+    if let Err(e) = uid_precondition(what, name, uid, pod) {
+        return Some(e);
+    }
+    if !meta_str(pod, "deletionTimestamp").is_empty() {
+        let why = format!("pod {name} is being deleted, cannot be assigned to a host");
+        return Some(ApiError::conflict(what, name, &why));
+    }
+    let bound = pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("");
+    (!bound.is_empty()).then(|| {
+        let why = format!("pod {name} is already assigned to node {bound:?}");
+        ApiError::conflict(what, name, &why)
+    })
+}
+
 fn uid_precondition(what: &str, name: &str, want: &str, current: &Value) -> Result<(), ApiError> {
     let have = meta_str(current, "uid");
     if want.is_empty() || want == have {

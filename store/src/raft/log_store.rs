@@ -103,36 +103,38 @@ impl LogStore {
         range: (Bound<Vec<u8>>, Bound<Vec<u8>>),
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError> {
         let corrupt = |what: String| read_err(ErrorSubject::Logs, std::io::Error::other(what));
-        let mut out = Vec::new();
-        let mut current: Option<(Vec<u8>, Vec<u8>)> = None; // (entry key, bytes so far)
-        let mut parts = 0u32;
-        let finish = |buf: &[u8]| {
-            bincode::deserialize::<Entry<TypeConfig>>(buf)
+        let finish = |head: &sled::IVec, joined: &Option<Vec<u8>>| {
+            bincode::deserialize::<Entry<TypeConfig>>(joined.as_deref().unwrap_or(head))
                 .map_err(|e| read_err(ErrorSubject::Logs, e))
         };
+        let mut out = Vec::new();
+        // The entry being read: its key, its first value, and (only once a part follows) the
+        // parts joined; the part number last seen.
+        let mut current: Option<(sled::IVec, sled::IVec, Option<Vec<u8>>, u32)> = None;
         for item in self.tree.range::<Vec<u8>, _>(range) {
             let (k, v) = item.map_err(|e| read_err(ErrorSubject::Logs, e))?;
             if k.len() == 9 {
-                if let Some((_, buf)) = current.take() {
-                    out.push(finish(&buf)?);
+                if let Some((_, head, joined, _)) = current.take() {
+                    out.push(finish(&head, &joined)?);
                 }
-                current = Some((k.to_vec(), v.to_vec()));
-                parts = 0;
+                current = Some((k, v, None, 0));
                 continue;
             }
             let n = k.get(9..).and_then(|n| <[u8; 4]>::try_from(n).ok()).map(u32::from_be_bytes);
             match (&mut current, n) {
-                (Some((head, buf)), Some(n)) if k[..9] == head[..] && n == parts + 1 => {
-                    buf.extend_from_slice(&v);
-                    parts = n;
+                (Some((key, head, joined, parts)), Some(n))
+                    if k[..9] == key[..] && n == *parts + 1 =>
+                {
+                    joined.get_or_insert_with(|| head.to_vec()).extend_from_slice(&v);
+                    *parts = n;
                 }
                 _ => {
                     return Err(corrupt(format!("log key {k:?} is not the next part of an entry")))
                 }
             }
         }
-        if let Some((_, buf)) = current {
-            out.push(finish(&buf)?);
+        if let Some((_, head, joined, _)) = current {
+            out.push(finish(&head, &joined)?);
         }
         Ok(out)
     }
