@@ -346,10 +346,16 @@ fn populate_dev(root: &Path) -> SetupResult {
     ] {
         let p = dev.join(name);
         let _ = std::fs::remove_file(&p);
-        ctx(
-            mknod(&p, SFlag::S_IFCHR, Mode::from_bits_truncate(0o666), makedev(major, minor)),
-            || format!("mknod {}", p.display()),
-        )?;
+        match mknod(&p, SFlag::S_IFCHR, Mode::from_bits_truncate(0o666), makedev(major, minor)) {
+            // In a user namespace mknod is refused: bind the host's node instead, as runc does.
+            Err(nix::Error::EPERM) => {
+                create_target(&p, true)?;
+                let host = Path::new("/dev").join(name);
+                do_mount(Some(&host), &p, None, MsFlags::MS_BIND, None)?;
+                continue;
+            }
+            r => ctx(r, || format!("mknod {}", p.display()))?,
+        }
         // mknod is subject to the umask.
         ctx(std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o666)), || {
             format!("chmod {}", p.display())

@@ -123,15 +123,6 @@ pub fn check(bundle: &Path, spec: &Spec) -> Result<PathBuf> {
             if !seen.insert(ns.typ()) {
                 return Err(err(&field, format!("namespace {} listed twice", ns.typ())));
             }
-            match ns.typ() {
-                LinuxNamespaceType::User => {
-                    return Err(err(&field, "user namespaces are not supported yet".into()));
-                }
-                LinuxNamespaceType::Time => {
-                    return Err(err(&field, "time namespaces are not supported yet".into()));
-                }
-                _ => {}
-            }
             if let Some(p) = ns.path() {
                 if !p.is_absolute() || !p.exists() {
                     return Err(err(
@@ -141,6 +132,7 @@ pub fn check(bundle: &Path, spec: &Spec) -> Result<PathBuf> {
                 }
             }
         }
+        check_user_and_time(linux, &err)?;
         for (field, list) in [
             ("linux.maskedPaths", linux.masked_paths()),
             ("linux.readonlyPaths", linux.readonly_paths()),
@@ -166,6 +158,96 @@ pub fn check(bundle: &Path, spec: &Spec) -> Result<PathBuf> {
         }
     }
     Ok(rootfs)
+}
+
+/// A new user namespace needs uid and gid mappings (and mappings need one); time offsets
+/// need a new time namespace and name clocks it can offset.
+fn check_user_and_time(
+    linux: &oci_spec::runtime::Linux,
+    err: &impl Fn(&str, String) -> Error,
+) -> Result<()> {
+    let new_ns = |t: LinuxNamespaceType| {
+        linux.namespaces().iter().flatten().any(|n| n.typ() == t && n.path().is_none())
+    };
+    let new_user = new_ns(LinuxNamespaceType::User);
+    for (field, maps) in
+        [("linux.uidMappings", linux.uid_mappings()), ("linux.gidMappings", linux.gid_mappings())]
+    {
+        let maps = maps.as_deref().unwrap_or_default();
+        match (new_user, maps.is_empty()) {
+            (true, true) => {
+                return Err(err(field, "a new user namespace needs at least one mapping".into()))
+            }
+            (false, false) => {
+                return Err(err(
+                    field,
+                    "mappings need a new user namespace in linux.namespaces".into(),
+                ))
+            }
+            _ => {}
+        }
+        // The kernel takes at most 340 lines and refuses overlaps with EINVAL; say which.
+        if maps.len() > 340 {
+            return Err(err(
+                field,
+                format!("{} mappings; the kernel takes at most 340", maps.len()),
+            ));
+        }
+        for (i, m) in maps.iter().enumerate() {
+            if m.size() == 0 {
+                return Err(err(&format!("{field}[{i}].size"), "must be at least 1".into()));
+            }
+            let end = |start: u32| u64::from(start) + u64::from(m.size());
+            if end(m.container_id()) > 1 << 32 || end(m.host_id()) > 1 << 32 {
+                return Err(err(&format!("{field}[{i}]"), "range goes past 2^32".into()));
+            }
+            for (j, o) in maps[..i].iter().enumerate() {
+                let overlap = |a: u32, b: u32| {
+                    u64::from(a) < u64::from(b) + u64::from(o.size()) && u64::from(b) < end(a)
+                };
+                if overlap(m.container_id(), o.container_id()) || overlap(m.host_id(), o.host_id())
+                {
+                    return Err(err(&format!("{field}[{i}]"), format!("overlaps {field}[{j}]")));
+                }
+            }
+        }
+    }
+    let offsets = linux.time_offsets().as_ref().filter(|o| !o.is_empty());
+    if let Some(offsets) = offsets {
+        if !new_ns(LinuxNamespaceType::Time) {
+            return Err(err(
+                "linux.timeOffsets",
+                "offsets need a new time namespace in linux.namespaces".into(),
+            ));
+        }
+        for (clock, o) in offsets {
+            let field = format!("linux.timeOffsets.{clock}");
+            if clock != "monotonic" && clock != "boottime" {
+                return Err(err(&field, "only monotonic and boottime can be offset".into()));
+            }
+            if o.nanosecs().unwrap_or(0) >= 1_000_000_000 {
+                return Err(err(&format!("{field}.nanosecs"), "must be below 1000000000".into()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The lines for `/proc/PID/uid_map` or `gid_map`.
+pub fn id_map_lines(maps: &[oci_spec::runtime::LinuxIdMapping]) -> String {
+    maps.iter().map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size())).collect()
+}
+
+/// The lines for `/proc/self/timens_offsets`.
+pub fn time_offset_lines(
+    offsets: &std::collections::HashMap<String, oci_spec::runtime::LinuxTimeOffset>,
+) -> String {
+    offsets
+        .iter()
+        .map(|(clock, o)| {
+            format!("{clock} {} {}\n", o.secs().unwrap_or(0), o.nanosecs().unwrap_or(0))
+        })
+        .collect()
 }
 
 #[cfg(test)]

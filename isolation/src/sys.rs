@@ -15,6 +15,32 @@ pub unsafe fn fork() -> nix::Result<nix::unistd::ForkResult> {
     unsafe { nix::unistd::fork() }
 }
 
+/// Forks the calling process into new namespaces at once (`clone` with `flags`, no new
+/// stack: fork semantics). With CLONE_NEWUSER the kernel creates the user namespace first,
+/// so a CLONE_NEWPID in the same call makes a pid namespace owned by it, which unshare in
+/// the parent cannot do without entering that user namespace itself.
+///
+/// # Safety
+/// The caller must be single-threaded. The child must not rely on glibc's cached thread id
+/// (pthread_kill/raise on itself): clone does not refresh it as fork does.
+pub unsafe fn fork_into(flags: nix::sched::CloneFlags) -> nix::Result<nix::unistd::ForkResult> {
+    if flags.is_empty() {
+        // SAFETY: forwarded from the caller.
+        return unsafe { fork() };
+    }
+    let f = flags.bits() as libc::c_ulong | libc::SIGCHLD as libc::c_ulong;
+    // SAFETY: clone without CLONE_VM and a null stack behaves as fork: the child gets a
+    // copy of the address space and continues here.
+    let r = unsafe { libc::syscall(libc::SYS_clone, f, 0usize, 0usize, 0usize, 0usize) };
+    match r {
+        -1 => Err(nix::Error::last()),
+        0 => Ok(nix::unistd::ForkResult::Child),
+        pid => {
+            Ok(nix::unistd::ForkResult::Parent { child: nix::unistd::Pid::from_raw(pid as i32) })
+        }
+    }
+}
+
 /// The number of threads of this process, from /proc/self/stat.
 pub fn thread_count() -> usize {
     std::fs::read_to_string("/proc/self/stat")

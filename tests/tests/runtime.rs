@@ -216,8 +216,20 @@ fn bad_bundles_are_refused_by_name_and_leave_nothing() {
     no_rootfs["root"]["path"] = json!("/nonexistent/rootfs");
     let mut no_program = base.clone();
     no_program["process"]["args"] = json!(["/bin/not-there"]);
+    let mut unmapped_user = base.clone();
+    unmapped_user["linux"]["namespaces"].as_array_mut().unwrap().push(json!({"type": "user"}));
+    let mut overlapping = unmapped_user.clone();
+    overlapping["linux"]["uidMappings"] = json!([
+        {"containerID": 0, "hostID": 100000, "size": 1000},
+        {"containerID": 500, "hostID": 200000, "size": 10}
+    ]);
+    let mut offsets_alone = base.clone();
+    offsets_alone["linux"]["timeOffsets"] = json!({"boottime": {"secs": 10}});
     let cases: Vec<(&str, Value, &str)> = vec![
         ("bogus-ns", bogus_ns, "linux.namespaces[1].type"),
+        ("unmapped-user", unmapped_user, "linux.uidMappings`: a new user namespace needs"),
+        ("overlapping", overlapping, "linux.uidMappings[1]`: overlaps linux.uidMappings[0]"),
+        ("offsets-alone", offsets_alone, "linux.timeOffsets`: offsets need a new time namespace"),
         ("no-program", no_program, "not-there"),
     ];
     for (id, config, needle) in cases {
@@ -314,4 +326,109 @@ fn exec_runs_a_process_inside_a_running_container_with_its_restrictions() {
     let missing = f.rt.run(&["exec", "ex", "/bin/not-there"]);
     assert!(!missing.ok && missing.stderr.contains("not-there"), "{}", missing.stderr);
     f.rt.ok(&["delete", "--force", "ex"]);
+}
+
+/// Changes the owner of everything under `root` to `id` (uid and gid), as an image unpacked
+/// for a user namespace would be.
+fn chown_tree(root: &Path, id: u32) {
+    std::os::unix::fs::lchown(root, Some(id), Some(id)).unwrap();
+    for entry in std::fs::read_dir(root).unwrap() {
+        let p = entry.unwrap().path();
+        if std::fs::symlink_metadata(&p).unwrap().is_dir() {
+            chown_tree(&p, id);
+        } else {
+            std::os::unix::fs::lchown(&p, Some(id), Some(id)).unwrap();
+        }
+    }
+}
+
+/// `config` with a new user namespace mapping ids 0..65536 to 100000.. on the host.
+fn in_user_namespace(mut config: Value) -> Value {
+    let map = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    config["linux"]["namespaces"].as_array_mut().unwrap().push(json!({"type": "user"}));
+    config["linux"]["uidMappings"] = map.clone();
+    config["linux"]["gidMappings"] = map;
+    config
+}
+
+/// In a new user namespace the workload is root inside and uid 100000 outside, and the
+/// hardening of a pod-like config (namespaces, mounts, masks, capabilities, seccomp, cgroup
+/// limits) holds as without one; exec joins it the same way.
+#[test]
+fn a_user_namespace_makes_container_root_an_unprivileged_host_user() {
+    let f = Fixture::new();
+    chown_tree(&f.dir.path().join("rootfs"), 100000);
+    let (exit, lines) =
+        f.run_to_exit("userns", &in_user_namespace(hardened(&["/bin/flotilla-probe", "inspect"])));
+    assert_eq!(exit["code"], 0, "exit {exit}; output {lines:?}");
+    let got = facts(&lines);
+    for (k, v) in [
+        ("pid", "1"),
+        ("hostname", "probe-host"),
+        ("uid_map", "0 100000 65536"),
+        ("gid_map", "0 100000 65536"),
+        ("Uid", "0\t0\t0\t0"),
+        ("NoNewPrivs", "1"),
+        ("Seccomp", "2"),
+        ("CapEff", "00000000a80425fb"),
+        ("fds", "0,1,2"),
+        ("read:/proc/keys", "ok:0"),
+        ("write:/bin/busybox", "err:30"),
+        ("pids.max", "64"),
+    ] {
+        assert_eq!(got.get(k).map(String::as_str), Some(v), "{k}; all facts: {got:#?}");
+    }
+    f.rt.ok(&["delete", "userns"]);
+
+    // Seen from the host, the same root is an unprivileged user.
+    let b = f.bundle("userns-sleep", &in_user_namespace(hardened(&["/bin/sleep", "300"])));
+    let out = f.rt.create("userns-sleep", &b, &[]);
+    assert!(out.ok, "create: {}", out.stderr);
+    f.rt.ok(&["start", "userns-sleep"]);
+    let state: Value = serde_json::from_str(&f.rt.ok(&["state", "userns-sleep"])).unwrap();
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", state["pid"])).expect("init status");
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap_or_default();
+    assert_eq!(
+        uid.split_whitespace().collect::<Vec<_>>(),
+        ["Uid:", "100000", "100000", "100000", "100000"]
+    );
+    let out = f.rt.run(&["exec", "userns-sleep", "/bin/sh", "-c", "id -u; cat /proc/self/uid_map"]);
+    assert!(out.ok, "exec: {}", out.stderr);
+    let words: Vec<&str> = out.stdout.split_whitespace().collect();
+    assert_eq!(words, ["0", "0", "100000", "65536"], "{}", out.stdout);
+    f.rt.ok(&["delete", "--force", "userns-sleep"]);
+}
+
+/// A time namespace moves the container's boot and monotonic clocks by the configured
+/// offsets; the host's are unchanged.
+#[test]
+fn a_time_namespace_offsets_the_containers_clocks() {
+    let f = Fixture::new();
+    let mut c = bundle::runc_default_config(&["/bin/flotilla-probe", "inspect"]);
+    c["linux"]["namespaces"].as_array_mut().unwrap().push(json!({"type": "time"}));
+    let ten_days = 10 * 86400;
+    c["linux"]["timeOffsets"] =
+        json!({"boottime": {"secs": ten_days}, "monotonic": {"secs": 86400, "nanosecs": 5}});
+    let host_before = host_uptime();
+    let (exit, lines) = f.run_to_exit("timens", &c);
+    let host_after = host_uptime();
+    assert_eq!(exit["code"], 0, "exit {exit}; output {lines:?}");
+    let got = facts(&lines);
+    let offsets = &got["timens_offsets"];
+    assert!(
+        offsets.contains("monotonic 86400 5") && offsets.contains("boottime 864000 0"),
+        "{got:#?}"
+    );
+    let inside: u64 = got["uptime"].parse().unwrap();
+    assert!(
+        (host_before + ten_days..=host_after + ten_days + 1).contains(&inside),
+        "uptime inside {inside}, host {host_before}..{host_after}"
+    );
+    f.rt.ok(&["delete", "timens"]);
+}
+
+fn host_uptime() -> u64 {
+    let s = std::fs::read_to_string("/proc/uptime").unwrap();
+    s.split('.').next().unwrap().parse().unwrap()
 }

@@ -76,6 +76,8 @@ const NS_FLAGS: &[(LinuxNamespaceType, CloneFlags, &str)] = &[
     (LinuxNamespaceType::Network, CloneFlags::CLONE_NEWNET, "net"),
     (LinuxNamespaceType::Cgroup, CloneFlags::CLONE_NEWCGROUP, "cgroup"),
     (LinuxNamespaceType::Pid, CloneFlags::CLONE_NEWPID, "pid"),
+    (LinuxNamespaceType::User, CloneFlags::CLONE_NEWUSER, "user"),
+    (LinuxNamespaceType::Time, CloneFlags::from_bits_retain(libc::CLONE_NEWTIME), "time"),
 ];
 
 pub(super) fn validate_id(id: &str) -> Result<()> {
@@ -137,10 +139,17 @@ impl Runtime {
         let linux = spec.linux().clone().unwrap_or_default();
         let process = spec.process().as_ref().expect("checked by spec::check");
 
-        // Namespaces: new ones are unshared, ones with a path are joined.
+        // Namespaces: new ones are unshared, ones with a path are joined. The monitor joins
+        // all but the user and mount namespaces before it forks the init (from inside a new
+        // user namespace, joining a host-owned one is refused); the init joins those two.
+        // A new user namespace is made by the fork itself, with a new pid namespace in the
+        // same call so that the init is root over it (and may mount /proc).
         let mut unshare = CloneFlags::empty();
         let mut join = Vec::new();
+        let mut monitor_join = Vec::new();
         let mut pid_ns = PidNamespace::Host;
+        let mut new_user = false;
+        let mut new_time = false;
         let mut ns_names = Vec::new();
         for (i, ns) in linux.namespaces().iter().flatten().enumerate() {
             let Some((_, flag, name)) = NS_FLAGS.iter().find(|(t, _, _)| *t == ns.typ()) else {
@@ -158,16 +167,44 @@ impl Runtime {
                             format!("{}: {e}", p.display()),
                         )
                     })?;
-                    if *flag == CloneFlags::CLONE_NEWPID {
-                        pid_ns = PidNamespace::Join(f);
-                    } else {
-                        join.push((*flag, f));
+                    match ns.typ() {
+                        LinuxNamespaceType::Pid => pid_ns = PidNamespace::Join(f),
+                        // The user namespace first: the others may be owned by it.
+                        LinuxNamespaceType::User => join.insert(0, (*flag, f)),
+                        LinuxNamespaceType::Mount => join.push((*flag, f)),
+                        _ => monitor_join.push((*flag, f)),
                     }
                 }
-                None if *flag == CloneFlags::CLONE_NEWPID => pid_ns = PidNamespace::New,
-                None => unshare |= *flag,
+                None => match ns.typ() {
+                    LinuxNamespaceType::Pid => pid_ns = PidNamespace::New,
+                    LinuxNamespaceType::User => new_user = true,
+                    LinuxNamespaceType::Time => new_time = true,
+                    _ => unshare |= *flag,
+                },
             }
         }
+        let id_maps = new_user.then(|| {
+            (
+                spec::id_map_lines(linux.uid_mappings().as_deref().unwrap_or_default()),
+                spec::id_map_lines(linux.gid_mappings().as_deref().unwrap_or_default()),
+            )
+        });
+        // Root inside is where the init does its setup, when the mappings have one; the
+        // host ids it has then must own what it opens of ours (exec.fifo).
+        let host_id_of_root = |m: Option<&Vec<oci_spec::runtime::LinuxIdMapping>>| {
+            m.into_iter().flatten().find(|m| m.container_id() == 0).map(|m| m.host_id())
+        };
+        let inside_root = match (
+            host_id_of_root(linux.uid_mappings().as_ref()),
+            host_id_of_root(linux.gid_mappings().as_ref()),
+        ) {
+            (Some(uid), Some(gid)) if new_user => Some((uid, gid)),
+            _ => None,
+        };
+        let become_root = inside_root.is_some();
+        let time_offsets = new_time.then(|| {
+            linux.time_offsets().as_ref().map(spec::time_offset_lines).unwrap_or_default()
+        });
         let new_mount_ns = unshare.contains(CloneFlags::CLONE_NEWNS)
             || join.iter().any(|(f, _)| *f == CloneFlags::CLONE_NEWNS);
         if !new_mount_ns {
@@ -209,6 +246,10 @@ impl Runtime {
         let fifo = dir.join(FIFO_FILE);
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
             .map_err(|e| Error::sys(format!("mkfifo {}", fifo.display()), e))?;
+        if let Some((uid, gid)) = inside_root {
+            std::os::unix::fs::chown(&fifo, Some(uid), Some(gid))
+                .map_err(|e| Error::io("chown exec fifo", &fifo, e))?;
+        }
         let fifo_fd = nix::fcntl::open(
             &fifo,
             OFlag::O_PATH | OFlag::O_CLOEXEC,
@@ -231,6 +272,7 @@ impl Runtime {
         let init_plan = InitPlan {
             unshare,
             join,
+            become_root,
             mounts: Some(mount_plan),
             hostname,
             sysctls,
@@ -245,6 +287,9 @@ impl Runtime {
         let oom_id = id.to_string();
         let mplan = MonitorPlan {
             state_dir: dir.to_path_buf(),
+            join: monitor_join,
+            time_offsets,
+            new_user,
             pid_ns,
             log,
             oom_kills: Box::new(move || {
@@ -286,6 +331,17 @@ impl Runtime {
         let pid = i32::from_ne_bytes(pid_bytes);
         cleanup.init = Some(pid);
         cleanup.cgroup.as_mut().expect("set above").add(pid)?;
+        if let Some((uid_map, gid_map)) = &id_maps {
+            // One write each, before the init does anything as root inside.
+            for (file, lines, field) in [
+                ("uid_map", uid_map, "linux.uidMappings"),
+                ("gid_map", gid_map, "linux.gidMappings"),
+            ] {
+                let path = format!("/proc/{pid}/{file}");
+                std::fs::write(&path, lines)
+                    .map_err(|e| cfg_err(field, format!("writing {path}: {e}")))?;
+            }
+        }
         let t_add = t0.elapsed();
         sys::write_all(&go_w, b"g").map_err(|e| Error::sys("signalling the init", e))?;
         drop(go_w);

@@ -44,6 +44,9 @@ pub struct ExecOptions {
 }
 
 const NS_ORDER: &[(&str, CloneFlags)] = &[
+    // First: the container's other namespaces may be owned by it.
+    ("user", CloneFlags::CLONE_NEWUSER),
+    ("time", CloneFlags::from_bits_retain(libc::CLONE_NEWTIME)),
     ("ipc", CloneFlags::CLONE_NEWIPC),
     ("uts", CloneFlags::CLONE_NEWUTS),
     ("net", CloneFlags::CLONE_NEWNET),
@@ -158,6 +161,11 @@ impl Runtime {
                 for (flag, f) in &namespaces {
                     if let Err(e) = nix::sched::setns(f, *flag) {
                         fail(format!("joining {flag:?}: {e}"));
+                    }
+                    if *flag == CloneFlags::CLONE_NEWUSER {
+                        // As the init did: root inside, where the mappings have one.
+                        let _ = nix::unistd::setresgid(0.into(), 0.into(), 0.into());
+                        let _ = nix::unistd::setresuid(0.into(), 0.into(), 0.into());
                     }
                 }
                 // SAFETY: the joiner is a fork of a single-threaded process.

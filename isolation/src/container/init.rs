@@ -32,8 +32,12 @@ pub enum InitStdio {
 pub struct InitPlan {
     /// Namespaces to create (never CLONE_NEWPID: the monitor unshares that one).
     pub unshare: CloneFlags,
-    /// Namespaces to join, opened before fork; the pid namespace is joined by the monitor.
+    /// The user and mount namespaces to join, user first, opened before fork; the monitor
+    /// joins the others.
     pub join: Vec<(CloneFlags, File)>,
+    /// The init is in a new user namespace whose mappings hold uid and gid 0: become them, so
+    /// that what the setup creates (mount points, /dev) is owned by a mapped id.
+    pub become_root: bool,
     pub mounts: Option<MountPlan>,
     pub hostname: Option<String>,
     pub sysctls: Vec<(PathBuf, String)>,
@@ -100,6 +104,12 @@ fn setup(plan: &InitPlan) -> Result<std::ffi::CString, String> {
         for (from, to) in [(null, 0), (stdout.as_raw_fd(), 1), (stderr.as_raw_fd(), 2)] {
             nix::unistd::dup2(from, to).map_err(|e| format!("dup2 stdio: {e}"))?;
         }
+    }
+    if plan.become_root {
+        let root = (nix::unistd::Gid::from_raw(0), nix::unistd::Uid::from_raw(0));
+        nix::unistd::setresgid(root.0, root.0, root.0)
+            .and_then(|()| nix::unistd::setresuid(root.1, root.1, root.1))
+            .map_err(|e| format!("becoming root in the user namespace: {e}"))?;
     }
     for (kind, file) in &plan.join {
         nix::sched::setns(file, *kind).map_err(|e| format!("joining namespace {kind:?}: {e}"))?;

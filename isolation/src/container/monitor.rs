@@ -26,6 +26,12 @@ pub enum PidNamespace {
 
 pub struct MonitorPlan {
     pub state_dir: PathBuf,
+    /// Namespaces joined before the init is forked (all but user and mount).
+    pub join: Vec<(CloneFlags, std::fs::File)>,
+    /// A new time namespace for the init, with these `timens_offsets` lines.
+    pub time_offsets: Option<String>,
+    /// Fork the init into a new user namespace (and a new pid namespace owned by it).
+    pub new_user: bool,
     pub pid_ns: PidNamespace,
     /// Where the init's output goes when `InitStdio::Pipes`: (stdout read end, stderr read end).
     pub log: Option<(LogWriter, OwnedFd, OwnedFd)>,
@@ -50,7 +56,26 @@ pub fn run(plan: MonitorPlan, init_plan: &InitPlan, sync: MonitorSync, init_sync
     };
     sys::set_undumpable();
     let _ = nix::unistd::setsid();
+    for (kind, file) in &plan.join {
+        if let Err(e) = nix::sched::setns(file, *kind) {
+            fail(&sync.ready, format!("joining namespace {kind:?}: {e}"));
+        }
+    }
+    if let Some(offsets) = &plan.time_offsets {
+        // Only children enter it, and its offsets are fixed once one has.
+        if let Err(e) = nix::sched::unshare(CloneFlags::from_bits_retain(libc::CLONE_NEWTIME)) {
+            fail(&sync.ready, format!("creating time namespace: {e}"));
+        }
+        if let Err(e) = std::fs::write("/proc/self/timens_offsets", offsets) {
+            fail(&sync.ready, format!("setting time offsets {offsets:?}: {e}"));
+        }
+    }
+    let mut clone = CloneFlags::empty();
+    if plan.new_user {
+        clone |= CloneFlags::CLONE_NEWUSER;
+    }
     match &plan.pid_ns {
+        PidNamespace::New if plan.new_user => clone |= CloneFlags::CLONE_NEWPID,
         PidNamespace::New => {
             if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWPID) {
                 fail(&sync.ready, format!("creating pid namespace: {e}"));
@@ -63,8 +88,9 @@ pub fn run(plan: MonitorPlan, init_plan: &InitPlan, sync: MonitorSync, init_sync
         }
         PidNamespace::Host => {}
     }
-    // SAFETY: the monitor is a fork of a single-threaded process and so single-threaded.
-    let child = match unsafe { sys::fork() } {
+    // SAFETY: the monitor is a fork of a single-threaded process and so single-threaded;
+    // the init never signals itself through glibc.
+    let child = match unsafe { sys::fork_into(clone) } {
         Ok(ForkResult::Child) => {
             // create's read of the ready pipe ends when the init closes the last write end.
             drop(sync.pid);

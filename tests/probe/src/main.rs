@@ -88,6 +88,17 @@ fn inspect() {
         out.push(format!("{f}={}", status_field(f)));
     }
     out.push(format!("fds={}", open_fds()));
+    // Whitespace collapsed: "0 100000 65536" for one mapping line.
+    let words = |p: &str| {
+        std::fs::read_to_string(p)
+            .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
+            .unwrap_or_else(|_| "none".into())
+    };
+    out.push(format!("uid_map={}", words("/proc/self/uid_map")));
+    out.push(format!("gid_map={}", words("/proc/self/gid_map")));
+    out.push(format!("timens_offsets={}", words("/proc/self/timens_offsets")));
+    // Whole seconds since boot as this time namespace sees it.
+    out.push(format!("uptime={}", first_line("/proc/uptime").split('.').next().unwrap_or("")));
     for p in ["/proc/kcore", "/proc/keys", "/proc/timer_list"] {
         out.push(format!("read:{p}={}", try_read(p)));
     }
