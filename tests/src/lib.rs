@@ -232,8 +232,7 @@ pub mod bundle {
     use anyhow::{Context, Result};
     use std::path::{Path, PathBuf};
 
-    /// Where Debian's busybox-static installs its binary.
-    pub const BUSYBOX: &str = "/bin/busybox";
+    pub use flotilla_test_images::BUSYBOX;
 
     /// The config `runc spec` writes (runc 1.1), with `args` as the process.
     pub fn runc_default_config(args: &[&str]) -> serde_json::Value {
@@ -275,10 +274,7 @@ pub mod bundle {
         std::fs::create_dir_all(&bin)?;
         std::fs::copy(BUSYBOX, bin.join("busybox"))
             .with_context(|| format!("copying {BUSYBOX} (apt install busybox-static)"))?;
-        for applet in [
-            "sh", "true", "false", "cat", "ls", "echo", "sleep", "hostname", "id", "grep", "mount",
-            "head", "readlink", "ps", "dd", "touch", "stat", "wc", "tail",
-        ] {
+        for applet in flotilla_test_images::APPLETS {
             std::os::unix::fs::symlink("busybox", bin.join(applet))?;
         }
         for dir in ["proc", "sys", "dev", "etc", "tmp"] {
@@ -311,17 +307,7 @@ pub fn probe() -> PathBuf {
             .find(|p| p.file_name().is_some_and(|n| n == "target"))
             .expect("target dir")
             .to_path_buf();
-        let images = target.join("images");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--quiet", "--release", "-p", "flotilla-probe", "--target-dir"])
-            .arg(&images)
-            .env("RUSTFLAGS", "-C target-feature=+crt-static")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "building flotilla-probe failed");
-        images.join("release/flotilla-probe")
+        oci::build_probe(&target.join("images")).expect("building flotilla-probe")
     })
     .clone()
 }
@@ -399,148 +385,8 @@ impl Drop for RuntimeCli {
     }
 }
 
-/// OCI images built here for tests (what `cargo xtask images` packs): busybox plus the
-/// probe, as an OCI image layout directory.
-pub mod oci {
-    use anyhow::Result;
-    use sha2::{Digest as _, Sha256};
-    use std::io::Write;
-    use std::path::Path;
-
-    pub fn sha256(b: &[u8]) -> String {
-        let h = Sha256::digest(b);
-        format!("sha256:{}", h.iter().map(|x| format!("{x:02x}")).collect::<String>())
-    }
-
-    /// A tar of (path, mode, content or symlink target, is_symlink).
-    fn tar_of(files: &[(&str, u32, Vec<u8>, bool)]) -> Result<Vec<u8>> {
-        let mut b = tar::Builder::new(Vec::new());
-        for (path, mode, data, is_link) in files {
-            let mut h = tar::Header::new_gnu();
-            h.set_mode(*mode);
-            h.set_uid(0);
-            h.set_gid(0);
-            h.set_mtime(1_700_000_000);
-            if *is_link {
-                h.set_entry_type(tar::EntryType::Symlink);
-                h.set_size(0);
-                b.append_link(&mut h, path, std::str::from_utf8(data)?)?;
-            } else if path.ends_with('/') {
-                h.set_entry_type(tar::EntryType::Directory);
-                h.set_size(0);
-                b.append_data(&mut h, path, &[][..])?;
-            } else {
-                h.set_entry_type(tar::EntryType::Regular);
-                h.set_size(data.len() as u64);
-                b.append_data(&mut h, path, &data[..])?;
-            }
-        }
-        Ok(b.into_inner()?)
-    }
-
-    /// What [`write_probe_layout`] made.
-    pub struct Layout {
-        pub manifest: String,
-        pub config: String,
-        /// Compressed blob digests, base layer first.
-        pub layers: Vec<String>,
-    }
-
-    /// Writes an OCI image layout at `dir` tagged `tag` (`localhost/probe:<tag>` for
-    /// importers that read containerd's annotation), for `arch`: layer 1 (gzip) busybox with
-    /// applets and /etc/removed; layer 2 (zstd when `zstd_top`, docker-archives cannot hold it) the probe and a whiteout of /etc/removed.
-    pub fn write_probe_layout(
-        dir: &Path,
-        probe: &Path,
-        tag: &str,
-        arch: &str,
-        zstd_top: bool,
-    ) -> Result<Layout> {
-        let blobs = dir.join("blobs/sha256");
-        std::fs::create_dir_all(&blobs)?;
-        let put = |bytes: &[u8]| -> Result<String> {
-            let d = sha256(bytes);
-            std::fs::write(blobs.join(d.trim_start_matches("sha256:")), bytes)?;
-            Ok(d)
-        };
-        let mut base = vec![
-            ("bin/", 0o755, vec![], false),
-            ("etc/", 0o755, vec![], false),
-            ("tmp/", 0o1777, vec![], false),
-        ];
-        base.push(("bin/busybox", 0o755, std::fs::read(crate::bundle::BUSYBOX)?, false));
-        for a in ["sh", "true", "ls", "cat", "sleep", "echo"] {
-            base.push((
-                Box::leak(format!("bin/{a}").into_boxed_str()),
-                0o777,
-                b"busybox".to_vec(),
-                true,
-            ));
-        }
-        base.push(("etc/removed", 0o644, b"gone in layer 2".to_vec(), false));
-        base.push(("etc/hostname", 0o644, b"image\n".to_vec(), false));
-        let top = vec![
-            ("bin/flotilla-probe", 0o755, std::fs::read(probe)?, false),
-            ("etc/.wh.removed", 0o644, vec![], false),
-        ];
-
-        let tar1 = tar_of(&base)?;
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        gz.write_all(&tar1)?;
-        let l1 = gz.finish()?;
-        let tar2 = tar_of(&top)?;
-        let l2 = if zstd_top {
-            zstd::encode_all(&tar2[..], 3)?
-        } else {
-            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-            gz.write_all(&tar2)?;
-            gz.finish()?
-        };
-        let l2_type = if zstd_top {
-            "application/vnd.oci.image.layer.v1.tar+zstd"
-        } else {
-            "application/vnd.oci.image.layer.v1.tar+gzip"
-        };
-        let (l1d, l2d) = (put(&l1)?, put(&l2)?);
-        let config = serde_json::json!({
-            "architecture": arch, "os": "linux",
-            "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/flotilla-probe", "inspect"], "WorkingDir": "/"},
-            "rootfs": {"type": "layers", "diff_ids": [sha256(&tar1), sha256(&tar2)]}
-        });
-        let config = serde_json::to_vec(&config)?;
-        let cd = put(&config)?;
-        let manifest = serde_json::to_vec(&serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": config.len()},
-            "layers": [
-                {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": l1d, "size": l1.len()},
-                {"mediaType": l2_type, "digest": l2d, "size": l2.len()}
-            ]
-        }))?;
-        let md = put(&manifest)?;
-        let index = serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.index.v1+json",
-            "manifests": [{
-                "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": manifest.len(),
-                "platform": {"architecture": arch, "os": "linux"},
-                "annotations": {"org.opencontainers.image.ref.name": tag, "io.containerd.image.name": format!("localhost/probe:{tag}")}
-            }]
-        });
-        std::fs::write(dir.join("index.json"), serde_json::to_vec(&index)?)?;
-        std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
-        Ok(Layout { manifest: md, config: cd, layers: vec![l1d, l2d] })
-    }
-
-    /// Tars up a layout directory (an importable OCI layout tarball).
-    pub fn tar_layout(dir: &Path, out: &Path) -> Result<()> {
-        let mut b = tar::Builder::new(std::fs::File::create(out)?);
-        b.append_dir_all(".", dir)?;
-        b.finish()?;
-        Ok(())
-    }
-}
+/// OCI images built here for tests (what `cargo xtask images` packs).
+pub use flotilla_test_images as oci;
 
 /// Debian's `docker-registry` on a loopback port, with its storage in a temp dir.
 pub struct Registry {

@@ -4,7 +4,8 @@
 //! ```text
 //! setup ──▶ (apt packages, the eBPF crate's pinned nightly, bpf-linker)
 //! test  ──▶ setup ─▶ fmt --check ─▶ clippy -D warnings ─▶ cargo test --workspace
-//! up    ──▶ setup ─▶ build flotillad ─▶ exec `flotillad up`
+//! images──▶ build flotilla-probe ─▶ probe.tar, busybox.tar (OCI layouts) in target/images
+//! up    ──▶ setup ─▶ build flotillad ─▶ images into <data-dir>/images ─▶ exec `flotillad up`
 //! bench ──▶ setup ─▶ release build ─▶ peer (etcd) + ours, same run, ratio table
 //! ```
 
@@ -38,7 +39,14 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Start a whole single-node cluster in the foreground (`flotillad up`).
+    /// Build the test images (`localhost/probe`, `localhost/busybox`, tagged with the
+    /// workspace version) as importable OCI layout tarballs.
+    Images {
+        #[arg(long, default_value = "target/images")]
+        out: std::path::PathBuf,
+    },
+    /// Start a whole single-node cluster in the foreground (`flotillad up`), with the test
+    /// images preloaded.
     Up {
         /// Where the cluster keeps its state.
         #[arg(long, default_value = "/var/lib/flotilla")]
@@ -94,6 +102,18 @@ fn lint_ebpf() -> Result<()> {
     util::run(clippy)
 }
 
+/// Builds the test images into `out`; returns the tarballs with their image names.
+fn images(out: &std::path::Path) -> Result<Vec<(std::path::PathBuf, String)>> {
+    let root = util::workspace_root();
+    let out = root.join(out);
+    let probe = flotilla_test_images::build_probe(&root.join("target/images"))?;
+    let built = flotilla_test_images::build_all(&out, &probe, env!("CARGO_PKG_VERSION"))?;
+    for (tarball, name) in &built.tarballs {
+        println!("{name}: {}", tarball.display());
+    }
+    Ok(built.tarballs)
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
@@ -112,9 +132,20 @@ fn main() -> Result<()> {
             }
             util::cargo_test(&test)
         }
+        Cmd::Images { out } => {
+            images(&out)?;
+            Ok(())
+        }
         Cmd::Up { data_dir, args } => {
             setup::setup()?;
             util::cargo(&["build", "--release", "-p", "flotilla-daemon"])?;
+            // `flotillad up` imports every tarball in <data-dir>/images at start.
+            let preload = std::path::Path::new(&data_dir).join("images");
+            for (tarball, _) in images(&util::workspace_root().join("target/images"))? {
+                let to = preload.join(tarball.file_name().expect("a file"));
+                std::fs::create_dir_all(&preload)?;
+                std::fs::copy(&tarball, &to)?;
+            }
             let bin = util::workspace_root().join("target/release/flotillad");
             let mut cmd = std::process::Command::new(bin);
             cmd.args(["up", "--data-dir", &data_dir]).args(&args);
