@@ -8,19 +8,21 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// The `flotillad` binary of this build profile, built once per test process.
+/// The `flotillad` binary of this build profile, built once per test process, with
+/// `flotilla-runtime` beside it (the agent runs containers with it).
 pub fn flotillad() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| build_bin("flotilla-daemon", "flotillad")).clone()
+    BIN.get_or_init(|| build_bin("flotilla-daemon", &["flotillad", "flotilla-runtime"])).clone()
 }
 
 /// The `flotilla` CLI of this build profile, built once per test process.
 pub fn flotilla_cli() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| build_bin("flotilla-cli", "flotilla")).clone()
+    BIN.get_or_init(|| build_bin("flotilla-cli", &["flotilla"])).clone()
 }
 
-fn build_bin(package: &str, bin: &str) -> PathBuf {
+/// Builds `bins` of `package`; returns the path of the first.
+fn build_bin(package: &str, bins: &[&str]) -> PathBuf {
     {
         // target/<profile>/deps/<test-binary> or target/<profile>/<bench-binary>
         // → target/<profile>/flotillad
@@ -32,13 +34,16 @@ fn build_bin(package: &str, bin: &str) -> PathBuf {
         let release = profile_dir.file_name().is_some_and(|n| n == "release");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", package, "--bin", bin]);
+        cmd.args(["build", "--quiet", "-p", package]);
+        for bin in bins {
+            cmd.args(["--bin", bin]);
+        }
         if release {
             cmd.arg("--release");
         }
         let status = cmd.status().expect("run cargo build");
-        assert!(status.success(), "building {bin} failed");
-        profile_dir.join(bin)
+        assert!(status.success(), "building {bins:?} failed");
+        profile_dir.join(bins[0])
     }
 }
 

@@ -62,7 +62,7 @@ pub enum Bench {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// `flotillad runtime` vs runc and crun: create && start && delete -f of busybox /bin/true.
+    /// `flotilla-runtime` and `flotillad runtime` vs runc and crun: create && start && delete -f of busybox /bin/true.
     Runtime {
         /// Measured rounds per runtime.
         #[arg(long, default_value_t = 200)]

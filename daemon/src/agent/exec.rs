@@ -74,8 +74,8 @@ where
             .await
             .map_err(|e| Status::internal(e.to_string()))??
     };
-    let mut cmd = tokio::process::Command::new(&ctx.exe);
-    cmd.arg("runtime").arg("--root").arg(ctx.runtime.root()).arg("exec");
+    let mut cmd = tokio::process::Command::from(ctx.exe.command());
+    cmd.arg("--root").arg(ctx.runtime.root()).arg("exec");
     let socket = start.tty.then(|| {
         std::env::temp_dir().join(format!("flotilla-exec-{}.sock", uuid::Uuid::new_v4().simple()))
     });

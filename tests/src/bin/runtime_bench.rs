@@ -1,5 +1,6 @@
 //! `runtime-bench`: `create && start && delete -f` of the same busybox `/bin/true` bundle
-//! with `flotillad runtime`, runc and crun (where it runs), rounds interleaved, each step
+//! with `flotilla-runtime` (what the agent runs), `flotillad runtime` (the same code in the
+//! all-in-one binary), runc and crun (where it runs), rounds interleaved, each step
 //! a separate process as a shell or containerd would run it. Prints mean, median and p95
 //! per round, the ratios, and each runtime's peak RSS. Run through `cargo xtask bench runtime`.
 
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 #[derive(Parser)]
 #[command(about = "Container runtime benchmark: flotillad runtime vs runc vs crun")]
 struct Args {
-    /// The flotillad binary (release build).
+    /// The flotillad binary (release build); `flotilla-runtime` is looked for beside it.
     #[arg(long)]
     flotillad: PathBuf,
     /// Measured rounds per runtime.
@@ -95,17 +96,31 @@ fn main() -> Result<()> {
     bundle::write_config(&bundle_dir, &bundle::runc_default_config(&["/bin/true"]))?;
     let root = |n: &str| dir.path().join(format!("state-{n}")).to_string_lossy().into_owned();
 
-    let mut runtimes = vec![Runtime {
-        name: "flotilla",
-        argv: vec![
-            args.flotillad.to_string_lossy().into_owned(),
-            "runtime".into(),
-            "--root".into(),
-            root("flotilla"),
-        ],
-        times: vec![],
-        peak_rss_kib: 0,
-    }];
+    let lean = args.flotillad.with_file_name("flotilla-runtime");
+    anyhow::ensure!(
+        lean.is_file(),
+        "{} is missing (cargo build --release -p flotilla-daemon)",
+        lean.display()
+    );
+    let mut runtimes = vec![
+        Runtime {
+            name: "flotilla-runtime",
+            argv: vec![lean.to_string_lossy().into_owned(), "--root".into(), root("flotilla")],
+            times: vec![],
+            peak_rss_kib: 0,
+        },
+        Runtime {
+            name: "flotillad runtime",
+            argv: vec![
+                args.flotillad.to_string_lossy().into_owned(),
+                "runtime".into(),
+                "--root".into(),
+                root("flotillad"),
+            ],
+            times: vec![],
+            peak_rss_kib: 0,
+        },
+    ];
     for (name, bin) in [("runc", "runc"), ("crun", "crun")] {
         let mut rt = Runtime {
             name,
@@ -141,7 +156,9 @@ fn main() -> Result<()> {
     }
 
     println!();
-    println!("| runtime | mean ms | median ms | p95 ms | peak RSS KiB | mean vs flotilla |");
+    println!(
+        "| runtime | mean ms | median ms | p95 ms | peak RSS KiB | mean vs flotilla-runtime |"
+    );
     println!("|---|---|---|---|---|---|");
     let (our_mean, _, _) = stats(&runtimes[0].times);
     for rt in &runtimes {
@@ -158,7 +175,7 @@ fn main() -> Result<()> {
         let (m, md, _) = stats(&rt.times);
         let (om, omd, _) = stats(&runtimes[0].times);
         println!(
-            "flotilla is {:.2}x faster than {} (mean), {:.2}x (median); peak RSS {:.2}x smaller",
+            "flotilla-runtime is {:.2}x faster than {} (mean), {:.2}x (median); peak RSS {:.2}x smaller",
             m / om,
             rt.name,
             md / omd,

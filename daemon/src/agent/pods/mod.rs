@@ -46,8 +46,8 @@ pub struct Ctx {
     pub net: NodeNetwork,
     pub images: ImageStore,
     pub runtime: Runtime,
-    /// `flotillad`, run as `flotillad runtime run` (create forks: it needs its own process).
-    pub exe: PathBuf,
+    /// The OCI runtime containers are made with (create forks: it needs its own process).
+    pub exe: RuntimeExe,
     pub pods_dir: PathBuf,
     pub logs_dir: PathBuf,
     /// Pods' cgroups go under `<cgroup_parent>/pod<uid>/`.
@@ -67,6 +67,36 @@ pub struct Ctx {
 }
 
 type Failure = (String, String);
+
+/// How the agent runs the OCI runtime: `flotilla-runtime` beside this binary (the same code
+/// in a small binary, so each create, exec and probe starts faster), else `flotillad runtime`.
+#[derive(Clone, Debug)]
+pub struct RuntimeExe {
+    pub path: PathBuf,
+    /// Whether `runtime` must be passed first (the path is flotillad itself).
+    subcommand: bool,
+}
+
+impl RuntimeExe {
+    pub fn find() -> Result<RuntimeExe> {
+        let me = std::env::current_exe()?;
+        let lean = me.with_file_name("flotilla-runtime");
+        Ok(if lean.is_file() {
+            RuntimeExe { path: lean, subcommand: false }
+        } else {
+            RuntimeExe { path: me, subcommand: true }
+        })
+    }
+
+    /// The runtime's command, ready for `--root` and a subcommand.
+    pub fn command(&self) -> std::process::Command {
+        let mut c = std::process::Command::new(&self.path);
+        if self.subcommand {
+            c.arg("runtime");
+        }
+        c
+    }
+}
 
 impl Ctx {
     #[allow(clippy::too_many_arguments)]
@@ -90,7 +120,7 @@ impl Ctx {
             net,
             images,
             runtime: Runtime::new(data_dir.join("runtime")),
-            exe: std::env::current_exe()?,
+            exe: RuntimeExe::find()?,
             pods_dir: data_dir.join("pods"),
             logs_dir: data_dir.join("logs"),
             cgroup_parent,

@@ -93,7 +93,7 @@ pub fn parse(container: &Value, key: &str) -> Option<Result<Spec, String>> {
 /// Where a probe runs: the container (exec) and its pod's network.
 #[derive(Clone, Debug)]
 pub struct Target {
-    pub exe: PathBuf,
+    pub exe: super::RuntimeExe,
     pub runtime_root: PathBuf,
     pub container: String,
     pub netns: PathBuf,
@@ -140,14 +140,8 @@ fn http_get(
 pub async fn check(h: &Handler, t: &Target, timeout: Duration) -> Result<(), String> {
     match h {
         Handler::Exec(cmd) => {
-            let mut c = tokio::process::Command::new(&t.exe);
-            c.arg("runtime")
-                .arg("--root")
-                .arg(&t.runtime_root)
-                .arg("exec")
-                .arg(&t.container)
-                .arg("--")
-                .args(cmd);
+            let mut c = tokio::process::Command::from(t.exe.command());
+            c.arg("--root").arg(&t.runtime_root).arg("exec").arg(&t.container).arg("--").args(cmd);
             c.stdin(std::process::Stdio::null()).kill_on_drop(true);
             match tokio::time::timeout(timeout, c.output()).await {
                 Err(_) => Err(format!("command timed out after {timeout:?}")),

@@ -668,8 +668,9 @@ impl Worker {
                     .map_err(|e| create_err(format!("{}: {e}", parent.display())))?;
             }
             let t_spec = t1.elapsed();
-            let out = std::process::Command::new(&ctx2.exe)
-                .arg("runtime")
+            let out = ctx2
+                .exe
+                .command()
                 .arg("--root")
                 .arg(ctx2.runtime.root())
                 .arg("run")
@@ -683,7 +684,7 @@ impl Worker {
                 .map_err(|e| {
                     (
                         "RunContainerError".to_string(),
-                        format!("running {}: {e}", ctx2.exe.display()),
+                        format!("running {}: {e}", ctx2.exe.path.display()),
                     )
                 })?;
             if !out.status.success() {
