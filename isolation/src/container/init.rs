@@ -30,7 +30,8 @@ pub enum InitStdio {
 
 /// Everything the init does, prepared before fork.
 pub struct InitPlan {
-    /// Namespaces to create (never CLONE_NEWPID: the monitor unshares that one).
+    /// Namespaces to create (never pid, user or time: the monitor makes those, as only the
+    /// init's children, or the fork itself, can enter them).
     pub unshare: CloneFlags,
     /// The user and mount namespaces to join, user first, opened before fork; the monitor
     /// joins the others.
