@@ -304,10 +304,22 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_and_user_namespaces_are_rejected() {
+    fn duplicate_namespaces_and_unmapped_user_namespaces_are_rejected() {
         let (_d, r) = bundle_with(&GOOD.replace(r#"{"type":"mount"}"#, r#"{"type":"pid"}"#));
         assert!(r.unwrap_err().to_string().contains("listed twice"));
         let (_d, r) = bundle_with(&GOOD.replace(r#"{"type":"mount"}"#, r#"{"type":"user"}"#));
-        assert!(r.unwrap_err().to_string().contains("user namespaces"));
+        let msg = r.unwrap_err().to_string();
+        assert!(msg.contains("linux.uidMappings") && msg.contains("at least one mapping"), "{msg}");
+    }
+
+    #[test]
+    fn id_mappings_and_time_offsets_become_the_kernels_lines() {
+        let maps: Vec<oci_spec::runtime::LinuxIdMapping> = serde_json::from_str(
+            r#"[{"containerID":0,"hostID":100000,"size":1000},{"containerID":1000,"hostID":5000,"size":1}]"#,
+        )
+        .unwrap();
+        assert_eq!(id_map_lines(&maps), "0 100000 1000\n1000 5000 1\n");
+        let offsets = serde_json::from_str(r#"{"boottime":{"secs":-5,"nanosecs":7}}"#).unwrap();
+        assert_eq!(time_offset_lines(&offsets), "boottime -5 7\n");
     }
 }
