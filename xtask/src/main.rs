@@ -133,6 +133,8 @@ fn main() -> Result<()> {
             util::cargo_test(&test)
         }
         Cmd::Images { out } => {
+            // busybox-static comes from apt.
+            setup::setup()?;
             images(&out)?;
             Ok(())
         }
