@@ -205,6 +205,15 @@ fn validate_probe(errs: &mut Errors, p: &str, probe: &core::Probe, liveness_like
         probe.http_get.as_ref(),
         probe.tcp_socket.as_ref(),
     );
+    if let Some(g) = &probe.grpc {
+        if !(1..=65535).contains(&g.port) {
+            errs.invalid(
+                format!("{p}.grpc.port"),
+                g.port,
+                "must be between 1 and 65535, inclusive",
+            );
+        }
+    }
     non_negative(errs, format!("{p}.initialDelaySeconds"), probe.initial_delay_seconds);
     positive(errs, format!("{p}.timeoutSeconds"), probe.timeout_seconds);
     positive(errs, format!("{p}.periodSeconds"), probe.period_seconds);
@@ -1588,6 +1597,11 @@ mod tests {
                 "po",
                 json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "default"}, "spec": {"containers": [{"name": "c", "image": "x", "livenessProbe": {"periodSeconds": 5}}]}}),
                 "spec.containers[0].livenessProbe",
+            ),
+            (
+                "po",
+                json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "default"}, "spec": {"containers": [{"name": "c", "image": "x", "readinessProbe": {"grpc": {"port": 0}}}]}}),
+                "spec.containers[0].readinessProbe.grpc.port",
             ),
             (
                 "po",

@@ -641,6 +641,61 @@ async fn probes_drive_readiness_and_restarts() {
     assert_eq!(condition(&never, "Ready"), "False");
     assert_eq!(cstatus(&never, "c")["ready"], false);
     assert_eq!(cstatus(&never, "c")["started"], true);
+
+    // gRPC probes against a real health service (tonic-health) in the pod's network
+    // namespace, whose statuses the test sets as an app would.
+    use tonic_health::ServingStatus::{NotServing, Serving};
+    let g = pod(
+        "grpc",
+        &img,
+        json!({"nodeName": node_name, "terminationGracePeriodSeconds": 1, "containers": [{"name": "c",
+        "command": ["sleep", "3600"],
+        "startupProbe": {"grpc": {"port": 9090}, "periodSeconds": 1, "failureThreshold": 120},
+        "readinessProbe": {"grpc": {"port": 9090, "service": "app"}, "periodSeconds": 1, "failureThreshold": 1},
+        "livenessProbe": {"grpc": {"port": 9090}, "periodSeconds": 1, "failureThreshold": 2}}]}),
+    );
+    c.create("pods", "default", &g).await.unwrap();
+    let g = pod_where(&c, "grpc", "a pod IP", 60, |p| p["status"]["podIP"].is_string()).await;
+    let netns =
+        node.dir.path().join("agent/net/netns").join(g["status"]["podIP"].as_str().unwrap());
+    let (health, service) = tonic_health::server::health_reporter();
+    health.set_service_status("app", NotServing).await;
+    let listener = flotilla_dataplane::NetNs::open(&netns)
+        .unwrap()
+        .run(|| std::net::TcpListener::bind("0.0.0.0:9090"))
+        .unwrap()
+        .unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let started =
+        pod_where(&c, "grpc", "started", 60, |p| cstatus(p, "c")["started"] == true).await;
+    assert_eq!(cstatus(&started, "c")["ready"], false, "service app is NOT_SERVING");
+    health.set_service_status("app", Serving).await;
+    pod_where(&c, "grpc", "Ready", 30, |p| condition(p, "Ready") == "True").await;
+    health.set_service_status("app", NotServing).await;
+    pod_where(&c, "grpc", "not Ready", 30, |p| condition(p, "Ready") == "False").await;
+    health.set_service_status("app", Serving).await;
+    // The server's overall health ("") failing: liveness restarts the container.
+    health.set_service_status("", NotServing).await;
+    pod_where(&c, "grpc", "restarted", 60, |p| cstatus(p, "c")["restartCount"] == 1).await;
+    health.set_service_status("", Serving).await;
+    pod_where(&c, "grpc", "Ready after the restart", 60, |p| {
+        cstatus(p, "c")["restartCount"] == 1 && condition(p, "Ready") == "True"
+    })
+    .await;
+    let log = node.agent_log();
+    assert!(
+        log.contains(
+            "Container c failed liveness probe, will be restarted: service unhealthy (responded with \"NOT_SERVING\")"
+        ),
+        "{log}"
+    );
+    server.abort();
 }
 
 /// Proves the whole loop on a real node: a Deployment's pods are created by the controllers,

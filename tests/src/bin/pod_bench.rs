@@ -2,7 +2,7 @@
 //! started, observed through a watch; the image already on the node, each pod in its own
 //! network namespace. One pod at a time, then a burst created at once. In the same run, the
 //! peers on the same image: containerd + runc (`ctr run --rm`, a new network namespace) and
-//! the bare `flotillad runtime` (create + start + delete of the same container), so the
+//! the bare `flotilla-runtime` (create + start + delete of the same container), so the
 //! orchestration overhead shows. Run through `cargo xtask bench pod-startup`.
 
 use std::{
@@ -136,8 +136,9 @@ fn run_ok(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// `flotillad runtime run` + `delete -f` of `sleep` on the image's rootfs in a new network
-/// namespace: the runtime's share of a pod start.
+/// `flotilla-runtime run` + `delete -f` of `sleep` on the image's rootfs in a new network
+/// namespace: the runtime's share of a pod start (the agent starts containers with the same
+/// binary).
 fn bare_runtime(dir: &Path, store: &Path, image: &str, rounds: usize) -> Result<Vec<f64>> {
     let b = dir.join("bare-bundle");
     std::fs::create_dir_all(&b)?;
@@ -152,9 +153,10 @@ fn bare_runtime(dir: &Path, store: &Path, image: &str, rounds: usize) -> Result<
     cfg["root"] = json!({"path": b.join("overlay/merged"), "readonly": false});
     bundle::write_config(&b, &cfg)?;
     let root = dir.join("bare-runtime");
+    let exe = flotillad().with_file_name("flotilla-runtime");
     let rt = |args: &[&str]| {
-        let mut c = Command::new(flotillad());
-        c.arg("runtime").arg("--root").arg(&root).args(args);
+        let mut c = Command::new(&exe);
+        c.arg("--root").arg(&root).args(args);
         c
     };
     let mut ms = Vec::new();
@@ -311,7 +313,7 @@ async fn main() -> Result<()> {
     let (s50, s99, _) = stats("flotilla pod, one at a time", &mut single);
     let (b50, b99, _) = stats(&format!("flotilla pod, burst of {}", args.burst), &mut burst);
     let (r50, _, _) =
-        stats("bare `flotillad runtime run` (create+start, new netns)", &mut bare.clone());
+        stats("bare `flotilla-runtime run` (create+start, new netns)", &mut bare.clone());
     let peer =
         ctr.map(|mut c| stats("containerd + runc `ctr run --rm` /bin/true (new netns)", &mut c));
     println!();

@@ -1,6 +1,6 @@
-//! Container probes: startup, liveness and readiness, by exec (in the container), tcpSocket
-//! and httpGet (from inside the pod's network namespace, so the check does not depend on the
-//! node's routing), with Kubernetes' timing fields and thresholds.
+//! Container probes: startup, liveness and readiness, by exec (in the container), tcpSocket,
+//! httpGet and grpc (from inside the pod's network namespace, so the check does not depend on
+//! the node's routing), with Kubernetes' timing fields and thresholds.
 //!
 //! ```text
 //!  startup ──success──► started ──► liveness (failureThreshold → the container is killed)
@@ -22,7 +22,17 @@ use tokio::sync::Notify;
 pub enum Handler {
     Exec(Vec<String>),
     Tcp(u16),
-    Http { port: u16, path: String, host: Option<String>, headers: Vec<(String, String)> },
+    Http {
+        port: u16,
+        path: String,
+        host: Option<String>,
+        headers: Vec<(String, String)>,
+    },
+    /// The standard gRPC health check (grpc.health.v1.Health/Check) of `service`.
+    Grpc {
+        port: u16,
+        service: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -77,8 +87,20 @@ pub fn parse(container: &Value, key: &str) -> Option<Result<Spec, String>> {
                 })
                 .collect(),
         })
+    } else if p["grpc"].is_object() {
+        // Kubernetes takes a number only here: no named ports for grpc.
+        let g = &p["grpc"];
+        g["port"]
+            .as_u64()
+            .and_then(|n| u16::try_from(n).ok())
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("{key}.grpc.port: must be a number from 1 to 65535"))
+            .map(|port| Handler::Grpc {
+                port,
+                service: g["service"].as_str().unwrap_or_default().to_string(),
+            })
     } else {
-        Err(format!("{key}: no exec, tcpSocket or httpGet handler"))
+        Err(format!("{key}: no exec, tcpSocket, httpGet or grpc handler"))
     };
     Some(handler.map(|handler| Spec {
         handler,
@@ -136,6 +158,52 @@ fn http_get(
         .ok_or_else(|| format!("not an HTTP response: {line:?}"))
 }
 
+/// The gRPC health check, as the kubelet makes it: plaintext HTTP/2, and only SERVING is a
+/// success. Runs on the calling thread (inside the pod's network namespace), with a runtime
+/// of its own, so the connection's socket is made in that namespace.
+fn grpc_check(addr: SocketAddr, service: &str, timeout: Duration) -> Result<(), String> {
+    use tonic_health::pb::{
+        health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let check = async {
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .map_err(|e| e.to_string())?
+                .connect_timeout(timeout)
+                .connect()
+                .await
+                .map_err(|e| {
+                    format!("timeout: failed to connect service {addr} within {timeout:?}: {e}")
+                })?;
+            let resp = HealthClient::new(channel)
+                .check(HealthCheckRequest { service: service.to_string() })
+                .await
+                .map_err(|s| {
+                    // grpc-go's wording, as the kubelet reports it.
+                    format!(
+                        "error: health rpc probe failed: rpc error: code = {:?} desc = {}",
+                        s.code(),
+                        s.message()
+                    )
+                })?
+                .into_inner();
+            match ServingStatus::try_from(resp.status) {
+                Ok(ServingStatus::Serving) => Ok(()),
+                Ok(s) => Err(format!("service unhealthy (responded with {:?})", s.as_str_name())),
+                Err(_) => Err(format!("service unhealthy (responded with {})", resp.status)),
+            }
+        };
+        match tokio::time::timeout(timeout, check).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("timeout: health rpc did not complete within {timeout:?}")),
+        }
+    })
+}
+
 /// One check. Err carries why it failed (for the event/log).
 pub async fn check(h: &Handler, t: &Target, timeout: Duration) -> Result<(), String> {
     match h {
@@ -154,7 +222,7 @@ pub async fn check(h: &Handler, t: &Target, timeout: Duration) -> Result<(), Str
                 )),
             }
         }
-        Handler::Tcp(_) | Handler::Http { .. } => {
+        Handler::Tcp(_) | Handler::Http { .. } | Handler::Grpc { .. } => {
             let (h, t) = (h.clone(), t.clone());
             tokio::task::spawn_blocking(move || {
                 let ns =
@@ -178,6 +246,9 @@ pub async fn check(h: &Handler, t: &Target, timeout: Duration) -> Result<(), Str
                             Ok(code) => Err(format!("HTTP probe failed with statuscode: {code}")),
                             Err(e) => Err(format!("Get \"http://{}:{port}{path}\": {e}", t.ip)),
                         }
+                    }
+                    Handler::Grpc { port, service } => {
+                        grpc_check(SocketAddr::from((t.ip, *port)), service, timeout)
                     }
                     Handler::Exec(_) => unreachable!(),
                 })
@@ -344,13 +415,45 @@ mod tests {
         assert!(err.contains("not an HTTP response"), "{err}");
     }
 
+    /// A real health service (tonic-health) on loopback: SERVING passes; NOT_SERVING, an
+    /// unknown service and a closed port fail, each saying why.
+    #[test]
+    fn grpc_checks_follow_the_health_service() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let addr = l.local_addr().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let (reporter, service) = rt.block_on(async { tonic_health::server::health_reporter() });
+        rt.spawn(async move {
+            let l = tokio::net::TcpListener::from_std(l).unwrap();
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l))
+                .await
+        });
+        let t = Duration::from_secs(2);
+        assert_eq!(grpc_check(addr, "", t), Ok(()));
+        rt.block_on(reporter.set_service_status("db", tonic_health::ServingStatus::NotServing));
+        let err = grpc_check(addr, "db", t).unwrap_err();
+        assert_eq!(err, "service unhealthy (responded with \"NOT_SERVING\")");
+        rt.block_on(reporter.set_service_status("db", tonic_health::ServingStatus::Serving));
+        assert_eq!(grpc_check(addr, "db", t), Ok(()));
+        let err = grpc_check(addr, "nosuch", t).unwrap_err();
+        assert!(err.contains("health rpc probe failed: rpc error: code = NotFound"), "{err}");
+        drop(rt);
+        let err = grpc_check(addr, "", t).unwrap_err();
+        assert!(err.contains("failed to connect service"), "{err}");
+    }
+
     #[test]
     fn parses_handlers_timing_and_named_ports() {
         let c = json!({"ports": [{"name": "http", "containerPort": 8080}],
             "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 2, "failureThreshold": 1},
             "readinessProbe": {"tcpSocket": {"port": 9000}},
             "startupProbe": {"exec": {"command": ["cat", "/ready"]}, "initialDelaySeconds": 3},
-            "badProbe": {"tcpSocket": {"port": "nope"}}});
+            "badProbe": {"tcpSocket": {"port": "nope"}},
+            "grpcProbe": {"grpc": {"port": 9090, "service": "db"}},
+            "namedGrpc": {"grpc": {"port": "grpc"}}});
         let l = parse(&c, "livenessProbe").unwrap().unwrap();
         assert_eq!(
             l.handler,
@@ -368,6 +471,11 @@ mod tests {
             (Duration::from_secs(3), Duration::from_secs(10), 1)
         );
         assert!(parse(&c, "badProbe").unwrap().unwrap_err().contains("nope"));
+        assert_eq!(
+            parse(&c, "grpcProbe").unwrap().unwrap().handler,
+            Handler::Grpc { port: 9090, service: "db".into() }
+        );
+        assert!(parse(&c, "namedGrpc").unwrap().unwrap_err().contains("grpc.port"));
         assert!(parse(&c, "missing").is_none());
     }
 }
