@@ -31,6 +31,8 @@ const APT_PACKAGES: &[&str] = &[
     "skopeo",
     // htpasswd, for the registry that demands basic auth.
     "apache2-utils",
+    // A self-signed certificate for the HTTPS probe test.
+    "openssl",
     // The dataplane benchmark's peer: kube-proxy-style rules through iptables-restore.
     "iptables",
     // `cargo xtask vm`: a KVM guest with pure cgroup v2 (where crun runs).
