@@ -22,6 +22,12 @@ pub fn flotilla_cli() -> PathBuf {
 }
 
 /// Builds `bins` of `package`; returns the path of the first.
+/// `FLOTILLA_TEST_PREBUILT=1`: the binaries are built already and cargo is not at hand
+/// (the tests run in `cargo xtask vm`, whose guest has no toolchain); use them as they are.
+fn prebuilt() -> bool {
+    std::env::var_os("FLOTILLA_TEST_PREBUILT").is_some_and(|v| v == "1")
+}
+
 fn build_bin(package: &str, bins: &[&str]) -> PathBuf {
     {
         // target/<profile>/deps/<test-binary> or target/<profile>/<bench-binary>
@@ -30,6 +36,9 @@ fn build_bin(package: &str, bins: &[&str]) -> PathBuf {
         let mut profile_dir = exe.parent().expect("target dir").to_path_buf();
         if profile_dir.file_name().is_some_and(|n| n == "deps") {
             profile_dir.pop();
+        }
+        if prebuilt() {
+            return profile_dir.join(bins[0]);
         }
         let release = profile_dir.file_name().is_some_and(|n| n == "release");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -312,6 +321,9 @@ pub fn probe() -> PathBuf {
             .find(|p| p.file_name().is_some_and(|n| n == "target"))
             .expect("target dir")
             .to_path_buf();
+        if prebuilt() {
+            return target.join("images/release/flotilla-probe");
+        }
         oci::build_probe(&target.join("images")).expect("building flotilla-probe")
     })
     .clone()

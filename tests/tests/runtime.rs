@@ -121,13 +121,18 @@ fn a_container_is_isolated_as_seen_from_inside() {
         ("write:/proc/sys/kernel/hostname", "err:30"),
         ("write:/bin/busybox", "err:30"),
         ("pids.max", "64"),
-        ("cpu.shares", "512"),
-        ("cpu.cfs_quota_us", "50000"),
     ];
+    // The same limits in each cgroup version's terms (v2: shares 512 is weight 20, by
+    // the OCI conversion 1 + (shares - 2) * 9999 / 262142).
+    let cpu: &[(&str, &str)] = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        &[("cpu.weight", "20"), ("cpu.max", "50000 100000")]
+    } else {
+        &[("cpu.shares", "512"), ("cpu.cfs_quota_us", "50000")]
+    };
     // Absent on some kernels; where present it must read as empty.
     assert!(matches!(got["read:/proc/kcore"].as_str(), "ok:0" | "err:2"), "{got:#?}");
     assert!(matches!(got["write:/proc/sysrq-trigger"].as_str(), "err:30" | "err:2"), "{got:#?}");
-    for (k, v) in want {
+    for &(k, v) in want.iter().chain(cpu) {
         assert_eq!(got.get(k).map(String::as_str), Some(v), "{k}; all facts: {got:#?}");
     }
     let limit = got.get("memory.limit").filter(|v| *v != "none").or(got.get("memory.max")).unwrap();
@@ -316,8 +321,16 @@ fn exec_runs_a_process_inside_a_running_container_with_its_restrictions() {
         .stdin(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    let exe = std::fs::read_link(format!("/proc/{}/exe", joiner.id())).unwrap();
+    // It re-executes itself first thing; how soon depends on the machine (a copy of the
+    // binary), so look until it has or the exec is over.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let exe = loop {
+        let exe = std::fs::read_link(format!("/proc/{}/exe", joiner.id())).unwrap_or_default();
+        if exe.to_string_lossy().contains("memfd:") || std::time::Instant::now() > deadline {
+            break exe;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     assert!(exe.to_string_lossy().contains("memfd:flotillad-sealed"), "exec runs from {exe:?}");
     let w = std::fs::OpenOptions::new().write(true).open(format!("/proc/{}/exe", joiner.id()));
     assert!(w.is_err(), "the sealed copy cannot be opened for writing");

@@ -35,6 +35,10 @@ enum Cmd {
         /// Skip `cargo fmt --check` and `cargo clippy` (quicker local iterations).
         #[arg(long)]
         no_lint: bool,
+        /// Skip the runtime tests on cgroup v2 in `cargo xtask vm` (also skipped when a test
+        /// filter is given).
+        #[arg(long)]
+        no_vm: bool,
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(last = true)]
         args: Vec<String>,
@@ -114,11 +118,48 @@ fn images(out: &std::path::Path) -> Result<Vec<(std::path::PathBuf, String)>> {
     Ok(built.tarballs)
 }
 
+/// The container runtime's end-to-end tests again on a pure cgroup v2 host, in a guest of
+/// `cargo xtask vm`: these machines are hybrid, and v2 is what most fleets run. The guest has
+/// no toolchain, so everything is built here first.
+fn runtime_tests_on_cgroup_v2() -> Result<()> {
+    let root = util::workspace_root();
+    util::cargo(&[
+        "build",
+        "-p",
+        "flotilla-daemon",
+        "--bin",
+        "flotillad",
+        "--bin",
+        "flotilla-runtime",
+    ])?;
+    flotilla_test_images::build_probe(&root.join("target/images"))?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args(["test", "-p", "flotilla-tests", "--test", "runtime", "--no-run"])
+        .arg("--message-format=json")
+        .current_dir(&root)
+        .output()?;
+    anyhow::ensure!(out.status.success(), "building the runtime tests failed");
+    let key = "\"executable\":\"";
+    let exe = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("\"name\":\"runtime\""))
+        .find_map(|l| {
+            let rest = &l[l.find(key)? + key.len()..];
+            Some(rest[..rest.find('"')?].to_string())
+        })
+        .ok_or_else(|| anyhow::anyhow!("cargo named no runtime test executable"))?;
+    eprintln!("xtask: the runtime tests on cgroup v2, in a VM");
+    let cmd = ["env", "FLOTILLA_TEST_PREBUILT=1", &exe, "--test-threads=1"];
+    vm::run(4096, 2, false, &cmd.map(String::from))
+        .map_err(|e| anyhow::anyhow!("runtime tests on cgroup v2: {e:#}"))
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Setup => setup::setup(),
-        Cmd::Test { no_lint, args } => {
+        Cmd::Test { no_lint, no_vm, args } => {
             setup::setup()?;
             if !no_lint {
                 util::cargo(&["fmt", "--all", "--", "--check"])?;
@@ -130,7 +171,15 @@ fn main() -> Result<()> {
                 test.push("--");
                 test.extend(args.iter().map(String::as_str));
             }
-            util::cargo_test(&test)
+            let host = util::cargo_test(&test);
+            // Both run, whichever fails: a v2 failure is worth seeing next to a host one.
+            let v2 = if no_vm || !args.is_empty() {
+                eprintln!("xtask: runtime tests on cgroup v2 (cargo xtask vm) skipped");
+                Ok(())
+            } else {
+                runtime_tests_on_cgroup_v2()
+            };
+            host.and(v2)
         }
         Cmd::Images { out } => {
             // busybox-static comes from apt.

@@ -112,9 +112,14 @@ fn inspect() {
     out.push(format!("rootfs={}", root_fstype()));
     out.push(format!("memory.limit={}", first_line("/sys/fs/cgroup/memory/memory.limit_in_bytes")));
     out.push(format!("memory.max={}", first_line("/sys/fs/cgroup/memory.max")));
-    out.push(format!("pids.max={}", first_line("/sys/fs/cgroup/pids/pids.max")));
+    // cgroup v1 (a directory per controller), else v2 (one directory, the container's).
+    let v1 = std::path::Path::new("/sys/fs/cgroup/pids").is_dir();
+    let pids = if v1 { "/sys/fs/cgroup/pids/pids.max" } else { "/sys/fs/cgroup/pids.max" };
+    out.push(format!("pids.max={}", first_line(pids)));
     out.push(format!("cpu.shares={}", first_line("/sys/fs/cgroup/cpu/cpu.shares")));
     out.push(format!("cpu.cfs_quota_us={}", first_line("/sys/fs/cgroup/cpu/cpu.cfs_quota_us")));
+    out.push(format!("cpu.weight={}", first_line("/sys/fs/cgroup/cpu.weight")));
+    out.push(format!("cpu.max={}", first_line("/sys/fs/cgroup/cpu.max")));
     out.push(format!(
         "cgroup={}",
         std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default().replace('\n', ";")

@@ -30,6 +30,8 @@ struct Runtime {
     /// The command and its global flags (the state root).
     argv: Vec<String>,
     times: Vec<Duration>,
+    /// create, start and delete of each round.
+    phases: Vec<[Duration; 3]>,
     peak_rss_kib: i64,
 }
 
@@ -70,13 +72,20 @@ impl Runtime {
         Ok(())
     }
 
-    fn round(&mut self, id: &str, bundle: &Path) -> Result<Duration> {
+    /// One round: the whole, and each of create, start and delete.
+    fn round(&mut self, id: &str, bundle: &Path) -> Result<(Duration, [Duration; 3])> {
         let b = bundle.to_str().expect("utf-8 path");
+        let mut phases = [Duration::ZERO; 3];
         let t = Instant::now();
-        self.step(&["create", "--bundle", b, id])?;
-        self.step(&["start", id])?;
-        self.step(&["delete", "-f", id])?;
-        Ok(t.elapsed())
+        for (k, args) in [&["create", "--bundle", b, id][..], &["start", id], &["delete", "-f", id]]
+            .into_iter()
+            .enumerate()
+        {
+            let p = Instant::now();
+            self.step(args)?;
+            phases[k] = p.elapsed();
+        }
+        Ok((t.elapsed(), phases))
     }
 }
 
@@ -107,6 +116,7 @@ fn main() -> Result<()> {
             name: "flotilla-runtime",
             argv: vec![lean.to_string_lossy().into_owned(), "--root".into(), root("flotilla")],
             times: vec![],
+            phases: vec![],
             peak_rss_kib: 0,
         },
         Runtime {
@@ -118,6 +128,7 @@ fn main() -> Result<()> {
                 root("flotillad"),
             ],
             times: vec![],
+            phases: vec![],
             peak_rss_kib: 0,
         },
     ];
@@ -126,6 +137,7 @@ fn main() -> Result<()> {
             name,
             argv: vec![bin.into(), "--root".into(), root(name)],
             times: vec![],
+            phases: vec![],
             peak_rss_kib: 0,
         };
         // A peer that cannot run here is reported and left out, never faked.
@@ -148,9 +160,10 @@ fn main() -> Result<()> {
         for k in 0..n {
             let rt = &mut runtimes[(i + k) % n];
             let id = format!("bench-{i}");
-            let t = rt.round(&id, &bundle_dir)?;
+            let (t, phases) = rt.round(&id, &bundle_dir)?;
             if i >= args.warmup {
                 rt.times.push(t);
+                rt.phases.push(phases);
             }
         }
     }
@@ -169,6 +182,16 @@ fn main() -> Result<()> {
             rt.peak_rss_kib,
             mean / our_mean
         );
+    }
+    // Where each runtime's time goes.
+    println!();
+    println!("| runtime | create mean ms | start mean ms | delete -f mean ms |");
+    println!("|---|---|---|---|");
+    for rt in &runtimes {
+        let mean = |k: usize| {
+            rt.phases.iter().map(|p| p[k].as_secs_f64() * 1e3).sum::<f64>() / rt.phases.len() as f64
+        };
+        println!("| {} | {:.2} | {:.2} | {:.2} |", rt.name, mean(0), mean(1), mean(2));
     }
     println!();
     for rt in &runtimes[1..] {
