@@ -179,14 +179,39 @@ impl Cgroup {
         cgroups_rs::fs::Cgroup::new(hierarchies::auto(), path)
             .map_err(|e| Self::err(id, path, format!("creating: {e}")))?;
         let mut cg = Self::open(id, path)?;
-        // cgroup v2 has no devices controller: device rules there are an eBPF program
-        // (BPF_CGROUP_DEVICE), which we do not attach yet, so they are left out.
+        // cgroup v2 has no devices controller: the rules are an eBPF program on the cgroup
+        // (crate::devices), attached before any process joins it.
         let mut resources = resources.clone();
         if cg.is_v2() {
-            if resources.devices().as_ref().is_some_and(|d| !d.is_empty()) {
-                tracing::warn!(container = %id, "cgroup v2: device rules are not enforced yet");
+            if let Some(rules) = resources.devices().as_deref().filter(|d| !d.is_empty()) {
+                let attached = crate::devices::table(rules)
+                    .map_err(|(field, why)| format!("{field}: {why}"))
+                    .and_then(|t| {
+                        crate::devices::attach(
+                            &Path::new(hierarchies::UNIFIED_MOUNTPOINT).join(path),
+                            &t,
+                        )
+                    });
+                if let Err(e) = attached {
+                    let _ = cg.destroy();
+                    return Err(Self::err(id, path, e));
+                }
             }
             resources.set_devices(None);
+        } else if let Some(rules) = resources.devices().clone() {
+            // OCI: an absent major or minor is any, absent access is rwm. cgroups-rs writes
+            // absent numbers as 0 ("c 0:0 m"), which would leave `c *:* m` (mknod) and the
+            // pts range (136:*) unallowed; spell the wildcards out.
+            let rules = rules
+                .into_iter()
+                .map(|mut r| {
+                    r.set_major(Some(r.major().unwrap_or(-1)));
+                    r.set_minor(Some(r.minor().unwrap_or(-1)));
+                    r.set_access(Some(r.access().clone().unwrap_or_else(|| "rwm".into())));
+                    r
+                })
+                .collect();
+            resources.set_devices(Some(rules));
         }
         {
             if let Err(e) = cg.manager.set(&resources) {

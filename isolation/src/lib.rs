@@ -14,6 +14,7 @@
 pub mod cgroups;
 pub mod console;
 pub mod container;
+pub mod devices;
 pub mod error;
 pub mod image;
 pub mod logs;

@@ -133,6 +133,20 @@ pub fn check(bundle: &Path, spec: &Spec) -> Result<PathBuf> {
             }
         }
         check_user_and_time(linux, &err)?;
+        if let Some(r) = linux.resources() {
+            // The spec's rules come first, so an index names the spec's own entry.
+            let all = crate::cgroups::with_default_devices(Some(r));
+            if let Err((field, why)) =
+                crate::devices::table(all.devices().as_deref().unwrap_or(&[]))
+            {
+                // The program's size bounds the rules on cgroup v2 only.
+                if field != "linux.resources.devices"
+                    || cgroups_rs::fs::hierarchies::is_cgroup2_unified_mode()
+                {
+                    return Err(err(&field, why));
+                }
+            }
+        }
         for (field, list) in [
             ("linux.maskedPaths", linux.masked_paths()),
             ("linux.readonlyPaths", linux.readonly_paths()),

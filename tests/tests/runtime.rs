@@ -140,6 +140,19 @@ fn a_container_is_isolated_as_seen_from_inside() {
     f.rt.ok(&["delete", "inspect"]);
 }
 
+/// Device rules hold inside (the devices controller on cgroup v1, an eBPF program on v2):
+/// any node may be made, as runc allows, but only the standard ones opened.
+#[test]
+fn devices_outside_the_rules_cannot_be_opened() {
+    let f = Fixture::new();
+    let script = "exec 2>&1; mknod /dev/kmsg2 c 1 11 && mknod /dev/loop9 b 7 0 && for d in null kmsg2 loop9; \
+        do if (: < /dev/$d) 2>/dev/null; then echo $d=ok; else echo $d=denied; fi; done";
+    let (exit, lines) = f.run_to_exit("devs", &hardened(&["/bin/sh", "-c", script]));
+    assert_eq!(exit["code"], 0, "exit {exit}; output {lines:?}");
+    assert_eq!(lines, ["null=ok", "kmsg2=denied", "loop9=denied"]);
+    f.rt.ok(&["delete", "devs"]);
+}
+
 /// A process past its memory limit is OOM-killed, and wait reports it as such.
 #[test]
 fn a_process_over_its_memory_limit_is_oom_killed_and_reported() {
@@ -230,11 +243,14 @@ fn bad_bundles_are_refused_by_name_and_leave_nothing() {
     ]);
     let mut offsets_alone = base.clone();
     offsets_alone["linux"]["timeOffsets"] = json!({"boottime": {"secs": 10}});
+    let mut bad_access = base.clone();
+    bad_access["linux"]["resources"]["devices"] = json!([{"allow": false, "access": "rwm"}, {"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rx"}]);
     let cases: Vec<(&str, Value, &str)> = vec![
         ("bogus-ns", bogus_ns, "linux.namespaces[1].type"),
         ("unmapped-user", unmapped_user, "linux.uidMappings`: a new user namespace needs"),
         ("overlapping", overlapping, "linux.uidMappings[1]`: overlaps linux.uidMappings[0]"),
         ("offsets-alone", offsets_alone, "linux.timeOffsets`: offsets need a new time namespace"),
+        ("bad-access", bad_access, "linux.resources.devices[1].access`: unknown access 'x'"),
         ("no-program", no_program, "not-there"),
     ];
     for (id, config, needle) in cases {
@@ -243,10 +259,10 @@ fn bad_bundles_are_refused_by_name_and_leave_nothing() {
         assert!(!out.ok, "{id} was accepted");
         assert!(out.stderr.contains(needle), "{id}: {}", out.stderr);
         assert!(!f.rt.root.join(id).exists(), "{id} left a state dir");
-        assert!(
-            !Path::new(&format!("/sys/fs/cgroup/memory/flotilla/{id}")).exists(),
-            "{id} left a cgroup"
-        );
+        for v in ["memory/", ""] {
+            let cg = format!("/sys/fs/cgroup/{v}flotilla/{id}");
+            assert!(!Path::new(&cg).exists(), "{id} left a cgroup: {cg}");
+        }
     }
     // The rootfs check needs the bundle's own path, not the fixture's.
     let b = f.dir.path().join("no-rootfs");

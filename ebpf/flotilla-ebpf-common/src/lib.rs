@@ -194,6 +194,8 @@ mod user {
         };
     }
     pod!(
+        DeviceRule,
+        DeviceRules,
         ServiceKey,
         ServiceValue,
         BackendKey,
@@ -207,4 +209,46 @@ mod user {
         NatValue,
         Config
     );
+}
+
+/// Device rules one container's cgroup v2 device program holds (runc and crun generate one
+/// instruction block per rule; ours reads a table, so its size is bounded here).
+pub const MAX_DEVICE_RULES: usize = 128;
+
+/// `DeviceRule.kind`: which devices a rule covers (the kernel's `BPF_DEVCG_DEV_*`; 0 = all).
+pub const DEV_ALL: u8 = 0;
+pub const DEV_BLOCK: u8 = 1;
+pub const DEV_CHAR: u8 = 2;
+/// `DeviceRule.access` bits (the kernel's `BPF_DEVCG_ACC_*`).
+pub const ACC_MKNOD: u8 = 1;
+pub const ACC_READ: u8 = 2;
+pub const ACC_WRITE: u8 = 4;
+/// `DeviceRule.flags`: any major, any minor.
+pub const ANY_MAJOR: u8 = 1;
+pub const ANY_MINOR: u8 = 2;
+
+/// One OCI `linux.resources.devices` entry, as the cgroup v2 device program reads it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DeviceRule {
+    pub major: u32,
+    pub minor: u32,
+    pub kind: u8,
+    pub access: u8,
+    pub allow: u8,
+    pub flags: u8,
+}
+
+/// The program's table: the rules in spec order; the last one that matches decides.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceRules {
+    pub count: u32,
+    pub rules: [DeviceRule; MAX_DEVICE_RULES],
+}
+
+impl Default for DeviceRules {
+    fn default() -> Self {
+        Self { count: 0, rules: [DeviceRule::default(); MAX_DEVICE_RULES] }
+    }
 }

@@ -16,6 +16,7 @@ pub const APPLETS: &[&str] = &[
     "sh", "true", "false", "cat", "ls", "echo", "sleep", "hostname", "id", "grep", "mount", "head",
     "readlink", "ps", "dd", "touch", "stat", "wc", "tail", "env", "wget", "nc", "ip", "mkdir",
     "rm", "cp", "mv", "date", "uname", "df", "top", "kill", "vi", "httpd", "nslookup", "ping",
+    "mknod",
 ];
 
 /// Builds `flotilla-probe` static (glibc with crt-static) into `<target_dir>/release/`,
