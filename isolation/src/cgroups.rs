@@ -190,6 +190,7 @@ impl Cgroup {
                         crate::devices::attach(
                             &Path::new(hierarchies::UNIFIED_MOUNTPOINT).join(path),
                             &t,
+                            Some(Path::new(crate::devices::PROGRAM_CACHE)),
                         )
                     });
                 if let Err(e) = attached {

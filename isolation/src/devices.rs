@@ -78,19 +78,64 @@ const BPF_PROG_ATTACH: libc::c_long = 8;
 const BPF_CGROUP_DEVICE: u32 = 6;
 const BPF_F_ALLOW_MULTI: u32 = 2;
 
-/// Loads the device program with `rules` and attaches it to the cgroup v2 directory `dir`.
-pub fn attach(dir: &Path, rules: &DeviceRules) -> Result<(), String> {
-    let mut ebpf = aya::EbpfLoader::new()
-        .override_global("RULES", rules, true)
-        .load(OBJECT)
-        .map_err(|e| format!("loading the device program: {e}"))?;
-    let prog: &mut aya::programs::CgroupDevice = ebpf
-        .program_mut("flotilla_devices")
-        .ok_or("the device program is missing from its object")?
-        .try_into()
-        .map_err(|e| format!("the device program: {e}"))?;
-    prog.load().map_err(|e| format!("loading the device program: {e:#}"))?;
-    let prog = prog.fd().map_err(|e| e.to_string())?;
+/// Where loaded device programs are kept (pinned), one per distinct rule set. Nearly every
+/// container has the same rules (the defaults), so a create finds its program here and
+/// attaches it; loading one costs ~30 ms (aya parses the kernel's BTF first), crun's
+/// generate-and-load several ms, the pinned lookup a syscall.
+pub const PROGRAM_CACHE: &str = "/sys/fs/bpf/flotilla/devices";
+
+/// The cache entry's name: the rules' contents (FNV-1a), so equal rules share a program.
+fn cache_name(rules: &DeviceRules) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let n = (rules.count as usize).min(MAX_DEVICE_RULES);
+    for r in &rules.rules[..n] {
+        let mut bytes = [0u8; 12];
+        bytes[..4].copy_from_slice(&r.major.to_le_bytes());
+        bytes[4..8].copy_from_slice(&r.minor.to_le_bytes());
+        bytes[8..].copy_from_slice(&[r.kind, r.access, r.allow, r.flags]);
+        for b in bytes {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{n}-{h:016x}")
+}
+
+/// Loads the device program with `rules` and attaches it to the cgroup v2 directory `dir`,
+/// reusing (and adding to) the programs pinned in `cache` when it is given and on bpffs.
+pub fn attach(dir: &Path, rules: &DeviceRules, cache: Option<&Path>) -> Result<(), String> {
+    let pin = cache.map(|c| c.join(cache_name(rules)));
+    let cached = pin.as_deref().and_then(|p| aya::programs::CgroupDevice::from_pin(p).ok());
+    // Kept until the attach: dropping the loader unloads a program that is not pinned.
+    let mut ebpf = None;
+    let prog = match &cached {
+        Some(p) => p.fd().map_err(|e| e.to_string())?,
+        None => {
+            let ebpf = ebpf.insert(
+                aya::EbpfLoader::new()
+                    .override_global("RULES", rules, true)
+                    .load(OBJECT)
+                    .map_err(|e| format!("loading the device program: {e}"))?,
+            );
+            let prog: &mut aya::programs::CgroupDevice = ebpf
+                .program_mut("flotilla_devices")
+                .ok_or("the device program is missing from its object")?
+                .try_into()
+                .map_err(|e| format!("the device program: {e}"))?;
+            prog.load().map_err(|e| format!("loading the device program: {e:#}"))?;
+            if let Some(p) = &pin {
+                // Best effort: another create may have pinned the same rules meanwhile, or
+                // the directory is not on bpffs; this container has its program either way.
+                let pinned = p.parent().map_or(Ok(()), std::fs::create_dir_all);
+                if let Err(e) = pinned
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| prog.pin(p).map_err(|e| e.to_string()))
+                {
+                    tracing::debug!(pin = %p.display(), "device program not cached: {e}");
+                }
+            }
+            prog.fd().map_err(|e| e.to_string())?
+        }
+    };
     let cgroup = std::fs::File::open(dir).map_err(|e| format!("opening {}: {e}", dir.display()))?;
     // union bpf_attr, prog_attach member: { u32 target_fd; u32 attach_bpf_fd;
     // u32 attach_type; u32 attach_flags; u32 replace_bpf_fd; ... }.
@@ -104,6 +149,7 @@ pub fn attach(dir: &Path, rules: &DeviceRules) -> Result<(), String> {
     if r < 0 {
         return Err(format!("attaching the device program: {}", std::io::Error::last_os_error()));
     }
+    drop(ebpf);
     Ok(())
 }
 
@@ -138,6 +184,14 @@ mod tests {
         })
     }
 
+    /// Removes the test's program cache (its pins), pass or fail.
+    struct GoneDir(std::path::PathBuf);
+    impl Drop for GoneDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
     /// Removes the test's cgroup (after its processes are gone), pass or fail.
     struct Gone(std::path::PathBuf);
     impl Drop for Gone {
@@ -160,7 +214,18 @@ mod tests {
         std::fs::create_dir(&cg.0).unwrap();
         let mut rules = vec![rule(false, LinuxDeviceType::A, -1, -1, "rwm")];
         rules.extend(crate::cgroups::default_device_rules());
-        attach(&cg.0, &table(&rules).unwrap()).unwrap();
+        // Loaded and pinned the first time, taken from the pin the second.
+        let cache = GoneDir(
+            Path::new("/sys/fs/bpf").join(format!("flotilla-devices-test-{}", std::process::id())),
+        );
+        let t = table(&rules).unwrap();
+        attach(&cg.0, &t, Some(&cache.0)).unwrap();
+        let pinned = cache.0.join(cache_name(&t));
+        assert!(pinned.exists(), "{} pinned", pinned.display());
+        let other = Gone(root.join(format!("flotilla-devices-test2-{}", std::process::id())));
+        std::fs::create_dir(&other.0).unwrap();
+        attach(&other.0, &t, Some(&cache.0)).unwrap();
+        assert_eq!(std::fs::read_dir(&cache.0).unwrap().count(), 1, "one program for equal rules");
 
         let dir = tempfile::tempdir_in("/var/tmp").unwrap();
         let script = "cd \"$1\" && mknod null c 1 3 && mknod kmsg c 1 11 && mknod loop b 7 0 && \

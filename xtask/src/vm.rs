@@ -109,6 +109,7 @@ mkdir -p /newroot/dev/pts /newroot/dev/shm
 mount -t devpts devpts /newroot/dev/pts
 mount -t tmpfs tmpfs /newroot/dev/shm
 mount -t cgroup2 cgroup2 /newroot/sys/fs/cgroup
+mount -t bpf bpf /newroot/sys/fs/bpf
 echo '+cpu +memory +pids +io +cpuset' > /newroot/sys/fs/cgroup/cgroup.subtree_control
 # switch_root, not chroot: inside a chroot the kernel refuses new user namespaces (EPERM),
 # and the runtime's tests make them. The host's static busybox powers off afterwards.
