@@ -3,10 +3,11 @@
 //! src/devices.rs`) with the rules in its read-only data, attached to the container's cgroup.
 //!
 //! It is attached with BPF_PROG_ATTACH, as runc and crun do, not through a bpf link: a link
-//! dies with the fd that made it, and `create` exits while the container runs. An attached
-//! program lives exactly as long as the cgroup, so delete has nothing to undo and a crash
-//! leaves nothing behind. BPF_F_ALLOW_MULTI lets it sit below programs of the host (systemd
-//! attaches its own to slices): every attached program must allow an access.
+//! dies with the fd that made it, and `create` exits while the container runs. The
+//! attachment lives exactly as long as the cgroup, so delete has nothing to undo.
+//! BPF_F_ALLOW_MULTI lets it sit below programs of the host (systemd attaches its own to
+//! slices): every attached program must allow an access. Loaded programs are kept pinned in
+//! [`PROGRAM_CACHE`], one per program build and rule set, and reused by later creates.
 
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
@@ -84,18 +85,18 @@ const BPF_F_ALLOW_MULTI: u32 = 2;
 /// generate-and-load several ms, the pinned lookup a syscall.
 pub const PROGRAM_CACHE: &str = "/sys/fs/bpf/flotilla/devices";
 
-/// The cache entry's name: the rules' contents (FNV-1a), so equal rules share a program.
+/// The cache entry's name: a hash (FNV-1a) of the program's object and the rules, so equal
+/// rules share a program and an upgraded program never finds an older build's.
 fn cache_name(rules: &DeviceRules) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let fnv = |h: u64, bytes: &[u8]| {
+        bytes.iter().fold(h, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+    };
+    let mut h = fnv(0xcbf2_9ce4_8422_2325, OBJECT);
     let n = (rules.count as usize).min(MAX_DEVICE_RULES);
     for r in &rules.rules[..n] {
-        let mut bytes = [0u8; 12];
-        bytes[..4].copy_from_slice(&r.major.to_le_bytes());
-        bytes[4..8].copy_from_slice(&r.minor.to_le_bytes());
-        bytes[8..].copy_from_slice(&[r.kind, r.access, r.allow, r.flags]);
-        for b in bytes {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
+        h = fnv(h, &r.major.to_le_bytes());
+        h = fnv(h, &r.minor.to_le_bytes());
+        h = fnv(h, &[r.kind, r.access, r.allow, r.flags]);
     }
     format!("{n}-{h:016x}")
 }
