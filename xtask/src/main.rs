@@ -135,7 +135,9 @@ fn runtime_tests_on_cgroup_v2() -> Result<()> {
     flotilla_test_images::build_probe(&root.join("target/images"))?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = std::process::Command::new(cargo)
-        .args(["test", "-p", "flotilla-tests", "--test", "runtime", "--no-run"])
+        // --workspace, as the test run: with -p alone cargo resolves features differently
+        // and rebuilds the whole graph.
+        .args(["test", "--workspace", "--test", "runtime", "--no-run"])
         .arg("--message-format=json")
         .current_dir(&root)
         .output()?;

@@ -100,8 +100,10 @@ mount -t devtmpfs dev /dev
 # cache=loose: nothing changes these trees during a run, and without a page cache every exec
 # and page fault crosses 9p, which cost 4x on runtime timings (a benchmark of the transport).
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=262144 hostroot /newroot || {{ echo 'vm: mounting the host root failed'; poweroff -f; }}
-mount -t 9p -o trans=virtio,version=9p2000.L,rw,cache=loose,msize=262144 work /newroot{ws} || echo 'vm: mounting the workspace failed'
 for d in tmp var/tmp run root; do mount -t tmpfs tmpfs /newroot/$d; done
+# After the tmpfs mounts: a workspace under one of them (a CI clone in /var/tmp) stays visible.
+mkdir -p /newroot{ws}
+mount -t 9p -o trans=virtio,version=9p2000.L,rw,cache=loose,msize=262144 work /newroot{ws} || echo 'vm: mounting the workspace failed'
 mount -t proc proc /newroot/proc
 mount -t sysfs sys /newroot/sys
 mount -t devtmpfs dev /newroot/dev
