@@ -63,11 +63,19 @@ pub fn default_device_rules() -> Vec<LinuxDeviceCgroup> {
     .collect()
 }
 
-/// The spec's resources with the default device rules appended.
+/// The spec's resources with the default device rules appended, wildcards spelled out.
 pub fn with_default_devices(resources: Option<&LinuxResources>) -> LinuxResources {
     let mut r = resources.cloned().unwrap_or_default();
     let mut devices = r.devices().clone().unwrap_or_default();
     devices.extend(default_device_rules());
+    // OCI: an absent major or minor is any, absent access is rwm. cgroups-rs writes absent
+    // numbers as 0 ("c 0:0 m") on v1, which would leave `c *:* m` (mknod) and the pts range
+    // (136:*) unallowed.
+    for d in &mut devices {
+        d.set_major(Some(d.major().unwrap_or(-1)));
+        d.set_minor(Some(d.minor().unwrap_or(-1)));
+        d.set_access(Some(d.access().clone().unwrap_or_else(|| "rwm".into())));
+    }
     r.set_devices(Some(devices));
     r
 }
@@ -174,7 +182,8 @@ impl Cgroup {
         Error::Cgroup { id: id.to_string(), path: path.to_string(), what: what.to_string() }
     }
 
-    /// Creates the cgroup (every hierarchy on v1) and writes the limits.
+    /// Creates the cgroup (every hierarchy on v1) and writes the limits; `resources` as
+    /// [`with_default_devices`] makes them (device wildcards spelled out).
     pub fn create(id: &str, path: &str, resources: &LinuxResources) -> Result<Self> {
         cgroups_rs::fs::Cgroup::new(hierarchies::auto(), path)
             .map_err(|e| Self::err(id, path, format!("creating: {e}")))?;
@@ -199,20 +208,6 @@ impl Cgroup {
                 }
             }
             resources.set_devices(None);
-        } else if let Some(rules) = resources.devices().clone() {
-            // OCI: an absent major or minor is any, absent access is rwm. cgroups-rs writes
-            // absent numbers as 0 ("c 0:0 m"), which would leave `c *:* m` (mknod) and the
-            // pts range (136:*) unallowed; spell the wildcards out.
-            let rules = rules
-                .into_iter()
-                .map(|mut r| {
-                    r.set_major(Some(r.major().unwrap_or(-1)));
-                    r.set_minor(Some(r.minor().unwrap_or(-1)));
-                    r.set_access(Some(r.access().clone().unwrap_or_else(|| "rwm".into())));
-                    r
-                })
-                .collect();
-            resources.set_devices(Some(rules));
         }
         {
             if let Err(e) = cg.manager.set(&resources) {

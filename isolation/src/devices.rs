@@ -9,7 +9,8 @@
 //! slices): every attached program must allow an access. Loaded programs are kept pinned in
 //! [`PROGRAM_CACHE`], one per program build and rule set, and reused by later creates.
 
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use flotilla_ebpf_common::{
@@ -75,7 +76,10 @@ pub fn table(rules: &[LinuxDeviceCgroup]) -> Result<DeviceRules, (String, String
 }
 
 // From include/uapi/linux/bpf.h; aya attaches cgroup programs only through links.
+const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_PROG_ATTACH: libc::c_long = 8;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_PROG_TYPE_CGROUP_DEVICE: u32 = 15;
 const BPF_CGROUP_DEVICE: u32 = 6;
 const BPF_F_ALLOW_MULTI: u32 = 2;
 
@@ -85,13 +89,14 @@ const BPF_F_ALLOW_MULTI: u32 = 2;
 /// generate-and-load several ms, the pinned lookup a syscall.
 pub const PROGRAM_CACHE: &str = "/sys/fs/bpf/flotilla/devices";
 
-/// The cache entry's name: a hash (FNV-1a) of the program's object and the rules, so equal
-/// rules share a program and an upgraded program never finds an older build's.
+/// The cache entry's name: a hash (FNV-1a) of the program's object (done by build.rs) and the
+/// rules, so equal rules share a program and an upgraded program never finds an older build's.
 fn cache_name(rules: &DeviceRules) -> String {
     let fnv = |h: u64, bytes: &[u8]| {
         bytes.iter().fold(h, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
     };
-    let mut h = fnv(0xcbf2_9ce4_8422_2325, OBJECT);
+    let object = u64::from_str_radix(env!("FLOTILLA_DEVICES_HASH"), 16).expect("build.rs hash");
+    let mut h = object;
     let n = (rules.count as usize).min(MAX_DEVICE_RULES);
     for r in &rules.rules[..n] {
         h = fnv(h, &r.major.to_le_bytes());
@@ -101,15 +106,45 @@ fn cache_name(rules: &DeviceRules) -> String {
     format!("{n}-{h:016x}")
 }
 
+/// The pinned device program at `pin`, if there is one. Raw bpf(2) rather than aya's
+/// `from_pin`: that runs aya's kernel feature probes first (a dozen BTF and program loads),
+/// which cost a create more than the whole attach.
+fn pinned_program(pin: &Path) -> Option<OwnedFd> {
+    let path = std::ffi::CString::new(pin.as_os_str().as_bytes()).ok()?;
+    // union bpf_attr, obj_get member: { u64 pathname; u32 bpf_fd; u32 file_flags; ... }.
+    let mut attr = [0u64; 16];
+    attr[0] = path.as_ptr() as u64;
+    // SAFETY: attr is a zeroed, correctly sized bpf_attr; the path outlives the call.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, attr.as_mut_ptr(), 128usize) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: the kernel returned a new descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // Only a device program: bpf_prog_info begins with its u32 type.
+    let mut info = [0u32; 64];
+    let mut attr = [0u32; 32];
+    attr[0] = fd.as_raw_fd() as u32;
+    attr[1] = std::mem::size_of_val(&info) as u32;
+    let ptr = info.as_mut_ptr() as u64;
+    attr[2] = ptr as u32;
+    attr[3] = (ptr >> 32) as u32;
+    // SAFETY: as above; info is writable for the length given.
+    let r = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_OBJ_GET_INFO_BY_FD, attr.as_mut_ptr(), 128usize)
+    };
+    (r == 0 && info[0] == BPF_PROG_TYPE_CGROUP_DEVICE).then_some(fd)
+}
+
 /// Loads the device program with `rules` and attaches it to the cgroup v2 directory `dir`,
 /// reusing (and adding to) the programs pinned in `cache` when it is given and on bpffs.
 pub fn attach(dir: &Path, rules: &DeviceRules, cache: Option<&Path>) -> Result<(), String> {
     let pin = cache.map(|c| c.join(cache_name(rules)));
-    let cached = pin.as_deref().and_then(|p| aya::programs::CgroupDevice::from_pin(p).ok());
+    let cached = pin.as_deref().and_then(pinned_program);
     // Kept until the attach: dropping the loader unloads a program that is not pinned.
     let mut ebpf = None;
     let prog = match &cached {
-        Some(p) => p.fd().map_err(|e| e.to_string())?,
+        Some(fd) => fd.as_fd(),
         None => {
             let ebpf = ebpf.insert(
                 aya::EbpfLoader::new()
@@ -134,7 +169,7 @@ pub fn attach(dir: &Path, rules: &DeviceRules, cache: Option<&Path>) -> Result<(
                     tracing::debug!(pin = %p.display(), "device program not cached: {e}");
                 }
             }
-            prog.fd().map_err(|e| e.to_string())?
+            prog.fd().map_err(|e| e.to_string())?.as_fd()
         }
     };
     let cgroup = std::fs::File::open(dir).map_err(|e| format!("opening {}: {e}", dir.display()))?;
@@ -142,7 +177,7 @@ pub fn attach(dir: &Path, rules: &DeviceRules, cache: Option<&Path>) -> Result<(
     // u32 attach_type; u32 attach_flags; u32 replace_bpf_fd; ... }.
     let mut attr = [0u32; 32];
     attr[0] = cgroup.as_raw_fd() as u32;
-    attr[1] = prog.as_fd().as_raw_fd() as u32;
+    attr[1] = prog.as_raw_fd() as u32;
     attr[2] = BPF_CGROUP_DEVICE;
     attr[3] = BPF_F_ALLOW_MULTI;
     // SAFETY: attr is a zeroed, correctly sized bpf_attr; both fds are open for the call.
