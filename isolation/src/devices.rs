@@ -75,7 +75,8 @@ pub fn table(rules: &[LinuxDeviceCgroup]) -> Result<DeviceRules, (String, String
     Ok(t)
 }
 
-// From include/uapi/linux/bpf.h; aya attaches cgroup programs only through links.
+// From include/uapi/linux/bpf.h. Raw calls: aya attaches cgroup programs only through links,
+// and its `from_pin` probes kernel features before opening a pin.
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_PROG_ATTACH: libc::c_long = 8;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
