@@ -64,17 +64,60 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-/// A loopback port that was free a moment ago.
+/// A loopback port that was free a moment ago, never handed out twice by this process.
+///
+/// Chosen below the kernel's ephemeral range (`ip_local_port_range`): a port from that range
+/// can be taken by any outgoing connection (the tests' own clients) between this call and
+/// the server's bind, which made servers fail to start with "address in use".
 pub fn free_port() -> u16 {
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u16, ephemeral_low.max(10_100));
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    // Start at a point that differs per process, so consecutive test binaries do not
+    // hand out the ports a lingering process of the previous one may still hold.
+    let span = u32::from(high - low);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let mut n = (std::process::id().wrapping_mul(7919) ^ nanos) % span;
+    for _ in 0..span {
+        let port = low + (n % span) as u16;
+        n = n.wrapping_add(1);
+        if given.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return port;
+        }
+    }
+    // Everything below the ephemeral range is taken: let the kernel pick.
     TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
 /// Waits until something accepts TCP connections on `addr`.
 pub fn wait_listening(addr: &str, timeout: Duration) -> Result<()> {
+    wait_listening_while(addr, timeout, || true)
+}
+
+/// Like [`wait_listening`], but gives up as soon as `alive` says the server has exited.
+pub fn wait_listening_while(
+    addr: &str,
+    timeout: Duration,
+    mut alive: impl FnMut() -> bool,
+) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         if std::net::TcpStream::connect(addr).is_ok() {
             return Ok(());
+        }
+        if !alive() {
+            bail!("the server exited before listening on {addr}");
         }
         if Instant::now() > deadline {
             bail!("nothing listening on {addr} after {timeout:?}");
@@ -194,9 +237,15 @@ impl Member {
         }
         std::fs::create_dir_all(&self.data_dir)?;
         let log = self.data_dir.with_extension("log");
-        self.proc = Some(Proc::spawn(&self.name, cmd, &log)?);
-        wait_listening(&self.client, Duration::from_secs(20))
-            .with_context(|| format!("{} did not start; see {}", self.name, log.display()))
+        let mut proc = Proc::spawn(&self.name, cmd, &log)?;
+        let ready = wait_listening_while(&self.client, Duration::from_secs(30), || proc.running());
+        self.proc = Some(proc);
+        ready.with_context(|| {
+            let log = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            format!("{} did not start; its log ends:\n{}", self.name, tail.join("\n"))
+        })
     }
 
     pub fn kill(&mut self) {
@@ -439,9 +488,12 @@ impl Registry {
         std::fs::write(&config, yaml)?;
         let mut cmd = Command::new("docker-registry");
         cmd.arg("serve").arg(&config);
-        let proc = Proc::spawn("docker-registry", cmd, &dir.join("registry.log"))
+        let log = dir.join("registry.log");
+        let mut proc = Proc::spawn("docker-registry", cmd, &log)
             .context("start docker-registry (apt install docker-registry)")?;
-        wait_listening(&addr, Duration::from_secs(20))?;
+        wait_listening_while(&addr, Duration::from_secs(20), || proc.running()).with_context(
+            || format!("docker-registry: {}", std::fs::read_to_string(&log).unwrap_or_default()),
+        )?;
         Ok(Registry { addr, storage, _proc: proc })
     }
 
