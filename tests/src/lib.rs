@@ -5,7 +5,8 @@ use anyhow::{bail, Context, Result};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// The `flotillad` binary of this build profile, built once per test process, with
@@ -70,7 +71,6 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// can be taken by any outgoing connection (the tests' own clients) between this call and
 /// the server's bind, which made servers fail to start with "address in use".
 pub fn free_port() -> u16 {
-    use std::sync::Mutex;
     static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
     let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
@@ -468,23 +468,43 @@ impl Registry {
 
     /// With `Some((user, password))`, the registry demands HTTP basic auth (htpasswd).
     pub fn start_with_auth(dir: &Path, auth: Option<(&str, &str)>) -> Result<Registry> {
+        let auth_yaml = match auth {
+            None => String::new(),
+            Some((user, password)) => {
+                let out = Command::new("htpasswd")
+                    .args(["-Bbn", user, password])
+                    .output()
+                    .context("htpasswd (apt install apache2-utils)")?;
+                let file = dir.join("htpasswd");
+                std::fs::write(&file, &out.stdout)?;
+                format!(
+                    "auth:\n  htpasswd:\n    realm: flotilla-test\n    path: {}\n",
+                    file.display()
+                )
+            }
+        };
+        Self::start_inner(dir, &auth_yaml)
+    }
+
+    /// A registry that accepts only bearer tokens signed by `tokens` (distribution's token
+    /// auth: a 401 challenge names the token server as realm).
+    pub fn start_with_token(dir: &Path, tokens: &TokenServer) -> Result<Registry> {
+        let auth_yaml = format!(
+            "auth:\n  token:\n    realm: http://{}/token\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+            tokens.addr,
+            TokenServer::SERVICE,
+            TokenServer::ISSUER,
+            tokens.cert.display()
+        );
+        Self::start_inner(dir, &auth_yaml)
+    }
+
+    fn start_inner(dir: &Path, auth_yaml: &str) -> Result<Registry> {
         let addr = format!("127.0.0.1:{}", free_port());
         let storage = dir.join("registry-data");
         std::fs::create_dir_all(&storage)?;
         let config = dir.join("registry.yml");
-        let mut yaml = format!("version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n", storage.display());
-        if let Some((user, password)) = auth {
-            let out = Command::new("htpasswd")
-                .args(["-Bbn", user, password])
-                .output()
-                .context("htpasswd (apt install apache2-utils)")?;
-            let file = dir.join("htpasswd");
-            std::fs::write(&file, &out.stdout)?;
-            yaml.push_str(&format!(
-                "auth:\n  htpasswd:\n    realm: flotilla-test\n    path: {}\n",
-                file.display()
-            ));
-        }
+        let yaml = format!("version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n{auth_yaml}", storage.display());
         std::fs::write(&config, yaml)?;
         let mut cmd = Command::new("docker-registry");
         cmd.arg("serve").arg(&config);
@@ -502,4 +522,250 @@ impl Registry {
         let hex = digest.trim_start_matches("sha256:");
         self.storage.join("docker/registry/v2/blobs/sha256").join(&hex[..2]).join(hex).join("data")
     }
+}
+
+/// A registry token server (the Docker token authentication flow) for [`Registry::start_with_token`]:
+/// `GET /token?service=…&scope=repository:NAME:ACTIONS` with optional basic credentials
+/// returns a JWT signed with a fresh RSA key whose self-signed certificate the registry
+/// trusts. Users with the right password get what they ask for; anonymous callers get
+/// `pull` on the `public` repositories only (as Docker Hub does); a wrong password is a 401.
+pub struct TokenServer {
+    pub addr: String,
+    pub cert: PathBuf,
+    signer: Arc<Signer>,
+    /// Every token request answered with a token.
+    pub requests: Arc<Mutex<Vec<TokenRequest>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// A token request the server answered: who asked (None: anonymous) and for which scopes.
+#[derive(Debug, Clone)]
+pub struct TokenRequest {
+    pub user: Option<String>,
+    pub scopes: Vec<String>,
+}
+
+struct Signer {
+    key: PathBuf,
+    /// The certificate's DER, base64 (the JWT header's `x5c`).
+    x5c: String,
+}
+
+impl Signer {
+    fn mint(&self, subject: &str, access: &[(String, Vec<String>)]) -> Result<String> {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+        use base64::Engine;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+        let header = serde_json::json!({"alg": "RS256", "typ": "JWT", "x5c": [self.x5c]});
+        let access: Vec<_> = access
+            .iter()
+            .map(|(name, actions)| {
+                serde_json::json!({"type": "repository", "name": name, "actions": actions})
+            })
+            .collect();
+        let claims = serde_json::json!({
+            "iss": TokenServer::ISSUER, "sub": subject, "aud": TokenServer::SERVICE,
+            "exp": now.as_secs() + 300, "nbf": now.as_secs() - 60, "iat": now.as_secs() - 60,
+            "jti": format!("{}", now.as_nanos()), "access": access,
+        });
+        let input = format!(
+            "{}.{}",
+            B64.encode(serde_json::to_vec(&header)?),
+            B64.encode(serde_json::to_vec(&claims)?)
+        );
+        let mut child = Command::new("openssl")
+            .args(["dgst", "-sha256", "-sign"])
+            .arg(&self.key)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("openssl dgst")?;
+        use std::io::Write;
+        child.stdin.take().expect("piped").write_all(input.as_bytes())?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!("openssl dgst -sign failed");
+        }
+        Ok(format!("{input}.{}", B64.encode(out.stdout)))
+    }
+}
+
+impl TokenServer {
+    pub const SERVICE: &'static str = "flotilla-registry";
+    pub const ISSUER: &'static str = "flotilla-test-tokens";
+
+    pub fn start(dir: &Path, users: &[(&str, &str)], public: &[&str]) -> Result<TokenServer> {
+        let (key, cert) = (dir.join("token-key.pem"), dir.join("token-cert.pem"));
+        let out = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"])
+            .args(["-subj", "/CN=flotilla-test-tokens", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .context("openssl req (apt install openssl)")?;
+        if !out.status.success() {
+            bail!("openssl req: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        // A PEM body is the DER in standard base64: exactly what x5c holds.
+        let pem = std::fs::read_to_string(&cert)?;
+        let x5c: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        let signer = Arc::new(Signer { key, x5c });
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?.to_string();
+        let users: Vec<(String, String)> =
+            users.iter().map(|(u, p)| (u.to_string(), p.to_string())).collect();
+        let public: Vec<String> = public.iter().map(|p| p.to_string()).collect();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (signer, requests, stop) = (signer.clone(), requests.clone(), stop.clone());
+            std::thread::spawn(move || {
+                for conn in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    if let Ok(c) = conn {
+                        let _ = serve_token(c, &signer, &users, &public, &requests);
+                    }
+                }
+            })
+        };
+        Ok(TokenServer { addr, cert, signer, requests, stop, thread: Some(thread) })
+    }
+
+    /// A token for `subject` with `actions` on `repository`, as a client would be handed
+    /// out of band (a CI job's registry token).
+    pub fn mint(&self, subject: &str, repository: &str, actions: &[&str]) -> Result<String> {
+        let actions = actions.iter().map(|a| a.to_string()).collect();
+        self.signer.mint(subject, &[(repository.to_string(), actions)])
+    }
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop.
+        let _ = std::net::TcpStream::connect(&self.addr);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(v) => {
+                        out.push(v);
+                        i += 3;
+                        continue;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// One HTTP/1.1 request on `c`, answered and closed.
+fn serve_token(
+    mut c: std::net::TcpStream,
+    signer: &Signer,
+    users: &[(String, String)],
+    public: &[String],
+    requests: &Mutex<Vec<TokenRequest>>,
+) -> Result<()> {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
+    use std::io::{BufRead, BufReader, Write};
+    c.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut r = BufReader::new(c.try_clone()?);
+    let mut line = String::new();
+    r.read_line(&mut line)?;
+    let target = line.split_whitespace().nth(1).unwrap_or("").to_string();
+    let mut basic = None;
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h)? == 0 || h == "\r\n" {
+            break;
+        }
+        if let Some((name, value)) = h.trim_end().split_once(':') {
+            if name.eq_ignore_ascii_case("authorization") {
+                basic = value.trim().strip_prefix("Basic ").map(str::to_string);
+            }
+        }
+    }
+    let respond = |c: &mut std::net::TcpStream, status: &str, body: &str| -> Result<()> {
+        write!(
+            c,
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )?;
+        Ok(())
+    };
+    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+    let mut scopes = Vec::new();
+    let mut service = String::new();
+    for kv in query.split('&') {
+        match kv.split_once('=') {
+            Some(("scope", v)) => scopes.push(percent_decode(v)),
+            Some(("service", v)) => service = percent_decode(v),
+            _ => {}
+        }
+    }
+    if path != "/token" || service != TokenServer::SERVICE {
+        return respond(&mut c, "404 Not Found", r#"{"errors":[{"code":"NOT_FOUND"}]}"#);
+    }
+    let user = match basic {
+        None => None,
+        Some(b) => {
+            let decoded = String::from_utf8(STANDARD.decode(b)?)?;
+            let (u, p) = decoded.split_once(':').unwrap_or((&decoded, ""));
+            if !users.iter().any(|(uu, pp)| uu == u && pp == p) {
+                return respond(
+                    &mut c,
+                    "401 Unauthorized",
+                    r#"{"errors":[{"code":"UNAUTHORIZED"}]}"#,
+                );
+            }
+            Some(u.to_string())
+        }
+    };
+    let mut access = Vec::new();
+    for scope in &scopes {
+        let mut parts = scope.splitn(3, ':');
+        let (Some("repository"), Some(name), Some(actions)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let granted: Vec<String> = actions
+            .split(',')
+            .filter(|a| {
+                user.is_some()
+                    || (*a == "pull" && public.iter().any(|p| name.starts_with(&format!("{p}/"))))
+            })
+            .map(str::to_string)
+            .collect();
+        access.push((name.to_string(), granted));
+    }
+    requests
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(TokenRequest { user: user.clone(), scopes });
+    let token = signer.mint(user.as_deref().unwrap_or(""), &access)?;
+    let body = serde_json::json!({"token": token, "access_token": token, "expires_in": 300});
+    respond(&mut c, "200 OK", &body.to_string())
 }

@@ -2,7 +2,7 @@
 //! docker-registry on loopback, pulled back by `flotillad image`, verified, unpacked,
 //! mounted as an overlay and run; tampered blobs, foreign platforms and tarball imports.
 
-use flotilla_tests::{bundle, flotillad, oci, probe, Registry, RuntimeCli};
+use flotilla_tests::{bundle, flotillad, oci, probe, Registry, RuntimeCli, TokenServer};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -66,11 +66,22 @@ fn skopeo(args: &[&str]) {
 /// The probe image built in `dir`, pushed with skopeo to a registry started there
 /// (demanding `auth` if given): what was built, the registry, the image's reference.
 fn pushed_probe(dir: &Path, auth: Option<(&str, &str)>) -> (oci::Layout, Registry, String) {
+    let reg = Registry::start_with_auth(dir, auth).unwrap();
+    let (built, remote) = push_probe(dir, &reg, "probe", auth);
+    (built, reg, remote)
+}
+
+/// The probe image built in `dir` (once), pushed with skopeo to `reg` as `repo:latest`.
+fn push_probe(
+    dir: &Path,
+    reg: &Registry,
+    repo: &str,
+    creds: Option<(&str, &str)>,
+) -> (oci::Layout, String) {
     let layout = dir.join("layout");
     let built = oci::write_probe_layout(&layout, &probe(), "latest", "amd64", true).unwrap();
-    let reg = Registry::start_with_auth(dir, auth).unwrap();
-    let remote = format!("{}/probe:latest", reg.addr);
-    let creds = auth.map(|(u, p)| format!("{u}:{p}"));
+    let remote = format!("{}/{repo}:latest", reg.addr);
+    let creds = creds.map(|(u, p)| format!("{u}:{p}"));
     let mut args = vec!["copy", "--dest-tls-verify=false"];
     if let Some(c) = &creds {
         args.extend(["--dest-creds", c.as_str()]);
@@ -78,7 +89,7 @@ fn pushed_probe(dir: &Path, auth: Option<(&str, &str)>) -> (oci::Layout, Registr
     let (src, dst) = (format!("oci:{}:latest", layout.display()), format!("docker://{remote}"));
     args.extend([src.as_str(), dst.as_str()]);
     skopeo(&args);
-    (built, reg, remote)
+    (built, remote)
 }
 
 fn tmp() -> tempfile::TempDir {
@@ -224,4 +235,79 @@ fn basic_auth_registries_need_and_accept_credentials() {
         "s3cret",
         &remote,
     ]);
+}
+
+/// A registry behind a token server (distribution's token auth, as Docker Hub and most
+/// private registries run): the pull is challenged, credentials are exchanged for a signed
+/// bearer token scoped to the repository, and the registry checks the token. Anonymous
+/// callers get tokens for public repositories only; a token handed in directly is used as is.
+#[test]
+fn token_auth_registries_exchange_credentials_for_scoped_bearer_tokens() {
+    let dir = tmp();
+    let tokens = TokenServer::start(dir.path(), &[("alice", "s3cret")], &["public"]).unwrap();
+    let reg = Registry::start_with_token(dir.path(), &tokens).unwrap();
+    let (built, private) = push_probe(dir.path(), &reg, "probe", Some(("alice", "s3cret")));
+    let (_, public) = push_probe(dir.path(), &reg, "public/probe", Some(("alice", "s3cret")));
+    let asked = |user: Option<&str>| {
+        tokens.requests.lock().unwrap().iter().filter(|r| r.user.as_deref() == user).count()
+    };
+    let pull = |store: &str, extra: &[&str], reference: &str| {
+        let images = Images::new(&dir.path().join(store));
+        let mut args = vec!["pull", "--insecure-registry", &reg.addr];
+        args.extend(extra);
+        args.push(reference);
+        let (ok, _, err) = images.run(&args);
+        (ok, err, images)
+    };
+
+    // Anonymous: a token without access to the private repository; the registry refuses it.
+    let before = asked(None);
+    let (ok, err, _) = pull("anon", &[], &private);
+    assert!(!ok, "an anonymous pull of a private repository succeeded");
+    assert!(err.contains("manifest of") && err.contains(&private), "{err}");
+    assert!(asked(None) > before, "the anonymous pull never asked the token server");
+    // ... but the same caller pulls a public repository.
+    let (ok, err, _) = pull("anon", &[], &public);
+    assert!(ok, "anonymous pull of a public repository: {err}");
+
+    // A wrong password is refused by the token server.
+    let (ok, err, _) = pull("wrong", &["--username", "alice", "--password", "nope"], &private);
+    assert!(!ok, "a wrong password was accepted: {err}");
+    assert!(err.contains("credentials for") && err.contains("refused"), "{err}");
+
+    // Right credentials: a token scoped to pulling this repository, and the digests match.
+    let (ok, err, images) =
+        pull("alice", &["--username", "alice", "--password", "s3cret"], &private);
+    assert!(ok, "pull with credentials: {err}");
+    let scopes: Vec<String> = tokens
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.user.as_deref() == Some("alice"))
+        .flat_map(|r| r.scopes.clone())
+        .collect();
+    assert!(scopes.contains(&"repository:probe:pull".to_string()), "{scopes:?}");
+    for l in &built.layers {
+        let blob = images.root.join("content/blobs/sha256").join(l.trim_start_matches("sha256:"));
+        assert_eq!(oci::sha256(&std::fs::read(&blob).unwrap()), *l);
+    }
+
+    // A token handed in (--token) goes straight to the registry: no exchange.
+    let exchanges = tokens.requests.lock().unwrap().len();
+    let good = tokens.mint("ci", "probe", &["pull"]).unwrap();
+    let (ok, err, _) = pull("minted", &["--token", &good], &private);
+    assert!(ok, "pull with a minted token: {err}");
+    assert_eq!(tokens.requests.lock().unwrap().len(), exchanges, "--token asked for a token");
+    // One scoped to another repository is refused by the registry.
+    let other = tokens.mint("ci", "other", &["pull"]).unwrap();
+    let (ok, err, _) = pull("other", &["--token", &other], &private);
+    assert!(!ok, "a token for another repository was accepted: {err}");
+    // So is one signed by a key the registry does not trust.
+    let rogue_dir = dir.path().join("rogue");
+    std::fs::create_dir_all(&rogue_dir).unwrap();
+    let rogue = TokenServer::start(&rogue_dir, &[], &[]).unwrap();
+    let forged = rogue.mint("ci", "probe", &["pull"]).unwrap();
+    let (ok, err, _) = pull("forged", &["--token", &forged], &private);
+    assert!(!ok, "a token signed by an untrusted key was accepted: {err}");
 }

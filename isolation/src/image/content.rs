@@ -84,7 +84,7 @@ impl ContentStore {
         let mut buf = vec![0u8; 256 * 1024];
         loop {
             let n = reader.read(&mut buf).map_err(|e| ImageError::Fetch {
-                digest: expected.to_string(),
+                what: format!("blob {expected}"),
                 reason: e.to_string(),
             })?;
             if n == 0 {
@@ -102,7 +102,7 @@ impl ContentStore {
         let mut buf = vec![0u8; 256 * 1024];
         loop {
             let n = reader.read(&mut buf).map_err(|e| ImageError::Fetch {
-                digest: "(unnamed blob)".into(),
+                what: "blob (digest not yet known)".into(),
                 reason: e.to_string(),
             })?;
             if n == 0 {

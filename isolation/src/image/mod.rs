@@ -42,8 +42,9 @@ pub enum ImageError {
     SizeMismatch { digest: String, expected: u64, actual: u64 },
     #[error("blob {digest}: {size} bytes is over the {limit}-byte limit")]
     TooLarge { digest: String, size: u64, limit: u64 },
-    #[error("blob {digest}: {reason}")]
-    Fetch { digest: String, reason: String },
+    /// `what`: "blob sha256:…", "manifest of NAME", …
+    #[error("{what}: {reason}")]
+    Fetch { what: String, reason: String },
     #[error("blob {digest} is not in the content store")]
     MissingBlob { digest: String },
     #[error("layer {digest}: {source}")]

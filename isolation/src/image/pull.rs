@@ -4,7 +4,9 @@
 
 use futures::StreamExt;
 use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
+use oci_client::RegistryOperation;
 use oci_client::{Client, Reference};
 
 use super::content::MAX_METADATA_BYTES;
@@ -37,7 +39,7 @@ const ACCEPT: &[&str] =
     &[MEDIA_OCI_MANIFEST, MEDIA_OCI_INDEX, MEDIA_DOCKER_MANIFEST, MEDIA_DOCKER_LIST];
 
 fn fetch_err(what: &str, e: impl std::fmt::Display) -> ImageError {
-    ImageError::Fetch { digest: what.to_string(), reason: e.to_string() }
+    ImageError::Fetch { what: what.to_string(), reason: e.to_string() }
 }
 
 impl ImageStore {
@@ -64,6 +66,13 @@ impl ImageStore {
             }
             Auth::Bearer(t) => RegistryAuth::Bearer(t.clone()),
         };
+        if let RegistryAuth::Basic(..) = auth {
+            // Exchange the credentials for a token now: oci-client would otherwise swallow a
+            // refused exchange and report the anonymous request's 401 instead.
+            client.auth(&r, &auth, RegistryOperation::Pull).await.map_err(|e| {
+                fetch_err(&format!("credentials for {norm}"), format!("refused: {e}"))
+            })?;
+        }
 
         let top =
             self.fetch_manifest(&client, &r, &auth, r.digest().map(str::to_string), &norm).await?;
@@ -133,10 +142,16 @@ impl ImageStore {
         expected: Option<String>,
         name: &str,
     ) -> Result<Digest, ImageError> {
-        let (bytes, _) = client
-            .pull_manifest_raw(r, auth, ACCEPT)
-            .await
-            .map_err(|e| fetch_err(&format!("manifest of {name}"), e))?;
+        let (bytes, _) = client.pull_manifest_raw(r, auth, ACCEPT).await.map_err(|e| {
+            let hint = match e {
+                OciDistributionError::UnauthorizedError { .. }
+                | OciDistributionError::AuthenticationFailure(_) => {
+                    " (the registry wants credentials with pull access to this repository)"
+                }
+                _ => "",
+            };
+            fetch_err(&format!("manifest of {name}"), format!("{e}{hint}"))
+        })?;
         if bytes.len() as u64 > MAX_METADATA_BYTES {
             return Err(ImageError::TooLarge {
                 digest: format!("manifest of {name}"),
@@ -168,10 +183,11 @@ impl ImageStore {
         }
         let mut ing = self.content.begin(Some(d), Some(size), limit)?;
         let digest = d.to_string();
+        let what = format!("blob {digest}");
         let mut stream =
-            client.pull_blob_stream(r, digest.as_str()).await.map_err(|e| fetch_err(&digest, e))?;
+            client.pull_blob_stream(r, digest.as_str()).await.map_err(|e| fetch_err(&what, e))?;
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| fetch_err(&digest, e))?;
+            let chunk = chunk.map_err(|e| fetch_err(&what, e))?;
             ing.write(&chunk)?;
             progress(ing.written());
         }
