@@ -67,6 +67,11 @@ pub enum Bench {
         /// Measured rounds per runtime.
         #[arg(long, default_value_t = 200)]
         rounds: usize,
+        /// Run in a pure cgroup v2 guest of `cargo xtask vm` (software emulation), where crun
+        /// runs too (crun refuses hybrid hosts). Figures there compare runtimes with each
+        /// other, not with the host's.
+        #[arg(long)]
+        vm: bool,
         /// Extra arguments for the harness (see `runtime-bench --help`).
         #[arg(last = true)]
         args: Vec<String>,
@@ -131,10 +136,17 @@ pub fn run(what: Bench) -> Result<()> {
                 .args(&args);
             crate::util::run(cmd)
         }
-        Bench::Runtime { rounds, args } => {
+        Bench::Runtime { rounds, vm, args } => {
             crate::setup::setup()?;
             cargo(&["build", "--release", "-p", "flotilla-daemon", "-p", "flotilla-tests"])?;
             let root = workspace_root();
+            if vm {
+                let bin = |name: &str| root.join("target/release").join(name).display().to_string();
+                let mut cmd = vec![bin("runtime-bench"), "--flotillad".into(), bin("flotillad")];
+                cmd.extend(["--rounds".into(), rounds.to_string()]);
+                cmd.extend(args);
+                return crate::vm::run(4096, 2, false, &cmd);
+            }
             let mut cmd = Command::new(root.join("target/release/runtime-bench"));
             cmd.arg("--flotillad")
                 .arg(root.join("target/release/flotillad"))

@@ -32,7 +32,12 @@ struct Runtime {
     times: Vec<Duration>,
     /// create, start and delete of each round.
     phases: Vec<[Duration; 3]>,
+    /// Peak RSS of any step of the measured rounds.
     peak_rss_kib: i64,
+    /// Peak RSS of any step including the warm-up, whose first create may do one-time work
+    /// (flotilla-runtime loads and pins the cgroup v2 device program there).
+    peak_rss_all_kib: i64,
+    measuring: bool,
 }
 
 impl Runtime {
@@ -60,7 +65,10 @@ impl Runtime {
         if r != pid {
             bail!("wait4: {}", std::io::Error::last_os_error());
         }
-        self.peak_rss_kib = self.peak_rss_kib.max(ru.ru_maxrss);
+        self.peak_rss_all_kib = self.peak_rss_all_kib.max(ru.ru_maxrss);
+        if self.measuring {
+            self.peak_rss_kib = self.peak_rss_kib.max(ru.ru_maxrss);
+        }
         if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
             let mut err = String::new();
             if let Some(mut e) = child.stderr {
@@ -118,6 +126,8 @@ fn main() -> Result<()> {
             times: vec![],
             phases: vec![],
             peak_rss_kib: 0,
+            peak_rss_all_kib: 0,
+            measuring: false,
         },
         Runtime {
             name: "flotillad runtime",
@@ -130,6 +140,8 @@ fn main() -> Result<()> {
             times: vec![],
             phases: vec![],
             peak_rss_kib: 0,
+            peak_rss_all_kib: 0,
+            measuring: false,
         },
     ];
     for (name, bin) in [("runc", "runc"), ("crun", "crun")] {
@@ -139,6 +151,8 @@ fn main() -> Result<()> {
             times: vec![],
             phases: vec![],
             peak_rss_kib: 0,
+            peak_rss_all_kib: 0,
+            measuring: false,
         };
         // A peer that cannot run here is reported and left out, never faked.
         match rt.round("probe", &bundle_dir) {
@@ -160,6 +174,7 @@ fn main() -> Result<()> {
         for k in 0..n {
             let rt = &mut runtimes[(i + k) % n];
             let id = format!("bench-{i}");
+            rt.measuring = i >= args.warmup;
             let (t, phases) = rt.round(&id, &bundle_dir)?;
             if i >= args.warmup {
                 rt.times.push(t);
@@ -170,16 +185,17 @@ fn main() -> Result<()> {
 
     println!();
     println!(
-        "| runtime | mean ms | median ms | p95 ms | peak RSS KiB | mean vs flotilla-runtime |"
+        "| runtime | mean ms | median ms | p95 ms | peak RSS KiB | with warm-up KiB | mean vs flotilla-runtime |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     let (our_mean, _, _) = stats(&runtimes[0].times);
     for rt in &runtimes {
         let (mean, median, p95) = stats(&rt.times);
         println!(
-            "| {} | {mean:.2} | {median:.2} | {p95:.2} | {} | {:.2}x |",
+            "| {} | {mean:.2} | {median:.2} | {p95:.2} | {} | {} | {:.2}x |",
             rt.name,
             rt.peak_rss_kib,
+            rt.peak_rss_all_kib,
             mean / our_mean
         );
     }
