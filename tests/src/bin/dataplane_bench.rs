@@ -304,6 +304,7 @@ fn load_flood(
         .map(|t| {
             let frames = frames.clone();
             std::thread::spawn(move || -> std::io::Result<u64> {
+                pin_to_cpu(0);
                 // SAFETY: raw socket calls on a socket this thread owns, with buffers (frames,
                 // iovecs, msghdrs, sockaddr_ll) that outlive every call; closed at the end.
                 unsafe {
@@ -361,12 +362,35 @@ fn load_flood(
     Ok(())
 }
 
+/// Pins the calling thread to `cpu` (best effort: a one-CPU machine keeps its mask).
+fn pin_to_cpu(cpu: usize) {
+    let mut set = nix::sched::CpuSet::new();
+    if set.set(cpu).is_ok() {
+        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
+    }
+}
+
+/// RPS role: steers `dev`'s received packets to the CPUs in `mask` (hex), in the network
+/// namespace this process was started in. sysfs shows the namespace of whoever mounts it,
+/// so a private mount namespace gets its own sysfs first. Args: DEV MASK.
+fn set_rps(dev: &str, mask: &str) -> Result<()> {
+    use nix::mount::{mount, MsFlags};
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)?;
+    mount(Some("sysfs"), "/sys", Some("sysfs"), MsFlags::empty(), None::<&str>)?;
+    let path = format!("/sys/class/net/{dev}/queues/rx-0/rps_cpus");
+    std::fs::write(&path, mask).with_context(|| format!("writing {path}"))?;
+    println!("rps={mask}");
+    Ok(())
+}
+
 fn role(args: &[String]) -> Result<()> {
     let a = |i: usize| args.get(i).map(String::as_str).unwrap_or("");
     match a(0) {
         "serve" => serve(a(1).parse()?),
         "tcp" => load_tcp(a(1), a(2).parse()?, a(3).parse()?),
         "udp" => load_udp(a(1).parse()?, a(2).parse()?, a(3).parse()?),
+        "rps" => set_rps(a(1), a(2)),
         "flood" => load_flood(a(1).parse()?, a(2).parse()?, a(3).parse()?, a(4).parse()?, a(5)),
         other => bail!("unknown role {other:?}"),
     }
@@ -451,10 +475,37 @@ impl Bench {
         let mac = node0.run(|| mac_of("eth0"))??;
         let mac = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
         let src = CLIENT_ADDR.to_string();
+        // The senders run on CPU 0 and node 0 receives on CPU 1 (RPS on its eth0), so the
+        // figure is what the node forwards on one core, not what the generator and the node
+        // manage together: with both on every core, the generator's own cost dilutes the
+        // difference between forwarding paths.
+        let node0_path = self.lab.nodes[0].netns.clone();
+        let split = std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2);
+        if split {
+            let c = self.lab.spawn_exe(
+                &self.exe,
+                &node0_path,
+                None,
+                "rps",
+                &["--role", "rps", "eth0", "2"],
+            )?;
+            self.lab.finish(c)?;
+        }
         let args = ["--role", "flood", &addr.to_string(), &self.ms.to_string(), "2", &src, &mac];
         let c = self.lab.spawn_exe(&self.exe, &ns, None, "load", &args)?;
-        let out = self.lab.finish(c)?;
+        let out = self.lab.finish(c);
         std::thread::sleep(Duration::from_millis(100));
+        if split {
+            let c = self.lab.spawn_exe(
+                &self.exe,
+                &node0_path,
+                None,
+                "rps",
+                &["--role", "rps", "eth0", "0"],
+            )?;
+            self.lab.finish(c)?;
+        }
+        let out = out?;
         let forwarded = rx_packets(&node1)? - before;
         iptables(&node1, "-D", &drop)?;
         let sent = field(out.last().context("flood output")?, "sent")?;
@@ -817,7 +868,8 @@ fn main() -> Result<()> {
     println!();
     println!(
         "NodePort forwarding: 64-byte UDP packets/s (256 flows) node 0 translates and forwards to node 1 \
-         (counted on node 1's eth0, dropped there) while the outside client injects frames with AF_PACKET"
+         (counted on node 1's eth0, dropped there) while the outside client injects frames with AF_PACKET \
+         from CPU 0; node 0 receives on CPU 1 (RPS), so the figure is one core's forwarding rate"
     );
     println!(
         "{:>8} | {:>22} | {:>22} | {:>22} | {:>7} | {:>8}",
