@@ -270,10 +270,19 @@ impl Client {
         let mut all = self.list_with(resource, ns, &p, keep).await?;
         while !all.continue_token.is_empty() {
             p.continue_token = std::mem::take(&mut all.continue_token);
-            let page = self.list_with(resource, ns, &p, keep).await?;
+            let page = match self.list_with(resource, ns, &p, keep).await {
+                Ok(page) => page,
+                // The pages' snapshot was compacted: one unpaginated list instead (client-go's
+                // pager does the same).
+                Err(e) if e.reason == Reason::Expired => {
+                    let p = ListParams { limit: 0, continue_token: String::new(), ..p };
+                    return self.list_with(resource, ns, &p, keep).await;
+                }
+                Err(e) => return Err(e),
+            };
             all.items.extend(page.items);
             all.continue_token = page.continue_token;
-            all.resource_version = page.resource_version;
+            // Every page is of the first page's snapshot: `all.resource_version` stays.
         }
         Ok(all)
     }

@@ -396,6 +396,46 @@ async fn lists_paginate_and_filter_by_labels_and_fields() {
     let want: Vec<String> = (0..25).map(|i| format!("p{i:02}")).collect();
     assert_eq!(names, want, "every pod once, in order");
 
+    // Pages after the first show the first page's snapshot, whatever is written meanwhile
+    // (served from the store at that revision once the cache has moved on).
+    let first = c.list("pods", "default", &ListParams { limit: 10, ..Default::default() }).await;
+    let first = first.unwrap();
+    c.delete("pods", "default", "p21", &DeleteParams::default()).await.unwrap();
+    c.create("pods", "default", &pod("p15a", json!({"app": "web"}), None)).await.unwrap();
+    let (mut token, mut names) = (first.continue_token.clone(), Vec::new());
+    while !token.is_empty() {
+        let p = ListParams { limit: 10, continue_token: token, ..Default::default() };
+        let l = c.list("pods", "default", &p).await.unwrap();
+        assert_eq!(l.resource_version, first.resource_version, "a page of another snapshot");
+        names.extend(l.items.iter().map(|i| i["metadata"]["name"].as_str().unwrap().to_string()));
+        token = l.continue_token;
+    }
+    let want: Vec<String> = (10..25).map(|i| format!("p{i:02}")).collect();
+    assert_eq!(names, want, "the snapshot: p21 still there, p15a not yet");
+    // With a selector too: the filtered snapshot.
+    let p = ListParams { limit: 2, label_selector: "tier=front".into(), ..Default::default() };
+    let l = c.list("pods", "default", &p).await.unwrap();
+    c.delete("pods", "default", "p04", &DeleteParams::default()).await.unwrap();
+    let p = ListParams { continue_token: l.continue_token, ..p };
+    let l2 = c.list("pods", "default", &p).await.unwrap();
+    let got: Vec<&str> =
+        l.items.iter().chain(&l2.items).map(|i| i["metadata"]["name"].as_str().unwrap()).collect();
+    assert_eq!(got, ["p00", "p02", "p04", "p06"]);
+    assert_eq!(l2.remaining, 9, "p08..p24 even, as of the snapshot");
+    // A snapshot the store has compacted away is Expired: the client lists again.
+    let mut etcd = etcd_client::Client::connect([s.member.endpoint()], None).await.unwrap();
+    let now = etcd.get("/", None).await.unwrap().header().unwrap().revision();
+    etcd.compact(now, None).await.unwrap();
+    let e = c.list("pods", "default", &p).await.unwrap_err();
+    assert_eq!(e.reason, Reason::Expired, "{}", e.message);
+    c.create("pods", "default", &pod("p21", json!({"app": "web", "tier": "back"}), None))
+        .await
+        .unwrap();
+    c.create("pods", "default", &pod("p04", json!({"app": "web", "tier": "front"}), None))
+        .await
+        .unwrap();
+    c.delete("pods", "default", "p15a", &DeleteParams::default()).await.unwrap();
+
     let count = |ns: &'static str, l: &'static str, f: &'static str| {
         let c = c.clone();
         async move {

@@ -36,6 +36,11 @@ impl CachedObject {
         Self::with_json(key, value, rv, None)
     }
 
+    /// An object read from the store outside the cache (`stored`: its bytes there).
+    pub fn stored(key: String, value: Value, rv: i64, stored: &[u8]) -> Self {
+        Self::with_json(key, value, rv, Some(stored))
+    }
+
     /// `stored`: the object's bytes in the store, served as they are when their layout allows.
     fn with_json(key: String, mut value: Value, rv: i64, stored: Option<&[u8]>) -> Self {
         if let Some(m) = value.get_mut("metadata").and_then(Value::as_object_mut) {
@@ -166,6 +171,9 @@ struct State {
     history: VecDeque<Arc<CacheEvent>>,
     /// Every event after this revision is in `history`.
     history_from: i64,
+    /// No object of this type changed after this revision (up to `rev`): the state is the
+    /// snapshot at any revision in `changed..=rev`.
+    changed: i64,
     /// Bumped on every relist: watchers of an older generation must start over.
     generation: u64,
 }
@@ -232,6 +240,7 @@ impl WatchCache {
                 by_node: HashMap::new(),
                 history: VecDeque::new(),
                 history_from: 0,
+                changed: 0,
                 generation: 0,
             }),
             tx: RwLock::new(tx),
@@ -357,6 +366,7 @@ impl WatchCache {
             st.objects.insert(o.key.clone(), o);
         }
         st.rev = rev;
+        st.changed = rev;
         st.history.clear();
         st.history_from = rev;
         st.generation += 1;
@@ -413,6 +423,7 @@ impl WatchCache {
                 CacheEvent::new(kind, kv.mod_revision, obj, prev, seen)
             };
             let ev = Arc::new(out);
+            st.changed = st.changed.max(ev.rev);
             st.history.push_back(ev.clone());
             if st.history.len() > self.history_limit {
                 if let Some(old) = st.history.pop_front() {
@@ -460,6 +471,27 @@ impl WatchCache {
     /// One page of matching objects, in key order after `after`.
     pub fn list(&self, f: &Filter, limit: usize, after: Option<&str>) -> ListPage {
         let st = self.state.read().expect("cache lock");
+        Self::list_state(&st, self.info, f, limit, after)
+    }
+
+    /// The page after `after` of the snapshot at revision `rv`, if the cache still holds that
+    /// snapshot (nothing of this type changed since).
+    pub fn list_at(&self, f: &Filter, limit: usize, after: &str, rv: i64) -> Option<ListPage> {
+        let st = self.state.read().expect("cache lock");
+        if !(st.changed..=st.rev).contains(&rv) {
+            return None;
+        }
+        let page = Self::list_state(&st, self.info, f, limit, Some(after));
+        Some(ListPage { rev: rv, ..page })
+    }
+
+    fn list_state(
+        st: &State,
+        info: &ResourceInfo,
+        f: &Filter,
+        limit: usize,
+        after: Option<&str>,
+    ) -> ListPage {
         let mut items = Vec::new();
         let mut next = None;
         let mut remaining = 0i64;
@@ -470,7 +502,7 @@ impl WatchCache {
             }
             None => std::ops::Bound::Unbounded,
         };
-        let node = f.fields.exact("spec.nodeName").filter(|_| self.info.plural == "pods");
+        let node = f.fields.exact("spec.nodeName").filter(|_| info.plural == "pods");
         let mut push = |o: &Arc<CachedObject>, items: &mut Vec<Bytes>| {
             if !f.matches(o) {
                 return true;

@@ -76,6 +76,36 @@ impl Kv {
         Ok((r.header.map(|h| h.revision).unwrap_or(0), r.kvs))
     }
 
+    /// Every key in `[key, end)` as of revision `rev` (a list continued at its first page's
+    /// snapshot). A compacted revision is `Expired`: the client must list again.
+    pub async fn range_at(
+        &self,
+        key: &[u8],
+        end: &[u8],
+        rev: i64,
+    ) -> Result<Vec<KeyValue>, ApiError> {
+        let r = self
+            .0
+            .range(RangeRequest {
+                key: key.to_vec(),
+                range_end: end.to_vec(),
+                revision: rev,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| match e {
+                StoreError::Compacted { .. } => ApiError::new(
+                    flotilla_api::Reason::Expired,
+                    format!(
+                        "the continue token's snapshot (resourceVersion {rev}) has been \
+                         compacted: start the list again without a continue token"
+                    ),
+                ),
+                e => store_err(e),
+            })?;
+        Ok(r.kvs)
+    }
+
     /// The store's current revision, read linearizably: a list served after the cache reaches
     /// it reflects every write acknowledged before the list began.
     pub async fn current_revision(&self) -> Result<i64, ApiError> {

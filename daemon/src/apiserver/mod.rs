@@ -433,12 +433,49 @@ impl ApiServer {
         limit: i64,
         continue_token: &str,
     ) -> Result<cache::ListPage, ApiError> {
-        let after =
+        let limit = limit.max(0) as usize;
+        let token =
             if continue_token.is_empty() { None } else { Some(decode_continue(continue_token)?) };
         let target = self.kv.current_revision().await?;
         let cache = self.cache(info);
         cache.wait_for(target, self.config.sync_timeout).await?;
-        Ok(cache.list(f, limit.max(0) as usize, after.as_deref()))
+        let Some(token) = token else {
+            return Ok(cache.list(f, limit, None));
+        };
+        // Every page shows the first page's snapshot, as in Kubernetes. The cache serves it
+        // while nothing of this type has changed since; otherwise the store does, at that
+        // revision.
+        if let Some(page) = cache.list_at(f, limit, &token.start, token.rv) {
+            return Ok(page);
+        }
+        let prefix = info.key_prefix();
+        let mut from = format!("{prefix}{}", token.start).into_bytes();
+        from.push(0);
+        let end = match f.namespace.as_str() {
+            "" => kv::prefix_end(prefix.as_bytes()),
+            ns => kv::prefix_end(format!("{prefix}{ns}/").as_bytes()),
+        };
+        let kvs = self.kv.range_at(&from, &end, token.rv).await?;
+        let mut page =
+            cache::ListPage { items: Vec::new(), rev: token.rv, next: None, remaining: 0 };
+        for kv in kvs {
+            let Ok(v) = serde_json::from_slice::<Value>(&kv.value) else { continue };
+            let key = String::from_utf8_lossy(&kv.key[prefix.len()..]).into_owned();
+            let o = cache::CachedObject::stored(key, v, kv.mod_revision, &kv.value);
+            if !f.matches(&o) {
+                continue;
+            }
+            if limit > 0 && page.items.len() >= limit {
+                page.remaining += 1;
+            } else {
+                page.items.push(o.bytes);
+                page.next = Some(o.key);
+            }
+        }
+        if page.remaining == 0 {
+            page.next = None;
+        }
+        Ok(page)
     }
 
     /// Replaces an object (or only its status). Without a resourceVersion the write is
@@ -942,19 +979,29 @@ fn mark_scheduled(current: &Value, new: &mut Value) {
     }
 }
 
-/// Continue tokens are opaque to clients: base64 of the last key returned.
-pub fn encode_continue(key: &str) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key)
+/// Where a paginated list goes on: the snapshot revision of its first page, and the last key
+/// returned (relative to the resource's prefix).
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Continue {
+    pub rv: i64,
+    pub start: String,
 }
 
-fn decode_continue(token: &str) -> Result<String, ApiError> {
+/// Continue tokens are opaque to clients: base64 of `{"rv":…,"start":…}` (Kubernetes' shape).
+pub fn encode_continue(rv: i64, key: &str) -> String {
+    use base64::Engine;
+    let json = serde_json::to_vec(&Continue { rv, start: key.to_string() }).unwrap_or_default();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+}
+
+fn decode_continue(token: &str) -> Result<Continue, ApiError> {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(token)
         .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .ok_or_else(|| ApiError::bad_request("invalid continue token"))
+        .and_then(|b| serde_json::from_slice::<Continue>(&b).ok())
+        .filter(|c| c.rv > 0)
+        .ok_or_else(|| ApiError::bad_request("invalid continue token: list again without it"))
 }
 
 #[cfg(test)]

@@ -152,7 +152,11 @@ impl Api for Service {
             Ok(Response::new(proto::ListResponse {
                 items: page.items,
                 resource_version: page.rev.to_string(),
-                continue_token: page.next.as_deref().map(encode_continue).unwrap_or_default(),
+                continue_token: page
+                    .next
+                    .as_deref()
+                    .map(|k| encode_continue(page.rev, k))
+                    .unwrap_or_default(),
                 remaining_item_count: page.remaining,
             }))
         })
