@@ -116,6 +116,8 @@ pub struct LoadBalancer {
     members: Map<abi::MemberKey, u8>,
     maglev: Map<u32, [u16; abi::MAGLEV_SIZE]>,
     nat: Map<abi::Tuple, abi::NatValue>,
+    /// (socket cookie, backend) → service address of UDP sockets the socket path translated.
+    udp_revnat: Map<abi::UdpRevKey, abi::RevNat>,
     /// UDP backends that left a service since the last flush: their tracked flows are dropped,
     /// as kube-proxy clears conntrack, or datagrams would keep going to a gone endpoint.
     gone_udp: HashSet<abi::Backend>,
@@ -320,6 +322,8 @@ impl LoadBalancer {
         let members = Map::try_from(take(&mut ebpf, "MEMBERS")?).map_err(map_err("MEMBERS"))?;
         let maglev = Map::try_from(take(&mut ebpf, "MAGLEV")?).map_err(map_err("MAGLEV"))?;
         let nat = Map::try_from(take(&mut ebpf, "NAT")?).map_err(map_err("NAT"))?;
+        let udp_revnat =
+            Map::try_from(take(&mut ebpf, "UDP_REVNAT")?).map_err(map_err("UDP_REVNAT"))?;
         let mut lb = LoadBalancer {
             config,
             _ebpf: ebpf,
@@ -328,6 +332,7 @@ impl LoadBalancer {
             members,
             maglev,
             nat,
+            udp_revnat,
             gone_udp: HashSet::new(),
             owned: HashMap::new(),
             key_owner: HashMap::new(),
@@ -636,13 +641,18 @@ impl LoadBalancer {
         Ok(())
     }
 
-    /// Drops the tc path's tracked UDP flows to backends that left their service. Sockets
-    /// connected through the socket path keep their backend (the kernel owns that binding).
+    /// Drops the tc path's tracked UDP flows to backends that left their service, and
+    /// destroys the UDP sockets the socket path connected to one of them (the kernel keeps a
+    /// connected socket's destination for good: the application would keep sending to a gone
+    /// endpoint; destroyed, its next call fails and it connects again, to a live backend).
     fn flush_udp_flows(&mut self) {
         if self.gone_udp.is_empty() {
             return;
         }
         let gone = std::mem::take(&mut self.gone_udp);
+        if let Err(e) = self.destroy_udp_sockets(&gone) {
+            tracing::warn!(error = %e, "destroying UDP sockets connected to removed backends");
+        }
         let hit = |addr: u32, port: u16| gone.contains(&abi::Backend { addr, port, pad: 0 });
         let stale: Vec<abi::Tuple> = self
             .nat
@@ -656,6 +666,52 @@ impl LoadBalancer {
         for k in stale {
             let _ = self.nat.remove(&k);
         }
+    }
+
+    /// Destroys the connected UDP sockets of this node's processes (its cgroup subtree, in
+    /// whatever network namespaces they are) that the socket path translated to a backend in
+    /// `gone`; sockets the application connected to that address itself are left alone.
+    fn destroy_udp_sockets(&self, gone: &HashSet<abi::Backend>) -> io::Result<usize> {
+        let mut destroyed = 0;
+        for ns in namespaces_of(&self.config.cgroup)? {
+            let Ok(ns) = NetNs::open(&ns) else { continue }; // the process has exited
+            let stale: Vec<crate::sockdiag::UdpSocket> = ns
+                .run(crate::sockdiag::connected_udp)??
+                .into_iter()
+                .filter(|s| {
+                    let (addr, port) = (ip(*s.peer.ip()), self::port(s.peer.port()));
+                    let backend = abi::Backend { addr, port, pad: 0 };
+                    if !gone.contains(&backend) {
+                        return false;
+                    }
+                    let key = abi::UdpRevKey { cookie: s.cookie, addr, port, pad: 0 };
+                    let Ok(vip) = self.udp_revnat.get(&key, 0) else {
+                        return false; // not connected through a service
+                    };
+                    // The same backend may still serve the service this socket went through
+                    // (it left another one); terminating backends keep their flows too.
+                    let svc = abi::ServiceKey {
+                        addr: vip.addr,
+                        port: vip.port,
+                        proto: abi::PROTO_UDP,
+                        pad: 0,
+                    };
+                    !self.current(&svc).is_some_and(|(_, list)| list.contains(&backend))
+                })
+                .collect();
+            if stale.is_empty() {
+                continue;
+            }
+            ns.run(|| stale.iter().try_for_each(crate::sockdiag::destroy))??;
+            destroyed += stale.len();
+        }
+        if destroyed > 0 {
+            tracing::info!(
+                sockets = destroyed,
+                "destroyed UDP sockets connected to removed backends"
+            );
+        }
+        Ok(destroyed)
     }
 
     /// Tracked tc-path flows (either direction) to or from a backend, by protocol.
@@ -729,4 +785,35 @@ fn describe(key: &abi::ServiceKey) -> String {
     } else {
         format!("{}:{p}/{proto}", Ipv4Addr::from(key.addr.to_ne_bytes()))
     }
+}
+
+/// One `/proc/<pid>/ns/net` per distinct network namespace of the processes in `cgroup` and
+/// its descendants.
+fn namespaces_of(cgroup: &Path) -> io::Result<Vec<PathBuf>> {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    let mut dirs = vec![cgroup.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let procs = match fs::read_to_string(dir.join("cgroup.procs")) {
+            Ok(p) => p,
+            // Removed while we walked: nothing left in it.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for pid in procs.lines() {
+            let ns = PathBuf::from(format!("/proc/{pid}/ns/net"));
+            if let Ok(m) = fs::metadata(&ns) {
+                if seen.insert((m.dev(), m.ino())) {
+                    out.push(ns);
+                }
+            }
+        }
+        for e in fs::read_dir(&dir)?.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                dirs.push(e.path());
+            }
+        }
+    }
+    Ok(out)
 }

@@ -15,6 +15,7 @@ pub mod maglev;
 pub mod net;
 pub mod netns;
 pub mod service;
+pub mod sockdiag;
 
 pub use lb::{External, LbConfig, LbError, LoadBalancer};
 pub use net::{NodeConfig, NodeNetwork, PodNetwork};

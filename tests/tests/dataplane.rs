@@ -125,6 +125,67 @@ async fn cluster_ip_tcp_udp_across_nodes() {
     assert_eq!(lab.lb(0).key_count(), 0);
 }
 
+/// A UDP socket connected through the ClusterIP keeps its backend while it lives; when that
+/// backend leaves the service, the socket is destroyed and the client, connecting again,
+/// reaches a live one. Another service's connected sockets are left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connected_udp_sockets_to_a_removed_backend_are_destroyed() {
+    if !root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let mut lab = Lab::new("cudp", 2).await.unwrap();
+    lab.start_lb(0).unwrap();
+    let client = lab.pod(0, "client").await.unwrap();
+    let a = lab.pod(0, "dns-a").await.unwrap();
+    let b = lab.pod(1, "dns-b").await.unwrap();
+    lab.serve(&a, "dns-a", 8080).unwrap();
+    lab.serve(&b, "dns-b", 8080).unwrap();
+    let both = [(a.ip, 8080), (b.ip, 8080)];
+    let dns = |backends: &[(Ipv4Addr, u16)]| {
+        service("kube-system/dns", VIP, vec![port(Protocol::Udp, 53, None, backends)])
+    };
+    lab.lb(0).apply(&dns(&both)).unwrap();
+
+    let cg = lab.nodes[0].cgroup.clone();
+    let c = lab.spawn(&client.netns, Some(&cg), "client", &["udp-connected", "10.96.0.10:53"]);
+    let c = c.unwrap();
+    let ask = |lab: &mut Lab, child: usize| {
+        lab.write_line(child, "q").unwrap();
+        lab.read_line(child).unwrap()
+    };
+    let first = ask(&mut lab, c);
+    let (chosen, gone, kept, kept_name) = if first.starts_with("reply=dns-a ") {
+        ("dns-a", (a.ip, 8080), (b.ip, 8080), "dns-b")
+    } else {
+        ("dns-b", (b.ip, 8080), (a.ip, 8080), "dns-a")
+    };
+    assert_eq!(first, format!("reply={chosen} peer=10.96.0.10:53"));
+    for _ in 0..3 {
+        assert_eq!(ask(&mut lab, c), first, "a connected socket keeps its backend");
+    }
+    // Another service whose only backend is the same one, with a socket connected through it.
+    let other_vip = Ipv4Addr::new(10, 96, 0, 11);
+    let other = service("default/other", other_vip, vec![port(Protocol::Udp, 53, None, &[gone])]);
+    lab.lb(0).apply(&other).unwrap();
+    let o = lab.spawn(&client.netns, Some(&cg), "client", &["udp-connected", "10.96.0.11:53"]);
+    let o = o.unwrap();
+    let other_first = ask(&mut lab, o);
+    assert_eq!(other_first, format!("reply={chosen} peer=10.96.0.11:53"));
+
+    // The chosen backend leaves the DNS service: that socket is destroyed, and reconnecting
+    // finds the other backend.
+    lab.lb(0).apply(&dns(&[kept])).unwrap();
+    let after = ask(&mut lab, c);
+    assert!(after.starts_with("error="), "the socket was not destroyed: {after}");
+    assert!(after.ends_with(&format!(" reply={kept_name} peer=10.96.0.10:53")), "{after}");
+    assert_eq!(ask(&mut lab, c), format!("reply={kept_name} peer=10.96.0.10:53"));
+    // The backend still serves the other service: that socket is untouched.
+    assert_eq!(ask(&mut lab, o), other_first);
+    lab.finish(c).unwrap();
+    lab.finish(o).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_port_and_egress_snat() {
     if !root() {

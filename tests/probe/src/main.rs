@@ -280,6 +280,38 @@ fn udp(addr: &str, n: usize) {
     }
 }
 
+/// `udp-connected ADDR`: one connected UDP socket; for every line on stdin, a request and its
+/// reply: `reply=<name> peer=<getpeername>`. A call that fails prints `error=<kind> ` first,
+/// then the socket connects again (as a resolver does) and the request is repeated.
+fn udp_connected(addr: &str) {
+    use std::io::BufRead;
+    let addr: std::net::SocketAddr = addr.parse().expect("ADDR");
+    let open = || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+        s.set_read_timeout(Some(std::time::Duration::from_secs(2))).expect("timeout");
+        s.connect(addr).expect("connect");
+        s
+    };
+    let ask = |s: &std::net::UdpSocket| -> std::io::Result<String> {
+        let mut buf = [0u8; 1500];
+        s.send(b"q")?;
+        let n = s.recv(&mut buf)?;
+        Ok(format!("reply={} peer={}", String::from_utf8_lossy(&buf[..n]), s.peer_addr()?))
+    };
+    let mut s = open();
+    for _ in std::io::stdin().lock().lines() {
+        let line = match ask(&s) {
+            Ok(l) => l,
+            Err(e) => {
+                s = open();
+                let again = ask(&s).unwrap_or_else(|e| format!("error={}", errno_name(&e)));
+                format!("error={} {again}", errno_name(&e))
+            }
+        };
+        println!("{line}");
+    }
+}
+
 /// `hold ADDR N`: opens N connections, prints `ready`, then round-trips a line on every
 /// connection every 50 ms until stdin closes, and prints `alive=A broken=B`.
 fn hold(addr: &str, n: usize) {
@@ -332,13 +364,14 @@ fn main() {
         Some("connect") => connect(arg(2), num(3)),
         Some("udp") => udp(arg(2), num(3)),
         Some("hold") => hold(arg(2), num(3)),
+        Some("udp-connected") => udp_connected(arg(2)),
         Some("inspect") => inspect(),
         Some("hog") => hog(args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1024)),
         Some("http") => http(args.get(2).and_then(|s| s.parse().ok()).unwrap_or(8080)),
         Some("serve") => serve(args.get(2).and_then(|s| s.parse().ok()).unwrap_or(8080)),
         _ => {
             eprintln!(
-                "usage: flotilla-probe inspect | hog MIB | serve PORT | echo PORT | connect ADDR N | udp ADDR N | hold ADDR N"
+                "usage: flotilla-probe inspect | hog MIB | serve PORT | echo PORT | connect ADDR N | udp ADDR N | udp-connected ADDR | hold ADDR N"
             );
             std::process::exit(2);
         }
