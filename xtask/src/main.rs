@@ -39,9 +39,23 @@ enum Cmd {
         /// filter is given).
         #[arg(long)]
         no_vm: bool,
+        /// Skip the fuzz targets (run for --fuzz-seconds each otherwise).
+        #[arg(long)]
+        no_fuzz: bool,
+        #[arg(long, default_value_t = 30)]
+        fuzz_seconds: u64,
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(last = true)]
         args: Vec<String>,
+    },
+    /// Run the cargo-fuzz targets (manifest decoding and admission, selector parsing) for a
+    /// while each, with the pinned nightly; a crash fails and leaves its input in
+    /// `api/fuzz/artifacts/`.
+    Fuzz {
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Targets to run (default: all).
+        targets: Vec<String>,
     },
     /// Build the test images (`localhost/probe`, `localhost/busybox`, tagged with the
     /// workspace version) as importable OCI layout tarballs.
@@ -106,6 +120,33 @@ fn lint_ebpf() -> Result<()> {
     util::run(clippy)
 }
 
+const FUZZ_TARGETS: &[&str] = &["manifest", "selector"];
+
+/// Runs each fuzz target for `seconds` (all of them when `targets` is empty).
+fn fuzz(seconds: u64, targets: &[String]) -> Result<()> {
+    setup::cargo_fuzz()?;
+    let root = util::workspace_root();
+    let toolchain = util::ebpf_toolchain()?;
+    let all: Vec<String> = FUZZ_TARGETS.iter().map(|t| t.to_string()).collect();
+    for t in if targets.is_empty() { &all } else { targets } {
+        anyhow::ensure!(FUZZ_TARGETS.contains(&t.as_str()), "no fuzz target {t:?}");
+        // The corpus grows across runs; it lives in target/, not in the repository.
+        let corpus = root.join("target/fuzz-corpus").join(t);
+        std::fs::create_dir_all(&corpus)?;
+        let mut cmd = std::process::Command::new("rustup");
+        cmd.args(["run", &toolchain, "cargo", "fuzz", "run", "-O", t])
+            .arg(&corpus)
+            .args(["--", &format!("-max_total_time={seconds}")])
+            .current_dir(root.join("api/fuzz"))
+            .env("CARGO_TARGET_DIR", root.join("target/fuzz"))
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env_remove("RUSTC")
+            .env_remove("CARGO");
+        util::run(cmd).map_err(|e| anyhow::anyhow!("fuzz target {t}: {e:#}"))?;
+    }
+    Ok(())
+}
+
 /// Builds the test images into `out`; returns the tarballs with their image names.
 fn images(out: &std::path::Path) -> Result<Vec<(std::path::PathBuf, String)>> {
     let root = util::workspace_root();
@@ -161,7 +202,11 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Setup => setup::setup(),
-        Cmd::Test { no_lint, no_vm, args } => {
+        Cmd::Fuzz { seconds, targets } => {
+            setup::setup()?;
+            fuzz(seconds, &targets)
+        }
+        Cmd::Test { no_lint, no_vm, no_fuzz, fuzz_seconds, args } => {
             setup::setup()?;
             if !no_lint {
                 util::cargo(&["fmt", "--all", "--", "--check"])?;
@@ -181,7 +226,13 @@ fn main() -> Result<()> {
             } else {
                 runtime_tests_on_cgroup_v2()
             };
-            host.and(v2)
+            let fuzzed = if no_fuzz || !args.is_empty() {
+                eprintln!("xtask: fuzz targets skipped");
+                Ok(())
+            } else {
+                fuzz(fuzz_seconds, &[])
+            };
+            host.and(v2).and(fuzzed)
         }
         Cmd::Images { out } => {
             // busybox-static comes from apt.

@@ -103,6 +103,16 @@ fn cargo_bin(name: &str) -> PathBuf {
     home.join("bin").join(name)
 }
 
+/// cargo-fuzz, for `cargo xtask fuzz` (pinned: its flags are part of that command).
+pub fn cargo_fuzz() -> Result<()> {
+    if cargo_bin("cargo-fuzz").exists() {
+        return Ok(());
+    }
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args(["install", "--locked", "cargo-fuzz", "--version", "0.13.2"]);
+    run(cmd)
+}
+
 fn bpf_linker() -> Result<()> {
     if have("bpf-linker") || cargo_bin("bpf-linker").exists() {
         return Ok(());
