@@ -809,7 +809,8 @@ fn namespaces_of(cgroup: &Path) -> io::Result<Vec<PathBuf>> {
                 }
             }
         }
-        for e in fs::read_dir(&dir)?.flatten() {
+        // A child cgroup removed meanwhile just ends that branch.
+        for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
             if e.file_type().is_ok_and(|t| t.is_dir()) {
                 dirs.push(e.path());
             }
