@@ -229,6 +229,39 @@ pub struct ListPage {
     pub remaining: i64,
 }
 
+/// Builds one list page from objects offered in key order: the matching ones up to `limit`
+/// (0: no limit), and a count of the matching ones after it.
+pub struct PageBuilder {
+    limit: usize,
+    page: ListPage,
+}
+
+impl PageBuilder {
+    pub fn new(limit: usize, rev: i64) -> Self {
+        PageBuilder { limit, page: ListPage { items: Vec::new(), rev, next: None, remaining: 0 } }
+    }
+
+    pub fn offer(&mut self, f: &Filter, o: &CachedObject) {
+        if !f.matches(o) {
+            return;
+        }
+        if self.limit > 0 && self.page.items.len() >= self.limit {
+            self.page.remaining += 1;
+        } else {
+            self.page.items.push(o.bytes.clone());
+            self.page.next = Some(o.key.clone());
+        }
+    }
+
+    /// The page; `next` only when something matching is left.
+    pub fn finish(mut self) -> ListPage {
+        if self.page.remaining == 0 {
+            self.page.next = None;
+        }
+        self.page
+    }
+}
+
 impl WatchCache {
     pub fn new(info: &'static ResourceInfo, ring: usize, history_limit: usize) -> Arc<Self> {
         let (tx, _) = broadcast::channel(ring.max(16));
@@ -492,9 +525,7 @@ impl WatchCache {
         limit: usize,
         after: Option<&str>,
     ) -> ListPage {
-        let mut items = Vec::new();
-        let mut next = None;
-        let mut remaining = 0i64;
+        let mut page = PageBuilder::new(limit, st.rev);
         let lower = match after {
             Some(a) => std::ops::Bound::Excluded(a.to_string()),
             None if !f.namespace.is_empty() => {
@@ -503,18 +534,6 @@ impl WatchCache {
             None => std::ops::Bound::Unbounded,
         };
         let node = f.fields.exact("spec.nodeName").filter(|_| info.plural == "pods");
-        let mut push = |o: &Arc<CachedObject>, items: &mut Vec<Bytes>| {
-            if !f.matches(o) {
-                return true;
-            }
-            if limit > 0 && items.len() >= limit {
-                remaining += 1;
-                return true;
-            }
-            items.push(o.bytes.clone());
-            next = Some(o.key.clone());
-            true
-        };
         match node {
             Some(n) => {
                 for k in st.by_node.get(n).into_iter().flatten() {
@@ -522,7 +541,7 @@ impl WatchCache {
                         continue;
                     }
                     if let Some(o) = st.objects.get(k) {
-                        push(o, &mut items);
+                        page.offer(f, o);
                     }
                 }
             }
@@ -532,14 +551,11 @@ impl WatchCache {
                     if ns_prefix.as_ref().is_some_and(|p| !k.starts_with(p.as_str())) {
                         break;
                     }
-                    push(o, &mut items);
+                    page.offer(f, o);
                 }
             }
         }
-        if remaining == 0 {
-            next = None;
-        }
-        ListPage { items, rev: st.rev, next, remaining }
+        page.finish()
     }
 
     /// Registers a watcher from `from` (0: now, with the current state as `initial`).

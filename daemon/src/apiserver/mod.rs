@@ -456,26 +456,13 @@ impl ApiServer {
             ns => kv::prefix_end(format!("{prefix}{ns}/").as_bytes()),
         };
         let kvs = self.kv.range_at(&from, &end, token.rv).await?;
-        let mut page =
-            cache::ListPage { items: Vec::new(), rev: token.rv, next: None, remaining: 0 };
+        let mut page = cache::PageBuilder::new(limit, token.rv);
         for kv in kvs {
             let Ok(v) = serde_json::from_slice::<Value>(&kv.value) else { continue };
             let key = String::from_utf8_lossy(&kv.key[prefix.len()..]).into_owned();
-            let o = cache::CachedObject::stored(key, v, kv.mod_revision, &kv.value);
-            if !f.matches(&o) {
-                continue;
-            }
-            if limit > 0 && page.items.len() >= limit {
-                page.remaining += 1;
-            } else {
-                page.items.push(o.bytes);
-                page.next = Some(o.key);
-            }
+            page.offer(f, &cache::CachedObject::stored(key, v, kv.mod_revision, &kv.value));
         }
-        if page.remaining == 0 {
-            page.next = None;
-        }
-        Ok(page)
+        Ok(page.finish())
     }
 
     /// Replaces an object (or only its status). Without a resourceVersion the write is

@@ -465,6 +465,15 @@ impl Bench {
     /// Packets/s node 0 forwards: the outside client floods `addr` with 64-byte datagrams and
     /// node 1's eth0 counts what arrives (then drops it in its raw table, so node 1 spends no
     /// CPU delivering them). Returns (forwarded/s, sent/s).
+    /// Steers node 0's eth0 receive processing to the CPUs in `mask` ("0": off).
+    fn node0_rps(&mut self, mask: &str) -> Result<()> {
+        let node0 = self.lab.nodes[0].netns.clone();
+        let c =
+            self.lab.spawn_exe(&self.exe, &node0, None, "rps", &["--role", "rps", "eth0", mask])?;
+        self.lab.finish(c)?;
+        Ok(())
+    }
+
     fn flood_from_outside(&mut self, addr: SocketAddr) -> Result<(f64, f64)> {
         let node1 = self.lab.nodes[1].netns.clone();
         let drop = ["-t", "raw", "PREROUTING", "-p", "udp", "--dport", "8080", "-j", "DROP"];
@@ -479,31 +488,16 @@ impl Bench {
         // figure is what the node forwards on one core, not what the generator and the node
         // manage together: with both on every core, the generator's own cost dilutes the
         // difference between forwarding paths.
-        let node0_path = self.lab.nodes[0].netns.clone();
         let split = std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2);
         if split {
-            let c = self.lab.spawn_exe(
-                &self.exe,
-                &node0_path,
-                None,
-                "rps",
-                &["--role", "rps", "eth0", "2"],
-            )?;
-            self.lab.finish(c)?;
+            self.node0_rps("2")?;
         }
         let args = ["--role", "flood", &addr.to_string(), &self.ms.to_string(), "2", &src, &mac];
         let c = self.lab.spawn_exe(&self.exe, &ns, None, "load", &args)?;
         let out = self.lab.finish(c);
         std::thread::sleep(Duration::from_millis(100));
         if split {
-            let c = self.lab.spawn_exe(
-                &self.exe,
-                &node0_path,
-                None,
-                "rps",
-                &["--role", "rps", "eth0", "0"],
-            )?;
-            self.lab.finish(c)?;
+            self.node0_rps("0")?;
         }
         let out = out?;
         let forwarded = rx_packets(&node1)? - before;
