@@ -167,6 +167,18 @@ fn ensure_bpffs() -> io::Result<()> {
         .map_err(|e| io::Error::other(format!("mount bpffs on /sys/fs/bpf: {e}")))
 }
 
+/// `create_dir_all` that tries again when a shared parent (e.g. `/sys/fs/bpf/flotilla`, which
+/// the last node to leave removes) vanishes between its steps.
+fn create_dirs(dir: &Path) -> io::Result<()> {
+    let mut tries = 0;
+    loop {
+        match fs::create_dir_all(dir) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound && tries < 3 => tries += 1,
+            r => return r,
+        }
+    }
+}
+
 // The two bpf(2) commands aya exposes only for tc and XDP links: cgroup links are updated here
 // the same way. Numbers from include/uapi/linux/bpf.h (enum bpf_cmd).
 const BPF_OBJ_GET: libc::c_long = 7;
@@ -231,8 +243,8 @@ impl LoadBalancer {
         ensure_bpffs()?;
         let maps_dir = config.pin_dir.join("maps");
         let links_dir = config.pin_dir.join("links");
-        fs::create_dir_all(&maps_dir)?;
-        fs::create_dir_all(&links_dir)?;
+        create_dirs(&maps_dir)?;
+        create_dirs(&links_dir)?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
             .load(PROGRAMS)

@@ -185,8 +185,18 @@ impl Cgroup {
     /// Creates the cgroup (every hierarchy on v1) and writes the limits; `resources` as
     /// [`with_default_devices`] makes them (device wildcards spelled out).
     pub fn create(id: &str, path: &str, resources: &LinuxResources) -> Result<Self> {
-        cgroups_rs::fs::Cgroup::new(hierarchies::auto(), path)
-            .map_err(|e| Self::err(id, path, format!("creating: {e}")))?;
+        // A delete elsewhere may remove the shared, empty default parent between the creation
+        // of the parent and of this cgroup (see `destroy`); that ENOENT is worth another try.
+        let mut tries = 0;
+        while let Err(e) = cgroups_rs::fs::Cgroup::new(hierarchies::auto(), path) {
+            let vanished = std::error::Error::source(&e)
+                .and_then(|s| s.downcast_ref::<std::io::Error>())
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound);
+            tries += 1;
+            if !vanished || tries == 3 {
+                return Err(Self::err(id, path, format!("creating: {e}")));
+            }
+        }
         let mut cg = Self::open(id, path)?;
         // cgroup v2 has no devices controller: the rules are an eBPF program on the cgroup
         // (crate::devices), attached before any process joins it.
@@ -306,13 +316,19 @@ impl Cgroup {
         }
     }
 
-    /// Removes the cgroup. Processes that are still exiting keep it busy for a moment,
-    /// so EBUSY is retried for up to two seconds.
+    /// Removes the cgroup, and the default parent once it holds no other container's.
+    /// Processes that are still exiting keep it busy for a moment, so EBUSY is retried for up
+    /// to two seconds.
     pub fn destroy(&mut self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(2);
         loop {
             match self.manager.destroy() {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    if self.path.starts_with(&format!("{DEFAULT_PARENT}/")) {
+                        remove_empty(DEFAULT_PARENT);
+                    }
+                    return Ok(());
+                }
                 Err(e) if Instant::now() < deadline => {
                     tracing::trace!(cgroup = %self.path, %e, "cgroup busy, retrying");
                     std::thread::sleep(Duration::from_millis(1));
@@ -320,6 +336,16 @@ impl Cgroup {
                 Err(e) => return Err(Self::err(&self.id, &self.path, format!("removing: {e}"))),
             }
         }
+    }
+}
+
+/// rmdir of the cgroup at `rel` on a unified host and in every v1 hierarchy (and the hybrid
+/// cgroup2 mount); where it still has cgroups or processes it stays.
+pub fn remove_empty(rel: &str) {
+    let root = Path::new("/sys/fs/cgroup");
+    let _ = std::fs::remove_dir(root.join(rel));
+    for h in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        let _ = std::fs::remove_dir(h.path().join(rel));
     }
 }
 

@@ -67,6 +67,11 @@ fn mk_ns(dir: &Path, name: &str, list: &mut Vec<PathBuf>) -> Result<NetNs> {
 }
 
 impl Lab {
+    /// The LAN's namespace: the bridge `br0` with one port per machine (`c`, `n0`, `n1`, …).
+    pub fn lan(&self) -> PathBuf {
+        self.dir.path().join("lan")
+    }
+
     /// A lab with `nodes` nodes; `tag` keeps concurrent labs (tests) apart.
     pub async fn new(tag: &str, nodes: usize) -> Result<Lab> {
         let tag = format!("{tag}-{}", std::process::id());

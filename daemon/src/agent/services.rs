@@ -48,8 +48,13 @@ fn join_node_cgroup(parent: &str) -> Result<PathBuf> {
 
 /// Detaches the node's programs, removes its pins and its cgroup2 directories (`--reset`).
 pub fn reset(node: &str, parent: &str) {
-    if let Err(e) = flotilla_dataplane::lb::remove_pins(&pin_dir(node)) {
+    let pins = pin_dir(node);
+    if let Err(e) = flotilla_dataplane::lb::remove_pins(&pins) {
         tracing::warn!(error = %e, "removing the load balancer's pins");
+    }
+    // The last node of this host takes the shared parent with it (another node's stays).
+    if let Some(parent) = pins.parent() {
+        let _ = std::fs::remove_dir(parent);
     }
     let dir = cgroup2_root().join(parent);
     let _ = std::fs::remove_dir(dir.join("agent"));

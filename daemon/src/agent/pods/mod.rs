@@ -27,6 +27,7 @@ use anyhow::Result;
 use base64::Engine as _;
 use flotilla_api::client::{Change, Client, Informer, WatchParams};
 use flotilla_dataplane::net::NodeNetwork;
+use flotilla_isolation::cgroups::remove_empty as remove_cgroup_dir;
 use flotilla_isolation::{
     image::{
         pull::{Auth, PullOptions},
@@ -256,15 +257,6 @@ impl Ctx {
     /// Removes the pod-level cgroup directory in every hierarchy (its containers' are gone).
     pub fn remove_pod_cgroup(&self, uid: &str) {
         remove_cgroup_dir(&format!("{}/pod{uid}", self.cgroup_parent));
-    }
-}
-
-/// rmdir of an empty cgroup at `rel` on a unified host and in every v1 hierarchy.
-fn remove_cgroup_dir(rel: &str) {
-    let root = std::path::Path::new("/sys/fs/cgroup");
-    let _ = std::fs::remove_dir(root.join(rel));
-    for h in std::fs::read_dir(root).into_iter().flatten().flatten() {
-        let _ = std::fs::remove_dir(h.path().join(rel));
     }
 }
 
