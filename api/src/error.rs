@@ -203,7 +203,18 @@ impl ApiError {
         if let Ok(e) = serde_json::from_slice::<ApiError>(status.details()) {
             return e;
         }
-        ApiError::new(Reason::from_code(status.code()), status.message().to_string())
+        // A transport failure's cause (e.g. the HTTP/2 reason) is in the source chain, not in
+        // the message ("h2 protocol error: http2 error").
+        let mut message = status.message().to_string();
+        let mut source = std::error::Error::source(status);
+        while let Some(e) = source {
+            let cause = e.to_string();
+            if !message.contains(&cause) {
+                message = format!("{message}: {cause}");
+            }
+            source = e.source();
+        }
+        ApiError::new(Reason::from_code(status.code()), message)
     }
 }
 
@@ -222,6 +233,36 @@ impl From<tonic::Status> for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transport_failures_carry_their_cause() {
+        // What hyper reports for a connection the server closed: the reason is two levels down.
+        #[derive(Debug)]
+        struct Wrapped(&'static str, Option<std::io::Error>);
+        impl fmt::Display for Wrapped {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.0)
+            }
+        }
+        impl std::error::Error for Wrapped {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                self.1.as_ref().map(|e| e as _)
+            }
+        }
+        let cause = std::io::Error::other("connection error received: too_many_data_frames");
+        let mut status = tonic::Status::unavailable("h2 protocol error: http2 error");
+        status.set_source(std::sync::Arc::new(Wrapped("http2 error", Some(cause))));
+        let e = ApiError::from_status(&status);
+        assert_eq!(
+            e.message,
+            "h2 protocol error: http2 error: connection error received: too_many_data_frames"
+        );
+        // An API error of the server is taken as it is.
+        let e = ApiError::from_status(
+            &ApiError::new(Reason::NotFound, "pods \"x\" not found").to_status(),
+        );
+        assert_eq!((e.reason, e.message.as_str()), (Reason::NotFound, "pods \"x\" not found"));
+    }
 
     #[test]
     fn status_round_trip_keeps_reason_and_causes() {
