@@ -904,10 +904,16 @@ fn main() -> Result<()> {
     }
     // Forwarding (nearly) all that was sent means the sender set the pace, not the node.
     let saturated = |f: Flood| f.forwarded >= 0.99 * f.sent;
-    if rows.iter().any(|r| saturated(r.flood_ebpf) || saturated(r.flood_ipt)) {
+    if rows.iter().any(|r| saturated(r.flood_ebpf)) {
         println!(
-            "(a path that forwarded everything sent was held back by the sending core: its \
-             packets/s and their ratio are lower bounds)"
+            "(where tc/eBPF forwarded everything sent, the sending core held it back: its \
+             figure and its ratios are lower bounds)"
+        );
+    }
+    if rows.iter().any(|r| saturated(r.flood_ipt)) {
+        println!(
+            "(where iptables forwarded everything sent, the sending core held it back: its \
+             figure is a lower bound, and the ratio is not)"
         );
     }
     println!();
