@@ -772,6 +772,60 @@ async fn services_get_unique_cluster_ips_and_node_ports() {
     assert!(e.message.contains("no free node ports"), "{}", e.message);
 }
 
+/// Many small writes in flight on one connection to a server that falls behind (here: stopped,
+/// so they all arrive at once when it resumes) all succeed: the server's budget for unread
+/// small DATA frames must not end the connection (h2's ENHANCE_YOUR_CALM
+/// "too_many_data_frames", which failed every request on it).
+#[tokio::test]
+async fn small_writes_queued_at_a_stalled_server_all_succeed() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    /// Resumes the server even when the test fails while it is stopped.
+    struct Resume(Pid);
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            let _ = kill(self.0, Signal::SIGCONT);
+        }
+    }
+    let s = server(&[]).await;
+    // Below the server's 200 concurrent streams, above the ~120 patch bodies (~45 bytes each)
+    // h2's minimum budget (25.6 kB of framing overhead) allows.
+    const WRITES: usize = 190;
+    let name = |i: usize| format!("cm-{i}");
+    let creates = (0..WRITES).map(|i| {
+        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name(i)}});
+        let c = s.client.clone();
+        async move { c.create("configmaps", "default", &cm).await }
+    });
+    for r in futures::future::join_all(creates).await {
+        r.unwrap();
+    }
+    let pid = Pid::from_raw(s.member.proc.as_ref().unwrap().pid().unwrap() as i32);
+    kill(pid, Signal::SIGSTOP).unwrap();
+    let resume = Resume(pid);
+    // One patch per object, so they do not contend with each other.
+    let writes: Vec<_> = (0..WRITES)
+        .map(|i| {
+            let (c, name) = (s.client.clone(), name(i));
+            tokio::spawn(async move {
+                let patch = json!({"data": {"k": "v"}});
+                c.patch("configmaps", "default", &name, &patch, false, false).await
+            })
+        })
+        .collect();
+    // Every request reaches the stopped server's socket.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(resume);
+    for (i, w) in writes.into_iter().enumerate() {
+        let r = tokio::time::timeout(Duration::from_secs(10), w).await.expect("write answered");
+        if let Err(e) = r.unwrap() {
+            panic!("write {i} failed: {e}");
+        }
+    }
+    let all = s.client.list("configmaps", "default", &ListParams::default()).await.unwrap();
+    assert_eq!(all.items.iter().filter(|cm| cm["data"]["k"] == "v").count(), WRITES);
+}
+
 #[tokio::test]
 async fn informer_lists_watches_and_survives_a_server_restart() {
     let mut s = server(&[]).await;

@@ -778,9 +778,15 @@ pub async fn serve(
     tonic::transport::Server::builder()
         .accept_http1(true)
         .tcp_nodelay(true)
-        // Lists of thousands of objects are megabytes: a 64 KiB window would make them wait on
-        // window updates.
-        .http2_adaptive_window(Some(true))
+        // Fixed receive windows, not adaptive ones: h2 limits a connection's unread small DATA
+        // frames (request bodies under 256 bytes, e.g. patches) to a budget of half the
+        // connection window, and closes the connection with ENHANCE_YOUR_CALM
+        // "too_many_data_frames" beyond it. An adaptive window starts at 64 KiB and only grows
+        // with large bodies, so a client with ~160 small writes in flight to a busy server lost
+        // every request on its connection. 8 MiB allows ~16k; what a connection may buffer
+        // stays bounded by the window. (Lists travel the other way: the client's window.)
+        .initial_connection_window_size(8 << 20)
+        .initial_stream_window_size(1 << 20)
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
