@@ -109,7 +109,7 @@ pub struct AffinityKey {
 pub struct AffinityValue {
     pub backend: Backend,
     pub pad: u32,
-    /// `bpf_ktime_get_ns` of the last use.
+    /// `bpf_ktime_get_coarse_ns` of the last use.
     pub last_ns: u64,
 }
 
@@ -141,7 +141,7 @@ pub struct NatValue {
     /// `NAT_CLOSING` once a FIN or RST went through.
     pub flags: u16,
     pub pad: u16,
-    /// `bpf_ktime_get_ns` of the last packet (refreshed at most once a second).
+    /// `bpf_ktime_get_coarse_ns` of the last packet (refreshed at most once a second).
     pub last_ns: u64,
 }
 

@@ -16,12 +16,13 @@
 
 use aya_ebpf::{
     bindings::{
-        BPF_F_MARK_MANGLED_0, BPF_F_NO_PREALLOC, BPF_F_PSEUDO_HDR, BPF_NOEXIST, TC_ACT_OK,
-        TC_ACT_SHOT,
+        bpf_fib_lookup, bpf_redir_neigh, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_OUTPUT,
+        BPF_FIB_LOOKUP_SKIP_NEIGH, BPF_F_MARK_MANGLED_0, BPF_F_NO_PREALLOC, BPF_F_PSEUDO_HDR,
+        BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT,
     },
     helpers::{
-        bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns,
-        bpf_redirect_neigh, bpf_set_retval,
+        bpf_fib_lookup as fib_lookup, bpf_get_netns_cookie, bpf_get_prandom_u32,
+        bpf_get_socket_cookie, bpf_ktime_get_coarse_ns, bpf_redirect_neigh, bpf_set_retval,
     },
     macros::{cgroup_sock_addr, classifier, map},
     maps::{Array, HashMap, LruHashMap},
@@ -51,18 +52,29 @@ static CONFIG: Array<Config> = Array::pinned(1, 0);
 
 const ECONNREFUSED: i32 = 111;
 
+/// The clock for flow and affinity ages: the coarse monotonic clock (one tick's resolution) is
+/// plenty for timeouts of seconds and, unlike the precise one, costs no clock-source read on
+/// every packet. Ages are computed with `saturating_sub`, so a stamp a tick ahead (from the
+/// precise clock of an earlier program version sharing the maps) is just "fresh".
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: a helper available to every program type.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
 /// Picks a backend for a new connection: the client's affinity entry while it is fresh and its
 /// backend still active, else Maglev (`hash` is the flow hash) or uniform random.
 #[inline(always)]
 fn select(key: &ServiceKey, svc: &ServiceValue, client: u64, hash: u32) -> Option<Backend> {
     let affinity = svc.flags & SVC_AFFINITY != 0;
     let akey = AffinityKey { service: *key, client };
-    let now = unsafe { bpf_ktime_get_ns() };
     if affinity {
+        let now = now();
         if let Some(a) = AFFINITY.get_ptr_mut(akey) {
             // SAFETY: a pointer into the map's value, valid for this program run.
             let a = unsafe { &mut *a };
-            let fresh = now.wrapping_sub(a.last_ns) <= svc.affinity_timeout as u64 * 1_000_000_000;
+            let fresh =
+                now.saturating_sub(a.last_ns) <= svc.affinity_timeout as u64 * 1_000_000_000;
             let member = MemberKey { service: *key, backend: a.backend };
             // SAFETY: the value is only tested for presence.
             if fresh && unsafe { MEMBERS.get(member) }.is_some() {
@@ -85,7 +97,7 @@ fn select(key: &ServiceKey, svc: &ServiceValue, client: u64, hash: u32) -> Optio
     // SAFETY: copied out at once.
     let backend = *unsafe { BACKENDS.get(BackendKey { slot: svc.slot, index }) }?;
     if affinity {
-        let _ = AFFINITY.insert(akey, AffinityValue { backend, pad: 0, last_ns: now }, 0);
+        let _ = AFFINITY.insert(akey, AffinityValue { backend, pad: 0, last_ns: now() }, 0);
     }
     Some(backend)
 }
@@ -207,9 +219,9 @@ pub fn flotilla_getpeername4(ctx: SockAddrContext) -> i32 {
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
+const AF_INET: u8 = 2;
 const IP_CSUM: usize = 10;
 const IP_SADDR: usize = 12;
-const IP_DADDR: usize = 16;
 const TCP_FLAGS: usize = 13;
 const TCP_CSUM: usize = 16;
 const UDP_CSUM: usize = 6;
@@ -241,6 +253,25 @@ fn at<T>(ctx: &TcContext, offset: usize) -> Option<*const T> {
         return None;
     }
     Some((start + offset) as *const T)
+}
+
+/// `at` for writing: the packet bounds are loaded afresh (volatile), so the compiler cannot
+/// reuse a check made on an earlier load of them, which the verifier does not connect to
+/// the pointer written through.
+#[inline(always)]
+fn at_mut<T>(ctx: &TcContext, offset: usize) -> Option<*mut T> {
+    let skb = ctx.skb.skb;
+    // SAFETY: reads of the context's packet bounds.
+    let (start, end) = unsafe {
+        (
+            core::ptr::read_volatile(&(*skb).data) as usize,
+            core::ptr::read_volatile(&(*skb).data_end) as usize,
+        )
+    };
+    if start + offset + core::mem::size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *mut T)
 }
 
 #[inline(always)]
@@ -301,23 +332,29 @@ fn rewrite(ctx: &mut TcContext, p: &Packet, to: &NatValue) -> Result<(), i64> {
         (p.l4 + UDP_CSUM, BPF_F_MARK_MANGLED_0 as u64)
     };
     let pseudo = BPF_F_PSEUDO_HDR as u64 | mangled;
+    // The fields are written by direct packet access, all before the checksum helpers (which
+    // invalidate packet pointers): a store helper per field cost more than the rest of the
+    // rewrite. The helpers, one per changed field, keep CHECKSUM_PARTIAL and
+    // CHECKSUM_COMPLETE packets right.
+    let addrs = at_mut::<[u32; 2]>(ctx, p.l3 + IP_SADDR).ok_or(-1i64)?;
+    // SAFETY: `at_mut` checked it against data_end; tc programs may write packet data.
+    unsafe { *addrs = [to.saddr, to.daddr] };
+    let ports = at_mut::<[u16; 2]>(ctx, p.l4).ok_or(-1i64)?;
+    // SAFETY: as above.
+    unsafe { *ports = [to.sport, to.dport] };
     if to.saddr != p.t.saddr {
         ctx.l4_csum_replace(csum, p.t.saddr as u64, to.saddr as u64, pseudo | 4)?;
         ctx.l3_csum_replace(p.l3 + IP_CSUM, p.t.saddr as u64, to.saddr as u64, 4)?;
-        ctx.store(p.l3 + IP_SADDR, &to.saddr, 0)?;
     }
     if to.daddr != p.t.daddr {
         ctx.l4_csum_replace(csum, p.t.daddr as u64, to.daddr as u64, pseudo | 4)?;
         ctx.l3_csum_replace(p.l3 + IP_CSUM, p.t.daddr as u64, to.daddr as u64, 4)?;
-        ctx.store(p.l3 + IP_DADDR, &to.daddr, 0)?;
     }
     if to.sport != p.t.sport {
         ctx.l4_csum_replace(csum, p.t.sport as u64, to.sport as u64, mangled | 2)?;
-        ctx.store(p.l4, &to.sport, 0)?;
     }
     if to.dport != p.t.dport {
         ctx.l4_csum_replace(csum, p.t.dport as u64, to.dport as u64, mangled | 2)?;
-        ctx.store(p.l4 + 2, &to.dport, 0)?;
     }
     Ok(())
 }
@@ -325,7 +362,7 @@ fn rewrite(ctx: &mut TcContext, p: &Packet, to: &NatValue) -> Result<(), i64> {
 /// Whether a flow's entry may be taken over by a new flow.
 #[inline(always)]
 fn reusable(e: &NatValue, proto: u8, now: u64) -> bool {
-    let idle = now.wrapping_sub(e.last_ns);
+    let idle = now.saturating_sub(e.last_ns);
     if e.flags & NAT_CLOSING != 0 {
         return idle > NAT_CLOSED_GRACE_NS;
     }
@@ -374,7 +411,7 @@ fn tracked(p: &Packet, now: u64) -> Flow {
     if p.tcp & (TCP_FIN | TCP_RST) != 0 && v.flags & NAT_CLOSING == 0 {
         mark_closing(v, &p.t);
     }
-    if now.wrapping_sub(v.last_ns) > 1_000_000_000 {
+    if now.saturating_sub(v.last_ns) > 1_000_000_000 {
         v.last_ns = now;
     }
     Flow::Hit(*v)
@@ -462,8 +499,7 @@ pub fn flotilla_ingress(mut ctx: TcContext) -> i32 {
     let Some(cfg) = CONFIG.get(0).copied() else {
         return TC_ACT_OK;
     };
-    // SAFETY: helper valid in tc programs.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = now();
     let reopen = match tracked(&p, now) {
         Flow::Hit(to) => return finish_ingress(&mut ctx, &p, &to, &cfg),
         Flow::Reopen(e) => Some(e),
@@ -574,13 +610,45 @@ fn finish_ingress(ctx: &mut TcContext, p: &Packet, to: &NatValue, cfg: &Config) 
         return TC_ACT_SHOT;
     }
     if to.saddr == cfg.node_addr {
-        // SAFETY: reading the context's ifindex; the helper is valid at tc with NULL params.
-        return unsafe {
-            let ifindex = (*ctx.skb.skb).ifindex;
-            bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) as i32
-        };
+        return redirect_out(ctx, to);
     }
     TC_ACT_OK
+}
+
+/// Sends a rewritten packet out of the interface it came in on, to the next hop the routing
+/// table names for it. A FIB lookup (no neighbour check) finds the next hop and the neighbour
+/// code resolves it as the stack would; that skips the per-packet output route (and dst)
+/// that `bpf_redirect_neigh` without a next hop builds. Kernels without
+/// `BPF_FIB_LOOKUP_SKIP_NEIGH` (before 6.5), or a route elsewhere, take that slower way.
+#[inline(always)]
+fn redirect_out(ctx: &mut TcContext, to: &NatValue) -> i32 {
+    // SAFETY: reading the context's ifindex.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: plain data, all-zero is a valid value.
+    let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    fib.family = AF_INET;
+    fib.ifindex = ifindex;
+    fib.__bindgen_anon_3.ipv4_src = to.saddr;
+    fib.__bindgen_anon_4.ipv4_dst = to.daddr;
+    let flags = BPF_FIB_LOOKUP_OUTPUT | BPF_FIB_LOOKUP_SKIP_NEIGH;
+    // SAFETY: the helper reads and writes `fib`, which lives for the call.
+    let rc = unsafe {
+        fib_lookup(ctx.as_ptr(), &mut fib, core::mem::size_of::<bpf_fib_lookup>() as i32, flags)
+    };
+    if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 && fib.ifindex == ifindex {
+        // SAFETY: plain data, all-zero is a valid value.
+        let mut nh: bpf_redir_neigh = unsafe { core::mem::zeroed() };
+        nh.nh_family = AF_INET as u32;
+        // The lookup left the gateway (or the destination, if on-link) in ipv4_dst.
+        // SAFETY: an IPv4 lookup fills the IPv4 member.
+        nh.__bindgen_anon_1.ipv4_nh = unsafe { fib.__bindgen_anon_4.ipv4_dst };
+        // SAFETY: `nh` lives for the call.
+        return unsafe {
+            bpf_redirect_neigh(ifindex, &mut nh, core::mem::size_of::<bpf_redir_neigh>() as i32, 0)
+        } as i32;
+    }
+    // SAFETY: the helper is valid at tc with NULL params.
+    unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) as i32 }
 }
 
 /// Egress: reverse translation of NodePort replies from local backends, and SNAT of pod
@@ -590,8 +658,16 @@ pub fn flotilla_egress(mut ctx: TcContext) -> i32 {
     let Some(p) = parse(&ctx, DIR_EGRESS) else {
         return TC_ACT_OK;
     };
-    // SAFETY: helper valid in tc programs.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(cfg) = CONFIG.get(0).copied() else {
+        return TC_ACT_OK;
+    };
+    // Every egress entry is for a flow from a local pod (a local backend's replies, pod SNAT,
+    // inbound flows to pods), so anything else (e.g. NodePort traffic this node forwards
+    // elsewhere) leaves without a lookup.
+    if !in_net(p.t.saddr, cfg.local_pods, cfg.local_pods_mask) {
+        return TC_ACT_OK;
+    }
+    let now = now();
     let reopen = match tracked(&p, now) {
         Flow::Hit(to) => {
             return match rewrite(&mut ctx, &p, &to) {
@@ -602,12 +678,8 @@ pub fn flotilla_egress(mut ctx: TcContext) -> i32 {
         Flow::Reopen(e) => Some(e),
         Flow::Miss => None,
     };
-    let Some(cfg) = CONFIG.get(0).copied() else {
-        return TC_ACT_OK;
-    };
     if cfg.flags & CONFIG_MASQUERADE == 0
         || cfg.node_addr == 0
-        || !in_net(p.t.saddr, cfg.local_pods, cfg.local_pods_mask)
         || in_net(p.t.daddr, cfg.cluster_pods, cfg.cluster_pods_mask)
         || in_net(p.t.daddr, cfg.services, cfg.services_mask)
     {
