@@ -136,7 +136,15 @@ impl Client {
         Ok(Endpoint::from_shared(url.clone())
             .map_err(|e| ApiError::bad_request(format!("invalid server address {url:?}: {e}")))?
             .tcp_nodelay(true)
-            .http2_adaptive_window(true)
+            // Fixed receive windows, not adaptive ones (which start at 64 KiB): h2 closes a
+            // connection whose unread small DATA frames exceed half the connection window
+            // (ENHANCE_YOUR_CALM "too_many_data_frames"), and a busy client whose window is
+            // exhausted gets responses and events in window-sized fragments. 8 MiB allows
+            // ~16k of them. A stream's window stays at 1 MiB: enough for lists to stream on a
+            // LAN, small enough that a watch the client does not read soon holds the server's
+            // queue for it (which cuts it off) rather than megabytes here.
+            .initial_connection_window_size(8 << 20)
+            .initial_stream_window_size(1 << 20)
             .connect_timeout(Duration::from_secs(5))
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true))
