@@ -788,8 +788,8 @@ async fn small_writes_queued_at_a_stalled_server_all_succeed() {
         }
     }
     let s = server(&[]).await;
-    // Below the server's 200 concurrent streams, above the ~120 patch bodies (~45 bytes each)
-    // h2's minimum budget (25.6 kB of framing overhead) allows.
+    // Below the server's 200 concurrent streams, above the ~155 patch bodies (~45 bytes, so
+    // ~211 bytes of framing overhead each) that a 64 KiB window's budget (32 KiB) allows.
     const WRITES: usize = 190;
     let name = |i: usize| format!("cm-{i}");
     let creates = (0..WRITES).map(|i| {
