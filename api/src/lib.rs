@@ -1,6 +1,7 @@
 //! Flotilla's object model: Kubernetes API types (k8s-openapi, Kubernetes 1.35), the table of
 //! resources, manifest decoding, admission (defaults, validation, unknown-field warnings),
-//! label and field selectors, patches, and the gRPC API with its client.
+//! label and field selectors, patches, and the gRPC API's definitions (its client is
+//! `flotilla-client`). No I/O.
 //!
 //! Objects travel and are stored as Kubernetes JSON. It is the encoding manifests, k8s-openapi
 //! and every Kubernetes tool already speak, and `cargo xtask bench api` measures it against
@@ -9,7 +10,6 @@
 #![forbid(unsafe_code)]
 
 pub mod admit;
-pub mod client;
 pub mod error;
 pub mod kinds;
 pub mod manifest;

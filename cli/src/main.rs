@@ -9,10 +9,10 @@ mod top;
 
 use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
-use flotilla_api::client::{Client, DeleteParams, ListParams, WatchParams};
 use flotilla_api::error::ApiError;
 use flotilla_api::manifest::{self, Manifest};
 use flotilla_api::ResourceInfo;
+use flotilla_client::{Client, DeleteParams, ListParams, WatchParams};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use std::io::Read;
@@ -532,7 +532,7 @@ impl Ctx {
                 while let Some(batch) = stream.next().await {
                     let batch = batch.map_err(server_error)?;
                     for ev in batch {
-                        if ev.kind == flotilla_api::client::EventType::Bookmark {
+                        if ev.kind == flotilla_client::EventType::Bookmark {
                             continue;
                         }
                         print::watch_row(info, &ev, output, all_ns && info.namespaced, header)?;

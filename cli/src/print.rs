@@ -2,8 +2,8 @@
 
 use crate::Output;
 use anyhow::Result;
-use flotilla_api::client::{EventType, WatchEvent};
 use flotilla_api::ResourceInfo;
+use flotilla_client::{EventType, WatchEvent};
 use serde_json::Value;
 
 fn s<'a>(v: &'a Value, ptr: &str) -> &'a str {

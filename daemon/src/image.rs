@@ -105,23 +105,3 @@ pub fn run(args: ImageArgs) -> Result<()> {
     }
     Ok(())
 }
-
-/// Imports every tarball in `<data-dir>/images/` into `<data-dir>/images-store` (how an
-/// air-gapped node gets its images). A bad tarball is logged and skipped.
-pub async fn preload(data_dir: &std::path::Path) -> Result<()> {
-    let (dir, root) = (data_dir.join("images"), data_dir.join("images-store"));
-    if !dir.is_dir() {
-        return Ok(());
-    }
-    tokio::task::spawn_blocking(move || -> Result<()> {
-        let store = ImageStore::open(&root)?;
-        for (path, r) in store.import_dir(&dir) {
-            match r {
-                Ok(refs) => tracing::info!(tarball = %path.display(), ?refs, "imported images"),
-                Err(e) => tracing::error!(tarball = %path.display(), %e, "image import failed"),
-            }
-        }
-        Ok(())
-    })
-    .await?
-}

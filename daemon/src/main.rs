@@ -3,14 +3,10 @@
 
 #![forbid(unsafe_code)]
 
-mod agent;
-mod apiserver;
-mod controller;
-mod controllers;
-mod image;
-mod runtime;
-mod scheduler;
 mod server;
+
+use flotilla_agent as agent;
+use flotilla_daemon::{image, runtime};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};

@@ -1,12 +1,12 @@
 //! `flotillad server`: a control-plane member: the Raft store (etcd v3 API, Raft peers) and the
 //! API server in front of it.
 
-use crate::apiserver::{self, ApiConfig, ApiServer};
-use crate::controller::leader::{run_elected, LeaderConfig};
-use crate::controllers::{self, ControllerConfig};
-use crate::scheduler::{self, SchedulerConfig};
 use anyhow::{bail, Context, Result};
-use flotilla_api::client::Client;
+use flotilla_apiserver::{self as apiserver, ApiConfig, ApiServer};
+use flotilla_client::runtime::leader::{run_elected, LeaderConfig};
+use flotilla_client::Client;
+use flotilla_controllers::{self as controllers, ControllerConfig};
+use flotilla_scheduler::{self as scheduler, SchedulerConfig};
 use flotilla_store::etcd::{bind, serve};
 use flotilla_store::{StoreConfig, StoreNode};
 use std::path::PathBuf;

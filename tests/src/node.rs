@@ -6,7 +6,7 @@
 
 use std::{path::PathBuf, process::Command};
 
-use flotilla_api::client::Client;
+use flotilla_client::Client;
 use flotilla_dataplane::netns::NetNs;
 use serde_json::Value;
 

@@ -3,7 +3,7 @@
 
 use std::{process::Command, time::Duration};
 
-use flotilla_api::client::Client;
+use flotilla_client::Client;
 use flotilla_tests::{flotillad, Member, Proc};
 use serde_json::Value;
 

@@ -1,9 +1,9 @@
 //! The API server, end to end: a real `flotillad server` and the Rust client.
 
-use flotilla_api::client::{
+use flotilla_api::{ApiError, Reason};
+use flotilla_client::{
     Client, DeleteParams, EventType, Informer, ListParams, WatchEvent, WatchParams,
 };
-use flotilla_api::{ApiError, Reason};
 use flotilla_tests::Member;
 use futures::{Stream, StreamExt};
 use serde_json::{json, Value};
@@ -845,7 +845,7 @@ async fn informer_lists_watches_and_survives_a_server_restart() {
     let mut changes = inf.subscribe();
     c.delete("configmaps", "default", "c0", &DeleteParams::default()).await.unwrap();
     let ch = tokio::time::timeout(Duration::from_secs(10), changes.recv()).await.unwrap().unwrap();
-    assert!(matches!(ch, flotilla_api::client::Change::Deleted(_)), "{ch:?}");
+    assert!(matches!(ch, flotilla_client::Change::Deleted(_)), "{ch:?}");
     assert!(inf.get("default/c0").is_none());
 
     // Restart the server (same data): the informer reconnects and catches up.

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::{path::Path, process::Command, time::Duration};
 
-use flotilla_api::client::{Client, DeleteParams};
+use flotilla_client::{Client, DeleteParams};
 use flotilla_tests::{flotillad, node::Node, probe};
 use serde_json::{json, Value};
 

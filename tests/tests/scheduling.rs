@@ -2,7 +2,7 @@
 //! (Node objects without agents; where a test needs running pods, a small fake kubelet in the
 //! test marks bound pods Running and Ready, and finishes their graceful deletion).
 
-use flotilla_api::client::{Client, DeleteParams, ListParams};
+use flotilla_client::{Client, DeleteParams, ListParams};
 use flotilla_tests::{flotilla_cli, Member};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -435,7 +435,7 @@ async fn daemonsets_statefulsets_jobs_and_cronjobs_do_their_work() {
         .watch(
             "pods",
             "default",
-            &flotilla_api::client::WatchParams { resource_version: rv, ..Default::default() },
+            &flotilla_client::WatchParams { resource_version: rv, ..Default::default() },
         )
         .await
         .unwrap();

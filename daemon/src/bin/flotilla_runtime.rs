@@ -5,8 +5,7 @@
 
 use clap::Parser;
 
-#[path = "../runtime.rs"]
-mod runtime;
+use flotilla_daemon::runtime;
 
 #[derive(Parser)]
 #[command(

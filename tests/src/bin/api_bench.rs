@@ -7,8 +7,8 @@
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use flotilla_api::client::{Client, ListParams};
 use flotilla_api::proto::{api_client::ApiClient, WatchRequest};
+use flotilla_client::{Client, ListParams};
 use flotilla_store::proto::etcdserverpb::{kv_client::KvClient, RangeRequest};
 use flotilla_tests::{free_port, wait_listening, Proc};
 use serde_json::json;

@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use flotilla_api::client::{Change, Client, DeleteParams, Informer, WatchParams};
+use flotilla_client::{Change, Client, DeleteParams, Informer, WatchParams};
 use flotilla_tests::{bundle, flotillad, node::Node, percentile, Proc};
 use serde_json::{json, Value};
 

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use flotilla_api::client::{Client, EventType, ListParams, WatchParams};
 use flotilla_api::quantity::Quantity;
+use flotilla_client::{Client, EventType, ListParams, WatchParams};
 use flotilla_tests::{flotillad, percentile, Member, Proc};
 use futures::StreamExt;
 use serde_json::{json, Value};
