@@ -602,26 +602,62 @@ pub fn validate_pod_spec(errs: &mut Errors, p: &str, s: &core::PodSpec) {
     }
 }
 
-/// QoS class of a defaulted pod spec, as Kubernetes computes it.
+/// QoS class of a defaulted pod spec, as Kubernetes' `GetPodQOS` computes it: only positive
+/// cpu and memory amounts count, summed over init and app containers; Guaranteed needs cpu and
+/// memory limits on every container and requests equal to limits (compared as quantities, so
+/// `1000m` equals `1`). The one computation: the node agent reads the pod's `status.qosClass`
+/// (or [`pod_qos_class`]) rather than computing its own.
 pub fn qos_class(s: &core::PodSpec) -> &'static str {
-    let (mut any, mut guaranteed) = (false, true);
-    for c in &s.containers {
-        let r = c.resources.clone().unwrap_or_default();
-        let (req, lim) = (r.requests.unwrap_or_default(), r.limits.unwrap_or_default());
-        any |= !req.is_empty() || !lim.is_empty();
+    use std::collections::BTreeMap;
+    let mut requests: BTreeMap<&str, i128> = BTreeMap::new();
+    let mut limits: BTreeMap<&str, i128> = BTreeMap::new();
+    let mut guaranteed = true;
+    let all = s.init_containers.iter().flatten().chain(&s.containers);
+    for c in all {
+        let r = c.resources.as_ref();
+        let positive = |m: Option<
+            &BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
+        >,
+                        res: &str| {
+            m.and_then(|m| m.get(res))
+                .and_then(|q| Quantity::parse(&q.0).ok())
+                .map(|q| q.0)
+                .filter(|q| *q > 0)
+        };
+        let mut limits_found = 0;
         for res in ["cpu", "memory"] {
-            match (req.get(res), lim.get(res)) {
-                (Some(a), Some(b)) if Quantity::parse(&a.0).ok() == Quantity::parse(&b.0).ok() => {}
-                _ => guaranteed = false,
+            if let Some(q) = positive(r.and_then(|r| r.requests.as_ref()), res) {
+                *requests.entry(res).or_default() += q;
+            }
+            if let Some(q) = positive(r.and_then(|r| r.limits.as_ref()), res) {
+                *limits.entry(res).or_default() += q;
+                limits_found += 1;
             }
         }
+        guaranteed &= limits_found == 2;
     }
-    if !any {
-        "BestEffort"
-    } else if guaranteed {
+    if requests.is_empty() && limits.is_empty() {
+        return "BestEffort";
+    }
+    guaranteed &= requests.iter().all(|(res, q)| limits.get(res) == Some(q));
+    if guaranteed && requests.len() == limits.len() {
         "Guaranteed"
     } else {
         "Burstable"
+    }
+}
+
+/// A pod's QoS class: its `status.qosClass` (set when the API server admitted it), else
+/// computed from its spec.
+pub fn pod_qos_class(pod: &serde_json::Value) -> &'static str {
+    match pod.pointer("/status/qosClass").and_then(serde_json::Value::as_str) {
+        Some("Guaranteed") => "Guaranteed",
+        Some("Burstable") => "Burstable",
+        Some("BestEffort") => "BestEffort",
+        _ => pod
+            .get("spec")
+            .and_then(|s| serde_json::from_value::<core::PodSpec>(s.clone()).ok())
+            .map_or("BestEffort", |s| qos_class(&s)),
     }
 }
 
@@ -1036,9 +1072,19 @@ impl Kind for batch::Job {
 fn cron_error(s: &str) -> Option<String> {
     let s = s.trim();
     if s.starts_with('@') {
+        if let Some(d) = s.strip_prefix("@every ") {
+            return match crate::quantity::parse_go_duration(d.trim()) {
+                Some(d) if d.is_positive() => None,
+                Some(_) => Some(format!("{s}: the interval must be positive")),
+                None => Some(format!(
+                    "failed to parse duration {}: a Go duration such as 90s, 5m or 1h30m, at \
+                     most 2562047h",
+                    d.trim()
+                )),
+            };
+        }
         let ok = ["@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"]
-            .contains(&s)
-            || s.starts_with("@every ");
+            .contains(&s);
         return (!ok).then(|| format!("unknown descriptor {s}"));
     }
     let fields: Vec<&str> = s.split_whitespace().collect();
@@ -1482,6 +1528,7 @@ impl Kind for coord::Lease {
 
 #[cfg(test)]
 mod tests {
+    use super::{core, pod_qos_class, qos_class};
     use crate::resources::lookup;
     use serde_json::{json, Value};
 
@@ -1696,5 +1743,40 @@ mod tests {
             "spec": {"containers": [{"name": "c", "image": "busybox"}]}})).unwrap();
         assert_eq!(pod["status"], json!({"phase": "Pending", "qosClass": "BestEffort"}));
         assert_eq!(pod["spec"]["containers"][0]["imagePullPolicy"], "Always");
+    }
+
+    #[test]
+    fn qos_compares_quantities_and_follows_kubernetes() {
+        let pod = |resources: Value, init: Option<Value>| {
+            let mut spec =
+                json!({"containers": [{"name": "c", "image": "i", "resources": resources}]});
+            if let Some(r) = init {
+                spec["initContainers"] = json!([{"name": "i", "image": "i", "resources": r}]);
+            }
+            serde_json::from_value::<core::PodSpec>(spec).unwrap()
+        };
+        let rl = |req: Value, lim: Value| json!({"requests": req, "limits": lim});
+        let g = json!({"cpu": "1", "memory": "32Mi"});
+        assert_eq!(qos_class(&pod(rl(g.clone(), g.clone()), None)), "Guaranteed");
+        // 1000m is 1: the node agent once said Burstable here and gave the process 999.
+        let milli = json!({"cpu": "1000m", "memory": "33554432"});
+        assert_eq!(qos_class(&pod(rl(milli, g.clone()), None)), "Guaranteed");
+        assert_eq!(qos_class(&pod(json!({"limits": g.clone()}), None)), "Guaranteed");
+        let less = json!({"cpu": "500m", "memory": "32Mi"});
+        assert_eq!(qos_class(&pod(rl(less, g.clone()), None)), "Burstable");
+        assert_eq!(qos_class(&pod(json!({"limits": {"cpu": "1"}}), None)), "Burstable");
+        // Only cpu and memory count, and only positive amounts.
+        let other = json!({"requests": {"ephemeral-storage": "1Gi", "cpu": "0"}});
+        assert_eq!(qos_class(&pod(other, None)), "BestEffort");
+        // An init container without limits makes the pod Burstable.
+        let init = json!({"requests": {"cpu": "100m"}});
+        assert_eq!(qos_class(&pod(rl(g.clone(), g.clone()), Some(init))), "Burstable");
+        // The agent reads the admitted class; without one it computes the same.
+        let v = json!({"spec": {"containers": [{"name": "c", "image": "i",
+            "resources": {"requests": {"cpu": "1000m", "memory": "32Mi"}, "limits": g}}]}});
+        assert_eq!(pod_qos_class(&v), "Guaranteed");
+        let mut admitted = v.clone();
+        admitted["status"] = json!({"qosClass": "Burstable"});
+        assert_eq!(pod_qos_class(&admitted), "Burstable");
     }
 }

@@ -86,37 +86,102 @@ impl Quantity {
     }
 }
 
-/// Go's time.ParseDuration (`90s`, `5m`, `1h30m`, `500ms`): CronJob's `@every`, and
-/// durations on the command line.
+/// Go's time.ParseDuration (`90s`, `5m`, `1h30m`, `500ms`, `-1.5h`): CronJob's `@every`, and
+/// durations on the command line. Like Go, a duration past ±2562047h47m16.854775807s (i64
+/// nanoseconds) is invalid, so no caller ever computes with an overflowing one.
 pub fn parse_go_duration(s: &str) -> Option<jiff::SignedDuration> {
-    let mut total = 0f64;
-    let mut rest = s;
+    let (neg, mut rest) = match s.as_bytes().first()? {
+        b'-' => (true, &s[1..]),
+        b'+' => (false, &s[1..]),
+        _ => (false, s),
+    };
+    if rest == "0" {
+        return Some(jiff::SignedDuration::ZERO);
+    }
     if rest.is_empty() {
         return None;
     }
+    // Nanoseconds; i64::MAX + 1 is allowed until the sign is applied (Go's math.MinInt64).
+    let limit: u128 = 1 << 63;
+    let mut total: u128 = 0;
     while !rest.is_empty() {
-        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
-        let n: f64 = rest[..num_end].parse().ok()?;
-        rest = &rest[num_end..];
-        let unit_end = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
-        let secs = match &rest[..unit_end] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
+        let int_end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let (int, after) = rest.split_at(int_end);
+        let (frac, after) = match after.strip_prefix('.') {
+            Some(a) => a.split_at(a.find(|c: char| !c.is_ascii_digit()).unwrap_or(a.len())),
+            None => ("", after),
+        };
+        if int.is_empty() && frac.is_empty() {
+            return None;
+        }
+        let unit_end = after.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(after.len());
+        let unit: u128 = match &after[..unit_end] {
+            "ns" => 1,
+            "us" | "µs" | "μs" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
             _ => return None,
         };
-        total += n * secs;
-        rest = &rest[unit_end..];
+        let mut v: u128 = 0;
+        for d in int.bytes() {
+            v = v.checked_mul(10)?.checked_add(u128::from(d - b'0'))?;
+            if v > limit {
+                return None;
+            }
+        }
+        let mut part = v.checked_mul(unit)?;
+        // The fraction's digits beyond what a nanosecond can hold are dropped, as in Go.
+        let mut scale = unit;
+        for d in frac.bytes() {
+            if scale < 10 {
+                break;
+            }
+            scale /= 10;
+            part += u128::from(d - b'0') * scale;
+        }
+        total = total.checked_add(part)?;
+        if total > limit {
+            return None;
+        }
+        rest = &after[unit_end..];
     }
-    Some(jiff::SignedDuration::from_secs_f64(total))
+    let nanos = if neg { 0i128 - total as i128 } else { i64::try_from(total).ok()? as i128 };
+    Some(jiff::SignedDuration::from_nanos(i64::try_from(nanos).ok()?))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn go_durations_parse_like_go_and_overflow_is_invalid() {
+        let d = |s| parse_go_duration(s).map(|d| d.as_nanos());
+        assert_eq!(d("1h30m"), Some(5_400_000_000_000));
+        assert_eq!(d("1.5h"), Some(5_400_000_000_000));
+        assert_eq!(d("-90s"), Some(-90_000_000_000));
+        assert_eq!(d("300ms"), Some(300_000_000));
+        assert_eq!(d(".5s"), Some(500_000_000));
+        assert_eq!(d("0"), Some(0));
+        assert_eq!(d("2562047h47m16.854775807s"), Some(i64::MAX as i128));
+        assert_eq!(d("-2562047h47m16.854775808s"), Some(i64::MIN as i128));
+        for bad in [
+            "",
+            "1",
+            "h",
+            "1x",
+            ".s",
+            "banana",
+            "2562047h47m16.854775808s",
+            "100000000h",
+            "99999999999999999999h",
+            "1e3s",
+            "1h-5m",
+        ] {
+            assert_eq!(d(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn parses_kubernetes_forms() {

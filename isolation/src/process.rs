@@ -37,7 +37,6 @@ pub struct ProcessPlan {
     pub no_new_privs: bool,
     pub seccomp: Vec<BpfProgram>,
     pub rlimits: Vec<(i32, u64, u64)>,
-    pub oom_score_adj: Option<i32>,
 }
 
 /// An error in a field of `process`, for the caller to wrap with the bundle.
@@ -154,7 +153,6 @@ impl ProcessPlan {
             no_new_privs: process.no_new_privileges().unwrap_or(false),
             seccomp,
             rlimits,
-            oom_score_adj: process.oom_score_adj(),
         })
     }
 
@@ -188,23 +186,14 @@ impl ProcessPlan {
         Err(format!("executable {:?} not found in PATH", String::from_utf8_lossy(arg0)))
     }
 
-    /// rlimits and the OOM score, applied while still privileged.
+    /// rlimits, applied while still privileged. (The OOM score is written by `create`, from
+    /// outside any new user namespace: see there.)
     pub fn apply_limits(&self) -> Result<(), String> {
         for &(res, soft, hard) in &self.rlimits {
             let lim = libc::rlimit { rlim_cur: soft, rlim_max: hard };
             // SAFETY: setrlimit reads a valid, initialized rlimit struct.
             if unsafe { libc::setrlimit(res as _, &lim) } != 0 {
                 return Err(format!("setrlimit({res}): {}", std::io::Error::last_os_error()));
-            }
-        }
-        if let Some(adj) = self.oom_score_adj {
-            match std::fs::write("/proc/self/oom_score_adj", adj.to_string()) {
-                Ok(()) => {}
-                // Lowering the score needs CAP_SYS_RESOURCE, which some hosts (and sandboxes)
-                // withhold even from root: keep the inherited score, as runc does when it
-                // cannot lower it.
-                Err(e) if e.raw_os_error() == Some(libc::EACCES) => {}
-                Err(e) => return Err(format!("oom_score_adj: {e}")),
             }
         }
         Ok(())

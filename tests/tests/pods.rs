@@ -1356,3 +1356,76 @@ async fn a_dead_nodes_pods_are_evicted_and_replaced_on_a_live_node() {
     .await;
     c.delete("deployments", "default", "web", &DeleteParams::default()).await.unwrap();
 }
+
+/// The QoS class is computed once, by the API server, and the node follows it: requests
+/// `cpu: 1000m` with limits `cpu: 1` are Guaranteed (they once ran as Burstable with score
+/// 999), and each container's process gets the kubelet's OOM score for its class, read from
+/// inside as `/proc/1/oom_score_adj`. Where the host withholds CAP_SYS_RESOURCE (so no
+/// process may lower a score) the agent raises scores to its own, as containerd's
+/// `restrict_oom_score_adj` does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_get_the_oom_score_of_their_pods_qos_class() {
+    let node = Node::start("qos", 29);
+    let c = node.client().await;
+    let img = node.image();
+    let node_name = format!("node-{}", node.tag);
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let eff = status.lines().find_map(|l| l.strip_prefix("CapEff:")).unwrap().trim();
+    let can_lower = u64::from_str_radix(eff, 16).unwrap() & (1 << 24) != 0;
+    // The agent is this test's child: it starts with this process's score.
+    let own: i64 =
+        std::fs::read_to_string("/proc/self/oom_score_adj").unwrap().trim().parse().unwrap();
+    let floor = if can_lower { -1000 } else { own };
+    let cases = [
+        (
+            "guaranteed",
+            json!({"requests": {"cpu": "1", "memory": "32Mi"},
+                              "limits": {"cpu": "1", "memory": "32Mi"}}),
+            "Guaranteed",
+        ),
+        (
+            "guaranteed-milli",
+            json!({"requests": {"cpu": "1000m", "memory": "33554432"},
+                                    "limits": {"cpu": "1", "memory": "32Mi"}}),
+            "Guaranteed",
+        ),
+        (
+            "burstable",
+            json!({"requests": {"cpu": "100m", "memory": "16Mi"},
+                             "limits": {"memory": "32Mi"}}),
+            "Burstable",
+        ),
+        ("besteffort", json!({}), "BestEffort"),
+    ];
+    for (name, resources, _) in &cases {
+        let p = pod(
+            name,
+            &img,
+            json!({"nodeName": node_name, "terminationGracePeriodSeconds": 0,
+                "containers": [{"name": "app", "resources": resources,
+                "command": ["sh", "-c", "echo score=$(cat /proc/1/oom_score_adj); exec sleep 3600"]}]}),
+        );
+        c.create("pods", "default", &p).await.unwrap();
+    }
+    for (name, _, class) in &cases {
+        let running = pod_where(&c, name, "Running", 60, |p| phase(p) == "Running").await;
+        assert_eq!(running["status"]["qosClass"], *class, "{name}");
+        let logs = until("the score in the log", 20, || async {
+            let l = node.logs(&running, "app", 0);
+            l.contains("score=").then(|| json!(l))
+        })
+        .await;
+        let line = logs.as_str().unwrap();
+        let score: i64 = line[line.find("score=").unwrap() + 6..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        match *class {
+            "Guaranteed" => assert_eq!(score, (-997).max(floor), "{name}: {line}"),
+            "BestEffort" => assert_eq!(score, 1000, "{name}: {line}"),
+            _ => assert!((2.max(floor)..=999).contains(&score), "{name}: {line}"),
+        }
+    }
+}

@@ -461,3 +461,46 @@ fn host_uptime() -> u64 {
     let s = std::fs::read_to_string("/proc/uptime").unwrap();
     s.split('.').next().unwrap().parse().unwrap()
 }
+
+/// Whether this process may lower OOM scores (CAP_SYS_RESOURCE, bit 24, in CapEff): some
+/// sandboxes withhold it even from root.
+fn can_lower_oom_scores() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let eff = status.lines().find_map(|l| l.strip_prefix("CapEff:")).unwrap().trim();
+    u64::from_str_radix(eff, 16).unwrap() & (1 << 24) != 0
+}
+
+/// process.oomScoreAdj is the workload's score, read from inside (also in a new user
+/// namespace, where the init itself could never lower it). A runtime without
+/// CAP_SYS_RESOURCE refuses a score below its own by naming the field, rather than running
+/// the workload with another score.
+#[test]
+fn the_oom_score_is_applied_as_configured_or_refused_by_field() {
+    let f = Fixture::new();
+    chown_tree(&f.dir.path().join("rootfs"), 100000);
+    let read = &["/bin/sh", "-c", "read x </proc/1/oom_score_adj; echo $x"];
+    let lower = can_lower_oom_scores();
+    for (id, adj, userns) in
+        [("oom-up", 500, false), ("oom-down", -997, false), ("oom-down-userns", -997, true)]
+    {
+        let mut c = hardened(read);
+        c["process"]["oomScoreAdj"] = json!(adj);
+        if userns {
+            c = in_user_namespace(c);
+        }
+        if adj < 0 && !lower {
+            let b = f.bundle(id, &c);
+            let out = f.rt.create(id, &b, &[]);
+            assert!(!out.ok, "{id}: a score it cannot set must fail create");
+            assert!(out.stderr.contains("process.oomScoreAdj"), "{id}: {}", out.stderr);
+            assert!(out.stderr.contains("CAP_SYS_RESOURCE"), "{id}: {}", out.stderr);
+            let state = f.rt.run(&["state", id]);
+            assert!(!state.ok, "{id}: a refused create leaves no container");
+            continue;
+        }
+        let (exit, lines) = f.run_to_exit(id, &c);
+        assert_eq!(exit["code"], 0, "{id}: exit {exit}; output {lines:?}");
+        assert_eq!(lines, [adj.to_string()], "{id}");
+        f.rt.ok(&["delete", id]);
+    }
+}

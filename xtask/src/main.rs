@@ -120,7 +120,7 @@ fn lint_ebpf() -> Result<()> {
     util::run(clippy)
 }
 
-const FUZZ_TARGETS: &[&str] = &["manifest", "selector"];
+const FUZZ_TARGETS: &[&str] = &["manifest", "selector", "request"];
 
 /// Runs each fuzz target for `seconds` (all of them when `targets` is empty).
 fn fuzz(seconds: u64, targets: &[String]) -> Result<()> {

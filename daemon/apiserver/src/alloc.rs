@@ -233,7 +233,10 @@ pub fn plan_create(s: &ApiServer, obj: &mut Value, _attempt: usize) -> Result<Pl
 /// An update that leaves out allocated values keeps them (as Kubernetes'
 /// `patchAllocatedValues` does), so re-applying a manifest without clusterIP works.
 pub fn keep_allocated(current: &Value, new: &mut Value) {
-    let (Some(cs), Some(ns)) = (current.get("spec"), new.get_mut("spec")) else { return };
+    // Before validation: a spec or port of the wrong type is left for validation to name.
+    let cs = current.get("spec").filter(|s| s.is_object());
+    let ns = new.get_mut("spec").filter(|s| s.is_object());
+    let (Some(cs), Some(ns)) = (cs, ns) else { return };
     if needs_ip(cs)
         && needs_ip(ns)
         && ns.get("clusterIP").and_then(Value::as_str).unwrap_or("").is_empty()
@@ -248,7 +251,7 @@ pub fn keep_allocated(current: &Value, new: &mut Value) {
         let old: Vec<Value> =
             cs.get("ports").and_then(Value::as_array).cloned().unwrap_or_default();
         if let Some(ports) = ns.get_mut("ports").and_then(Value::as_array_mut) {
-            for p in ports {
+            for p in ports.iter_mut().filter(|p| p.is_object()) {
                 if p.get("nodePort").and_then(Value::as_i64).unwrap_or(0) != 0 {
                     continue;
                 }

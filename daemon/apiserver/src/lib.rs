@@ -13,6 +13,7 @@ pub mod cache;
 pub mod kv;
 pub mod metrics;
 mod service;
+pub mod testing;
 pub mod tokens;
 
 use bytes::Bytes;
@@ -206,6 +207,18 @@ fn parse_object(info: &ResourceInfo, body: &[u8]) -> Result<Value, ApiError> {
         return Err(ApiError::bad_request(format!("{}: the object must be a JSON map", info.kind)));
     }
     Ok(v)
+}
+
+/// A JSON value's type, as error messages name it.
+fn kind_of_json(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
 }
 
 fn random_suffix(n: usize) -> String {
@@ -580,6 +593,12 @@ impl ApiServer {
             let Some(mut new) = transform(&current)? else {
                 return Ok((with_rv(current, cur_rev), vec![]));
             };
+            if !new.is_object() {
+                // A JSON patch may replace the whole document ("path": "") with anything.
+                let mut e = Errors::default();
+                e.invalid("<root>", kind_of_json(&new), "the object must be a JSON map");
+                return Err(ApiError::invalid(&info.qualified_kind(), name, e.0));
+            }
             new["apiVersion"] = Value::String(info.api_version());
             new["kind"] = Value::String(info.kind.into());
             uid_precondition(&what, name, meta_str(&new, "uid"), &current)?;

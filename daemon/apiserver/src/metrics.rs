@@ -77,7 +77,10 @@ impl Metrics {
 
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        // The process's default registry holds the in-process controllers' metrics.
+        let mut families = self.registry.gather();
+        families.extend(prometheus::gather());
+        let _ = TextEncoder::new().encode(&families, &mut buf);
         String::from_utf8(buf).unwrap_or_default()
     }
 }

@@ -69,7 +69,8 @@ impl Schedule {
         match self {
             Schedule::Every(d) => {
                 let n = now.duration_since(after).as_nanos() / d.as_nanos();
-                (n >= 1).then(|| after + SignedDuration::from_nanos((d.as_nanos() * n) as i64))
+                let since = SignedDuration::from_nanos(i64::try_from(d.as_nanos() * n).ok()?);
+                (n >= 1).then(|| after.checked_add(since).ok()).flatten()
             }
             Schedule::Cron(c, tz) => {
                 let t = chrono::DateTime::from_timestamp(now.as_second(), 0)?.with_timezone(tz);
@@ -83,7 +84,7 @@ impl Schedule {
     /// The first scheduled time after `t`.
     pub fn next_after(&self, t: Timestamp) -> Option<Timestamp> {
         match self {
-            Schedule::Every(d) => Some(t + *d),
+            Schedule::Every(d) => t.checked_add(*d).ok(),
             Schedule::Cron(c, tz) => {
                 let dt = chrono::DateTime::from_timestamp(t.as_second(), 0)?.with_timezone(tz);
                 let next = c.find_next_occurrence(&dt, false).ok()?;
@@ -162,7 +163,9 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Reconciled {
         let deadline = cj.pointer("/spec/startingDeadlineSeconds").and_then(Value::as_i64);
         let policy =
             cj.pointer("/spec/concurrencyPolicy").and_then(Value::as_str).unwrap_or("Allow");
-        if deadline.is_some_and(|d| due + SignedDuration::from_secs(d) < now) {
+        // A deadline too far to represent never passes.
+        let missed = |d: i64| due.checked_add(SignedDuration::from_secs(d)).is_ok_and(|t| t < now);
+        if deadline.is_some_and(missed) {
             ctx.events.warning(
                 &cj,
                 "MissSchedule",

@@ -214,6 +214,7 @@ impl Runtime {
             ));
         }
 
+        let oom_score_adj = process.oom_score_adj();
         let process_plan = ProcessPlan::new(process, linux.seccomp().as_ref())
             .map_err(|e| cfg_err(&e.field, e.reason))?;
         let mut sysctls = Vec::new();
@@ -341,6 +342,21 @@ impl Runtime {
                 std::fs::write(&path, lines)
                     .map_err(|e| cfg_err(field, format!("writing {path}: {e}")))?;
             }
+        }
+        if let Some(adj) = oom_score_adj {
+            // From here, in the host's user namespace: lowering the score needs
+            // CAP_SYS_RESOURCE there, which a process inside a new user namespace never has.
+            let path = format!("/proc/{pid}/oom_score_adj");
+            std::fs::write(&path, adj.to_string()).map_err(|e| {
+                let why = if e.raw_os_error() == Some(libc::EACCES) {
+                    "lowering a process's OOM score below its parent's needs CAP_SYS_RESOURCE, \
+                     which this runtime does not have"
+                        .to_string()
+                } else {
+                    format!("writing {path}: {e}")
+                };
+                cfg_err("process.oomScoreAdj", format!("{adj}: {why}"))
+            })?;
         }
         let t_add = t0.elapsed();
         sys::write_all(&go_w, b"g").map_err(|e| Error::sys("signalling the init", e))?;

@@ -26,31 +26,96 @@ use std::time::{Duration, Instant};
 /// What a reconcile returns: `Some(d)` asks to look at the key again after `d`.
 pub type Reconciled = anyhow::Result<Option<Duration>>;
 
-/// Runs `workers` workers over `queue` until it shuts down.
+/// Reconcile outcomes per controller, in the process's default Prometheus registry (the API
+/// server's `/metrics` serves it too, as controller-runtime's `controller_runtime_reconcile_*`).
+struct ReconcileMetrics {
+    total: prometheus::IntCounterVec,
+    panics: prometheus::IntCounterVec,
+}
+
+fn reconcile_metrics() -> &'static ReconcileMetrics {
+    static M: std::sync::OnceLock<ReconcileMetrics> = std::sync::OnceLock::new();
+    M.get_or_init(|| {
+        let total = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "flotilla_controller_reconcile_total",
+                "Reconciles by controller and result (success, requeue_after, error, panic)",
+            ),
+            &["controller", "result"],
+        )
+        .expect("valid metric");
+        let panics = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "flotilla_controller_reconcile_panics_total",
+                "Reconciles that panicked, by controller (the key is retried with back-off)",
+            ),
+            &["controller"],
+        )
+        .expect("valid metric");
+        let r = prometheus::default_registry();
+        // Registered once per process; a second registration could only be a duplicate name.
+        let _ = r.register(Box::new(total.clone()));
+        let _ = r.register(Box::new(panics.clone()));
+        ReconcileMetrics { total, panics }
+    })
+}
+
+/// How many reconciles of `controller` panicked in this process.
+pub fn reconcile_panics(controller: &str) -> u64 {
+    reconcile_metrics().panics.with_label_values(&[controller]).get()
+}
+
+/// Runs `workers` workers over `queue` until it shuts down. A reconcile that panics is logged
+/// with its key, counted, and retried with back-off like an error: one bad object must not
+/// take a worker (and after a few, the whole controller) down with it.
 pub async fn run_workers<F, Fut>(name: &'static str, queue: Arc<WorkQueue>, workers: usize, f: F)
 where
     F: Fn(String) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Reconciled> + Send,
 {
+    use futures::FutureExt;
+    let metrics = reconcile_metrics();
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..workers.max(1) {
         let (q, f) = (queue.clone(), f.clone());
         set.spawn(async move {
             while let Some(key) = q.get().await {
                 let started = Instant::now();
-                match f(key.clone()).await {
-                    Ok(after) => {
+                let span = tracing::info_span!("reconcile", controller = name, key = %key);
+                let work = tracing::Instrument::instrument(f(key.clone()), span.clone());
+                let outcome = std::panic::AssertUnwindSafe(work).catch_unwind().await;
+                let _enter = span.enter();
+                let result = match outcome {
+                    Ok(Ok(after)) => {
                         q.forget(&key);
                         if let Some(d) = after {
                             q.add_after(key.clone(), d);
                         }
-                        tracing::trace!(controller = name, %key, elapsed = ?started.elapsed(), "reconciled");
+                        tracing::trace!(elapsed = ?started.elapsed(), "reconciled");
+                        if after.is_some() {
+                            "requeue_after"
+                        } else {
+                            "success"
+                        }
                     }
-                    Err(e) => {
-                        tracing::warn!(controller = name, %key, error = %format!("{e:#}"), failures = q.failures(&key), "reconcile failed; retrying with back-off");
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %format!("{e:#}"), failures = q.failures(&key), "reconcile failed; retrying with back-off");
                         q.add_rate_limited(key.clone());
+                        "error"
                     }
-                }
+                    Err(panic) => {
+                        let what = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "a non-string payload".into());
+                        metrics.panics.with_label_values(&[name]).inc();
+                        tracing::error!(panic = %what, failures = q.failures(&key), "reconcile panicked; retrying with back-off");
+                        q.add_rate_limited(key.clone());
+                        "panic"
+                    }
+                };
+                metrics.total.with_label_values(&[name, result]).inc();
                 q.done(&key);
             }
         });
@@ -234,4 +299,48 @@ pub fn set_condition(
     conds.push(json!({"type": kind, "status": status, "reason": reason, "message": msg,
                       "lastTransitionTime": now}));
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_reconcile_is_counted_and_retried_and_the_workers_live_on() {
+        let q = WorkQueue::with_backoff(Duration::from_millis(10), Duration::from_secs(1));
+        let bad_calls = Arc::new(AtomicUsize::new(0));
+        let done = Arc::new(Mutex::new(Vec::<String>::new()));
+        let (calls, seen) = (bad_calls.clone(), done.clone());
+        let reconcile = move |key: String| {
+            let (calls, seen) = (calls.clone(), seen.clone());
+            async move {
+                // "bad" and "worse" panic on their first two tries, then reconcile.
+                if key != "good" && calls.fetch_add(1, Ordering::SeqCst) < 4 {
+                    panic!("bad object {key}");
+                }
+                seen.lock().unwrap().push(key);
+                Ok(None)
+            }
+        };
+        // One worker: if a panic killed it, nothing after the first bad key would run.
+        let workers = tokio::spawn(run_workers("test-panics", q.clone(), 1, reconcile));
+        for k in ["bad", "worse", "good"] {
+            q.add(k);
+        }
+        for _ in 0..200 {
+            if done.lock().unwrap().len() == 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut seen = done.lock().unwrap().clone();
+        seen.sort();
+        assert_eq!(seen, ["bad", "good", "worse"]);
+        assert_eq!(reconcile_panics("test-panics"), 4);
+        // A retried key's failures are forgotten once it reconciles.
+        assert_eq!(q.failures("bad"), 0);
+        q.shutdown();
+        workers.await.unwrap();
+    }
 }

@@ -235,9 +235,38 @@ pub fn resources(container: &Value) -> Value {
     res
 }
 
+/// The lowest OOM score this agent's runtime can give a container. Lowering a score needs
+/// CAP_SYS_RESOURCE; a host that withholds it even from root (some sandboxes do) leaves the
+/// agent's own score as the floor, and scores are raised to it, as containerd's
+/// `restrict_oom_score_adj` does, rather than failing every Guaranteed pod.
+pub fn oom_score_floor() -> i64 {
+    static FLOOR: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *FLOOR.get_or_init(|| {
+        let cap = caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_SYS_RESOURCE);
+        if cap.unwrap_or(false) {
+            return -1000;
+        }
+        let own = std::fs::read_to_string("/proc/self/oom_score_adj")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        tracing::warn!(
+            floor = own,
+            "no CAP_SYS_RESOURCE: containers' OOM scores are raised to the agent's own \
+             (Guaranteed pods get {own}, not the kubelet's -997)"
+        );
+        own
+    })
+}
+
 /// The kubelet's OOM score by QoS class: Guaranteed -997, BestEffort 1000, Burstable by
-/// its memory request's share of the node (between 2 and 999).
+/// its memory request's share of the node (between 2 and 999); never below
+/// [`oom_score_floor`].
 pub fn oom_score_adj(pod: &Value, container: &Value) -> i64 {
+    kubelet_oom_score_adj(pod, container).max(oom_score_floor())
+}
+
+fn kubelet_oom_score_adj(pod: &Value, container: &Value) -> i64 {
     match super::status::qos(pod) {
         "Guaranteed" => -997,
         "BestEffort" => 1000,

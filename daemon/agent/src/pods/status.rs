@@ -77,22 +77,9 @@ pub fn container_status(name: &str, image: &str, c: Option<&Ctr>) -> Value {
     s
 }
 
+/// The pod's QoS class as the API server computed it (one computation for the whole system).
 pub fn qos(pod: &Value) -> &'static str {
-    let cs: Vec<&Value> = pod["spec"]["containers"].as_array().into_iter().flatten().collect();
-    let (mut any, mut guaranteed) = (false, true);
-    for c in &cs {
-        let r = &c["resources"];
-        for res in ["cpu", "memory"] {
-            let (req, lim) = (&r["requests"][res], &r["limits"][res]);
-            any |= !req.is_null() || !lim.is_null();
-            guaranteed &= !lim.is_null() && (req.is_null() || req == lim);
-        }
-    }
-    match (any, guaranteed) {
-        (false, _) => "BestEffort",
-        (true, true) => "Guaranteed",
-        _ => "Burstable",
-    }
+    flotilla_api::kinds::pod_qos_class(pod)
 }
 
 /// The phase, by Kubernetes' rules for the containers' states and the restart policy.
