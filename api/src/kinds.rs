@@ -626,7 +626,10 @@ pub fn qos_class(s: &core::PodSpec) -> &'static str {
         };
         let mut limits_found = 0;
         for res in ["cpu", "memory"] {
-            if let Some(q) = positive(r.and_then(|r| r.requests.as_ref()), res) {
+            // A limit without a request is also the request, as defaulting makes it.
+            let request = r.and_then(|r| r.requests.as_ref()).filter(|m| m.contains_key(res));
+            let request = request.or(r.and_then(|r| r.limits.as_ref()));
+            if let Some(q) = positive(request, res) {
                 *requests.entry(res).or_default() += q;
             }
             if let Some(q) = positive(r.and_then(|r| r.limits.as_ref()), res) {
