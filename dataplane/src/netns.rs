@@ -136,13 +136,12 @@ mod tests {
     use super::*;
 
     fn root() -> bool {
-        nix::unistd::geteuid().is_root()
+        flotilla_prereq::root("the test makes network namespaces")
     }
 
     #[test]
     fn create_is_idempotent_and_isolated() {
         if !root() {
-            eprintln!("skipped: needs root");
             return;
         }
         let dir = tempfile::tempdir().unwrap();

@@ -211,14 +211,13 @@ mod tests {
     use super::*;
 
     fn root() -> bool {
-        nix::unistd::geteuid().is_root()
+        flotilla_prereq::root("SOCK_DESTROY needs CAP_NET_ADMIN")
     }
 
     /// A connected socket is listed with its cookie, and destroying it aborts it.
     #[test]
     fn connected_udp_sockets_are_listed_and_destroyed() {
         if !root() {
-            eprintln!("skipped: needs root (SOCK_DESTROY needs CAP_NET_ADMIN)");
             return;
         }
         let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();

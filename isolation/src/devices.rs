@@ -242,8 +242,7 @@ mod tests {
     /// a block device), while the same opens outside the cgroup succeed.
     #[test]
     fn the_program_enforces_the_rules_on_a_cgroup() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: needs root");
+        if !flotilla_prereq::root("the test makes a cgroup and attaches a device program") {
             return;
         }
         let root = cgroup2_root().expect("a cgroup2 mount");

@@ -385,8 +385,7 @@ fn cases(outside: &Path) -> Vec<Case> {
 
 #[test]
 fn every_malicious_layer_is_refused_or_confined_and_the_outside_is_unchanged() {
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("skipping: the breakout suite needs root (chown, mknod, trusted xattrs)");
+    if !flotilla_prereq::root("the breakout suite needs chown, mknod and trusted xattrs") {
         return;
     }
     let probe_dir = tempfile::tempdir().unwrap();

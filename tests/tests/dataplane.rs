@@ -10,7 +10,7 @@ use flotilla_tests::netlab::{tally, Lab, CLIENT_ADDR};
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 
 fn root() -> bool {
-    nix::unistd::geteuid().is_root()
+    flotilla_prereq::root("the lab makes network namespaces, veths and eBPF programs")
 }
 
 fn service(name: &str, vip: Ipv4Addr, ports: Vec<ServicePort>) -> Service {
@@ -41,7 +41,6 @@ fn port(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_ip_tcp_udp_across_nodes() {
     if !root() {
-        eprintln!("skipped: needs root");
         return;
     }
     let mut lab = Lab::new("cip", 2).await.unwrap();
@@ -131,7 +130,6 @@ async fn cluster_ip_tcp_udp_across_nodes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connected_udp_sockets_to_a_removed_backend_are_destroyed() {
     if !root() {
-        eprintln!("skipped: needs root");
         return;
     }
     let mut lab = Lab::new("cudp", 2).await.unwrap();
@@ -189,7 +187,6 @@ async fn connected_udp_sockets_to_a_removed_backend_are_destroyed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_port_and_egress_snat() {
     if !root() {
-        eprintln!("skipped: needs root");
         return;
     }
     let mut lab = Lab::new("np", 2).await.unwrap();
@@ -277,7 +274,6 @@ async fn node_port_and_egress_snat() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hitless_restart() {
     if !root() {
-        eprintln!("skipped: needs root");
         return;
     }
     let mut lab = Lab::new("hitless", 2).await.unwrap();
@@ -338,7 +334,6 @@ async fn hitless_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_and_maps_stay_whole() {
     if !root() {
-        eprintln!("skipped: needs root");
         return;
     }
     let mut lab = Lab::new("bad", 1).await.unwrap();
@@ -410,7 +405,6 @@ async fn bad_input_is_refused_and_maps_stay_whole() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_networks_made_ahead_are_handed_to_pods() {
     if !root() {
-        eprintln!("skipped: needs root");
         return;
     }
     let mut lab = Lab::new("pw", 1).await.unwrap();
@@ -459,7 +453,6 @@ async fn pod_networks_made_ahead_are_handed_to_pods() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_network_readopts_and_tears_down() {
     if !root() {
-        eprintln!("skipped: needs root");
         return;
     }
     let mut lab = Lab::new("pn", 1).await.unwrap();
