@@ -3,21 +3,13 @@
 //! check immutable fields against the stored object). Pure: the API server does the I/O.
 
 use crate::error::{ApiError, Errors, FieldError, FieldErrorType};
-use crate::resources::ResourceInfo;
+use crate::info::ResourceInfo;
 use crate::validate::validate_meta;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{de::DeserializeOwned, Serialize};
 use serde_json::Value;
 
-/// The admitted object (defaults applied, unknown fields dropped) and what was dropped.
-#[derive(Debug, Clone)]
-pub struct Admitted {
-    pub object: Value,
-    /// `unknown field "spec.replica"`, as kubectl prints them.
-    pub warnings: Vec<String>,
-}
-
-pub type AdmitFn = fn(&Value, Option<&Value>, &'static ResourceInfo) -> Result<Admitted, ApiError>;
+pub use crate::info::{AdmitFn, Admitted};
 
 /// What each kind adds to the generic pipeline. Defaults and checks follow Kubernetes'
 /// `SetDefaults_*` and `Validate*` functions for the fields Flotilla supports.

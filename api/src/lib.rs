@@ -11,6 +11,7 @@
 
 pub mod admit;
 pub mod error;
+pub mod info;
 pub mod kinds;
 pub mod manifest;
 pub mod patch;

@@ -1,7 +1,7 @@
 //! Name, label and metadata rules, as Kubernetes' apimachinery validation defines them.
 
 use crate::error::Errors;
-use crate::resources::{NameRule, ResourceInfo};
+use crate::info::{NameRule, ResourceInfo};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use std::collections::BTreeMap;
 

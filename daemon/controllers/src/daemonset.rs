@@ -6,7 +6,9 @@
 //! are recorded as ControllerRevisions `<ds>-<hash>`, as the StatefulSet's are.
 
 use super::deployment::template_hash;
-use super::statefulset::{history_of, owned_revisions, prune_history, record_history, PodLabel};
+use super::history::{
+    history_of, owned_revisions, prune_history, record_history, PodLabel, HASH_LABEL,
+};
 use super::{enqueue_owners, enqueue_self, Ctx};
 use anyhow::Context;
 use flotilla_api::error::Reason;
@@ -19,8 +21,6 @@ use flotilla_scheduler::plugins::{self, NodeInfo, PodInfo};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-
-pub const HASH_LABEL: &str = "controller-revision-hash";
 
 pub async fn run(ctx: Arc<Ctx>) {
     let queue = WorkQueue::new();

@@ -267,7 +267,7 @@ pub fn oom_score_adj(pod: &Value, container: &Value) -> i64 {
 }
 
 fn kubelet_oom_score_adj(pod: &Value, container: &Value) -> i64 {
-    match super::status::qos(pod) {
+    match flotilla_api::kinds::pod_qos_class(pod) {
         "Guaranteed" => -997,
         "BestEffort" => 1000,
         _ => {

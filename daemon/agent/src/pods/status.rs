@@ -77,11 +77,6 @@ pub fn container_status(name: &str, image: &str, c: Option<&Ctr>) -> Value {
     s
 }
 
-/// The pod's QoS class as the API server computed it (one computation for the whole system).
-pub fn qos(pod: &Value) -> &'static str {
-    flotilla_api::kinds::pod_qos_class(pod)
-}
-
 /// The phase, by Kubernetes' rules for the containers' states and the restart policy.
 pub fn phase(pod: &Value, ctrs: &BTreeMap<String, Ctr>, initialized: bool) -> &'static str {
     let policy = pod["spec"]["restartPolicy"].as_str().unwrap_or("Always");
@@ -209,7 +204,7 @@ pub fn compute(
         "hostIPs": [{"ip": host_ip}],
         "startTime": prev["startTime"].as_str().unwrap_or(&now),
         "containerStatuses": apps,
-        "qosClass": prev["qosClass"].as_str().unwrap_or(qos(pod)),
+        "qosClass": prev["qosClass"].as_str().unwrap_or(flotilla_api::kinds::pod_qos_class(pod)),
     });
     if !inits.is_empty() {
         s["initContainerStatuses"] = json!(inits);
