@@ -97,12 +97,22 @@ impl Service {
         Ok((pod, node_url(&n)?))
     }
 
-    async fn timed<T, F>(&self, verb: &str, resource: &str, f: F) -> Result<T, Status>
+    /// Runs one request in its span (so every line it logs says what it was for), records its
+    /// latency and maps its error to a status in the one place that does.
+    async fn timed<T, F>(
+        &self,
+        verb: &str,
+        resource: &str,
+        (namespace, name): (&str, &str),
+        f: F,
+    ) -> Result<T, Status>
     where
         F: std::future::Future<Output = Result<T, ApiError>>,
     {
+        use tracing::Instrument;
         let started = Instant::now();
-        let r = f.await;
+        let span = tracing::info_span!("request", verb, resource, namespace, name);
+        let r = f.instrument(span).await;
         let res = flotilla_api::lookup(resource).map_or("unknown", |r| r.plural);
         self.0.record(verb, res, started);
         r.map_err(|e| e.to_status())
@@ -117,7 +127,7 @@ impl Api for Service {
     ) -> Result<Response<proto::ObjectResponse>, Status> {
         let r = req.into_inner();
         let s = &self.0;
-        self.timed("create", &r.resource, async {
+        self.timed("create", &r.resource, (&r.namespace, ""), async {
             let info = s.resource(&r.resource)?;
             let w = s.create(info, &r.namespace, &r.object, r.dry_run).await?;
             Ok(Response::new(proto::ObjectResponse { object: w.json(), warnings: w.warnings }))
@@ -131,7 +141,7 @@ impl Api for Service {
     ) -> Result<Response<proto::ObjectResponse>, Status> {
         let r = req.into_inner();
         let s = &self.0;
-        self.timed("get", &r.resource, async {
+        self.timed("get", &r.resource, (&r.namespace, &r.name), async {
             let info = s.resource(&r.resource)?;
             let v = s.get(info, &r.namespace, &r.name).await?;
             Ok(obj_response(&v, vec![]))
@@ -145,7 +155,7 @@ impl Api for Service {
     ) -> Result<Response<proto::ListResponse>, Status> {
         let r = req.into_inner();
         let s = &self.0;
-        self.timed("list", &r.resource, async {
+        self.timed("list", &r.resource, (&r.namespace, ""), async {
             let info = s.resource(&r.resource)?;
             let f = Filter::new(info, &r.namespace, &r.label_selector, &r.field_selector)?;
             let page = s.list(info, &f, r.limit, &r.continue_token).await?;
@@ -170,7 +180,7 @@ impl Api for Service {
         let r = req.into_inner();
         let s = &self.0;
         let verb = if r.subresource == "status" { "update_status" } else { "update" };
-        self.timed(verb, &r.resource, async {
+        self.timed(verb, &r.resource, (&r.namespace, ""), async {
             let info = s.resource(&r.resource)?;
             let status = status_subresource(info, &r.subresource)?;
             let (v, w) = s.update(info, &r.namespace, &r.object, status, r.dry_run).await?;
@@ -185,7 +195,7 @@ impl Api for Service {
     ) -> Result<Response<proto::ObjectResponse>, Status> {
         let r = req.into_inner();
         let s = &self.0;
-        self.timed("patch", &r.resource, async {
+        self.timed("patch", &r.resource, (&r.namespace, &r.name), async {
             let info = s.resource(&r.resource)?;
             let status = status_subresource(info, &r.subresource)?;
             let kind = match proto::PatchType::try_from(r.patch_type) {
@@ -206,7 +216,7 @@ impl Api for Service {
     ) -> Result<Response<proto::ObjectResponse>, Status> {
         let r = req.into_inner();
         let s = &self.0;
-        self.timed("delete", &r.resource, async {
+        self.timed("delete", &r.resource, (&r.namespace, &r.name), async {
             let info = s.resource(&r.resource)?;
             let v = s
                 .delete(
@@ -483,7 +493,7 @@ impl Api for Service {
     ) -> Result<Response<proto::ObjectResponse>, Status> {
         let r = req.into_inner();
         let s = &self.0;
-        self.timed("create", "pods/binding", async {
+        self.timed("create", "pods/binding", (&r.namespace, &r.name), async {
             s.bind(&r.namespace, &r.name, &r.object).await?;
             // Kubernetes' BindingREST answers with a Status, not the pod: nobody pays for
             // encoding and decoding a pod the binder already has.
@@ -503,7 +513,7 @@ impl Api for Service {
     ) -> Result<Response<proto::ObjectResponse>, Status> {
         let r = req.into_inner();
         let s = &self.0;
-        self.timed("create", "serviceaccounts", async {
+        self.timed("create", "serviceaccounts/token", (&r.namespace, &r.name), async {
             let v = s.create_token(&r.namespace, &r.name, &r.object).await?;
             Ok(obj_response(&v, Vec::new()))
         })

@@ -314,9 +314,14 @@ impl Manager {
         if pod.is_none() && !w.has_anything() {
             return;
         }
+        let names = self.ctx.pod_names.read().expect("pod names lock");
+        let (ns, name) = names.get(&uid).cloned().unwrap_or_default();
+        drop(names);
+        // The worker's whole life is one span: every line it logs names the pod.
+        let span = tracing::info_span!("pod", pod = %format_args!("{ns}/{name}"), %uid);
         let (tx, rx) = watch::channel(pod);
         self.workers.insert(uid, tx);
-        tokio::spawn(w.run(rx, self.done.clone()));
+        tokio::spawn(tracing::Instrument::instrument(w.run(rx, self.done.clone()), span));
     }
 
     /// Every pod in the informer to its worker; every local pod not in it torn down.
