@@ -65,6 +65,14 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// Whether this process may lower OOM scores (CAP_SYS_RESOURCE, bit 24 of CapEff): some
+/// sandboxes withhold it even from root, and then no runtime can give a score below its own.
+pub fn can_lower_oom_scores() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let eff = status.lines().find_map(|l| l.strip_prefix("CapEff:")).unwrap_or("0").trim();
+    u64::from_str_radix(eff, 16).unwrap_or(0) & (1 << 24) != 0
+}
+
 /// A loopback port that was free a moment ago, never handed out twice by this process.
 ///
 /// Chosen below the kernel's ephemeral range (`ip_local_port_range`): a port from that range

@@ -462,14 +462,6 @@ fn host_uptime() -> u64 {
     s.split('.').next().unwrap().parse().unwrap()
 }
 
-/// Whether this process may lower OOM scores (CAP_SYS_RESOURCE, bit 24, in CapEff): some
-/// sandboxes withhold it even from root.
-fn can_lower_oom_scores() -> bool {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let eff = status.lines().find_map(|l| l.strip_prefix("CapEff:")).unwrap().trim();
-    u64::from_str_radix(eff, 16).unwrap() & (1 << 24) != 0
-}
-
 /// process.oomScoreAdj is the workload's score, read from inside (also in a new user
 /// namespace, where the init itself could never lower it). A runtime without
 /// CAP_SYS_RESOURCE refuses a score below its own by naming the field, rather than running
@@ -479,7 +471,7 @@ fn the_oom_score_is_applied_as_configured_or_refused_by_field() {
     let f = Fixture::new();
     chown_tree(&f.dir.path().join("rootfs"), 100000);
     let read = &["/bin/sh", "-c", "read x </proc/1/oom_score_adj; echo $x"];
-    let lower = can_lower_oom_scores();
+    let lower = flotilla_tests::can_lower_oom_scores();
     for (id, adj, userns) in
         [("oom-up", 500, false), ("oom-down", -997, false), ("oom-down-userns", -997, true)]
     {

@@ -304,10 +304,7 @@ pub fn plan_update(s: &ApiServer, current: &Value, obj: &mut Value) -> Result<Pl
     Ok(plan)
 }
 
-pub fn release_all(info: &ResourceInfo, current: &Value, ops: &mut Vec<Op>) {
-    if info.kind != "Service" {
-        return;
-    }
+pub fn release_all(current: &Value, ops: &mut Vec<Op>) {
     let (ip, ports) = allocated(current);
     if let Some(ip) = ip {
         ops.push(Op::Delete(ip_key(&ip)));

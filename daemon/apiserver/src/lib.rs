@@ -13,6 +13,7 @@ pub mod cache;
 pub mod kv;
 pub mod metrics;
 mod service;
+pub mod strategy;
 pub mod testing;
 pub mod tokens;
 
@@ -370,8 +371,9 @@ impl ApiServer {
         m.insert("uid".into(), Value::String(uuid::Uuid::new_v4().to_string()));
         m.insert("creationTimestamp".into(), Value::String(now_rfc3339()));
         m.insert("generation".into(), json!(1));
-        // Status is the controllers' and agents' to write; a Node registers with its own.
-        if info.has_status && info.kind != "Node" {
+        let strategy = strategy::of(info.kind);
+        // Status is the controllers' and agents' to write (unless the kind says otherwise).
+        if info.has_status && !strategy.status_on_create() {
             if let Some(o) = v.as_object_mut() {
                 o.remove("status");
             }
@@ -381,17 +383,15 @@ impl ApiServer {
         if info.namespaced {
             self.ensure_namespace(&ns).await?;
         }
-        if info.kind == "Pod" {
-            self.admit_pod_service_account(&ns, &mut admitted.object);
-        }
+        strategy.prepare_for_create(self, &ns, &mut admitted.object);
         let key = info.key(&ns, &name);
-        let service = info.kind == "Service";
+        let service = strategy.allocates();
         for attempt in 0..32 {
             // Each attempt allocates a Service's addresses afresh from the admitted object;
             // nothing else is allocated, so nothing else needs a copy.
             let mut obj = if service { admitted.object.clone() } else { admitted.object.take() };
             let plan = if service {
-                alloc::plan_create(self, &mut obj, attempt)?
+                strategy.allocate_create(self, &mut obj, attempt)?
             } else {
                 alloc::Plan::default()
             };
@@ -583,6 +583,7 @@ impl ApiServer {
         F: Fn(&Value) -> Result<Option<Value>, ApiError>,
     {
         let what = info.qualified_plural();
+        let strategy = strategy::of(info.kind);
         for _ in 0..WRITE_RETRIES {
             let (current, cur_rev) = self.read(info, ns, name).await?;
             if let Some(rv) = rv {
@@ -634,13 +635,7 @@ impl ApiServer {
                     }
                 }
             }
-            if info.kind == "Service" {
-                alloc::keep_allocated(&current, &mut new);
-            }
-            if info.kind == "Pod" && !status {
-                mark_scheduled(&current, &mut new);
-                tokens::keep_token_volume(&current, &mut new);
-            }
+            strategy.prepare_for_update(&current, &mut new, status);
             let admitted = (info.admit)(&new, Some(&current), info)?;
             let mut obj = admitted.object;
             if spec_part(&obj) != spec_part(&current) {
@@ -661,20 +656,18 @@ impl ApiServer {
                 .pointer("/metadata/finalizers")
                 .and_then(Value::as_array)
                 .is_none_or(|f| f.is_empty())
-                && obj
-                    .pointer("/spec/finalizers")
-                    .and_then(Value::as_array)
-                    .is_none_or(|f| f.is_empty() || info.kind != "Namespace");
+                && !strategy.held_by_spec(&obj);
             let mut conds = vec![Cond::ModRev(key.clone(), cur_rev)];
             let mut ops = Vec::new();
-            if terminating && finalized && !(info.kind == "Pod" && self.pod_needs_agent(&obj)) {
+            if terminating && finalized && !strategy.needs_agent(&obj) {
                 // The last finalizer is gone: the object goes.
                 ops.push(Op::Delete(key.clone()));
-                alloc::release_all(info, &current, &mut ops);
+                strategy.release(&current, &mut ops);
             } else {
                 ops.push(Op::Put(key.clone(), to_store(&obj)));
-                if info.kind == "Service" {
-                    alloc::plan_update(self, &current, &mut obj)?
+                if strategy.allocates() {
+                    strategy
+                        .allocate_update(self, &current, &mut obj)?
                         .add_to(&key, &mut conds, &mut ops);
                     ops[0] = Op::Put(key.clone(), to_store(&obj));
                 }
@@ -782,18 +775,6 @@ impl ApiServer {
         Err(ApiError::conflict(&what, name, "too many concurrent writers; retry"))
     }
 
-    /// A bound, running pod is deleted gracefully: its agent stops it and then deletes it
-    /// with a zero grace period.
-    fn pod_needs_agent(&self, pod: &Value) -> bool {
-        let bound = !pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("").is_empty();
-        let phase = pod.pointer("/status/phase").and_then(Value::as_str).unwrap_or("");
-        let grace = pod
-            .pointer("/metadata/deletionGracePeriodSeconds")
-            .and_then(Value::as_i64)
-            .unwrap_or(0);
-        bound && grace > 0 && !matches!(phase, "Succeeded" | "Failed")
-    }
-
     #[allow(clippy::too_many_arguments)]
     pub async fn delete(
         &self,
@@ -809,6 +790,7 @@ impl ApiServer {
         Self::check_namespace_arg(info, ns)?;
         let ns = if info.namespaced { ns } else { "" };
         let what = info.qualified_plural();
+        let strategy = strategy::of(info.kind);
         let finalizer = match propagation {
             "" | "Background" => None,
             "Foreground" => Some("foregroundDeletion"),
@@ -851,26 +833,14 @@ impl ApiServer {
                     finalizers.push(Value::String(f.into()));
                 }
             }
-            let spec_finalizers = info.kind == "Namespace"
-                && obj
-                    .pointer("/spec/finalizers")
-                    .and_then(Value::as_array)
-                    .is_some_and(|f| !f.is_empty());
-            let pod_grace = if info.kind == "Pod" {
-                let spec_grace = obj
-                    .pointer("/spec/terminationGracePeriodSeconds")
-                    .and_then(Value::as_i64)
-                    .unwrap_or(30);
-                grace.unwrap_or(spec_grace)
-            } else {
-                0
-            };
+            let held_by_spec = strategy.held_by_spec(&obj);
+            let pod_grace = strategy.deletion_grace(&obj, grace);
             let already = !meta_str(&obj, "deletionTimestamp").is_empty();
-            let mut graceful = !finalizers.is_empty() || spec_finalizers;
-            if info.kind == "Pod" {
+            let mut graceful = !finalizers.is_empty() || held_by_spec;
+            if pod_grace > 0 && !graceful {
                 let mut probe = obj.clone();
                 meta_mut(&mut probe).insert("deletionGracePeriodSeconds".into(), json!(pod_grace));
-                graceful |= self.pod_needs_agent(&probe);
+                graceful |= strategy.needs_agent(&probe);
             }
             if dry_run {
                 return Ok(with_rv(obj, cur_rev));
@@ -899,29 +869,27 @@ impl ApiServer {
                     );
                     m.insert("deletionGracePeriodSeconds".into(), json!(g));
                 }
-                if info.kind == "Namespace" {
-                    obj["status"]["phase"] = Value::String("Terminating".into());
-                }
+                strategy.mark_deleting(&mut obj);
                 if obj == current {
                     return Ok(with_rv(obj, cur_rev));
                 }
-                // A pod with no grace left and no finalizers goes now.
-                if info.kind == "Pod"
-                    && g == 0
+                // Nothing left to wait for (no grace, no finalizers): the object goes now.
+                if g == 0
+                    && !held_by_spec
                     && obj
                         .pointer("/metadata/finalizers")
                         .and_then(Value::as_array)
                         .is_none_or(|f| f.is_empty())
                 {
                     let mut o = vec![Op::Delete(key.clone())];
-                    alloc::release_all(info, &current, &mut o);
+                    strategy.release(&current, &mut o);
                     ops = o;
                 } else {
                     ops = vec![Op::Put(key.clone(), to_store(&obj))];
                 }
             } else {
                 let mut o = vec![Op::Delete(key.clone())];
-                alloc::release_all(info, &current, &mut o);
+                strategy.release(&current, &mut o);
                 ops = o;
             }
             match self.kv.txn(vec![Cond::ModRev(key.clone(), cur_rev)], ops).await? {
@@ -967,7 +935,7 @@ fn uid_precondition(what: &str, name: &str, want: &str, current: &Value) -> Resu
 
 /// Binding a pod (its first spec.nodeName) sets PodScheduled=True, as Kubernetes' binding
 /// subresource does, in the same write.
-fn mark_scheduled(current: &Value, new: &mut Value) {
+pub(crate) fn mark_scheduled(current: &Value, new: &mut Value) {
     let node =
         |v: &Value| v.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("").to_string();
     if !node(current).is_empty() || node(new).is_empty() {
