@@ -11,6 +11,7 @@ pub mod config;
 pub mod probe;
 pub mod sandbox;
 pub mod spec;
+pub mod state;
 pub mod status;
 pub mod worker;
 pub mod writer;

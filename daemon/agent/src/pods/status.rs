@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 use flotilla_isolation::Exit;
 use serde_json::{json, Value};
 
-use super::worker::{Attempt, Ctr, Worker};
+use super::state::{Attempt, Ctr};
 
 fn rfc3339_ns(ns: u128) -> String {
     jiff::Timestamp::from_nanosecond(ns as i128)
@@ -143,10 +143,6 @@ fn condition(prev: &Value, kind: &str, ok: bool, reason: Option<&str>, now: &str
 }
 
 /// The whole status the worker would post for `pod`.
-pub fn pod_status(pod: &Value, w: &Worker, host_ip: &str) -> Value {
-    compute(pod, &w.ctrs, w.pod_ip(), w.sandbox_error.as_deref(), host_ip)
-}
-
 pub fn compute(
     pod: &Value,
     ctrs: &BTreeMap<String, Ctr>,

@@ -23,6 +23,7 @@ use flotilla_isolation::{image::rootfs, Exit, State, Status};
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
+use super::state::{Attempt, Ctr};
 use super::{config, probe, sandbox, spec, status, Ctx};
 
 pub const ANN_UID: &str = "io.kubernetes.pod.uid";
@@ -39,47 +40,6 @@ const UNKNOWN_EXIT: Exit = Exit { code: 255, signal: None, oom_killed: false, fi
 
 /// A container's run ended after this long resets its restart back-off.
 const BACKOFF_RESET: Duration = Duration::from_secs(600);
-
-/// One run of a container.
-#[derive(Clone, Debug)]
-pub struct Attempt {
-    pub id: String,
-    pub attempt: u32,
-    pub image: String,
-    pub image_id: String,
-    pub started_at: String,
-    pub exit: Option<Exit>,
-}
-
-impl Attempt {
-    pub fn running(&self) -> bool {
-        self.exit.is_none()
-    }
-}
-
-/// What the worker tracks per container name.
-#[derive(Clone, Debug, Default)]
-pub struct Ctr {
-    pub current: Option<Attempt>,
-    /// The previous run, for lastState.
-    pub last: Option<Attempt>,
-    /// Why it is not running (ContainerCreating, CrashLoopBackOff, ErrImagePull, …).
-    pub waiting: Option<(String, String)>,
-    pub(super) next_try: Option<Instant>,
-    pub(super) backoff: Duration,
-    /// What the current run's probes found (None: it has no probes).
-    pub probe: Option<probe::Results>,
-}
-
-impl Ctr {
-    pub fn restarts(&self) -> u32 {
-        self.current.as_ref().map(|a| a.attempt).unwrap_or(0)
-    }
-
-    fn exited(&self) -> Option<Exit> {
-        self.current.as_ref().and_then(|a| a.exit)
-    }
-}
 
 pub struct Worker {
     ctx: Arc<Ctx>,
@@ -804,7 +764,13 @@ impl Worker {
 
     /// Writes the pod's status when it differs from what the API has.
     async fn post(&mut self, pod: &Value) {
-        let st = status::pod_status(pod, self, &self.ctx.node_ip);
+        let st = status::compute(
+            pod,
+            &self.ctrs,
+            self.pod_ip(),
+            self.sandbox_error.as_deref(),
+            &self.ctx.node_ip,
+        );
         if pod["status"] == st {
             return;
         }
