@@ -6,9 +6,13 @@
 //!   the file named by `FLOTILLA_SKIP_LOG` (which `cargo xtask test` sets, then lists every
 //!   skip with its reason at the end and counts it as skipped, not passed).
 //!
-//! ```ignore
-//! if !flotilla_prereq::root("the lab makes network namespaces") {
-//!     return;
+//! ```no_run
+//! #[test]
+//! fn a_lab_of_network_namespaces_works() {
+//!     if !flotilla_prereq::root("the lab makes network namespaces") {
+//!         return;
+//!     }
+//!     // …
 //! }
 //! ```
 
