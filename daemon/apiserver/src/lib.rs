@@ -385,12 +385,12 @@ impl ApiServer {
         }
         strategy.prepare_for_create(self, &ns, &mut admitted.object);
         let key = info.key(&ns, &name);
-        let service = strategy.allocates();
+        let allocates = strategy.allocates();
         for attempt in 0..32 {
             // Each attempt allocates a Service's addresses afresh from the admitted object;
             // nothing else is allocated, so nothing else needs a copy.
-            let mut obj = if service { admitted.object.clone() } else { admitted.object.take() };
-            let plan = if service {
+            let mut obj = if allocates { admitted.object.clone() } else { admitted.object.take() };
+            let plan = if allocates {
                 strategy.allocate_create(self, &mut obj, attempt)?
             } else {
                 alloc::Plan::default()
@@ -411,7 +411,7 @@ impl ApiServer {
                     return Ok(Written::new(object, served(&stored, rev), admitted.warnings));
                 }
                 None => {
-                    if !service {
+                    if !allocates {
                         // Taken by a concurrent write of the same key: this one lost anyway.
                         let Some(obj) = kept else {
                             return Err(ApiError::already_exists(&info.qualified_plural(), &name));
@@ -659,7 +659,9 @@ impl ApiServer {
                 && !strategy.held_by_spec(&obj);
             let mut conds = vec![Cond::ModRev(key.clone(), cur_rev)];
             let mut ops = Vec::new();
-            if terminating && finalized && !strategy.needs_agent(&obj) {
+            let grace_left =
+                obj.pointer("/metadata/deletionGracePeriodSeconds").and_then(Value::as_i64);
+            if terminating && finalized && !strategy.needs_agent(&obj, grace_left.unwrap_or(0)) {
                 // The last finalizer is gone: the object goes.
                 ops.push(Op::Delete(key.clone()));
                 strategy.release(&current, &mut ops);
@@ -834,14 +836,10 @@ impl ApiServer {
                 }
             }
             let held_by_spec = strategy.held_by_spec(&obj);
-            let pod_grace = strategy.deletion_grace(&obj, grace);
+            let grace_period = strategy.deletion_grace(&obj, grace);
             let already = !meta_str(&obj, "deletionTimestamp").is_empty();
-            let mut graceful = !finalizers.is_empty() || held_by_spec;
-            if pod_grace > 0 && !graceful {
-                let mut probe = obj.clone();
-                meta_mut(&mut probe).insert("deletionGracePeriodSeconds".into(), json!(pod_grace));
-                graceful |= strategy.needs_agent(&probe);
-            }
+            let graceful =
+                !finalizers.is_empty() || held_by_spec || strategy.needs_agent(&obj, grace_period);
             if dry_run {
                 return Ok(with_rv(obj, cur_rev));
             }
@@ -854,8 +852,8 @@ impl ApiServer {
                 let old_grace = m.get("deletionGracePeriodSeconds").and_then(Value::as_i64);
                 // A second delete may shorten the grace period, never lengthen it.
                 let g = match old_grace {
-                    Some(o) if already => o.min(pod_grace),
-                    _ => pod_grace,
+                    Some(o) if already => o.min(grace_period),
+                    _ => grace_period,
                 };
                 if !already || old_grace != Some(g) {
                     let when = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(g);

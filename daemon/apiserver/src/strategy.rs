@@ -69,9 +69,9 @@ pub trait Strategy: Sync {
         0
     }
 
-    /// Whether a terminating object waits for its node's agent before it goes (and so is
-    /// deleted gracefully rather than at once).
-    fn needs_agent(&self, _obj: &Value) -> bool {
+    /// Whether an object deleted with `grace` seconds left waits for its node's agent before
+    /// it goes (and so is deleted gracefully rather than at once).
+    fn needs_agent(&self, _obj: &Value, _grace: i64) -> bool {
         false
     }
 
@@ -171,13 +171,9 @@ impl Strategy for PodStrategy {
 
     /// A bound pod that has not finished is stopped by its agent, which then deletes it with
     /// a zero grace period.
-    fn needs_agent(&self, pod: &Value) -> bool {
+    fn needs_agent(&self, pod: &Value, grace: i64) -> bool {
         let bound = !pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("").is_empty();
         let phase = pod.pointer("/status/phase").and_then(Value::as_str).unwrap_or("");
-        let grace = pod
-            .pointer("/metadata/deletionGracePeriodSeconds")
-            .and_then(Value::as_i64)
-            .unwrap_or(0);
         bound && grace > 0 && !matches!(phase, "Succeeded" | "Failed")
     }
 }
@@ -193,11 +189,11 @@ mod tests {
                    "spec": {"nodeName": node}, "status": {"phase": phase}})
         };
         let s = of("Pod");
-        assert!(s.needs_agent(&pod("n1", "Running", 30)));
-        assert!(!s.needs_agent(&pod("", "Pending", 30)), "unbound");
-        assert!(!s.needs_agent(&pod("n1", "Succeeded", 30)), "finished");
-        assert!(!s.needs_agent(&pod("n1", "Running", 0)), "no grace left");
-        assert!(!of("ConfigMap").needs_agent(&pod("n1", "Running", 30)));
+        assert!(s.needs_agent(&pod("n1", "Running", 30), 30));
+        assert!(!s.needs_agent(&pod("", "Pending", 30), 30), "unbound");
+        assert!(!s.needs_agent(&pod("n1", "Succeeded", 30), 30), "finished");
+        assert!(!s.needs_agent(&pod("n1", "Running", 0), 0), "no grace left");
+        assert!(!of("ConfigMap").needs_agent(&pod("n1", "Running", 30), 30));
         assert_eq!(s.deletion_grace(&pod("n1", "Running", 0), None), 30);
         assert_eq!(s.deletion_grace(&pod("n1", "Running", 0), Some(5)), 5);
         assert_eq!(of("ConfigMap").deletion_grace(&json!({}), Some(5)), 0);
