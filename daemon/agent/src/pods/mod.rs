@@ -8,6 +8,7 @@
 //! ```
 
 pub mod config;
+pub mod plan;
 pub mod probe;
 pub mod sandbox;
 pub mod spec;
@@ -68,7 +69,7 @@ pub struct Ctx {
     pub pod_names: std::sync::RwLock<HashMap<String, (String, String)>>,
 }
 
-type Failure = (String, String);
+type Failure = (state::Reason, String);
 
 /// How the agent runs the OCI runtime: `flotilla-runtime` beside this binary (the same code
 /// in a small binary, so each create, exec and probe starts faster), else `flotillad runtime`.
@@ -207,7 +208,7 @@ impl Ctx {
             ("Never", Ok(img)) | ("IfNotPresent", Ok(img)) => return Ok(img),
             ("Never", Err(_)) => {
                 return Err((
-                    "ErrImageNeverPull".into(),
+                    state::Reason::ErrImageNeverPull,
                     format!(
                         "Container image \"{reference}\" is not present with pull policy of Never"
                     ),
@@ -233,7 +234,9 @@ impl Ctx {
                 tracing::info!(image = reference, elapsed = ?started.elapsed(), "pulled");
                 Ok(img)
             }
-            Err(e) => Err(("ErrImagePull".into(), format!("pulling image \"{reference}\": {e}"))),
+            Err(e) => {
+                Err((state::Reason::ErrImagePull, format!("pulling image \"{reference}\": {e}")))
+            }
         }
     }
 

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 use flotilla_isolation::Exit;
 use serde_json::{json, Value};
 
-use super::state::{Attempt, Ctr};
+use super::state::{Attempt, Ctr, State};
 
 fn rfc3339_ns(ns: u128) -> String {
     jiff::Timestamp::from_nanosecond(ns as i128)
@@ -41,22 +41,16 @@ pub fn container_status(name: &str, image: &str, c: Option<&Ctr>) -> Value {
         }
         json!({"waiting": w})
     };
-    let (state, last) = match (&c.current, &c.waiting) {
-        (Some(a), _) if a.running() => (
-            json!({"running": {"startedAt": a.started_at}}),
-            c.last.as_ref().and_then(|l| l.exit.map(|e| terminated(l, &e))),
-        ),
-        (Some(a), Some((r, m))) => (waiting(r, m), a.exit.map(|e| terminated(a, &e))),
-        (Some(a), None) => (
-            terminated(a, &a.exit.expect("not running")),
-            c.last.as_ref().and_then(|l| l.exit.map(|e| terminated(l, &e))),
-        ),
-        (None, w) => {
-            let (r, m) = w.clone().unwrap_or(("ContainerCreating".into(), String::new()));
-            (waiting(&r, &m), None)
+    let last = c.last.as_ref().map(|(a, e)| terminated(a, e));
+    let (state, last) = match &c.state {
+        State::Running(a) => (json!({"running": {"startedAt": a.started_at}}), last),
+        State::Exited { run, exit, next: Some(w) } => {
+            (waiting(w.reason.as_str(), &w.message), Some(terminated(run, exit)))
         }
+        State::Exited { run, exit, next: None } => (terminated(run, exit), last),
+        State::Waiting(w) => (waiting(w.reason.as_str(), &w.message), last),
     };
-    let running = c.current.as_ref().is_some_and(Attempt::running);
+    let running = c.running().is_some();
     // Probes, where the container has them: started after its startup probe, ready after
     // its readiness probe.
     let started = running && c.probe.as_ref().is_none_or(|p| p.started != Some(false));
@@ -68,10 +62,10 @@ pub fn container_status(name: &str, image: &str, c: Option<&Ctr>) -> Value {
         "ready": ready,
         "started": started,
         "restartCount": c.restarts(),
-        "image": c.current.as_ref().map(|a| a.image.as_str()).unwrap_or(image),
-        "imageID": c.current.as_ref().map(|a| a.image_id.as_str()).unwrap_or(""),
+        "image": c.run().map(|a| a.image.as_str()).unwrap_or(image),
+        "imageID": c.run().map(|a| a.image_id.as_str()).unwrap_or(""),
     });
-    if let Some(a) = &c.current {
+    if let Some(a) = c.run() {
         s["containerID"] = json!(format!("flotilla://{}", a.id));
     }
     s
@@ -83,7 +77,7 @@ pub fn phase(pod: &Value, ctrs: &BTreeMap<String, Ctr>, initialized: bool) -> &'
     let inits = pod["spec"]["initContainers"].as_array().into_iter().flatten();
     let init_failed = inits.filter(|c| c["restartPolicy"].as_str() != Some("Always")).any(|c| {
         ctrs.get(c["name"].as_str().unwrap_or_default())
-            .and_then(|s| s.current.as_ref()?.exit)
+            .and_then(Ctr::exit)
             .is_some_and(|e| e.code != 0)
     });
     if init_failed && policy == "Never" {
@@ -98,9 +92,8 @@ pub fn phase(pod: &Value, ctrs: &BTreeMap<String, Ctr>, initialized: bool) -> &'
         .flatten()
         .map(|c| ctrs.get(c["name"].as_str().unwrap_or_default()))
         .collect();
-    let exits: Vec<Option<Exit>> =
-        apps.iter().map(|c| c.and_then(|c| c.current.as_ref()?.exit)).collect();
-    if apps.iter().any(|c| c.is_none_or(|c| c.current.is_none())) {
+    let exits: Vec<Option<Exit>> = apps.iter().map(|c| c.and_then(Ctr::exit)).collect();
+    if apps.iter().any(|c| c.is_none_or(|c| c.run().is_none())) {
         return "Pending";
     }
     if exits.iter().any(Option::is_none) {
@@ -115,14 +108,19 @@ pub fn phase(pod: &Value, ctrs: &BTreeMap<String, Ctr>, initialized: bool) -> &'
     }
 }
 
-/// Whether the init containers are done (sidecars started and running).
+/// Whether the init containers are done (sidecars started and running). Once an app
+/// container has run the pod stays initialized, whatever its sidecars do later (the
+/// kubelet's HasAnyRegularContainerStarted).
 pub fn initialized(pod: &Value, ctrs: &BTreeMap<String, Ctr>) -> bool {
+    if super::plan::any_app_ran(pod, ctrs) {
+        return true;
+    }
     pod["spec"]["initContainers"].as_array().into_iter().flatten().all(|c| {
         let st = ctrs.get(c["name"].as_str().unwrap_or_default());
         if c["restartPolicy"].as_str() == Some("Always") {
-            st.and_then(|s| s.current.as_ref()).is_some_and(Attempt::running)
+            st.is_some_and(|s| s.running().is_some())
         } else {
-            st.and_then(|s| s.current.as_ref()?.exit).is_some_and(|e| e.code == 0)
+            st.and_then(Ctr::exit).is_some_and(|e| e.code == 0)
         }
     })
 }
@@ -220,24 +218,25 @@ pub fn compute(
 mod tests {
     use super::*;
 
-    fn attempt(n: u32, exit: Option<i32>) -> Attempt {
+    fn attempt(n: u32) -> Attempt {
         Attempt {
             id: format!("u-c-{n}"),
             attempt: n,
             image: "img".into(),
             image_id: "sha256:x".into(),
             started_at: "2026-01-01T00:00:00Z".into(),
-            exit: exit.map(|code| Exit {
-                code,
-                signal: None,
-                oom_killed: false,
-                finished_at_ns: 1_767_225_601_000_000_000,
-            }),
         }
     }
 
-    fn ctr(current: Option<Attempt>) -> Ctr {
-        Ctr { current, ..Default::default() }
+    fn exit(code: i32) -> Exit {
+        Exit { code, signal: None, oom_killed: false, finished_at_ns: 1_767_225_601_000_000_000 }
+    }
+
+    /// Run `n` of a container, running (None) or exited with a code.
+    fn ctr(n: u32, code: Option<i32>) -> Ctr {
+        let mut c = Ctr::default();
+        c.adopt(attempt(n), code.map(exit));
+        c
     }
 
     #[test]
@@ -245,15 +244,15 @@ mod tests {
         let pod = |policy: &str| json!({"spec": {"restartPolicy": policy, "containers": [{"name": "a"}, {"name": "b"}]}});
         let mut m = BTreeMap::new();
         assert_eq!(phase(&pod("Always"), &m, true), "Pending");
-        m.insert("a".to_string(), ctr(Some(attempt(0, None))));
+        m.insert("a".to_string(), ctr(0, None));
         assert_eq!(phase(&pod("Always"), &m, true), "Pending");
-        m.insert("b".to_string(), ctr(Some(attempt(0, Some(0)))));
+        m.insert("b".to_string(), ctr(0, Some(0)));
         assert_eq!(phase(&pod("Never"), &m, true), "Running");
-        m.insert("a".to_string(), ctr(Some(attempt(0, Some(1)))));
+        m.insert("a".to_string(), ctr(0, Some(1)));
         assert_eq!(phase(&pod("Never"), &m, true), "Failed");
         assert_eq!(phase(&pod("OnFailure"), &m, true), "Running");
         assert_eq!(phase(&pod("Always"), &m, true), "Running");
-        m.insert("a".to_string(), ctr(Some(attempt(0, Some(0)))));
+        m.insert("a".to_string(), ctr(0, Some(0)));
         assert_eq!(phase(&pod("OnFailure"), &m, true), "Succeeded");
         assert_eq!(phase(&pod("Never"), &m, false), "Pending");
     }
@@ -262,10 +261,10 @@ mod tests {
     fn failed_init_fails_a_never_pod() {
         let pod = json!({"spec": {"restartPolicy": "Never", "initContainers": [{"name": "i"}], "containers": [{"name": "a"}]}});
         let mut m = BTreeMap::new();
-        m.insert("i".to_string(), ctr(Some(attempt(0, Some(3)))));
+        m.insert("i".to_string(), ctr(0, Some(3)));
         assert!(!initialized(&pod, &m));
         assert_eq!(phase(&pod, &m, false), "Failed");
-        m.insert("i".to_string(), ctr(Some(attempt(0, Some(0)))));
+        m.insert("i".to_string(), ctr(0, Some(0)));
         assert!(initialized(&pod, &m));
     }
 
@@ -274,21 +273,22 @@ mod tests {
         let s = container_status("a", "img", None);
         assert_eq!(s["state"]["waiting"]["reason"], "ContainerCreating");
         assert_eq!(s["ready"], false);
-        let mut c = ctr(Some(attempt(2, None)));
-        c.last = Some(attempt(1, Some(1)));
+        let mut c = ctr(1, Some(1));
+        c.adopt(attempt(2), None);
         let s = container_status("a", "img", Some(&c));
         assert_eq!(s["state"]["running"]["startedAt"], "2026-01-01T00:00:00Z");
         assert_eq!(s["lastState"]["terminated"]["exitCode"], 1);
         assert_eq!(s["lastState"]["terminated"]["reason"], "Error");
         assert_eq!(s["restartCount"], 2);
         assert_eq!(s["containerID"], "flotilla://u-c-2");
-        let mut c = ctr(Some(attempt(3, Some(137))));
-        c.current.as_mut().unwrap().exit.as_mut().unwrap().oom_killed = true;
-        c.waiting = Some(("CrashLoopBackOff".into(), "back-off 10s".into()));
+        let mut c = ctr(3, None);
+        c.exited(Exit { oom_killed: true, ..exit(137) });
+        let now = std::time::Instant::now();
+        c.back_off("a", now + std::time::Duration::from_secs(10), now, Default::default());
         let s = container_status("a", "img", Some(&c));
         assert_eq!(s["state"]["waiting"]["reason"], "CrashLoopBackOff");
         assert_eq!(s["lastState"]["terminated"]["reason"], "OOMKilled");
-        let c = ctr(Some(attempt(0, Some(0))));
+        let c = ctr(0, Some(0));
         let s = container_status("a", "img", Some(&c));
         assert_eq!(s["state"]["terminated"]["reason"], "Completed");
         assert_eq!(s["state"]["terminated"]["finishedAt"], "2026-01-01T00:00:01Z");
@@ -300,7 +300,7 @@ mod tests {
             "status": {"startTime": "2026-01-01T00:00:00Z", "conditions": [
                 {"type": "PodScheduled", "status": "True", "lastTransitionTime": "2025-12-31T00:00:00Z"}]}});
         let mut m = BTreeMap::new();
-        m.insert("a".to_string(), ctr(Some(attempt(0, None))));
+        m.insert("a".to_string(), ctr(0, None));
         let s = compute(&pod, &m, Some(Ipv4Addr::new(10, 244, 0, 2)), None, "192.0.2.2");
         assert_eq!(s["phase"], "Running");
         assert_eq!(s["podIP"], "10.244.0.2");

@@ -1,9 +1,10 @@
-//! One pod's worker: makes the node match the pod and reports what it sees.
+//! One pod's worker: the executor of the pod's plan. It observes (exits from the runtime,
+//! probe results), asks `plan::plan` what to do, does it, and reports what it sees.
 //!
 //! ```text
-//!  pod (watch channel) ──► sync ──► sandbox ─► init containers in order ─► app containers
-//!        ▲                  │        restart per policy with back-off, exits from the runtime
-//!        └── 1 s tick ──────┘        status patched when it changes; deletion: TERM, grace, KILL
+//!  pod (watch channel) ──► sync: observe ─► plan (pure) ─► execute: sandbox, kill, start, …
+//!        ▲                  │                               status patched when it changes
+//!        └── ≤1 s tick ─────┘
 //! ```
 //! Everything the worker knows is on disk (the runtime's state with our annotations, the
 //! dataplane's IPAM, the pod directory), so a restarted agent adopts its pods as they are.
@@ -16,14 +17,14 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use flotilla_api::Reason;
 use flotilla_client::DeleteParams;
 use flotilla_dataplane::net::PodNetwork;
 use flotilla_isolation::{image::rootfs, Exit, State, Status};
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
-use super::state::{Attempt, Ctr};
+use super::plan::{self, Action, Backoff, Plan};
+use super::state::{Attempt, Ctr, Reason};
 use super::{config, probe, sandbox, spec, status, Ctx};
 
 pub const ANN_UID: &str = "io.kubernetes.pod.uid";
@@ -37,9 +38,6 @@ pub const ANN_STARTED: &str = "io.flotilla.container.started";
 
 /// How a run ended when nothing recorded it (its monitor died with it).
 const UNKNOWN_EXIT: Exit = Exit { code: 255, signal: None, oom_killed: false, finished_at_ns: 0 };
-
-/// A container's run ended after this long resets its restart back-off.
-const BACKOFF_RESET: Duration = Duration::from_secs(600);
 
 pub struct Worker {
     ctx: Arc<Ctx>,
@@ -98,11 +96,8 @@ impl Worker {
                 image: a.get(ANN_IMAGE).cloned().unwrap_or_default(),
                 image_id: a.get(ANN_IMAGE_ID).cloned().unwrap_or_default(),
                 started_at: a.get(ANN_STARTED).cloned().unwrap_or_else(|| st.created.clone()),
-                exit,
             };
-            let c = ctrs.entry(name).or_default();
-            c.last = c.current.take();
-            c.current = Some(attempt);
+            ctrs.entry(name).or_default().adopt(attempt, exit);
         }
         let net = ctx.net.pod(uid).ok().flatten();
         Worker {
@@ -161,25 +156,38 @@ impl Worker {
         let _ = done.send(self.uid.clone());
     }
 
+    /// Observes how running containers ended.
     fn refresh_exits(&mut self) {
         for c in self.ctrs.values_mut() {
-            let Some(a) = c.current.as_mut().filter(|a| a.running()) else { continue };
-            match self.ctx.runtime.state(&a.id) {
-                Ok((st, Status::Stopped)) => {
-                    let dir = self.ctx.runtime.dir(&a.id);
-                    match State::exit(&dir) {
-                        Some(e) => a.exit = Some(e),
-                        // The init is gone but its monitor has not written how yet.
-                        None if st.monitor_alive() => {}
-                        None => a.exit = Some(UNKNOWN_EXIT),
-                    }
-                }
-                Ok(_) => {}
+            let Some(a) = c.running() else { continue };
+            let exit = match self.ctx.runtime.state(&a.id) {
+                Ok((st, Status::Stopped)) => match State::exit(&self.ctx.runtime.dir(&a.id)) {
+                    Some(e) => Some(e),
+                    // The init is gone but its monitor has not written how yet.
+                    None if st.monitor_alive() => None,
+                    None => Some(UNKNOWN_EXIT),
+                },
+                Ok(_) => None,
                 Err(e) => {
                     tracing::warn!(container = %a.id, "container state: {e}");
-                    a.exit = Some(UNKNOWN_EXIT);
+                    Some(UNKNOWN_EXIT)
                 }
+            };
+            if let Some(e) = exit {
+                c.exited(e);
             }
+        }
+    }
+
+    /// Observes what the running containers' probes found.
+    fn refresh_probes(&mut self) {
+        for (name, c) in self.ctrs.iter_mut() {
+            c.probe = match (c.running(), self.probes.get(name)) {
+                (Some(a), Some((id, p))) if a.id == *id => {
+                    Some(p.results.lock().expect("probe results").clone())
+                }
+                _ => None,
+            };
         }
     }
 
@@ -189,124 +197,53 @@ impl Worker {
             pod["metadata"]["namespace"].as_str().unwrap_or(""),
             pod["metadata"]["name"].as_str().unwrap_or("")
         );
-        if !pod["metadata"]["deletionTimestamp"].is_null() {
-            let grace = pod["metadata"]["deletionGracePeriodSeconds"].as_u64().unwrap_or(30);
-            self.teardown(Some(Duration::from_secs(grace))).await;
-            let p = DeleteParams {
-                grace_period_seconds: Some(0),
-                precondition_uid: self.uid.clone(),
-                ..Default::default()
-            };
-            let ns = pod["metadata"]["namespace"].as_str().unwrap_or("");
-            let pname = pod["metadata"]["name"].as_str().unwrap_or("");
-            match self.ctx.client.delete("pods", ns, pname, &p).await {
-                Ok(_) => {}
-                Err(e) if matches!(e.reason, Reason::NotFound | Reason::Conflict) => {}
-                Err(e) => {
-                    tracing::warn!(pod = %name, "deleting: {e}");
-                    return Next::Wait(Duration::from_secs(1));
-                }
-            }
-            tracing::info!(pod = %name, "pod stopped and removed");
-            return Next::Done;
-        }
-        let phase = pod["status"]["phase"].as_str().unwrap_or("");
-        if matches!(phase, "Succeeded" | "Failed")
-            && self.ctrs.values().all(|c| !c.current.as_ref().is_some_and(Attempt::running))
-        {
-            // Terminal: nothing runs again; the address goes back to the pool.
-            if self.net.is_some() {
-                let _ = self.ctx.net.remove_pod(&self.uid).await;
-                self.net = None;
-            }
-            return Next::Wait(Duration::from_secs(3600));
-        }
-
-        if let Err(e) = self.ensure_sandbox(pod).await {
-            tracing::warn!(pod = %name, "sandbox: {e:#}");
-            self.sandbox_error = Some(format!("{e:#}"));
-            self.post(pod).await;
-            return Next::Wait(Duration::from_secs(2));
-        }
-        self.sandbox_error = None;
         self.refresh_exits();
-        self.act_on_probes(pod);
-
-        let policy = pod["spec"]["restartPolicy"].as_str().unwrap_or("Always").to_string();
-        let empty = vec![];
-        let inits = pod["spec"]["initContainers"].as_array().unwrap_or(&empty);
-        let apps = pod["spec"]["containers"].as_array().unwrap_or(&empty);
-        let mut failed = false;
-        let mut initialized = true;
-        for c in inits {
-            let cname = c["name"].as_str().unwrap_or_default().to_string();
-            let sidecar = c["restartPolicy"].as_str() == Some("Always");
-            let st = self.ctrs.entry(cname.clone()).or_default();
-            if sidecar {
-                if st.current.as_ref().is_some_and(Attempt::running) {
-                    continue;
+        self.refresh_probes();
+        let now = Instant::now();
+        let backoff = Backoff { initial: self.ctx.backoff.0, max: self.ctx.backoff.1 };
+        let sandbox = self.net.is_some() && self.ctx.pod_dir(&self.uid).join("etc/hosts").exists();
+        let actions = match plan::plan(pod, &self.ctrs, sandbox, now, backoff) {
+            Plan::Terminate { grace } => return self.terminate(pod, &name, grace).await,
+            Plan::Finished => {
+                if self.net.is_some() {
+                    let _ = self.ctx.net.remove_pod(&self.uid).await;
+                    self.net = None;
                 }
-                if (st.current.is_none() && self.due(&cname))
-                    || self.should_restart(&cname, "Always")
-                {
-                    self.start(pod, c, &cname).await;
-                }
-                initialized = false;
-                break;
+                return Next::Wait(Duration::from_secs(3600));
             }
-            match st.exited() {
-                Some(e) if e.code == 0 => continue,
-                Some(_) if policy == "Never" => {
-                    failed = true;
-                    initialized = false;
-                    break;
+            Plan::Run(actions) => actions,
+        };
+        for action in actions {
+            match action {
+                Action::Sandbox => {
+                    if let Err(e) = self.ensure_sandbox(pod).await {
+                        tracing::warn!(pod = %name, "sandbox: {e:#}");
+                        self.sandbox_error = Some(format!("{e:#}"));
+                        self.post(pod).await;
+                        return Next::Wait(Duration::from_secs(2));
+                    }
+                    self.sandbox_error = None;
                 }
-                Some(_) => {
-                    if self.should_restart(&cname, "OnFailure") {
-                        self.start(pod, c, &cname).await;
+                Action::Kill { name, id, grace, why } => self.kill(&name, &id, grace, &why),
+                Action::Start { name, backoff } => {
+                    if let Some(b) = backoff {
+                        self.ctrs.entry(name.clone()).or_default().backoff = b;
+                    }
+                    self.start(pod, &name).await;
+                }
+                Action::BackOff { name, until, backoff } => {
+                    if let Some(c) = self.ctrs.get_mut(&name) {
+                        c.back_off(&name, until, now, backoff);
                     }
                 }
-                None if st.current.is_some() => {}
-                None => {
-                    if self.due(&cname) {
-                        self.start(pod, c, &cname).await;
-                    }
-                }
-            }
-            initialized = false;
-            break;
-        }
-        if initialized && !failed {
-            for c in apps {
-                let cname = c["name"].as_str().unwrap_or_default().to_string();
-                let st = self.ctrs.entry(cname.clone()).or_default();
-                match st.current.as_ref() {
-                    None => {
-                        if self.due(&cname) {
-                            self.start(pod, c, &cname).await;
-                        }
-                    }
-                    Some(a) if a.running() => {}
-                    Some(_) => {
-                        if self.should_restart(&cname, &policy) {
-                            self.start(pod, c, &cname).await;
-                        }
+                Action::PullBackOff { name } => {
+                    if let Some(c) = self.ctrs.get_mut(&name) {
+                        c.pull_back_off();
                     }
                 }
             }
         }
         self.sync_probes(pod);
-        // As the kubelet: ErrImagePull right after a failed pull, ImagePullBackOff while the
-        // next try waits.
-        let now = Instant::now();
-        for st in self.ctrs.values_mut() {
-            if st.next_try.is_some_and(|t| t > now) {
-                if let Some((r, m)) = st.waiting.as_mut().filter(|(r, _)| r == "ErrImagePull") {
-                    *r = "ImagePullBackOff".into();
-                    *m = format!("Back-off pulling image: {m}");
-                }
-            }
-        }
         if self.volumes_synced.elapsed() >= self.ctx.volume_sync {
             self.volumes_synced = Instant::now();
             let dir = self.ctx.pod_dir(&self.uid).join("volumes");
@@ -318,52 +255,53 @@ impl Worker {
             }
         }
         self.post(pod).await;
-        let soonest = self.ctrs.values().filter_map(|c| c.next_try).min();
-        let wait = soonest
-            .map(|t| t.saturating_duration_since(Instant::now()))
-            .unwrap_or(Duration::from_secs(1))
-            .clamp(Duration::from_millis(20), Duration::from_secs(1));
-        Next::Wait(wait)
+        Next::Wait(plan::next_sync(&self.ctrs, Instant::now()))
     }
 
-    /// Containers whose liveness or startup probe failed are stopped (TERM, then KILL after
-    /// the pod's grace period); their exit then goes through the restart policy.
-    fn act_on_probes(&mut self, pod: &Value) {
-        let grace = Duration::from_secs(
-            pod["spec"]["terminationGracePeriodSeconds"].as_u64().unwrap_or(30),
-        );
-        let failed: Vec<(String, String, String)> = self
-            .probes
-            .iter()
-            .filter_map(|(name, (id, p))| {
-                let why = p.results.lock().expect("probe results").kill.clone()?;
-                Some((name.clone(), id.clone(), why))
-            })
-            .collect();
-        for (name, id, why) in failed {
-            self.probes.remove(&name);
-            let running = self
-                .ctrs
-                .get(&name)
-                .and_then(|c| c.current.as_ref())
-                .is_some_and(|a| a.id == id && a.running());
-            if !running {
-                continue;
+    /// Stops everything within `grace`, removes it, then deletes the pod object.
+    async fn terminate(&mut self, pod: &Value, name: &str, grace: Duration) -> Next {
+        self.teardown(Some(grace)).await;
+        let p = DeleteParams {
+            grace_period_seconds: Some(0),
+            precondition_uid: self.uid.clone(),
+            ..Default::default()
+        };
+        let ns = pod["metadata"]["namespace"].as_str().unwrap_or("");
+        let pname = pod["metadata"]["name"].as_str().unwrap_or("");
+        match self.ctx.client.delete("pods", ns, pname, &p).await {
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.reason,
+                    flotilla_api::Reason::NotFound | flotilla_api::Reason::Conflict
+                ) => {}
+            Err(e) => {
+                tracing::warn!(pod = %name, "deleting: {e}");
+                return Next::Wait(Duration::from_secs(1));
             }
-            tracing::warn!(pod = %self.uid, container = %name, "{why}");
-            let rt = self.ctx.runtime.clone();
-            let _ = rt.kill(&id, nix::sys::signal::Signal::SIGTERM);
-            tokio::spawn(async move {
-                let deadline = Instant::now() + grace;
-                while Instant::now() < deadline {
-                    if !matches!(rt.state(&id), Ok((_, Status::Running))) {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                let _ = rt.kill(&id, nix::sys::signal::Signal::SIGKILL);
-            });
         }
+        tracing::info!(pod = %name, "pod stopped and removed");
+        Next::Done
+    }
+
+    /// Stops run `id` of container `name`, whose liveness or startup probe failed: TERM,
+    /// then KILL after the pod's grace period; its exit then goes through the restart policy.
+    fn kill(&mut self, name: &str, id: &str, grace: Duration, why: &str) {
+        self.probes.remove(name);
+        tracing::warn!(pod = %self.uid, container = %name, "{why}");
+        let rt = self.ctx.runtime.clone();
+        let _ = rt.kill(id, nix::sys::signal::Signal::SIGTERM);
+        let id = id.to_string();
+        tokio::spawn(async move {
+            let deadline = Instant::now() + grace;
+            while Instant::now() < deadline {
+                if !matches!(rt.state(&id), Ok((_, Status::Running))) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let _ = rt.kill(&id, nix::sys::signal::Signal::SIGKILL);
+        });
     }
 
     /// Probes follow the running containers: started for a new run (or one adopted after a
@@ -384,7 +322,7 @@ impl Worker {
         for c in specs {
             let name = c["name"].as_str().unwrap_or_default().to_string();
             let Some(st) = self.ctrs.get(&name) else { continue };
-            let run = st.current.as_ref().filter(|a| a.running()).map(|a| a.id.clone());
+            let run = st.running().map(|a| a.id.clone());
             match (run, self.probes.get(&name)) {
                 (Some(id), Some((pid, _))) if *pid == id => {}
                 (Some(id), _) => {
@@ -401,68 +339,8 @@ impl Worker {
                     self.probes.remove(&name);
                 }
             }
-            let found = self
-                .probes
-                .get(&name)
-                .map(|(_, p)| p.results.lock().expect("probe results").clone());
-            if let Some(st) = self.ctrs.get_mut(&name) {
-                st.probe = found;
-            }
         }
-    }
-
-    /// Whether a container that never started may be tried again (a failed pull or create
-    /// waits out its back-off, as the kubelet's ImagePullBackOff).
-    fn due(&self, cname: &str) -> bool {
-        self.ctrs.get(cname).and_then(|s| s.next_try).is_none_or(|t| Instant::now() >= t)
-    }
-
-    /// For an exited container under `policy`: whether to start it again now. Sets the
-    /// CrashLoopBackOff wait while the back-off runs (the first restart is immediate, then
-    /// 10 s doubling to 5 min, reset after 10 min of running, as the kubelet's).
-    fn should_restart(&mut self, cname: &str, policy: &str) -> bool {
-        let (initial, max) = self.ctx.backoff;
-        let st = self.ctrs.get_mut(cname).expect("tracked");
-        let Some(exit) = st.exited() else { return false };
-        let restart = match policy {
-            "Always" => true,
-            "OnFailure" => exit.code != 0,
-            _ => false,
-        };
-        if !restart {
-            return false;
-        }
-        let now = Instant::now();
-        match st.next_try {
-            None => {
-                let ran = st
-                    .current
-                    .as_ref()
-                    .and_then(|a| {
-                        jiff::Timestamp::strptime("%Y-%m-%dT%H:%M:%S%.fZ", &a.started_at).ok()
-                    })
-                    .map(|t| {
-                        let end = jiff::Timestamp::from_nanosecond(exit.finished_at_ns as i128)
-                            .unwrap_or(t);
-                        Duration::from_secs(end.duration_since(t).as_secs().max(0) as u64)
-                    })
-                    .unwrap_or_default();
-                if st.backoff.is_zero() || ran >= BACKOFF_RESET {
-                    st.backoff = initial;
-                    return true;
-                }
-                st.next_try = Some(now + st.backoff);
-                let msg = format!("back-off {:?} restarting failed container={cname}", st.backoff);
-                st.backoff = (st.backoff * 2).min(max);
-                st.waiting = Some(("CrashLoopBackOff".into(), msg));
-                false
-            }
-            Some(t) if now >= t => {
-                st.next_try = None;
-                true
-            }
-            Some(_) => false,
-        }
+        self.refresh_probes();
     }
 
     fn container_id(&self, cname: &str, attempt: u32) -> String {
@@ -488,58 +366,28 @@ impl Worker {
         Ok(())
     }
 
-    /// Starts the next attempt of container `cname`; failures become its waiting reason.
-    async fn start(&mut self, pod: &Value, c: &Value, cname: &str) {
-        let attempt = self
-            .ctrs
-            .get(cname)
-            .and_then(|s| s.current.as_ref())
-            .map(|a| a.attempt + 1)
-            .unwrap_or(0);
-        match self.launch(pod, c, cname, attempt).await {
+    /// Starts the next run of container `cname`; a failure becomes its waiting reason.
+    async fn start(&mut self, pod: &Value, cname: &str) {
+        let spec = ["initContainers", "containers"]
+            .iter()
+            .flat_map(|k| pod["spec"][k].as_array().into_iter().flatten())
+            .find(|c| c["name"].as_str() == Some(cname))
+            .cloned();
+        let Some(c) = spec else { return };
+        let st = self.ctrs.entry(cname.to_string()).or_default();
+        let attempt = st.next_attempt();
+        st.creating();
+        let result = self.launch(pod, &c, cname, attempt).await;
+        let st = self.ctrs.get_mut(cname).expect("tracked");
+        match result {
             Ok(a) => {
-                let st = self.ctrs.get_mut(cname).expect("tracked");
-                if let Some(old) = st.last.take() {
+                if let Some(old) = st.started(a) {
                     self.ctx.remove_container(&self.uid, &old.id).await;
                 }
-                st.last = st.current.take();
-                st.current = Some(a);
-                let pull_or_create = |r: &str| {
-                    matches!(
-                        r,
-                        "ErrImagePull"
-                            | "ImagePullBackOff"
-                            | "ErrImageNeverPull"
-                            | "InvalidImageName"
-                            | "CreateContainerConfigError"
-                            | "CreateContainerError"
-                    )
-                };
-                if st.waiting.as_ref().is_some_and(|(r, _)| pull_or_create(r)) {
-                    // A pull or create that finally worked: crash back-off starts afresh.
-                    st.backoff = Duration::ZERO;
-                }
-                st.next_try = None;
-                st.waiting = None;
             }
             Err((reason, message)) => {
-                tracing::warn!(pod = %self.uid, container = cname, reason, "{message}");
-                let (initial, max) = self.ctx.backoff;
-                let st = self.ctrs.get_mut(cname).expect("tracked");
-                if st.current.as_ref().is_none_or(|a| !a.running()) {
-                    // Retried after a back-off, as the kubelet retries pulls and creates.
-                    st.backoff =
-                        if st.backoff.is_zero() { initial } else { (st.backoff * 2).min(max) };
-                    st.next_try = Some(
-                        Instant::now()
-                            + if reason == "CreateContainerConfigError" {
-                                Duration::from_secs(1)
-                            } else {
-                                st.backoff
-                            },
-                    );
-                }
-                st.waiting = Some((reason, message));
+                tracing::warn!(pod = %self.uid, container = cname, %reason, "{message}");
+                st.start_failed(reason, message, Instant::now(), self.ctx.backoff);
             }
         }
     }
@@ -551,16 +399,13 @@ impl Worker {
         c: &Value,
         cname: &str,
         attempt: u32,
-    ) -> Result<Attempt, (String, String)> {
+    ) -> Result<Attempt, (Reason, String)> {
         let ctx = self.ctx.clone();
         let net = self.net.clone().expect("sandbox first");
         let ip = net.ip;
-        let cfg_err = |m: String| ("CreateContainerConfigError".to_string(), m);
+        let cfg_err = |m: String| (Reason::CreateContainerConfigError, m);
         let image_ref = c["image"].as_str().unwrap_or_default().to_string();
         let pull = c["imagePullPolicy"].as_str().unwrap_or("IfNotPresent").to_string();
-        if let Some(st) = self.ctrs.get_mut(cname) {
-            st.waiting = Some(("ContainerCreating".into(), String::new()));
-        }
         let t0 = Instant::now();
         let image = ctx.image(pod, &image_ref, &pull).await?;
         let t_image = t0.elapsed();
@@ -568,7 +413,7 @@ impl Worker {
         let down = config::Downward { pod_ip: ip, host_ip: &ctx.node_ip };
         let vols = config::volumes(&ctx.client, pod, &dir.join("volumes"), down)
             .await
-            .map_err(|m| ("CreateContainerConfigError".to_string(), m))?;
+            .map_err(|m| (Reason::CreateContainerConfigError, m))?;
         let mounts = config::mounts(c, &vols).map_err(cfg_err)?;
         let env = config::env(&ctx.client, pod, c, ip, &ctx.node_ip).await.map_err(cfg_err)?;
 
@@ -597,9 +442,9 @@ impl Worker {
         let image_id = image.manifest.to_string();
         let ctx2 = ctx.clone();
         let t_config = t0.elapsed();
-        let made = tokio::task::spawn_blocking(move || -> Result<(), (String, String)> {
+        let made = tokio::task::spawn_blocking(move || -> Result<(), (Reason, String)> {
             let t1 = Instant::now();
-            let create_err = |m: String| ("CreateContainerError".to_string(), m);
+            let create_err = |m: String| (Reason::CreateContainerError, m);
             let layers = ctx2
                 .images
                 .unpack(&image, Default::default(), &mut |_| {})
@@ -621,7 +466,7 @@ impl Worker {
                 annotations,
             };
             let spec =
-                spec::oci_spec(&plan).map_err(|m| ("CreateContainerConfigError".to_string(), m))?;
+                spec::oci_spec(&plan).map_err(|m| (Reason::CreateContainerConfigError, m))?;
             std::fs::write(bundle.join("config.json"), serde_json::to_vec(&spec).expect("json"))
                 .map_err(|e| create_err(format!("writing the bundle: {e}")))?;
             if let Some(parent) = log.parent() {
@@ -643,17 +488,14 @@ impl Worker {
                 .stdin(std::process::Stdio::null())
                 .output()
                 .map_err(|e| {
-                    (
-                        "RunContainerError".to_string(),
-                        format!("running {}: {e}", ctx2.exe.path.display()),
-                    )
+                    (Reason::RunContainerError, format!("running {}: {e}", ctx2.exe.path.display()))
                 })?;
             if !out.status.success() {
                 let _ = rootfs::remove(&bundle.join("rootfs"));
                 let _ = std::fs::remove_dir_all(&bundle);
                 let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
                 return Err((
-                    "RunContainerError".to_string(),
+                    Reason::RunContainerError,
                     msg.strip_prefix("Error: ").unwrap_or(&msg).to_string(),
                 ));
             }
@@ -662,52 +504,30 @@ impl Worker {
             Ok(())
         })
         .await
-        .map_err(|e| ("RunContainerError".to_string(), e.to_string()))?;
+        .map_err(|e| (Reason::RunContainerError, e.to_string()))?;
         made?;
         tracing::debug!(container = %id, ?t_image, ?t_config, total = ?t0.elapsed(), "launched");
-        Ok(Attempt { id, attempt, image: image_ref, image_id, started_at: started, exit: None })
+        Ok(Attempt { id, attempt, image: image_ref, image_id, started_at: started })
     }
 
-    /// The running containers' preStop hooks (exec or httpGet), with where they run.
+    /// The running containers' preStop hooks, with where they run.
     fn pre_stop_hooks(&self) -> Vec<(String, probe::Handler, probe::Target)> {
         let Some(pod) = &self.last_pod else { return vec![] };
-        let mut out = Vec::new();
-        for c in pod["spec"]["containers"].as_array().into_iter().flatten() {
-            let name = c["name"].as_str().unwrap_or_default();
-            let Some(a) =
-                self.ctrs.get(name).and_then(|s| s.current.as_ref()).filter(|a| a.running())
-            else {
-                continue;
-            };
-            let hook = &c["lifecycle"]["preStop"];
-            let handler = if let Some(cmd) = hook["exec"]["command"].as_array() {
-                probe::Handler::Exec(
-                    cmd.iter().filter_map(|s| s.as_str().map(String::from)).collect(),
-                )
-            } else if hook["httpGet"].is_object() {
-                let as_probe =
-                    serde_json::json!({"ports": c["ports"], "hook": {"httpGet": hook["httpGet"]}});
-                match probe::parse(&as_probe, "hook") {
-                    Some(Ok(spec)) => spec.handler,
-                    _ => continue,
-                }
-            } else {
-                continue;
-            };
-            out.push((name.to_string(), handler, self.probe_target(&a.id)));
-        }
-        out
+        plan::pre_stop(pod, &self.ctrs)
+            .into_iter()
+            .filter_map(|(name, handler)| {
+                let id = &self.ctrs.get(&name)?.running()?.id;
+                Some((name.clone(), handler, self.probe_target(id)))
+            })
+            .collect()
     }
 
     /// Stops every container (TERM, up to `grace`, then KILL; `None`: at once), then removes
     /// containers, rootfs, pod cgroup, network and directory.
     async fn teardown(&mut self, grace: Option<Duration>) {
         self.refresh_exits();
-        let running: Vec<String> = self
-            .ctrs
-            .values()
-            .filter_map(|c| c.current.as_ref().filter(|a| a.running()).map(|a| a.id.clone()))
-            .collect();
+        let running: Vec<String> =
+            self.ctrs.values().filter_map(|c| c.running().map(|a| a.id.clone())).collect();
         let rt = self.ctx.runtime.clone();
         if let Some(grace) = grace.filter(|g| !g.is_zero()) {
             let deadline = Instant::now() + grace;
@@ -734,7 +554,8 @@ impl Worker {
         let ids: Vec<String> = self
             .ctrs
             .values()
-            .flat_map(|c| c.current.iter().chain(c.last.iter()).map(|a| a.id.clone()))
+            .flat_map(|c| c.run().into_iter().chain(c.last.as_ref().map(|(a, _)| a)))
+            .map(|a| a.id.clone())
             .collect();
         for id in ids {
             self.ctx.remove_container(&self.uid, &id).await;
