@@ -10,7 +10,9 @@
 
 use flotilla_api::patch::PatchKind;
 use flotilla_api::RESOURCES;
+use flotilla_apiserver::request::User;
 use flotilla_apiserver::testing::InProcess;
+use flotilla_apiserver::DeleteOptions;
 use libfuzzer_sys::fuzz_target;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -94,33 +96,56 @@ fuzz_target!(|data: &[u8]| {
     let api = &h.server.api;
     let name = format!("f{}", N.fetch_add(1, Ordering::Relaxed));
     let ns = if info.namespaced { "default" } else { "" };
+    let me = User::anonymous();
     h.rt.block_on(async {
         let seed = serde_json::to_vec(&seed(info.kind, &name)).unwrap_or_default();
-        let _ = api.create(info, ns, &seed, false).await;
+        let _ = api.create(&me, info, ns, &seed, false).await;
         for piece in rest.split(|b| *b == 0xff) {
             let [op, body @ ..] = piece else { continue };
             let dry = op & 0x80 != 0;
             let _ = match op % 10 {
-                0 => api.create(info, ns, &with_name(body, &name), dry).await.map(|_| ()),
-                1 => api.update(info, ns, &with_name(body, &name), false, dry).await.map(|_| ()),
-                2 => api.update(info, ns, &with_name(body, &name), true, dry).await.map(|_| ()),
-                3 => {
-                    api.patch(info, ns, &name, PatchKind::Merge, body, false, dry).await.map(|_| ())
-                }
-                4 => {
-                    api.patch(info, ns, &name, PatchKind::Json, body, false, dry).await.map(|_| ())
-                }
-                5 => {
-                    api.patch(info, ns, &name, PatchKind::Merge, body, true, dry).await.map(|_| ())
-                }
-                6 => api.patch(info, ns, &name, PatchKind::Json, body, true, dry).await.map(|_| ()),
+                0 => api.create(&me, info, ns, &with_name(body, &name), dry).await.map(|_| ()),
+                1 => api.update(&me, info, ns, &with_name(body, &name), "", dry).await.map(|_| ()),
+                2 => api
+                    .update(&me, info, ns, &with_name(body, &name), "status", dry)
+                    .await
+                    .map(|_| ()),
+                3 => api
+                    .patch(&me, info, ns, &name, PatchKind::Merge, body, "", dry)
+                    .await
+                    .map(|_| ()),
+                4 => api
+                    .patch(&me, info, ns, &name, PatchKind::Json, body, "", dry)
+                    .await
+                    .map(|_| ()),
+                5 => api
+                    .patch(&me, info, ns, &name, PatchKind::Merge, body, "status", dry)
+                    .await
+                    .map(|_| ()),
+                6 => api
+                    .patch(&me, info, ns, &name, PatchKind::Json, body, "status", dry)
+                    .await
+                    .map(|_| ()),
                 7 => {
                     let grace = body.first().map(|g| i64::from(*g) - 1).filter(|g| *g >= 0);
                     let prop = ["", "Background", "Foreground", "Orphan", "x"]
                         [body.get(1).map_or(0, |b| *b as usize % 5)];
-                    api.delete(info, ns, &name, grace, prop, "", "", dry).await.map(|_| ())
+                    api.delete(
+                        &me,
+                        info,
+                        ns,
+                        &name,
+                        &DeleteOptions {
+                            grace_period_seconds: grace,
+                            propagation_policy: prop.to_string(),
+                            dry_run: dry,
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .map(|_| ())
                 }
-                8 => api.bind("default", &name, body).await,
+                8 => api.bind(&me, "default", &name, body).await,
                 _ => api.get(info, ns, &name).await.map(|_| ()),
             };
         }

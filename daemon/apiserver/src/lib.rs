@@ -12,6 +12,8 @@ mod alloc;
 pub mod cache;
 pub mod kv;
 pub mod metrics;
+pub mod proxy;
+pub mod request;
 mod service;
 pub mod strategy;
 pub mod testing;
@@ -24,6 +26,7 @@ use flotilla_api::patch::PatchKind;
 use flotilla_api::{ResourceInfo, RESOURCES};
 use flotilla_store::StoreNode;
 use kv::{Cond, Kv, Op};
+use request::{Attributes, Credentials, Seams, User};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -72,6 +75,30 @@ pub struct ApiServer {
     signer: tokens::Signer,
     pub config: ApiConfig,
     pub metrics: metrics::Metrics,
+    seams: Seams,
+}
+
+/// A delete's options (Kubernetes' DeleteOptions).
+#[derive(Clone, Debug, Default)]
+pub struct DeleteOptions {
+    pub grace_period_seconds: Option<i64>,
+    /// Orphan, Background or Foreground ("": Background).
+    pub propagation_policy: String,
+    pub precondition_uid: String,
+    pub precondition_resource_version: String,
+    pub dry_run: bool,
+}
+
+/// Whether a write goes through the status subresource ("" or "status").
+pub fn status_subresource(info: &ResourceInfo, sub: &str) -> Result<bool, ApiError> {
+    match sub {
+        "" => Ok(false),
+        "status" if info.has_status => Ok(true),
+        other => Err(ApiError::new(
+            Reason::NotFound,
+            format!("{} has no subresource {other:?}", info.plural),
+        )),
+    }
 }
 
 fn meta_mut(v: &mut Value) -> &mut Map<String, Value> {
@@ -92,6 +119,32 @@ fn now_rfc3339() -> String {
 }
 
 /// An object's store form: no resourceVersion (the store's mod revision is the truth).
+/// The object a write goes to, and who writes it.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    user: &'a User,
+    verb: &'static str,
+    subresource: &'a str,
+    info: &'static ResourceInfo,
+    ns: &'a str,
+    name: &'a str,
+    /// The resourceVersion the write is conditional on.
+    rv: Option<i64>,
+}
+
+impl<'a> Target<'a> {
+    fn attributes(&self) -> Attributes<'a> {
+        Attributes {
+            user: self.user,
+            verb: self.verb,
+            resource: self.info.plural,
+            subresource: self.subresource,
+            namespace: self.ns,
+            name: self.name,
+        }
+    }
+}
+
 /// An object as stored: metadata first and without resourceVersion (the store's revision is
 /// the version), so the served form is the stored bytes with the version spliced in
 /// (`served`) rather than a second serialization. Written without copying the object.
@@ -233,6 +286,15 @@ impl ApiServer {
     /// Starts the caches (one store watch per resource type) and creates the system
     /// namespaces.
     pub async fn start(store: Arc<StoreNode>, config: ApiConfig) -> Result<Arc<Self>, ApiError> {
+        Self::start_with(store, config, Seams::default()).await
+    }
+
+    /// `start`, with the authentication, authorization and admission stages given.
+    pub async fn start_with(
+        store: Arc<StoreNode>,
+        config: ApiConfig,
+        seams: Seams,
+    ) -> Result<Arc<Self>, ApiError> {
         let kv = Kv(store);
         let mut caches = HashMap::new();
         for r in RESOURCES {
@@ -241,12 +303,19 @@ impl ApiServer {
             caches.insert(r.plural, c);
         }
         let signer = tokens::Signer::load_or_create(&kv).await?;
-        let server =
-            Arc::new(ApiServer { kv, caches, signer, config, metrics: metrics::Metrics::new() });
+        let server = Arc::new(ApiServer {
+            kv,
+            caches,
+            signer,
+            config,
+            metrics: metrics::Metrics::new(),
+            seams,
+        });
+        let me = User::apiserver();
         let ns = flotilla_api::lookup("namespaces").expect("namespaces are registered");
         for name in SYSTEM_NAMESPACES {
             let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
-            match server.create(ns, "", encode(&obj).as_ref(), false).await {
+            match server.create(&me, ns, "", encode(&obj).as_ref(), false).await {
                 Ok(_) => tracing::info!(namespace = name, "created system namespace"),
                 Err(e) if e.reason == Reason::AlreadyExists => {}
                 Err(e) => return Err(e),
@@ -263,7 +332,7 @@ impl ApiServer {
                     {"name": "dns", "port": 53, "protocol": "UDP"},
                     {"name": "dns-tcp", "port": 53, "protocol": "TCP"}]}});
             let info = flotilla_api::lookup("services").expect("services are registered");
-            match server.create(info, "kube-system", encode(&svc).as_ref(), false).await {
+            match server.create(&me, info, "kube-system", encode(&svc).as_ref(), false).await {
                 Ok(_) => tracing::info!(%ip, "created kube-system/kube-dns"),
                 Err(e) if e.reason == Reason::AlreadyExists => {}
                 Err(e) => {
@@ -272,6 +341,50 @@ impl ApiServer {
             }
         }
         Ok(server)
+    }
+
+    /// The first stages of every request, whatever its front: who the caller is, and whether
+    /// they may do this. Returns the caller, whom the write stages see.
+    pub fn admit_request(
+        &self,
+        credentials: &Credentials,
+        verb: &str,
+        resource: &str,
+        subresource: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<User, ApiError> {
+        let user = self.authenticate(credentials)?;
+        let a = Attributes { user: &user, verb, resource, subresource, namespace, name };
+        self.seams.authorize(&a)?;
+        Ok(user)
+    }
+
+    /// The configured authenticators first, then service-account tokens (built in, as in
+    /// Kubernetes); no credentials make an anonymous caller, wrong ones an error.
+    fn authenticate(&self, credentials: &Credentials) -> Result<User, ApiError> {
+        let user = self.seams.authenticate(credentials)?;
+        let Some(token) = credentials.bearer.as_deref().filter(|_| user == User::anonymous())
+        else {
+            return Ok(user);
+        };
+        match self.review(token, &[]) {
+            Ok(u) => Ok(User {
+                name: u["username"].as_str().unwrap_or_default().into(),
+                uid: u["uid"].as_str().unwrap_or_default().into(),
+                groups: u["groups"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|g| g.as_str().map(String::from))
+                    .collect(),
+                extra: serde_json::from_value(u["extra"].clone()).unwrap_or_default(),
+            }),
+            Err(e) => {
+                tracing::debug!(error = %e, "refused a bearer token");
+                Err(ApiError::new(Reason::Unauthorized, format!("invalid bearer token: {e}")))
+            }
+        }
     }
 
     pub fn resource(&self, name: &str) -> Result<&'static ResourceInfo, ApiError> {
@@ -336,8 +449,11 @@ impl ApiServer {
         Ok((v, kv.mod_revision))
     }
 
+    /// Create: mutating admission, the kind's strategy (defaults, prepare, validation,
+    /// allocation), validating admission, storage.
     pub async fn create(
         &self,
+        user: &User,
         info: &'static ResourceInfo,
         ns: &str,
         body: &[u8],
@@ -378,12 +494,23 @@ impl ApiServer {
                 o.remove("status");
             }
         }
+        let attrs_name = meta_str(&v, "name").to_string();
+        let attrs = Attributes {
+            user,
+            verb: "create",
+            resource: info.plural,
+            subresource: "",
+            namespace: &ns,
+            name: &attrs_name,
+        };
+        self.seams.mutate(&attrs, &mut v, None)?;
         let mut admitted = (info.admit)(&v, None, info)?;
         let name = meta_str(&admitted.object, "name").to_string();
         if info.namespaced {
             self.ensure_namespace(&ns).await?;
         }
         strategy.prepare_for_create(self, &ns, &mut admitted.object);
+        self.seams.validate(&attrs, Some(&admitted.object), None)?;
         let key = info.key(&ns, &name);
         let allocates = strategy.allocates();
         for attempt in 0..32 {
@@ -484,12 +611,14 @@ impl ApiServer {
     /// unconditional (retried against the newest version); with one, a stale one conflicts.
     pub async fn update(
         &self,
+        user: &User,
         info: &'static ResourceInfo,
         ns: &str,
         body: &[u8],
-        status: bool,
+        subresource: &str,
         dry_run: bool,
     ) -> Result<(Value, Vec<String>), ApiError> {
+        let status = status_subresource(info, subresource)?;
         let input = parse_object(info, body)?;
         let name = meta_str(&input, "name").to_string();
         if name.is_empty() {
@@ -504,11 +633,9 @@ impl ApiServer {
                 ApiError::bad_request(format!("metadata.resourceVersion {s:?} is not a revision"))
             })?),
         };
+        let w = Target { user, verb: "update", subresource, info, ns: &ns, name: &name, rv };
         self.write_loop(
-            info,
-            &ns,
-            &name,
-            rv,
+            w,
             dry_run,
             |current| {
                 Ok(Some(if status {
@@ -527,14 +654,16 @@ impl ApiServer {
     #[allow(clippy::too_many_arguments)]
     pub async fn patch(
         &self,
+        user: &User,
         info: &'static ResourceInfo,
         ns: &str,
         name: &str,
         kind: PatchKind,
         patch: &[u8],
-        status: bool,
+        subresource: &str,
         dry_run: bool,
     ) -> Result<(Value, Vec<String>), ApiError> {
+        let status = status_subresource(info, subresource)?;
         Self::check_namespace_arg(info, ns)?;
         let ns = if info.namespaced { ns } else { "" };
         // A resourceVersion in the patch makes it conditional, as in Kubernetes.
@@ -544,11 +673,9 @@ impl ApiServer {
                 p.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(String::from)
             })
             .and_then(|s| s.parse::<i64>().ok());
+        let w = Target { user, verb: "patch", subresource, info, ns, name, rv };
         self.write_loop(
-            info,
-            ns,
-            name,
-            rv,
+            w,
             dry_run,
             |current| {
                 let mut cur = current.clone();
@@ -568,13 +695,9 @@ impl ApiServer {
     }
 
     /// Read, transform, admit, write guarded by the read revision; retried when unconditional.
-    #[allow(clippy::too_many_arguments)]
     async fn write_loop<F>(
         &self,
-        info: &'static ResourceInfo,
-        ns: &str,
-        name: &str,
-        rv: Option<i64>,
+        target: Target<'_>,
         dry_run: bool,
         transform: F,
         status: bool,
@@ -582,6 +705,8 @@ impl ApiServer {
     where
         F: Fn(&Value) -> Result<Option<Value>, ApiError>,
     {
+        let Target { info, ns, name, rv, .. } = target;
+        let attrs = target.attributes();
         let what = info.qualified_plural();
         let strategy = strategy::of(info.kind);
         for _ in 0..WRITE_RETRIES {
@@ -635,8 +760,10 @@ impl ApiServer {
                     }
                 }
             }
+            self.seams.mutate(&attrs, &mut new, Some(&current))?;
             strategy.prepare_for_update(&current, &mut new, status);
             let admitted = (info.admit)(&new, Some(&current), info)?;
+            self.seams.validate(&attrs, Some(&admitted.object), Some(&current))?;
             let mut obj = admitted.object;
             if spec_part(&obj) != spec_part(&current) {
                 let g =
@@ -714,8 +841,22 @@ impl ApiServer {
     /// PodScheduled=True are set on the stored pod in one guarded write. The pod was admitted
     /// when it was created and binding changes nothing else, so there is no second admission;
     /// that makes a binding a fraction of a patch's cost, and the scheduler makes one per pod.
-    pub async fn bind(&self, ns: &str, name: &str, body: &[u8]) -> Result<(), ApiError> {
+    pub async fn bind(
+        &self,
+        user: &User,
+        ns: &str,
+        name: &str,
+        body: &[u8],
+    ) -> Result<(), ApiError> {
         let info = flotilla_api::lookup("pods").expect("registered");
+        let attrs = Attributes {
+            user,
+            verb: "create",
+            resource: "pods",
+            subresource: "binding",
+            namespace: ns,
+            name,
+        };
         let b: Value = serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("Binding {name}: {e}")))?;
         let s = |ptr: &str| b.pointer(ptr).and_then(Value::as_str).unwrap_or("").to_string();
@@ -764,6 +905,7 @@ impl ApiServer {
             let mut pod = current.clone();
             pod["spec"]["nodeName"] = Value::String(node.clone());
             mark_scheduled(current, &mut pod);
+            self.seams.validate(&attrs, Some(&pod), Some(current))?;
             let key = info.key(ns, name);
             let stored = Bytes::from(to_store(&pod));
             let put = vec![Op::Put(key.clone(), stored.to_vec())];
@@ -777,20 +919,27 @@ impl ApiServer {
         Err(ApiError::conflict(&what, name, "too many concurrent writers; retry"))
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub async fn delete(
         &self,
+        user: &User,
         info: &'static ResourceInfo,
         ns: &str,
         name: &str,
-        grace: Option<i64>,
-        propagation: &str,
-        pre_uid: &str,
-        pre_rv: &str,
-        dry_run: bool,
+        opts: &DeleteOptions,
     ) -> Result<Value, ApiError> {
+        let (grace, dry_run) = (opts.grace_period_seconds, opts.dry_run);
+        let (pre_uid, pre_rv) = (&opts.precondition_uid, &opts.precondition_resource_version);
+        let propagation = opts.propagation_policy.as_str();
         Self::check_namespace_arg(info, ns)?;
         let ns = if info.namespaced { ns } else { "" };
+        let attrs = Attributes {
+            user,
+            verb: "delete",
+            resource: info.plural,
+            subresource: "",
+            namespace: ns,
+            name,
+        };
         let what = info.qualified_plural();
         let strategy = strategy::of(info.kind);
         let finalizer = match propagation {
@@ -818,11 +967,12 @@ impl ApiServer {
                 ),
                 ));
             }
-            if !pre_rv.is_empty() && pre_rv != cur_rev.to_string() {
+            if !pre_rv.is_empty() && *pre_rv != cur_rev.to_string() {
                 return Err(ApiError::conflict(&what, name, &format!(
                     "Precondition failed: ResourceVersion in precondition: {pre_rv}, ResourceVersion in object meta: {cur_rev}"
                 )));
             }
+            self.seams.validate(&attrs, None, Some(&current))?;
             let key = info.key(ns, name);
             let mut obj = current.clone();
             let mut finalizers: Vec<Value> = obj

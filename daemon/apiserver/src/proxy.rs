@@ -1,0 +1,117 @@
+//! The pods/log and pods/exec subresources' rules: which node serves the pod and which
+//! container is meant. The fronts only relay the streams to the node's agent.
+
+use super::ApiServer;
+use flotilla_api::error::{ApiError, Reason};
+use serde_json::Value;
+
+/// Where a log or exec request goes.
+pub struct ProxyTarget {
+    /// The node agent's API.
+    pub url: String,
+    pub namespace: String,
+    pub uid: String,
+    pub container: String,
+}
+
+/// The URL of a node's agent API: its InternalIP and kubelet endpoint port.
+pub fn node_url(n: &Value) -> Result<String, ApiError> {
+    let name = n["metadata"]["name"].as_str().unwrap_or_default();
+    let addr = n["status"]["addresses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|a| a["type"] == "InternalIP")
+        .and_then(|a| a["address"].as_str())
+        .ok_or_else(|| {
+            ApiError::new(Reason::Unavailable, format!("node {name} has no InternalIP"))
+        })?;
+    let port = n["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"].as_u64().unwrap_or(10250);
+    let host = if addr.contains(':') { format!("[{addr}]") } else { addr.to_string() };
+    Ok(format!("http://{host}:{port}"))
+}
+
+fn container_names(pod: &Value, key: &str) -> Vec<String> {
+    pod["spec"][key]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str().map(String::from))
+        .collect()
+}
+
+impl ApiServer {
+    /// A pod and the URL of its node's agent API (the kubelet endpoint of its Node).
+    async fn pod_node(&self, ns: &str, name: &str) -> Result<(Value, String), ApiError> {
+        let ns = if ns.is_empty() { "default" } else { ns };
+        let pod = self.get(self.resource("pods")?, ns, name).await?;
+        let node = pod["spec"]["nodeName"].as_str().unwrap_or_default();
+        if node.is_empty() {
+            return Err(ApiError::bad_request(format!(
+                "pod {ns}/{name} is not scheduled to a node yet"
+            )));
+        }
+        let n = self.get(self.resource("nodes")?, "", node).await?;
+        Ok((pod, node_url(&n)?))
+    }
+
+    fn target(pod: &Value, url: String, container: String) -> ProxyTarget {
+        let meta = |k: &str| pod["metadata"][k].as_str().unwrap_or_default().to_string();
+        ProxyTarget { url, namespace: meta("namespace"), uid: meta("uid"), container }
+    }
+
+    /// pods/log: the container defaults to the pod's only one (kubectl's rule).
+    pub async fn log_target(
+        &self,
+        ns: &str,
+        name: &str,
+        container: &str,
+    ) -> Result<ProxyTarget, ApiError> {
+        let (pod, url) = self.pod_node(ns, name).await?;
+        if !container.is_empty() {
+            return Ok(Self::target(&pod, url, container.to_string()));
+        }
+        match container_names(&pod, "containers").as_slice() {
+            [one] => Ok(Self::target(&pod, url, one.clone())),
+            many => Err(ApiError::bad_request(format!(
+                "a container name must be specified for pod {name}, choose one of: [{}] or one of the init containers: [{}]",
+                many.join(" "),
+                container_names(&pod, "initContainers").join(" ")
+            ))),
+        }
+    }
+
+    /// pods/exec: the container defaults to the annotated default container, else the first;
+    /// a completed pod runs nothing.
+    pub async fn exec_target(
+        &self,
+        ns: &str,
+        name: &str,
+        container: &str,
+    ) -> Result<ProxyTarget, ApiError> {
+        let (pod, url) = self.pod_node(ns, name).await?;
+        let names = container_names(&pod, "containers");
+        let container = if container.is_empty() {
+            let annotated = pod["metadata"]["annotations"]
+                ["kubectl.kubernetes.io/default-container"]
+                .as_str()
+                .filter(|c| names.iter().any(|n| n == c));
+            annotated.or(names.first().map(|s| s.as_str())).unwrap_or_default().to_string()
+        } else if !names.iter().any(|n| n == container)
+            && !container_names(&pod, "initContainers").iter().any(|n| n == container)
+        {
+            return Err(ApiError::bad_request(format!(
+                "container {container} is not valid for pod {name}"
+            )));
+        } else {
+            container.to_string()
+        };
+        let phase = pod["status"]["phase"].as_str().unwrap_or_default();
+        if phase == "Succeeded" || phase == "Failed" {
+            return Err(ApiError::bad_request(format!(
+                "cannot exec into a container in a completed pod; current phase is {phase}"
+            )));
+        }
+        Ok(Self::target(&pod, url, container))
+    }
+}

@@ -1,0 +1,226 @@
+//! The request core's stages that are not per kind: who calls (authentication), whether they
+//! may (authorization), and admission plugins around the per-kind strategy.
+//!
+//! ```text
+//!  front (gRPC today; HTTP next) ── decodes into a Request ──► ApiServer::admit_request
+//!    authenticate (Credentials → User) → authorize (Attributes → Decision)
+//!  ──► verb: get | list | watch | create | update | patch | delete | subresource
+//!    writes: mutating admission → strategy (prepare, allocate, validate) → validating
+//!    admission → storage
+//! ```
+//! A front decodes and encodes, nothing else: every rule is behind `admit_request` and the
+//! verbs, so two fronts cannot disagree. Today every caller is anonymous and allowed, as
+//! Kubernetes with `--anonymous-auth --authorization-mode=AlwaysAllow`; the trust issue
+//! replaces the `Seams`.
+
+use flotilla_api::error::{ApiError, Reason};
+use serde_json::Value;
+
+/// Who makes a request (Kubernetes' user.Info).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub uid: String,
+    pub groups: Vec<String>,
+    pub extra: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+impl User {
+    /// As a SelfSubjectReview or TokenReview shows it (Kubernetes' UserInfo).
+    pub fn to_json(&self) -> Value {
+        let mut u = serde_json::json!({"username": self.name, "groups": self.groups});
+        if !self.uid.is_empty() {
+            u["uid"] = Value::String(self.uid.clone());
+        }
+        if !self.extra.is_empty() {
+            u["extra"] = serde_json::json!(self.extra);
+        }
+        u
+    }
+
+    /// A caller that presented no credentials.
+    pub fn anonymous() -> User {
+        User {
+            name: "system:anonymous".into(),
+            uid: String::new(),
+            groups: vec!["system:unauthenticated".into()],
+            extra: Default::default(),
+        }
+    }
+
+    /// The API server itself (system namespaces, the kube-dns Service).
+    pub fn apiserver() -> User {
+        User {
+            name: "system:apiserver".into(),
+            uid: String::new(),
+            groups: vec!["system:authenticated".into(), "system:masters".into()],
+            extra: Default::default(),
+        }
+    }
+}
+
+/// What a front saw of the caller's credentials.
+#[derive(Clone, Debug, Default)]
+pub struct Credentials {
+    /// `Authorization: Bearer <token>`.
+    pub bearer: Option<String>,
+}
+
+/// What a request does, as an authorizer sees it (Kubernetes' authorizer.Attributes).
+#[derive(Clone, Copy, Debug)]
+pub struct Attributes<'a> {
+    pub user: &'a User,
+    /// get, list, watch, create, update, patch, delete.
+    pub verb: &'a str,
+    /// The resource's plural ("" for a non-resource request such as discovery).
+    pub resource: &'a str,
+    /// status, binding, log, exec, token, or "".
+    pub subresource: &'a str,
+    pub namespace: &'a str,
+    pub name: &'a str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    /// Refused, with the reason the caller is told.
+    Deny(String),
+    /// This authorizer has no opinion; the next one decides (none left: denied).
+    NoOpinion,
+}
+
+pub trait Authenticator: Send + Sync {
+    /// The caller, or None when the credentials are not this authenticator's (the caller is
+    /// then anonymous). Credentials that are this authenticator's but wrong are an error.
+    fn authenticate(&self, credentials: &Credentials) -> Result<Option<User>, ApiError>;
+}
+
+pub trait Authorizer: Send + Sync {
+    fn authorize(&self, attributes: &Attributes<'_>) -> Decision;
+}
+
+/// An admission plugin: runs on writes, around the per-kind strategy.
+pub trait Admission: Send + Sync {
+    fn name(&self) -> &'static str;
+
+    /// Before the strategy: may change the object being written.
+    fn mutate(
+        &self,
+        _attributes: &Attributes<'_>,
+        _object: &mut Value,
+        _old: Option<&Value>,
+    ) -> Result<(), ApiError> {
+        Ok(())
+    }
+
+    /// After the strategy, before storage: may only refuse. `object` is None for a delete.
+    fn validate(
+        &self,
+        _attributes: &Attributes<'_>,
+        _object: Option<&Value>,
+        _old: Option<&Value>,
+    ) -> Result<(), ApiError> {
+        Ok(())
+    }
+}
+
+/// Recognizes no credentials: everyone is anonymous.
+pub struct NoAuthentication;
+
+impl Authenticator for NoAuthentication {
+    fn authenticate(&self, _: &Credentials) -> Result<Option<User>, ApiError> {
+        Ok(None)
+    }
+}
+
+/// Allows every request (Kubernetes' AlwaysAllow).
+pub struct AlwaysAllow;
+
+impl Authorizer for AlwaysAllow {
+    fn authorize(&self, _: &Attributes<'_>) -> Decision {
+        Decision::Allow
+    }
+}
+
+/// The stages the trust issue fills: authenticators tried in order, authorizers asked in
+/// order (the first Allow or Deny decides), admission plugins run in order.
+pub struct Seams {
+    pub authenticators: Vec<Box<dyn Authenticator>>,
+    pub authorizers: Vec<Box<dyn Authorizer>>,
+    pub admission: Vec<Box<dyn Admission>>,
+}
+
+impl Default for Seams {
+    fn default() -> Seams {
+        Seams {
+            authenticators: vec![Box::new(NoAuthentication)],
+            authorizers: vec![Box::new(AlwaysAllow)],
+            admission: vec![],
+        }
+    }
+}
+
+impl Seams {
+    pub fn authenticate(&self, credentials: &Credentials) -> Result<User, ApiError> {
+        for a in &self.authenticators {
+            if let Some(user) = a.authenticate(credentials)? {
+                return Ok(user);
+            }
+        }
+        Ok(User::anonymous())
+    }
+
+    /// Kubernetes' Forbidden text: `User "u" cannot get resource "pods" in API group "" in
+    /// the namespace "ns"`, with the authorizer's reason.
+    pub fn authorize(&self, a: &Attributes<'_>) -> Result<(), ApiError> {
+        let mut why = String::new();
+        for z in &self.authorizers {
+            match z.authorize(a) {
+                Decision::Allow => return Ok(()),
+                Decision::Deny(r) => {
+                    why = r;
+                    break;
+                }
+                Decision::NoOpinion => {}
+            }
+        }
+        let resource = match a.subresource {
+            "" => a.resource.to_string(),
+            sub => format!("{}/{sub}", a.resource),
+        };
+        let group = flotilla_api::lookup(a.resource).map_or("", |r| r.group);
+        let place = match a.namespace {
+            "" => String::new(),
+            ns => format!(" in the namespace \"{ns}\""),
+        };
+        let mut msg = format!(
+            "{} is forbidden: User \"{}\" cannot {} resource \"{resource}\" in API group \"{group}\"{place}",
+            if a.name.is_empty() { resource.clone() } else { format!("{resource} \"{}\"", a.name) },
+            a.user.name,
+            a.verb,
+        );
+        if !why.is_empty() {
+            msg.push_str(": ");
+            msg.push_str(&why);
+        }
+        Err(ApiError::new(Reason::Forbidden, msg))
+    }
+
+    pub fn mutate(
+        &self,
+        a: &Attributes<'_>,
+        object: &mut Value,
+        old: Option<&Value>,
+    ) -> Result<(), ApiError> {
+        self.admission.iter().try_for_each(|p| p.mutate(a, object, old))
+    }
+
+    pub fn validate(
+        &self,
+        a: &Attributes<'_>,
+        object: Option<&Value>,
+        old: Option<&Value>,
+    ) -> Result<(), ApiError> {
+        self.admission.iter().try_for_each(|p| p.validate(a, object, old))
+    }
+}
