@@ -14,6 +14,7 @@ pub mod kv;
 pub mod metrics;
 pub mod proxy;
 pub mod request;
+mod resource_metrics;
 mod service;
 pub mod strategy;
 pub mod testing;
@@ -87,6 +88,25 @@ pub struct DeleteOptions {
     pub precondition_uid: String,
     pub precondition_resource_version: String,
     pub dry_run: bool,
+}
+
+/// A list's options (Kubernetes' ListOptions).
+#[derive(Clone, Debug, Default)]
+pub struct ListOptions {
+    pub label_selector: String,
+    pub field_selector: String,
+    /// At most this many items (0: all).
+    pub limit: i64,
+    pub continue_token: String,
+}
+
+/// A list as served: the items' JSON, the list's resourceVersion, and where the next page
+/// starts ("" when this is the last).
+pub struct List {
+    pub items: Vec<Bytes>,
+    pub resource_version: String,
+    pub continue_token: String,
+    pub remaining_item_count: i64,
 }
 
 /// Whether a write goes through the status subresource ("" or "status").
@@ -566,6 +586,52 @@ impl ApiServer {
         Self::check_namespace_arg(info, ns)?;
         let (v, rev) = self.read(info, if info.namespaced { ns } else { "" }, name).await?;
         Ok(with_rv(v, rev))
+    }
+
+    /// The list verb: selectors parsed, one page from the watch cache (or the store, for a
+    /// continued list whose snapshot the cache no longer has).
+    pub async fn list_objects(
+        &self,
+        info: &'static ResourceInfo,
+        ns: &str,
+        opts: &ListOptions,
+    ) -> Result<List, ApiError> {
+        let f = Filter::new(info, ns, &opts.label_selector, &opts.field_selector)?;
+        let page = self.list(info, &f, opts.limit, &opts.continue_token).await?;
+        Ok(List {
+            items: page.items,
+            resource_version: page.rev.to_string(),
+            continue_token: page
+                .next
+                .as_deref()
+                .map(|k| encode_continue(page.rev, k))
+                .unwrap_or_default(),
+            remaining_item_count: page.remaining,
+        })
+    }
+
+    /// The watch verb's start: selectors and resourceVersion parsed, a subscription to the
+    /// resource's cache from that revision (0: now, after the initial state if asked for).
+    #[allow(clippy::type_complexity)]
+    pub fn watch_start(
+        &self,
+        info: &'static ResourceInfo,
+        ns: &str,
+        label_selector: &str,
+        field_selector: &str,
+        resource_version: &str,
+        send_initial_events: bool,
+    ) -> Result<(Filter, i64, Arc<WatchCache>, cache::Subscription), ApiError> {
+        let f = Filter::new(info, ns, label_selector, field_selector)?;
+        let from: i64 = match resource_version {
+            "" | "0" => 0,
+            v => v.parse().map_err(|_| {
+                ApiError::bad_request(format!("resourceVersion {v:?} is not a revision"))
+            })?,
+        };
+        let cache = self.cache(info).clone();
+        let sub = cache.subscribe(from, &f, send_initial_events)?;
+        Ok((f, from, cache, sub))
     }
 
     pub async fn list(

@@ -2,7 +2,7 @@
 
 use super::cache::{encode_event, CacheEvent, EventKind, Filter, Subscription, WatchCache};
 use super::request::{Credentials, User};
-use super::{encode, encode_continue, ApiServer, DeleteOptions};
+use super::{encode, ApiServer, DeleteOptions, ListOptions};
 use bytes::Bytes;
 use flotilla_api::error::{ApiError, Reason};
 use flotilla_api::patch::PatchKind;
@@ -30,11 +30,6 @@ pub struct Service(pub Arc<ApiServer>);
 type WatchStream = Pin<Box<dyn Stream<Item = Result<proto::WatchResponse, Status>> + Send>>;
 type LogStream = Pin<Box<dyn Stream<Item = Result<proto::LogChunk, Status>> + Send>>;
 type ExecStream = Pin<Box<dyn Stream<Item = Result<proto::ExecOutput, Status>> + Send>>;
-
-/// Usage as metrics-server writes it: CPU in nanocores, memory in KiB.
-fn usage_json(u: &proto::Usage) -> serde_json::Value {
-    json!({"cpu": format!("{}n", u.cpu_nanocores), "memory": format!("{}Ki", u.memory_working_set_bytes / 1024)})
-}
 
 fn obj_response(v: &serde_json::Value, warnings: Vec<String>) -> Response<proto::ObjectResponse> {
     Response::new(proto::ObjectResponse { object: encode(v), warnings })
@@ -156,17 +151,18 @@ impl Api for Service {
         let s = &self.0;
         self.timed(&meta, ("list", &r.resource, ""), (&r.namespace, ""), |_| async {
             let info = s.resource(&r.resource)?;
-            let f = Filter::new(info, &r.namespace, &r.label_selector, &r.field_selector)?;
-            let page = s.list(info, &f, r.limit, &r.continue_token).await?;
+            let opts = ListOptions {
+                label_selector: r.label_selector.clone(),
+                field_selector: r.field_selector.clone(),
+                limit: r.limit,
+                continue_token: r.continue_token.clone(),
+            };
+            let page = s.list_objects(info, &r.namespace, &opts).await?;
             Ok(Response::new(proto::ListResponse {
                 items: page.items,
-                resource_version: page.rev.to_string(),
-                continue_token: page
-                    .next
-                    .as_deref()
-                    .map(|k| encode_continue(page.rev, k))
-                    .unwrap_or_default(),
-                remaining_item_count: page.remaining,
+                resource_version: page.resource_version,
+                continue_token: page.continue_token,
+                remaining_item_count: page.remaining_item_count,
             }))
         })
         .await
@@ -246,15 +242,14 @@ impl Api for Service {
         let setup = async {
             self.caller(&meta, "watch", &r.resource, "", &r.namespace, "")?;
             let info = s.resource(&r.resource)?;
-            let f = Filter::new(info, &r.namespace, &r.label_selector, &r.field_selector)?;
-            let from: i64 = match r.resource_version.as_str() {
-                "" | "0" => 0,
-                v => v.parse().map_err(|_| {
-                    ApiError::bad_request(format!("resourceVersion {v:?} is not a revision"))
-                })?,
-            };
-            let cache = s.cache(info).clone();
-            let sub = cache.subscribe(from, &f, r.send_initial_events)?;
+            let (f, from, cache, sub) = s.watch_start(
+                info,
+                &r.namespace,
+                &r.label_selector,
+                &r.field_selector,
+                &r.resource_version,
+                r.send_initial_events,
+            )?;
             Ok::<_, ApiError>((info, f, from, cache, sub))
         };
         let (info, f, from, cache, sub) = setup.await.map_err(|e| e.to_status())?;
@@ -345,115 +340,11 @@ impl Api for Service {
         let verb = if r.name.is_empty() { "list" } else { "get" };
         self.caller(&meta, verb, &r.resource, "", &r.namespace, &r.name)
             .map_err(|e| e.to_status())?;
-        let decode = |page: super::cache::ListPage| -> Vec<serde_json::Value> {
-            page.items.iter().filter_map(|b| serde_json::from_slice(b).ok()).collect()
-        };
-        let fields =
-            if r.name.is_empty() { String::new() } else { format!("metadata.name={}", r.name) };
-        let gather = async {
-            let (node_labels, pod_filter) = match r.resource.as_str() {
-                "nodes" => (r.label_selector.as_str(), None),
-                "pods" => {
-                    let info = s.resource("pods")?;
-                    let f =
-                        super::cache::Filter::new(info, &r.namespace, &r.label_selector, &fields)?;
-                    ("", Some(decode(s.list(info, &f, 0, "").await?)))
-                }
-                other => {
-                    return Err(ApiError::bad_request(format!(
-                        "metrics are served for pods and nodes, not {other:?}"
-                    )))
-                }
-            };
-            let info = s.resource("nodes")?;
-            let node_fields = if pod_filter.is_none() { fields.as_str() } else { "" };
-            let f = super::cache::Filter::new(info, "", node_labels, node_fields)?;
-            let mut nodes = decode(s.list(info, &f, 0, "").await?);
-            if let Some(pods) = &pod_filter {
-                let used: std::collections::HashSet<&str> =
-                    pods.iter().filter_map(|p| p["spec"]["nodeName"].as_str()).collect();
-                nodes.retain(|n| n["metadata"]["name"].as_str().is_some_and(|n| used.contains(n)));
-            }
-            let calls = nodes.iter().map(|n| async move {
-                let name = n["metadata"]["name"].as_str().unwrap_or_default().to_string();
-                let summary = async {
-                    let url = super::proxy::node_url(n).map_err(|e| e.message)?;
-                    let mut c = proto::node_client::NodeClient::connect(url.clone())
-                        .await
-                        .map_err(|e| format!("node agent at {url}: {e}"))?;
-                    c.stats(proto::StatsRequest {})
-                        .await
-                        .map(|r| r.into_inner())
-                        .map_err(|e| e.message().to_string())
-                };
-                let res = tokio::time::timeout(std::time::Duration::from_secs(5), summary)
-                    .await
-                    .unwrap_or_else(|_| Err("timed out".into()));
-                (name, res)
-            });
-            let mut warnings = Vec::new();
-            let mut summaries = Vec::new();
-            for (name, res) in futures::future::join_all(calls).await {
-                match res {
-                    Ok(sm) => summaries.push(sm),
-                    Err(e) => warnings.push(format!("node {name}: metrics unavailable: {e}")),
-                }
-            }
-            let window =
-                |u: &proto::Usage| format!("{}s", (u.window_ms as f64 / 1000.0).round().max(1.0));
-            let mut items = Vec::new();
-            match &pod_filter {
-                None => {
-                    for sm in &summaries {
-                        let Some(u) = sm.usage.as_ref().filter(|u| u.window_ms > 0) else {
-                            continue;
-                        };
-                        items.push(
-                            json!({"apiVersion": "metrics.k8s.io/v1beta1", "kind": "NodeMetrics",
-                            "metadata": {"name": sm.node, "creationTimestamp": u.timestamp},
-                            "timestamp": u.timestamp, "window": window(u), "usage": usage_json(u)}),
-                        );
-                    }
-                }
-                Some(pods) => {
-                    let by_uid: std::collections::HashMap<&str, &proto::PodStats> = summaries
-                        .iter()
-                        .flat_map(|sm| sm.pods.iter())
-                        .map(|p| (p.uid.as_str(), p))
-                        .collect();
-                    for pod in pods {
-                        let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
-                        let Some(ps) = by_uid.get(uid) else { continue };
-                        let Some(first) = ps.containers.first().and_then(|c| c.usage.as_ref())
-                        else {
-                            continue;
-                        };
-                        // Like metrics-server: a pod is reported once every container has a rate.
-                        if ps
-                            .containers
-                            .iter()
-                            .any(|c| c.usage.as_ref().is_none_or(|u| u.window_ms == 0))
-                        {
-                            continue;
-                        }
-                        let containers: Vec<serde_json::Value> = ps
-                            .containers
-                            .iter()
-                            .map(|c| json!({"name": c.name, "usage": usage_json(c.usage.as_ref().expect("checked"))}))
-                            .collect();
-                        items.push(json!({"apiVersion": "metrics.k8s.io/v1beta1", "kind": "PodMetrics",
-                            "metadata": {"name": ps.name, "namespace": ps.namespace,
-                                "labels": pod["metadata"]["labels"], "creationTimestamp": first.timestamp},
-                            "timestamp": first.timestamp, "window": window(first), "containers": containers}));
-                    }
-                }
-            }
-            Ok::<_, ApiError>(proto::MetricsResponse {
-                items: items.iter().map(encode).collect(),
-                warnings,
-            })
-        };
-        let out = gather.await.map_err(|e| e.to_status())?;
+        let (items, warnings) = s
+            .resource_metrics(&r.resource, &r.namespace, &r.label_selector, &r.name)
+            .await
+            .map_err(|e| e.to_status())?;
+        let out = proto::MetricsResponse { items: items.iter().map(encode).collect(), warnings };
         s.record("get", "metrics", started);
         Ok(Response::new(out))
     }
