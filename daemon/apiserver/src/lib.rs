@@ -27,7 +27,7 @@ use flotilla_api::patch::PatchKind;
 use flotilla_api::{ResourceInfo, RESOURCES};
 use flotilla_store::StoreNode;
 use kv::{Cond, Kv, Op};
-use request::{Attributes, Credentials, Seams, User};
+use request::{Attributes, Credentials, RequestInfo, Seams, User};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -368,14 +368,10 @@ impl ApiServer {
     pub fn admit_request(
         &self,
         credentials: &Credentials,
-        verb: &str,
-        resource: &str,
-        subresource: &str,
-        namespace: &str,
-        name: &str,
+        request: RequestInfo<'_>,
     ) -> Result<User, ApiError> {
         let user = self.authenticate(credentials)?;
-        let a = Attributes { user: &user, verb, resource, subresource, namespace, name };
+        let a = request.by(&user);
         self.seams.authorize(&a)?;
         Ok(user)
     }

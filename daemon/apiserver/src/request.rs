@@ -2,16 +2,16 @@
 //! may (authorization), and admission plugins around the per-kind strategy.
 //!
 //! ```text
-//!  front (gRPC today; HTTP next) ── decodes into a Request ──► ApiServer::admit_request
+//!  front (gRPC today; HTTP next) ── decodes a RequestInfo ──► ApiServer::admit_request
 //!    authenticate (Credentials → User) → authorize (Attributes → Decision)
 //!  ──► verb: get | list | watch | create | update | patch | delete | subresource
 //!    writes: mutating admission → strategy (prepare, allocate, validate) → validating
 //!    admission → storage
 //! ```
 //! A front decodes and encodes, nothing else: every rule is behind `admit_request` and the
-//! verbs, so two fronts cannot disagree. Today every caller is anonymous and allowed, as
-//! Kubernetes with `--anonymous-auth --authorization-mode=AlwaysAllow`; the trust issue
-//! replaces the `Seams`.
+//! verbs, so two fronts cannot disagree. Today a caller is a service account (a bearer
+//! token the server issued) or anonymous, and everyone is allowed, as Kubernetes with
+//! `--anonymous-auth --authorization-mode=AlwaysAllow`; the trust issue fills the `Seams`.
 
 use flotilla_api::error::{ApiError, Reason};
 use serde_json::Value;
@@ -64,6 +64,36 @@ impl User {
 pub struct Credentials {
     /// `Authorization: Bearer <token>`.
     pub bearer: Option<String>,
+}
+
+/// What a request asks, before knowing who asks (Kubernetes' RequestInfo): what a front
+/// decodes and hands to the core.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RequestInfo<'a> {
+    pub verb: &'a str,
+    pub resource: &'a str,
+    pub subresource: &'a str,
+    pub namespace: &'a str,
+    pub name: &'a str,
+}
+
+impl<'a> RequestInfo<'a> {
+    pub fn new(verb: &'a str, resource: &'a str) -> Self {
+        RequestInfo { verb, resource, ..Default::default() }
+    }
+
+    pub fn subresource(self, subresource: &'a str) -> Self {
+        RequestInfo { subresource, ..self }
+    }
+
+    pub fn at(self, namespace: &'a str, name: &'a str) -> Self {
+        RequestInfo { namespace, name, ..self }
+    }
+
+    pub fn by(self, user: &'a User) -> Attributes<'a> {
+        let RequestInfo { verb, resource, subresource, namespace, name } = self;
+        Attributes { user, verb, resource, subresource, namespace, name }
+    }
 }
 
 /// What a request does, as an authorizer sees it (Kubernetes' authorizer.Attributes).

@@ -1,7 +1,7 @@
 //! The gRPC face of the API server, `/metrics` on the same port, and the watch streams.
 
 use super::cache::{encode_event, CacheEvent, EventKind, Filter, Subscription, WatchCache};
-use super::request::{Credentials, User};
+use super::request::{Credentials, RequestInfo, User};
 use super::{encode, ApiServer, DeleteOptions, ListOptions};
 use bytes::Bytes;
 use flotilla_api::error::{ApiError, Reason};
@@ -42,8 +42,7 @@ impl Service {
     async fn timed<T, F, Fut>(
         &self,
         meta: &tonic::metadata::MetadataMap,
-        (verb, resource, subresource): (&str, &str, &str),
-        (namespace, name): (&str, &str),
+        r: RequestInfo<'_>,
         f: F,
     ) -> Result<T, Status>
     where
@@ -52,6 +51,7 @@ impl Service {
     {
         use tracing::Instrument;
         let started = Instant::now();
+        let RequestInfo { verb, resource, subresource, namespace, name } = r;
         let span = tracing::info_span!(
             "request",
             verb,
@@ -61,8 +61,8 @@ impl Service {
             name,
             user = tracing::field::Empty
         );
-        let r = async {
-            let user = self.caller(meta, verb, resource, subresource, namespace, name)?;
+        let out = async {
+            let user = self.caller(meta, r)?;
             tracing::Span::current().record("user", user.name.as_str());
             f(user).await
         }
@@ -74,21 +74,16 @@ impl Service {
             (v, _) => v,
         };
         self.0.record(label, res, started);
-        r.map_err(|e| e.to_status())
+        out.map_err(|e| e.to_status())
     }
 
     /// Authenticates and authorizes a request in the core.
     fn caller(
         &self,
         meta: &tonic::metadata::MetadataMap,
-        verb: &str,
-        resource: &str,
-        subresource: &str,
-        namespace: &str,
-        name: &str,
+        r: RequestInfo<'_>,
     ) -> Result<User, ApiError> {
-        let creds = credentials(meta)?;
-        self.0.admit_request(&creds, verb, resource, subresource, namespace, name)
+        self.0.admit_request(&credentials(meta)?, r)
     }
 }
 
@@ -119,11 +114,15 @@ impl Api for Service {
         let (meta, _, r) = req.into_parts();
         let r = &r;
         let s = &self.0;
-        self.timed(&meta, ("create", &r.resource, ""), (&r.namespace, ""), |user| async move {
-            let info = s.resource(&r.resource)?;
-            let w = s.create(&user, info, &r.namespace, &r.object, r.dry_run).await?;
-            Ok(Response::new(proto::ObjectResponse { object: w.json(), warnings: w.warnings }))
-        })
+        self.timed(
+            &meta,
+            RequestInfo::new("create", &r.resource).at(&r.namespace, ""),
+            |user| async move {
+                let info = s.resource(&r.resource)?;
+                let w = s.create(&user, info, &r.namespace, &r.object, r.dry_run).await?;
+                Ok(Response::new(proto::ObjectResponse { object: w.json(), warnings: w.warnings }))
+            },
+        )
         .await
     }
 
@@ -134,11 +133,15 @@ impl Api for Service {
         let (meta, _, r) = req.into_parts();
         let r = &r;
         let s = &self.0;
-        self.timed(&meta, ("get", &r.resource, ""), (&r.namespace, &r.name), |_| async {
-            let info = s.resource(&r.resource)?;
-            let v = s.get(info, &r.namespace, &r.name).await?;
-            Ok(obj_response(&v, vec![]))
-        })
+        self.timed(
+            &meta,
+            RequestInfo::new("get", &r.resource).at(&r.namespace, &r.name),
+            |_| async {
+                let info = s.resource(&r.resource)?;
+                let v = s.get(info, &r.namespace, &r.name).await?;
+                Ok(obj_response(&v, vec![]))
+            },
+        )
         .await
     }
 
@@ -149,7 +152,7 @@ impl Api for Service {
         let (meta, _, r) = req.into_parts();
         let r = &r;
         let s = &self.0;
-        self.timed(&meta, ("list", &r.resource, ""), (&r.namespace, ""), |_| async {
+        self.timed(&meta, RequestInfo::new("list", &r.resource).at(&r.namespace, ""), |_| async {
             let info = s.resource(&r.resource)?;
             let opts = ListOptions {
                 label_selector: r.label_selector.clone(),
@@ -175,8 +178,8 @@ impl Api for Service {
         let (meta, _, r) = req.into_parts();
         let r = &r;
         let s = &self.0;
-        let what = ("update", r.resource.as_str(), r.subresource.as_str());
-        self.timed(&meta, what, (&r.namespace, ""), |user| async move {
+        let what = RequestInfo::new("update", &r.resource).subresource(&r.subresource);
+        self.timed(&meta, what.at(&r.namespace, ""), |user| async move {
             let info = s.resource(&r.resource)?;
             let (v, w) =
                 s.update(&user, info, &r.namespace, &r.object, &r.subresource, r.dry_run).await?;
@@ -192,8 +195,8 @@ impl Api for Service {
         let (meta, _, r) = req.into_parts();
         let r = &r;
         let s = &self.0;
-        let what = ("patch", r.resource.as_str(), r.subresource.as_str());
-        self.timed(&meta, what, (&r.namespace, &r.name), |user| async move {
+        let what = RequestInfo::new("patch", &r.resource).subresource(&r.subresource);
+        self.timed(&meta, what.at(&r.namespace, &r.name), |user| async move {
             let info = s.resource(&r.resource)?;
             let kind = match proto::PatchType::try_from(r.patch_type) {
                 Ok(proto::PatchType::Merge) => PatchKind::Merge,
@@ -214,18 +217,22 @@ impl Api for Service {
         let (meta, _, r) = req.into_parts();
         let r = &r;
         let s = &self.0;
-        self.timed(&meta, ("delete", &r.resource, ""), (&r.namespace, &r.name), |user| async move {
-            let info = s.resource(&r.resource)?;
-            let opts = DeleteOptions {
-                grace_period_seconds: r.grace_period_seconds,
-                propagation_policy: r.propagation_policy.clone(),
-                precondition_uid: r.precondition_uid.clone(),
-                precondition_resource_version: r.precondition_resource_version.clone(),
-                dry_run: r.dry_run,
-            };
-            let v = s.delete(&user, info, &r.namespace, &r.name, &opts).await?;
-            Ok(obj_response(&v, vec![]))
-        })
+        self.timed(
+            &meta,
+            RequestInfo::new("delete", &r.resource).at(&r.namespace, &r.name),
+            |user| async move {
+                let info = s.resource(&r.resource)?;
+                let opts = DeleteOptions {
+                    grace_period_seconds: r.grace_period_seconds,
+                    propagation_policy: r.propagation_policy.clone(),
+                    precondition_uid: r.precondition_uid.clone(),
+                    precondition_resource_version: r.precondition_resource_version.clone(),
+                    dry_run: r.dry_run,
+                };
+                let v = s.delete(&user, info, &r.namespace, &r.name, &opts).await?;
+                Ok(obj_response(&v, vec![]))
+            },
+        )
         .await
     }
 
@@ -240,7 +247,7 @@ impl Api for Service {
         let s = self.0.clone();
         let started = Instant::now();
         let setup = async {
-            self.caller(&meta, "watch", &r.resource, "", &r.namespace, "")?;
+            self.caller(&meta, RequestInfo::new("watch", &r.resource).at(&r.namespace, ""))?;
             let info = s.resource(&r.resource)?;
             let (f, from, cache, sub) = s.watch_start(
                 info,
@@ -278,7 +285,10 @@ impl Api for Service {
         let (meta, _, mut r) = req.into_parts();
         let started = Instant::now();
         let target = async {
-            self.caller(&meta, "get", "pods", "log", &r.namespace, &r.name)?;
+            self.caller(
+                &meta,
+                RequestInfo::new("get", "pods").subresource("log").at(&r.namespace, &r.name),
+            )?;
             self.0.log_target(&r.namespace, &r.name, &r.container).await
         };
         let t = target.await.map_err(|e| e.to_status())?;
@@ -309,7 +319,8 @@ impl Api for Service {
             _ => return Err(Status::invalid_argument("exec: the first message must be `start`")),
         };
         let target = async {
-            self.caller(&meta, "create", "pods", "exec", &start.namespace, &start.name)?;
+            let what = RequestInfo::new("create", "pods").subresource("exec");
+            self.caller(&meta, what.at(&start.namespace, &start.name))?;
             self.0.exec_target(&start.namespace, &start.name, &start.container).await
         };
         let t = target.await.map_err(|e| e.to_status())?;
@@ -338,7 +349,7 @@ impl Api for Service {
         let started = Instant::now();
         let s = &self.0;
         let verb = if r.name.is_empty() { "list" } else { "get" };
-        self.caller(&meta, verb, &r.resource, "", &r.namespace, &r.name)
+        self.caller(&meta, RequestInfo::new(verb, &r.resource).at(&r.namespace, &r.name))
             .map_err(|e| e.to_status())?;
         let (items, warnings) = s
             .resource_metrics(&r.resource, &r.namespace, &r.label_selector, &r.name)
@@ -356,7 +367,7 @@ impl Api for Service {
         let (meta, _, r) = req.into_parts();
         let r = &r;
         let s = &self.0;
-        self.timed(&meta, ("create", "pods", "binding"), (&r.namespace, &r.name), |user| async move {
+        self.timed(&meta, RequestInfo::new("create", "pods").subresource("binding").at(&r.namespace, &r.name), |user| async move {
             s.bind(&user, &r.namespace, &r.name, &r.object).await?;
             // Kubernetes' BindingREST answers with a Status, not the pod: nobody pays for
             // encoding and decoding a pod the binder already has.
@@ -377,8 +388,8 @@ impl Api for Service {
         let (meta, _, r) = req.into_parts();
         let r = &r;
         let s = &self.0;
-        let what = ("create", "serviceaccounts", "token");
-        self.timed(&meta, what, (&r.namespace, &r.name), |_| async {
+        let what = RequestInfo::new("create", "serviceaccounts").subresource("token");
+        self.timed(&meta, what.at(&r.namespace, &r.name), |_| async {
             let v = s.create_token(&r.namespace, &r.name, &r.object).await?;
             Ok(obj_response(&v, Vec::new()))
         })
@@ -391,8 +402,7 @@ impl Api for Service {
     ) -> Result<Response<proto::ObjectResponse>, Status> {
         let (meta, _, r) = req.into_parts();
         let r = &r;
-        let what = ("create", "tokenreviews", "");
-        self.timed(&meta, what, ("", ""), |_| async {
+        self.timed(&meta, RequestInfo::new("create", "tokenreviews"), |_| async {
             Ok(obj_response(&self.0.token_review(&r.object)?, Vec::new()))
         })
         .await
@@ -402,8 +412,8 @@ impl Api for Service {
         &self,
         req: Request<proto::WhoAmIRequest>,
     ) -> Result<Response<proto::ObjectResponse>, Status> {
-        let what = ("create", "selfsubjectreviews", "");
-        self.timed(req.metadata(), what, ("", ""), |user| async move {
+        let what = RequestInfo::new("create", "selfsubjectreviews");
+        self.timed(req.metadata(), what, |user| async move {
             let v = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview",
                 "metadata": {"creationTimestamp": super::now_rfc3339()},
                 "status": {"userInfo": user.to_json()}});
@@ -416,7 +426,7 @@ impl Api for Service {
         &self,
         req: Request<proto::DiscoveryRequest>,
     ) -> Result<Response<proto::DiscoveryResponse>, Status> {
-        self.caller(req.metadata(), "get", "", "", "", "").map_err(|e| e.to_status())?;
+        self.caller(req.metadata(), RequestInfo::new("get", "")).map_err(|e| e.to_status())?;
         let resources = flotilla_api::RESOURCES
             .iter()
             .map(|r| proto::ApiResource {

@@ -3,7 +3,7 @@
 
 use flotilla_api::Reason;
 use flotilla_apiserver::request::{
-    Admission, Attributes, Authorizer, Credentials, Decision, Seams, User,
+    Admission, Attributes, Authorizer, Credentials, Decision, RequestInfo, Seams, User,
 };
 use flotilla_apiserver::testing::InProcess;
 use flotilla_apiserver::DeleteOptions;
@@ -72,21 +72,27 @@ async fn authorization_and_admission_surround_the_strategy() {
     let anon = Credentials::default();
 
     // Authentication: no credentials make the anonymous user; a bad token is refused.
-    let user = api.admit_request(&anon, "create", "pods", "", "default", "").unwrap();
+    let user =
+        api.admit_request(&anon, RequestInfo::new("create", "pods").at("default", "")).unwrap();
     assert_eq!(user, User::anonymous());
     let bad = Credentials { bearer: Some("not-a-token".into()) };
-    let e = api.admit_request(&bad, "get", "pods", "", "default", "p").unwrap_err();
+    let e =
+        api.admit_request(&bad, RequestInfo::new("get", "pods").at("default", "p")).unwrap_err();
     assert_eq!(e.reason, Reason::Unauthorized, "{e:?}");
 
     // Authorization: the first authorizer with an opinion decides, in Kubernetes' words.
-    let e = api.admit_request(&anon, "delete", "configmaps", "", "default", "c").unwrap_err();
+    let e = api
+        .admit_request(&anon, RequestInfo::new("delete", "configmaps").at("default", "c"))
+        .unwrap_err();
     assert_eq!(e.reason, Reason::Forbidden);
     assert_eq!(
         e.message,
         "configmaps \"c\" is forbidden: User \"system:anonymous\" cannot delete resource \
          \"configmaps\" in API group \"\" in the namespace \"default\": configmaps are kept"
     );
-    assert!(api.admit_request(&anon, "get", "configmaps", "", "default", "c").is_ok());
+    assert!(api
+        .admit_request(&anon, RequestInfo::new("get", "configmaps").at("default", "c"))
+        .is_ok());
 
     // Mutating admission runs before the strategy, validating admission after it: the
     // validator sees the label added and the Pod's defaults (its service account).
