@@ -154,14 +154,10 @@ struct Target<'a> {
 
 impl<'a> Target<'a> {
     fn attributes(&self) -> Attributes<'a> {
-        Attributes {
-            user: self.user,
-            verb: self.verb,
-            resource: self.info.plural,
-            subresource: self.subresource,
-            namespace: self.ns,
-            name: self.name,
-        }
+        RequestInfo::new(self.verb, self.info.plural)
+            .subresource(self.subresource)
+            .at(self.ns, self.name)
+            .by(self.user)
     }
 }
 
@@ -379,10 +375,11 @@ impl ApiServer {
     /// The configured authenticators first, then service-account tokens (built in, as in
     /// Kubernetes); no credentials make an anonymous caller, wrong ones an error.
     fn authenticate(&self, credentials: &Credentials) -> Result<User, ApiError> {
-        let user = self.seams.authenticate(credentials)?;
-        let Some(token) = credentials.bearer.as_deref().filter(|_| user == User::anonymous())
-        else {
+        if let Some(user) = self.seams.authenticate(credentials)? {
             return Ok(user);
+        }
+        let Some(token) = credentials.bearer.as_deref() else {
+            return Ok(User::anonymous());
         };
         match self.review(token, &[]) {
             Ok(u) => Ok(User {
@@ -511,14 +508,7 @@ impl ApiServer {
             }
         }
         let attrs_name = meta_str(&v, "name").to_string();
-        let attrs = Attributes {
-            user,
-            verb: "create",
-            resource: info.plural,
-            subresource: "",
-            namespace: &ns,
-            name: &attrs_name,
-        };
+        let attrs = RequestInfo::new("create", info.plural).at(&ns, &attrs_name).by(user);
         self.seams.mutate(&attrs, &mut v, None)?;
         let mut admitted = (info.admit)(&v, None, info)?;
         let name = meta_str(&admitted.object, "name").to_string();
@@ -911,14 +901,7 @@ impl ApiServer {
         body: &[u8],
     ) -> Result<(), ApiError> {
         let info = flotilla_api::lookup("pods").expect("registered");
-        let attrs = Attributes {
-            user,
-            verb: "create",
-            resource: "pods",
-            subresource: "binding",
-            namespace: ns,
-            name,
-        };
+        let attrs = RequestInfo::new("create", "pods").subresource("binding").at(ns, name).by(user);
         let b: Value = serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("Binding {name}: {e}")))?;
         let s = |ptr: &str| b.pointer(ptr).and_then(Value::as_str).unwrap_or("").to_string();
@@ -994,14 +977,7 @@ impl ApiServer {
         let propagation = opts.propagation_policy.as_str();
         Self::check_namespace_arg(info, ns)?;
         let ns = if info.namespaced { ns } else { "" };
-        let attrs = Attributes {
-            user,
-            verb: "delete",
-            resource: info.plural,
-            subresource: "",
-            namespace: ns,
-            name,
-        };
+        let attrs = RequestInfo::new("delete", info.plural).at(ns, name).by(user);
         let what = info.qualified_plural();
         let strategy = strategy::of(info.kind);
         let finalizer = match propagation {

@@ -191,13 +191,14 @@ impl Default for Seams {
 }
 
 impl Seams {
-    pub fn authenticate(&self, credentials: &Credentials) -> Result<User, ApiError> {
+    /// The first authenticator's answer that recognizes the credentials (None: none does).
+    pub fn authenticate(&self, credentials: &Credentials) -> Result<Option<User>, ApiError> {
         for a in &self.authenticators {
             if let Some(user) = a.authenticate(credentials)? {
-                return Ok(user);
+                return Ok(Some(user));
             }
         }
-        Ok(User::anonymous())
+        Ok(None)
     }
 
     /// Kubernetes' Forbidden text: `User "u" cannot get resource "pods" in API group "" in

@@ -159,12 +159,7 @@ impl Ctr {
 
     /// A start is under way.
     pub fn creating(&mut self) {
-        let w = Wait { reason: Reason::ContainerCreating, message: String::new(), until: None };
-        match &mut self.state {
-            State::Waiting(old) => *old = w,
-            State::Exited { next, .. } => *next = Some(w),
-            State::Running(_) => {}
-        }
+        self.wait(Wait { reason: Reason::ContainerCreating, message: String::new(), until: None });
     }
 
     /// The run that started; returns the run before the previous one, to be removed.
@@ -196,7 +191,11 @@ impl Ctr {
         } else {
             self.start_backoff
         };
-        let w = Wait { reason, message, until: Some(now + wait) };
+        self.wait(Wait { reason, message, until: Some(now + wait) });
+    }
+
+    /// Why the next run has not started (a running container has nothing to wait for).
+    fn wait(&mut self, w: Wait) {
         match &mut self.state {
             State::Waiting(old) => *old = w,
             State::Exited { next, .. } => *next = Some(w),
