@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod auth;
+mod config;
 mod exec;
 mod print;
 mod rollout;
@@ -27,13 +28,23 @@ const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
     about = "Command line for a Flotilla cluster (kubectl conventions)"
 )]
 struct Cli {
-    /// API server address (also FLOTILLA_SERVER, or `server:` in ~/.flotilla/config).
-    #[arg(long, env = "FLOTILLA_SERVER", global = true)]
+    /// The kubeconfig file (default: $KUBECONFIG's files, else ~/.kube/config).
+    #[arg(long, global = true)]
+    kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use (default: its current-context).
+    #[arg(long, global = true)]
+    context: Option<String>,
+    /// The API server's address, instead of the context's.
+    #[arg(short = 's', long, global = true)]
     server: Option<String>,
+    /// Do not verify the server's certificate (kubectl's flag; insecure).
+    #[arg(long, global = true)]
+    insecure_skip_tls_verify: bool,
     /// Namespace of the request (default: "default").
     #[arg(short = 'n', long, global = true)]
     namespace: Option<String>,
-    /// Bearer token to present (a service account token); also FLOTILLA_TOKEN.
+    /// Bearer token to present (a service account token), instead of the context's
+    /// credentials; also FLOTILLA_TOKEN.
     #[arg(long, env = "FLOTILLA_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
     #[command(subcommand)]
@@ -71,6 +82,9 @@ enum Cmd {
     /// Inspect authentication: `auth whoami`.
     #[command(subcommand)]
     Auth(auth::Auth),
+    /// Kubeconfig files: view, get-contexts, current-context, use-context.
+    #[command(subcommand)]
+    Config(config::Config),
     /// List or show objects.
     Get {
         /// Kind (pods, po, deploy, svc, …), or several separated by commas.
@@ -227,19 +241,28 @@ struct Ctx {
     explicit_ns: bool,
 }
 
-fn server_url(flag: Option<String>) -> String {
-    if let Some(s) = flag {
-        return s;
+/// Where and as whom to connect: the kubeconfig's context, with the flags over it.
+fn connection(cli: &Cli) -> Result<flotilla_client::Connection> {
+    let kc = flotilla_client::Kubeconfig::load(cli.kubeconfig.as_deref())?;
+    let mut c = if kc.contexts.is_empty() && cli.context.is_none() {
+        flotilla_client::Connection::default()
+    } else {
+        kc.connection(cli.context.as_deref())?
+    };
+    if let Some(s) = &cli.server {
+        c.server = s.clone();
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
-    if let Ok(text) = std::fs::read_to_string(home.join(".flotilla/config")) {
-        for line in text.lines() {
-            if let Some(v) = line.trim().strip_prefix("server:") {
-                return v.trim().trim_matches('"').to_string();
-            }
-        }
+    if c.server.is_empty() {
+        anyhow::bail!(
+            "no server: no kubeconfig at --kubeconfig, $KUBECONFIG or ~/.kube/config, and no --server \
+             (`cargo xtask up` links the cluster's admin kubeconfig to ~/.kube/config)"
+        );
     }
-    "http://127.0.0.1:6443".into()
+    if let Some(t) = cli.token.as_deref().filter(|t| !t.is_empty()) {
+        c.token = Some(t.to_string());
+    }
+    c.insecure |= cli.insecure_skip_tls_verify;
+    Ok(c)
 }
 
 fn resource(kind: &str) -> Result<&'static ResourceInfo> {
@@ -805,15 +828,29 @@ async fn run(cli: Cli) -> Result<()> {
         }
         _ => {}
     }
-    let url = server_url(cli.server.clone());
-    let mut client = Client::connect(&url).await.map_err(|e| anyhow::anyhow!("{}", e.message))?;
-    if let Some(t) = cli.token.as_deref().filter(|t| !t.is_empty()) {
-        client = client.with_token(t).map_err(|e| anyhow::anyhow!("--token: {}", e.message))?;
+    if let Cmd::Config(c) = cli.cmd {
+        return config::run(cli.kubeconfig.as_deref(), cli.context.as_deref(), c);
     }
+    let conn = connection(&cli)?;
+    let client = if conn.server.starts_with("http://") {
+        // Servers speak TLS only; a plain URL gets the server's refusal, not ours.
+        let c =
+            Client::connect(&conn.server).await.map_err(|e| anyhow::anyhow!("{}", e.message))?;
+        match &conn.token {
+            Some(t) => c.with_token(t).map_err(|e| anyhow::anyhow!("--token: {}", e.message))?,
+            None => c,
+        }
+    } else {
+        Client::connect_to(&conn).await.map_err(|e| anyhow::anyhow!("{}", e.message))?
+    };
     let ctx = Ctx {
         client,
         explicit_ns: cli.namespace.is_some(),
-        namespace: cli.namespace.clone().unwrap_or_else(|| "default".into()),
+        namespace: cli
+            .namespace
+            .clone()
+            .or(conn.namespace.clone())
+            .unwrap_or_else(|| "default".into()),
     };
     match cli.cmd {
         Cmd::Apply { filename, dry_run } => ctx.apply(&filename, dry_run).await,
@@ -1001,7 +1038,7 @@ async fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Cmd::Completion { .. } => Ok(()),
+        Cmd::Completion { .. } | Cmd::Config(_) => Ok(()),
     }
 }
 

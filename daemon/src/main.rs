@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod server;
+mod trust;
 
 use flotilla_agent as agent;
 use flotilla_daemon::{image, runtime};
@@ -45,6 +46,34 @@ enum Cmd {
     Scheduler(server::SchedulerArgs),
     /// The controller manager on its own (`server` and `up` run it unless --no-controllers).
     Controllers(server::ControllersArgs),
+    /// Kubeconfig files signed by the cluster CA (kubeadm's `kubeconfig user`).
+    #[command(subcommand)]
+    Kubeconfig(KubeconfigCmd),
+}
+
+#[derive(Subcommand)]
+enum KubeconfigCmd {
+    /// A kubeconfig with a client certificate for a user, on stdout or in --out.
+    User {
+        /// The cluster's PKI directory (ca.crt, ca.key).
+        #[arg(long, default_value = "/var/lib/flotilla/pki")]
+        pki_dir: PathBuf,
+        /// The API server's URL.
+        #[arg(long, default_value = "https://127.0.0.1:6443")]
+        server: String,
+        /// The user name (the certificate's CN).
+        #[arg(long)]
+        client_name: String,
+        /// A group (the certificate's O); repeatable.
+        #[arg(long)]
+        org: Vec<String>,
+        /// Certificate lifetime.
+        #[arg(long, default_value = "8760h", value_parser = trust::parse_lifetime)]
+        validity_period: std::time::Duration,
+        /// Write here (mode 0600) instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -82,6 +111,24 @@ fn main() -> Result<()> {
             }
             return Ok(());
         }
+        Cmd::Kubeconfig(KubeconfigCmd::User {
+            pki_dir,
+            server,
+            client_name,
+            org,
+            validity_period,
+            out,
+        }) => {
+            let ca = flotilla_pki::Ca::load(&pki_dir)?;
+            let orgs: Vec<&str> = org.iter().map(String::as_str).collect();
+            let req = flotilla_pki::Request::client(&client_name, &orgs).lifetime(validity_period);
+            let kc = trust::kubeconfig(&ca, &server, &client_name, &ca.issue(&req)?);
+            match out {
+                Some(p) => kc.write(&p)?,
+                None => print!("{}", serde_yaml::to_string(&kc)?),
+            }
+            return Ok(());
+        }
         Cmd::Image(a) => {
             if let Err(e) = image::run(a) {
                 eprintln!("flotillad image: {e:#}");
@@ -96,13 +143,23 @@ fn main() -> Result<()> {
         match cmd {
             Cmd::Up(a) => {
                 // The node agent registers this machine as the cluster's node once the API
-                // server answers (it retries until then).
-                let agent = agent::AgentArgs {
-                    server: format!("http://{}", a.listen),
+                // server answers (it retries until then), with credentials issued here as
+                // kubeadm issues a control-plane node's kubelet.conf.
+                let ips: Vec<std::net::IpAddr> =
+                    [a.listen.parse::<std::net::SocketAddr>().ok().map(|s| s.ip())]
+                        .into_iter()
+                        .flatten()
+                        .collect();
+                let lifetime = std::time::Duration::from_secs(365 * 24 * 3600);
+                let cp = trust::ControlPlane::init(&a.data_dir.join("pki"), &ips, &[], lifetime)?;
+                let url = format!("https://{}", a.listen);
+                let mut agent = agent::AgentArgs {
                     data_dir: a.data_dir.join("agent"),
                     image_root: a.data_dir.clone(),
                     ..agent::AgentArgs::defaults()
                 };
+                agent_credentials(&cp, &mut agent, &url)?;
+                let home = a.data_dir.clone();
                 tokio::spawn(async move {
                     if let Err(e) = agent::run(agent).await {
                         tracing::error!("node agent: {e:#}");
@@ -110,6 +167,8 @@ fn main() -> Result<()> {
                 });
                 server::run(server::ServerArgs {
                     name: "default".into(),
+                    home: Some(home),
+                    control_plane: Some(cp),
                     data_dir: a.data_dir.join("store"),
                     listen: a.listen,
                     store_listen: a.store_listen,
@@ -122,7 +181,29 @@ fn main() -> Result<()> {
             Cmd::Agent(a) => agent::run(a).await,
             Cmd::Scheduler(a) => server::run_scheduler(a).await,
             Cmd::Controllers(a) => server::run_controllers(a).await,
-            Cmd::Runtime(_) | Cmd::Image(_) => unreachable!("handled above"),
+            Cmd::Runtime(_) | Cmd::Image(_) | Cmd::Kubeconfig(_) => {
+                unreachable!("handled above")
+            }
         }
     })
+}
+
+/// The node's kubeconfig (`system:node:<name>`, group `system:nodes`) and its node API serving
+/// certificate, in the agent's data dir.
+fn agent_credentials(cp: &trust::ControlPlane, a: &mut agent::AgentArgs, url: &str) -> Result<()> {
+    let name = agent::node_name(a)?;
+    let ip = agent::node_address(a);
+    let dir = a.data_dir.join("pki");
+    let kubeconfig = a.data_dir.join("kubelet.conf");
+    cp.write_kubeconfig(&kubeconfig, url, &format!("system:node:{name}"), &["system:nodes"])?;
+    let mut ips = vec![std::net::IpAddr::from([127, 0, 0, 1])];
+    ips.extend(ip.parse::<std::net::IpAddr>().ok());
+    let serving = cp.ca.issue(&flotilla_pki::Request::server(&name, vec![name.clone()], ips))?;
+    let (crt, key) = flotilla_pki::ca::pair_paths(&dir, "kubelet");
+    flotilla_pki::write_private(&key, serving.key_pem.as_bytes())?;
+    flotilla_pki::write_public(&crt, serving.cert_pem.as_bytes())?;
+    a.kubeconfig = Some(kubeconfig);
+    a.tls_cert_file = Some(crt);
+    a.tls_private_key_file = Some(key);
+    Ok(())
 }

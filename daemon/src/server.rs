@@ -1,15 +1,17 @@
 //! `flotillad server`: a control-plane member: the Raft store (etcd v3 API, Raft peers) and the
 //! API server in front of it.
 
+use crate::trust::ControlPlane;
 use anyhow::{bail, Context, Result};
 use flotilla_apiserver::{self as apiserver, ApiConfig, ApiServer};
 use flotilla_client::runtime::leader::{run_elected, LeaderConfig};
-use flotilla_client::Client;
+use flotilla_client::{Client, Kubeconfig, Tls};
 use flotilla_controllers::{self as controllers, ControllerConfig};
 use flotilla_scheduler::{self as scheduler, SchedulerConfig};
 use flotilla_store::etcd::{bind, serve};
 use flotilla_store::{StoreConfig, StoreNode};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(clap::Args, Clone)]
@@ -78,6 +80,20 @@ pub struct ServerArgs {
     pub scheduling: SchedulingArgs,
     #[command(flatten)]
     pub node_lifecycle: NodeLifecycleArgs,
+    /// Lifetime of the certificates this member issues for itself and its components
+    /// (renewed at 80%): a duration such as 8760h (kubeadm's one year) or 90s.
+    #[arg(long, default_value = "8760h", value_parser = crate::trust::parse_lifetime)]
+    pub cert_lifetime: Duration,
+    /// More names or addresses for the serving certificate (k3s's --tls-san).
+    #[arg(long, value_delimiter = ',')]
+    pub tls_san: Vec<String>,
+    /// Where the PKI (`pki/`) and the admin kubeconfig (`admin.conf`) live; default
+    /// --data-dir. `flotillad up` keeps them beside its store, agent and images.
+    #[arg(skip)]
+    pub home: Option<PathBuf>,
+    /// Certificates already set up (by `flotillad up`, which needs them for its agent first).
+    #[arg(skip)]
+    pub control_plane: Option<Arc<ControlPlane>>,
 }
 
 #[derive(clap::Args, Clone, Debug)]
@@ -93,9 +109,15 @@ pub struct SchedulingArgs {
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct SchedulerArgs {
-    /// The API server.
-    #[arg(long, default_value = "http://127.0.0.1:6443")]
-    pub server: String,
+    /// The API server (default: the kubeconfig's).
+    #[arg(long)]
+    pub server: Option<String>,
+    /// The scheduler's credentials (kube-scheduler's --kubeconfig).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Credentials given in process (`server` and `up`).
+    #[arg(skip)]
+    pub tls: Option<Tls>,
     /// Campaign for the `flotilla-scheduler` Lease and act only while holding it.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub leader_elect: bool,
@@ -108,9 +130,14 @@ pub struct SchedulerArgs {
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct ControllersArgs {
-    /// The API server.
-    #[arg(long, default_value = "http://127.0.0.1:6443")]
-    pub server: String,
+    /// The API server (default: the kubeconfig's).
+    #[arg(long)]
+    pub server: Option<String>,
+    /// The controller manager's credentials (kube-controller-manager's --kubeconfig).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    #[arg(skip)]
+    pub tls: Option<Tls>,
     /// Campaign for the `flotilla-controller-manager` Lease and act only while holding it.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub leader_elect: bool,
@@ -131,8 +158,28 @@ pub struct NodeLifecycleArgs {
     pub default_unreachable_toleration_seconds: u64,
 }
 
+/// A long-running component's client: in-process credentials, else its kubeconfig's.
+fn component_client(
+    server: Option<&str>,
+    kubeconfig: Option<&std::path::Path>,
+    tls: Option<Tls>,
+) -> Result<Client> {
+    if let Some(tls) = tls {
+        let server = server.context("an in-process component needs the server's URL")?;
+        return Ok(Client::connect_lazy_tls(server, tls)?);
+    }
+    let path = kubeconfig.context("give --kubeconfig with this component's credentials")?;
+    let conn = Kubeconfig::read(path)?.connection(None)?;
+    let server = server.unwrap_or(&conn.server);
+    let client = Client::connect_lazy_tls(server, Tls::from_connection(&conn)?)?;
+    Ok(match &conn.token {
+        Some(t) => client.with_token(t)?,
+        None => client,
+    })
+}
+
 pub async fn run_scheduler(a: SchedulerArgs) -> Result<()> {
-    let client = Client::connect_lazy(&a.server)?;
+    let client = component_client(a.server.as_deref(), a.kubeconfig.as_deref(), a.tls.clone())?;
     let cfg = SchedulerConfig {
         percentage_to_score: a.scheduling.percentage_of_nodes_to_score.min(100),
         bind_concurrency: a.scheduling.bind_concurrency.max(1),
@@ -149,7 +196,7 @@ pub async fn run_scheduler(a: SchedulerArgs) -> Result<()> {
 }
 
 pub async fn run_controllers(a: ControllersArgs) -> Result<()> {
-    let client = Client::connect_lazy(&a.server)?;
+    let client = component_client(a.server.as_deref(), a.kubeconfig.as_deref(), a.tls.clone())?;
     let cfg = ControllerConfig {
         node_monitor_grace: Duration::from_secs(a.node_lifecycle.node_monitor_grace_period.max(1)),
         default_unreachable_toleration: Duration::from_secs(
@@ -172,8 +219,8 @@ pub async fn run_controllers(a: ControllersArgs) -> Result<()> {
 fn local_url(listen: &str) -> String {
     let port = listen.rsplit(':').next().unwrap_or("6443");
     match listen.rsplit_once(':').map(|(h, _)| h) {
-        Some("0.0.0.0") | Some("[::]") | Some("") | None => format!("http://127.0.0.1:{port}"),
-        Some(h) => format!("http://{h}:{port}"),
+        Some("0.0.0.0") | Some("[::]") | Some("") | None => format!("https://127.0.0.1:{port}"),
+        Some(h) => format!("https://{h}:{port}"),
     }
 }
 
@@ -217,7 +264,18 @@ pub async fn run(a: ServerArgs) -> Result<()> {
     config.snapshot_every = a.snapshot_every;
     config.progress_notify_interval = Duration::from_secs(a.progress_notify_secs.max(1));
 
-    let api_config = api_config(&a)?;
+    let mut api_config = api_config(&a)?;
+    let home = a.home.clone().unwrap_or_else(|| a.data_dir.clone());
+    let url = local_url(&a.listen);
+    let cp = match a.control_plane.clone() {
+        Some(cp) => cp,
+        None => {
+            ControlPlane::init(&home.join("pki"), &listen_ips(&a), &a.tls_san, a.cert_lifetime)?
+        }
+    };
+    cp.write_admin_conf(&home.join("admin.conf"), &url)?;
+    api_config.node_client = Some(cp.node_client_tls()?);
+    let api_tls = cp.api_server_tls()?;
     // Bind first so a port conflict fails before anything is written.
     let client = bind(&a.store_listen).await?;
     let peer = bind(&a.peer_listen).await?;
@@ -233,16 +291,17 @@ pub async fn run(a: ServerArgs) -> Result<()> {
             // The API server needs a leader to create the system namespaces.
             node.wait_for_leader(Duration::from_secs(3600)).await?;
             let api = ApiServer::start(node, api_config).await?;
-            apiserver::serve(api, api_listener, async move {
+            apiserver::serve(api, api_listener, api_tls, async move {
                 let _ = stop.wait_for(|s| *s).await;
             })
             .await
         })
     };
-    let url = local_url(&a.listen);
     if !a.no_scheduler {
         let sa = SchedulerArgs {
-            server: url.clone(),
+            server: Some(url.clone()),
+            kubeconfig: None,
+            tls: Some(cp.client_tls(cp.identity("system:kube-scheduler", &[])?)),
             leader_elect: true,
             scheduling: a.scheduling.clone(),
             member: Some(a.name.clone()),
@@ -255,7 +314,9 @@ pub async fn run(a: ServerArgs) -> Result<()> {
     }
     if !a.no_controllers {
         let ca = ControllersArgs {
-            server: url,
+            server: Some(url),
+            kubeconfig: None,
+            tls: Some(cp.client_tls(cp.identity("system:kube-controller-manager", &[])?)),
             leader_elect: true,
             node_lifecycle: a.node_lifecycle.clone(),
             member: Some(a.name.clone()),
@@ -295,6 +356,14 @@ pub async fn run(a: ServerArgs) -> Result<()> {
     }
     node.shutdown().await;
     Ok(())
+}
+
+/// The addresses this member listens on, for its serving certificate.
+fn listen_ips(a: &ServerArgs) -> Vec<std::net::IpAddr> {
+    [&a.listen, &a.store_listen, &a.peer_listen]
+        .iter()
+        .filter_map(|l| l.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))
+        .collect()
 }
 
 fn api_config(a: &ServerArgs) -> Result<ApiConfig> {

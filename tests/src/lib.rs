@@ -275,7 +275,59 @@ impl Member {
     pub fn api_url(&self) -> Result<String> {
         wait_listening(&self.api, Duration::from_secs(20))
             .with_context(|| format!("{}: the API server did not start; see its log", self.name))?;
-        Ok(format!("http://{}", self.api))
+        Ok(format!("https://{}", self.api))
+    }
+
+    /// The admin kubeconfig the server wrote (`flotilla-admin`, group `system:masters`).
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.data_dir.join("admin.conf")
+    }
+
+    /// A client with the admin kubeconfig's credentials, once the API server serves.
+    pub async fn client(&self) -> Result<flotilla_client::Client> {
+        self.api_url()?;
+        let conn = flotilla_client::Kubeconfig::read(&self.kubeconfig())?.connection(None)?;
+        Ok(flotilla_client::Client::connect_to(&conn).await?)
+    }
+
+    /// A client that connects on first use and reconnects (for informers).
+    pub fn client_lazy(&self) -> Result<flotilla_client::Client> {
+        self.api_url()?;
+        let conn = flotilla_client::Kubeconfig::read(&self.kubeconfig())?.connection(None)?;
+        let tls = flotilla_client::Tls::from_connection(&conn)?;
+        Ok(flotilla_client::Client::connect_lazy_tls(&conn.server, tls)?)
+    }
+
+    /// A kubeconfig for `user` in `groups`, signed by this member's CA
+    /// (`flotillad kubeconfig user`), written to `out`.
+    pub fn user_kubeconfig(&self, user: &str, groups: &[&str], out: &Path) -> Result<PathBuf> {
+        let url = self.api_url()?;
+        let mut cmd = Command::new(flotillad());
+        cmd.args(["kubeconfig", "user", "--server", &url, "--client-name", user])
+            .arg("--pki-dir")
+            .arg(self.data_dir.join("pki"))
+            .arg("--out")
+            .arg(out);
+        for g in groups {
+            cmd.args(["--org", g]);
+        }
+        let o = cmd.output()?;
+        anyhow::ensure!(
+            o.status.success(),
+            "flotillad kubeconfig user: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        Ok(out.to_path_buf())
+    }
+
+    /// A node's kubeconfig (`system:node:<node>`, group `system:nodes`) in `dir`.
+    pub fn node_kubeconfig(&self, node: &str, dir: &Path) -> Result<PathBuf> {
+        std::fs::create_dir_all(dir)?;
+        self.user_kubeconfig(
+            &format!("system:node:{node}"),
+            &["system:nodes"],
+            &dir.join(format!("{node}.conf")),
+        )
     }
 }
 

@@ -82,7 +82,9 @@ impl Node {
 
     pub fn start_agent(&mut self) {
         let mut cmd = Command::new(flotillad());
-        cmd.args(self.agent_args()).arg("--server").arg(self.member.api_url().unwrap());
+        let kc =
+            self.member.node_kubeconfig(&format!("node-{}", self.tag), self.dir.path()).unwrap();
+        cmd.args(self.agent_args()).arg("--kubeconfig").arg(kc);
         cmd.env("RUST_LOG", std::env::var("FLOTILLA_TEST_LOG").unwrap_or_else(|_| "info".into()));
         self.starts += 1;
         let log = self.dir.path().join(format!("agent-{}.log", self.starts));
@@ -103,7 +105,7 @@ impl Node {
     }
 
     pub async fn client(&self) -> Client {
-        Client::connect(&self.member.api_url().unwrap()).await.unwrap()
+        self.member.client().await.unwrap()
     }
 
     pub fn image(&self) -> String {
@@ -125,8 +127,8 @@ impl Node {
     /// `flotilla ARGS` against this node's server: (success, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
         let out = Command::new(crate::flotilla_cli())
-            .arg("--server")
-            .arg(self.member.api_url().unwrap())
+            .arg("--kubeconfig")
+            .arg(self.member.kubeconfig())
             .args(args)
             .output()
             .unwrap();
@@ -212,7 +214,7 @@ pub struct Peer {
     pub ip: String,
     cidr: String,
     port: u16,
-    server: String,
+    kubeconfig: PathBuf,
     agent: Option<Proc>,
     starts: usize,
 }
@@ -234,7 +236,10 @@ impl Node {
             ip: format!("127.0.0.{n}"),
             cidr: format!("10.244.{n}.0/24"),
             port: crate::free_port(),
-            server: self.member.api_url().unwrap(),
+            kubeconfig: self
+                .member
+                .node_kubeconfig(&format!("node-{tag}"), &self.dir.path().join("peers"))
+                .unwrap(),
             agent: None,
             starts: 0,
         };
@@ -259,7 +264,7 @@ impl Peer {
 
     pub fn start_agent(&mut self) {
         let mut cmd = Command::new(flotillad());
-        cmd.args(self.args()).arg("--server").arg(&self.server);
+        cmd.args(self.args()).arg("--kubeconfig").arg(&self.kubeconfig);
         cmd.env("RUST_LOG", std::env::var("FLOTILLA_TEST_LOG").unwrap_or_else(|_| "info".into()));
         self.starts += 1;
         let log = self.dir.join(format!("agent-{}.log", self.starts));

@@ -3,7 +3,6 @@
 
 use std::{process::Command, time::Duration};
 
-use flotilla_client::Client;
 use flotilla_tests::{flotillad, Member, Proc};
 use serde_json::Value;
 
@@ -23,9 +22,12 @@ where
 
 /// An agent whose pressure conditions follow `eviction` (kubelet's --eviction-hard): the
 /// machine's real free disk and memory vary between runs, the thresholds make them definite.
-fn agent(url: &str, dir: &std::path::Path, eviction: &str) -> Proc {
+fn agent(member: &Member, dir: &std::path::Path, eviction: &str) -> Proc {
+    let kc = member.node_kubeconfig("node-a", dir).unwrap();
     let mut cmd = Command::new(flotillad());
-    cmd.args(["agent", "--server", url, "--node-name", "node-a", "--node-ip", "127.0.0.1"])
+    cmd.args(["agent", "--node-name", "node-a", "--node-ip", "127.0.0.1"])
+        .arg("--kubeconfig")
+        .arg(kc)
         .args(["--pod-cidr", "10.244.7.0/24", "--lease-renew-ms", "200", "--status-ms", "300"])
         .args(["--eviction-hard", eviction, "--no-pods"])
         .arg("--data-dir")
@@ -47,10 +49,10 @@ async fn agent_registers_node_and_renews_lease() {
     let dir = tempfile::tempdir().unwrap();
     let mut member = Member::new("srv", dir.path());
     member.start().unwrap();
-    let url = member.api_url().unwrap();
-    let client = Client::connect(&url).await.unwrap();
+    let client = member.client().await.unwrap();
     // Nothing is below zero: no pressure, and allocatable holds back exactly 100Mi.
-    let mut a = agent(&url, dir.path(), "memory.available<0,nodefs.available<0%,pid.available<0%");
+    let mut a =
+        agent(&member, dir.path(), "memory.available<0,nodefs.available<0%,pid.available<0%");
 
     let node = until("a Ready node", || async {
         let n = client.get("nodes", "", "node-a").await.ok()?;
@@ -116,7 +118,7 @@ async fn agent_registers_node_and_renews_lease() {
             .clone()
     };
     // This one reports disk pressure (no filesystem has 100% free) and holds back 100Mi.
-    let mut b = agent(&url, dir.path(), "memory.available<100Mi,nodefs.available<100%");
+    let mut b = agent(&member, dir.path(), "memory.available<100Mi,nodefs.available<100%");
     until("renewal after restart", || async {
         let l = client.get("leases", "kube-node-lease", "node-a").await.ok()?;
         (renew(&l) > stopped).then_some(l)

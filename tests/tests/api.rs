@@ -22,8 +22,7 @@ async fn server(extra: &[&str]) -> Server {
     member.extra =
         ["--no-scheduler", "--no-controllers"].iter().chain(extra).map(|s| s.to_string()).collect();
     member.start().unwrap();
-    let url = member.api_url().unwrap();
-    let client = Client::connect(&url).await.unwrap();
+    let client = member.client().await.unwrap();
     // The system namespaces are created once the server is up.
     for _ in 0..200 {
         if client.get("namespaces", "", "default").await.is_ok() {
@@ -653,7 +652,7 @@ async fn slow_watchers_are_cut_off_without_stalling_others() {
     }
     // The slow client has its own connection, as a real one would: unread data on a shared
     // HTTP/2 connection would hold its flow-control window for everyone on it.
-    let slow_client = Client::connect(&s.member.api_url().unwrap()).await.unwrap();
+    let slow_client = s.member.client().await.unwrap();
     let slow = slow_client.watch("configmaps", "default", &WatchParams::default()).await.unwrap();
     let fast = c.watch("configmaps", "default", &WatchParams::default()).await.unwrap();
     futures::pin_mut!(slow);
@@ -833,9 +832,8 @@ async fn informer_lists_watches_and_survives_a_server_restart() {
     for i in 0..3 {
         c.create("configmaps", "default", &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("c{i}")}})).await.unwrap();
     }
-    let url = s.member.api_url().unwrap();
     let inf = Informer::start(
-        Client::connect_lazy(&url).unwrap(),
+        s.member.client_lazy().unwrap(),
         "configmaps",
         "default",
         WatchParams::default(),
@@ -851,7 +849,7 @@ async fn informer_lists_watches_and_survives_a_server_restart() {
     // Restart the server (same data): the informer reconnects and catches up.
     s.member.kill();
     s.member.start().unwrap();
-    let c = Client::connect(&s.member.api_url().unwrap()).await.unwrap();
+    let c = s.member.client().await.unwrap();
     let mut created = false;
     for _ in 0..100 {
         if c.create(
@@ -884,7 +882,7 @@ async fn every_member_of_a_three_member_cluster_serves_the_api() {
     let members = flotilla_tests::cluster(3, dir.path(), &[]).unwrap();
     let mut clients = Vec::new();
     for m in &members {
-        clients.push(Client::connect(&m.api_url().unwrap()).await.unwrap());
+        clients.push(m.client().await.unwrap());
     }
     for _ in 0..400 {
         if clients[0].get("namespaces", "", "default").await.is_ok() {

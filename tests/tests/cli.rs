@@ -74,7 +74,7 @@ spec:
 struct Cluster {
     _member: Member,
     dir: tempfile::TempDir,
-    url: String,
+    kubeconfig: std::path::PathBuf,
 }
 
 fn cluster() -> Cluster {
@@ -83,8 +83,9 @@ fn cluster() -> Cluster {
     // The CLI against the API alone: no controllers acting on what it applies.
     member.extra = vec!["--no-scheduler".into(), "--no-controllers".into()];
     member.start().unwrap();
-    let url = member.api_url().unwrap();
-    let c = Cluster { _member: member, dir, url };
+    member.api_url().unwrap();
+    let kubeconfig = member.kubeconfig();
+    let c = Cluster { _member: member, dir, kubeconfig };
     let deadline = Instant::now() + Duration::from_secs(20);
     while !c.run(&["get", "ns", "default"]).status.success() {
         assert!(Instant::now() < deadline, "API server not ready");
@@ -96,7 +97,7 @@ fn cluster() -> Cluster {
 impl Cluster {
     fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(flotilla_cli());
-        c.args(args).env("FLOTILLA_SERVER", &self.url).env("HOME", self.dir.path());
+        c.args(args).env("KUBECONFIG", &self.kubeconfig).env("HOME", self.dir.path());
         c
     }
 
@@ -287,12 +288,12 @@ fn errors_tell_the_user_what_to_fix() {
     let e = c.fail(&["get", "po", "-l", "app in ("]);
     assert!(e.contains("invalid label selector"), "{e}");
     let e = Command::new(flotilla_cli())
-        .args(["get", "po"])
-        .env("FLOTILLA_SERVER", "http://127.0.0.1:1")
+        .args(["get", "po", "--server", "https://127.0.0.1:1"])
+        .env("KUBECONFIG", &c.kubeconfig)
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&e.stderr)
-        .contains("cannot reach the API server at http://127.0.0.1:1"));
+        .contains("cannot reach the API server at https://127.0.0.1:1"));
     let res = c.ok(&["api-resources"]);
     assert!(
         res.lines().any(|l| l.starts_with("deployments ")

@@ -201,7 +201,9 @@ async fn pod_runs_init_containers_env_and_volumes() {
     );
     // stdin, piped through to the command until it closes.
     let mut child = Command::new(flotilla_tests::flotilla_cli())
-        .args(["--server", &node.member.api_url().unwrap(), "exec", "-i", "web", "-c", "app", "--"])
+        .arg("--kubeconfig")
+        .arg(node.member.kubeconfig())
+        .args(["exec", "-i", "web", "-c", "app", "--"])
         .args(["sh", "-c", "tr a-z A-Z; echo done"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -215,9 +217,9 @@ async fn pod_runs_init_containers_env_and_volumes() {
     // container's own /dev/pts with the terminal's size.
     let under_tty = |setup: &str, args: &str| {
         let line = format!(
-            "{setup}{} --server {} exec -it web -- {args}",
+            "{setup}{} --kubeconfig {} exec -it web -- {args}",
             flotilla_tests::flotilla_cli().display(),
-            node.member.api_url().unwrap()
+            node.member.kubeconfig().display()
         );
         let o = Command::new("script").args(["-qec", &line, "/dev/null"]).output().unwrap();
         (o.status, String::from_utf8_lossy(&o.stdout).into_owned())

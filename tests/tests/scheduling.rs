@@ -13,7 +13,6 @@ struct Server {
     member: Member,
     _dir: tempfile::TempDir,
     client: Client,
-    url: String,
 }
 
 async fn server(extra: &[&str]) -> Server {
@@ -21,21 +20,21 @@ async fn server(extra: &[&str]) -> Server {
     let mut member = Member::new("sched", dir.path());
     member.extra = extra.iter().map(|s| s.to_string()).collect();
     member.start().unwrap();
-    let url = member.api_url().unwrap();
-    let client = Client::connect(&url).await.unwrap();
+    let client = member.client().await.unwrap();
     for _ in 0..400 {
         if client.get("namespaces", "", "default").await.is_ok() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    Server { member, _dir: dir, client, url }
+    Server { member, _dir: dir, client }
 }
 
 impl Server {
     fn cli(&self, args: &[&str]) -> (bool, String) {
         let out = std::process::Command::new(flotilla_cli())
-            .args(["--server", &self.url])
+            .arg("--kubeconfig")
+            .arg(self.member.kubeconfig())
             .args(args)
             .output()
             .unwrap();
@@ -686,7 +685,7 @@ async fn one_scheduler_and_one_controller_manager_lead_among_three_members() {
     let dir = tempfile::tempdir().unwrap();
     let mut members =
         flotilla_tests::cluster(3, dir.path(), &["--node-monitor-grace-period", "3600"]).unwrap();
-    let c = Client::connect(&members[0].api_url().unwrap()).await.unwrap();
+    let c = members[0].client().await.unwrap();
     let leases = |c: Client| async move {
         let s = c.get("leases", "kube-system", "flotilla-scheduler").await.ok()?;
         let m = c.get("leases", "kube-system", "flotilla-controller-manager").await.ok()?;
@@ -719,7 +718,7 @@ async fn one_scheduler_and_one_controller_manager_lead_among_three_members() {
         m.kill();
     }
     let survivor = members.iter().find(|m| !gone.contains(&m.name)).unwrap();
-    let c = Client::connect(&survivor.api_url().unwrap()).await.unwrap();
+    let c = survivor.client().await.unwrap();
     let (s2, c2) = eventually(90, "both roles taken over", || async {
         let (s, m) = leases(c.clone()).await?;
         (!gone.contains(&s) && !gone.contains(&m)).then_some((s, m))

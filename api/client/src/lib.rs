@@ -14,7 +14,10 @@ use flotilla_api::proto::{self, api_client::ApiClient};
 use flotilla_api::prune::Keep;
 use serde::{de::DeserializeOwned, Serialize};
 use serde_json::Value;
+use std::sync::Arc;
 use std::time::Duration;
+
+pub use flotilla_pki::{Connection, KeyHolder, Kubeconfig};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
@@ -104,6 +107,17 @@ fn decode(b: &[u8], keep: &Keep) -> Result<Value, ApiError> {
         .map_err(|e| ApiError::internal(format!("undecodable object from the server: {e}")))
 }
 
+fn unreachable_err(url: &str, e: tonic::transport::Error) -> ApiError {
+    // The transport error's own text is "transport error"; the cause says what happened.
+    let mut msg = e.to_string();
+    let mut src = std::error::Error::source(&e);
+    while let Some(s) = src {
+        msg = format!("{msg}: {s}");
+        src = s.source();
+    }
+    ApiError::new(Reason::Unavailable, format!("cannot reach the API server at {url}: {msg}"))
+}
+
 fn from_json<T: DeserializeOwned>(b: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(b)
         .map_err(|e| ApiError::internal(format!("undecodable object from the server: {e}")))
@@ -120,19 +134,91 @@ pub fn object_key(v: &Value) -> String {
     }
 }
 
+/// How a client reaches the API server over TLS.
+#[derive(Clone, Debug, Default)]
+pub struct Tls {
+    /// The CA to verify the server against (PEM); `None`: any server (kubeconfig's
+    /// `insecure-skip-tls-verify`).
+    pub ca_pem: Option<String>,
+    /// The client certificate, renewed in place by its owner.
+    pub identity: Option<Arc<KeyHolder>>,
+    pub server_name: Option<String>,
+}
+
+impl Tls {
+    /// From a kubeconfig's connection.
+    pub fn from_connection(c: &Connection) -> Result<Tls, ApiError> {
+        let identity = match &c.client_cert {
+            Some(i) => Some(KeyHolder::new(i).map_err(|e| {
+                ApiError::bad_request(format!("context \"{}\": client certificate: {e}", c.context))
+            })?),
+            None => None,
+        };
+        if c.ca_pem.is_none() && !c.insecure && c.server.starts_with("https://") {
+            return Err(ApiError::bad_request(format!(
+                "context \"{}\": the cluster has neither certificate-authority(-data) nor insecure-skip-tls-verify",
+                c.context
+            )));
+        }
+        Ok(Tls {
+            ca_pem: if c.insecure { None } else { c.ca_pem.clone() },
+            identity,
+            server_name: c.tls_server_name.clone(),
+        })
+    }
+}
+
 impl Client {
-    /// Connects now: a wrong address is reported at once.
+    /// Connects now over plain HTTP/2 (`http://` URLs): a wrong address is reported at once.
+    /// Servers only speak TLS; see [`Client::connect_to`].
     pub async fn connect(url: &str) -> Result<Self, ApiError> {
         let ep = Self::endpoint(url)?;
-        let ch = ep.connect().await.map_err(|e| {
-            ApiError::new(Reason::Unavailable, format!("cannot reach the API server at {url}: {e}"))
-        })?;
+        let ch = ep.connect().await.map_err(|e| unreachable_err(url, e))?;
         Ok(Self::from_channel(ch))
     }
 
-    /// Connects on first use and reconnects as needed: for long-running components.
+    /// Connects on first use and reconnects as needed, over plain HTTP/2.
     pub fn connect_lazy(url: &str) -> Result<Self, ApiError> {
         Ok(Self::from_channel(Self::endpoint(url)?.connect_lazy()))
+    }
+
+    /// Connects now to a kubeconfig's cluster, with its credentials.
+    pub async fn connect_to(c: &Connection) -> Result<Self, ApiError> {
+        let tls = Tls::from_connection(c)?;
+        let client = Self::connect_tls(&c.server, tls).await?;
+        match &c.token {
+            Some(t) => client.with_token(t),
+            None => Ok(client),
+        }
+    }
+
+    /// Connects now over TLS.
+    pub async fn connect_tls(url: &str, tls: Tls) -> Result<Self, ApiError> {
+        let (ep, conn) = Self::tls_endpoint(url, tls)?;
+        let ch = ep.connect_with_connector(conn).await.map_err(|e| unreachable_err(url, e))?;
+        Ok(Self::from_channel(ch))
+    }
+
+    /// Connects on first use and reconnects as needed, over TLS: for long-running
+    /// components, whose certificates renew in `tls.identity`.
+    pub fn connect_lazy_tls(url: &str, tls: Tls) -> Result<Self, ApiError> {
+        let (ep, conn) = Self::tls_endpoint(url, tls)?;
+        Ok(Self::from_channel(ep.connect_with_connector_lazy(conn)))
+    }
+
+    fn tls_endpoint(
+        url: &str,
+        tls: Tls,
+    ) -> Result<(Endpoint, flotilla_pki::tls::Connector), ApiError> {
+        let url = if url.contains("://") { url.to_string() } else { format!("https://{url}") };
+        if !url.starts_with("https://") {
+            return Err(ApiError::bad_request(format!(
+                "server {url:?}: the API server only serves https://"
+            )));
+        }
+        let config = flotilla_pki::tls::client_config(tls.ca_pem.as_deref(), tls.identity)
+            .map_err(|e| ApiError::bad_request(format!("TLS configuration: {e}")))?;
+        Ok((Self::endpoint(&url)?, flotilla_pki::tls::Connector::new(config, tls.server_name)))
     }
 
     fn endpoint(url: &str) -> Result<Endpoint, ApiError> {
@@ -496,6 +582,12 @@ impl Client {
         let out = self.inner.clone().metrics(r).await?.into_inner();
         let items = out.items.iter().map(|b| from_json(b)).collect::<Result<Vec<_>, _>>()?;
         Ok((items, out.warnings))
+    }
+
+    /// The HTTP/2 channel under this client (TLS and credentials included), for callers
+    /// that speak the generated gRPC clients directly (benchmarks).
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
     }
 
     /// This client, sending `token` as its bearer token on every call.

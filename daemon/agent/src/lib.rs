@@ -20,9 +20,19 @@ use flotilla_isolation::image::store::ImageStore;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct AgentArgs {
-    /// The API server.
-    #[arg(long, default_value = "http://127.0.0.1:6443", env = "FLOTILLA_SERVER")]
-    pub server: String,
+    /// The API server (default: the kubeconfig's).
+    #[arg(long)]
+    pub server: Option<String>,
+    /// The node's credentials and the cluster CA (the kubelet's --kubeconfig): a client
+    /// certificate for `system:node:<name>` in group `system:nodes`.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// The node API's serving certificate (PEM); without one the agent makes a self-signed
+    /// certificate in `<data-dir>/pki`, as the kubelet does.
+    #[arg(long, requires = "tls_private_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+    #[arg(long, requires = "tls_cert_file")]
+    pub tls_private_key_file: Option<PathBuf>,
     /// This node's name (default: the host name).
     #[arg(long)]
     pub node_name: Option<String>,
@@ -139,15 +149,76 @@ fn default_address() -> String {
         .unwrap_or_else(|_| "127.0.0.1".into())
 }
 
-pub async fn run(a: AgentArgs) -> Result<()> {
-    std::fs::create_dir_all(&a.data_dir)?;
-    let name = match &a.node_name {
+/// The node's name: --node-name, else the host name in lower case (the kubelet's rule).
+pub fn node_name(a: &AgentArgs) -> Result<String> {
+    Ok(match &a.node_name {
         Some(n) => n.clone(),
         None => nix::unistd::gethostname()?.to_string_lossy().to_lowercase(),
+    })
+}
+
+/// The node's InternalIP: --node-ip, else the address of the default route.
+pub fn node_address(a: &AgentArgs) -> String {
+    a.node_ip.clone().unwrap_or_else(default_address)
+}
+
+/// The API client (from --kubeconfig, --server overriding its URL) and the cluster CA the
+/// node API verifies the API server's client certificate against.
+fn api_client(a: &AgentArgs) -> Result<(Client, String)> {
+    let path = a.kubeconfig.as_ref().context(
+        "the agent needs credentials: --kubeconfig with a certificate for system:node:<name>",
+    )?;
+    let conn = flotilla_client::Kubeconfig::read(path)?
+        .connection(None)
+        .with_context(|| format!("--kubeconfig {}", path.display()))?;
+    let ca = conn.ca_pem.clone().with_context(|| {
+        format!("--kubeconfig {}: the cluster has no certificate-authority-data", path.display())
+    })?;
+    let server = a.server.clone().unwrap_or_else(|| conn.server.clone());
+    let client = Client::connect_lazy_tls(&server, flotilla_client::Tls::from_connection(&conn)?)?;
+    let client = match &conn.token {
+        Some(t) => client.with_token(t)?,
+        None => client,
     };
+    Ok((client, ca))
+}
+
+/// The node API's serving certificate: the given files, else a self-signed one kept in
+/// `<data-dir>/pki` (renewed when expired).
+fn serving_cert(a: &AgentArgs, name: &str, address: &str) -> Result<flotilla_pki::Issued> {
+    let read = |p: &PathBuf| {
+        std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+    };
+    if let (Some(c), Some(k)) = (&a.tls_cert_file, &a.tls_private_key_file) {
+        return Ok(flotilla_pki::Issued { cert_pem: read(c)?, key_pem: read(k)? });
+    }
+    let (crt, key) = flotilla_pki::ca::pair_paths(&a.data_dir.join("pki"), "kubelet");
+    if let (Ok(cert_pem), Ok(key_pem)) = (read(&crt), read(&key)) {
+        let issued = flotilla_pki::Issued { cert_pem, key_pem };
+        if flotilla_pki::KeyHolder::new(&issued)
+            .is_ok_and(|h| h.validity().1 > std::time::SystemTime::now())
+        {
+            return Ok(issued);
+        }
+    }
+    let mut ips = vec![std::net::IpAddr::from([127, 0, 0, 1])];
+    ips.extend(address.parse::<std::net::IpAddr>().ok());
+    let issued = flotilla_pki::self_signed(name, ips)?;
+    flotilla_pki::write_private(&key, issued.key_pem.as_bytes())?;
+    flotilla_pki::write_public(&crt, issued.cert_pem.as_bytes())?;
+    Ok(issued)
+}
+
+/// The only client the node API accepts: the API server's (kubeadm's
+/// `apiserver-kubelet-client`). Users reach logs, exec and stats through the API server.
+pub const API_SERVER_CLIENT: &str = "kube-apiserver-kubelet-client";
+
+pub async fn run(a: AgentArgs) -> Result<()> {
+    std::fs::create_dir_all(&a.data_dir)?;
+    let name = node_name(&a)?;
     let spec = node::NodeSpec {
         name,
-        address: a.node_ip.clone().unwrap_or_else(default_address),
+        address: node_address(&a),
         pod_cidr: a.pod_cidr.clone(),
         data_dir: a.data_dir.clone(),
         max_pods: a.max_pods,
@@ -155,8 +226,9 @@ pub async fn run(a: AgentArgs) -> Result<()> {
         eviction: a.eviction_hard.clone(),
         port: a.node_listen.port(),
     };
-    let client = Client::connect_lazy(&a.server)?;
     if a.reset {
+        // Reset talks to no API server; the client is never used.
+        let client = Client::connect_lazy("http://127.0.0.1:1")?;
         let ctx = Arc::new(pods_context(&a, client, &spec).await?);
         pods::reset(ctx.clone()).await;
         services::reset(&spec.name, &ctx.cgroup_parent);
@@ -165,6 +237,13 @@ pub async fn run(a: AgentArgs) -> Result<()> {
         ctx.net.teardown().await.context("removing the node network")?;
         return Ok(());
     }
+    let (client, ca_pem) = api_client(&a)?;
+    let serving = serving_cert(&a, &spec.name, &spec.address)?;
+    let node_tls = flotilla_pki::tls::server_config(
+        &ca_pem,
+        flotilla_pki::KeyHolder::new(&serving)?,
+        flotilla_pki::ClientAuth::Names(vec![API_SERVER_CLIENT.into()]),
+    )?;
     let registration = node::run(
         client.clone(),
         spec.clone(),
@@ -206,7 +285,7 @@ pub async fn run(a: AgentArgs) -> Result<()> {
     let node_api = tonic::transport::Server::builder()
         .accept_http1(true)
         .add_routes(routes)
-        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+        .serve_with_incoming(flotilla_pki::tls::incoming(listener, node_tls));
     let sampler =
         metrics::run(ctx.clone(), Duration::from_millis(a.metrics_interval_ms.max(100)), stats);
     let node_api = async { node_api.await.context("node API") };

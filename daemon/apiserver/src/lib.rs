@@ -49,6 +49,10 @@ pub struct ApiConfig {
     pub bookmark_interval: Duration,
     /// How long a list waits for its cache to reach the store's revision.
     pub sync_timeout: Duration,
+    /// TLS to the node agents' API (10250), with the API server's client certificate
+    /// (`kube-apiserver-kubelet-client`), the only one the agents accept. `None`: log, exec
+    /// and stats requests fail.
+    pub node_client: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Default for ApiConfig {
@@ -61,6 +65,7 @@ impl Default for ApiConfig {
             watch_history: 10_000,
             bookmark_interval: Duration::from_secs(10),
             sync_timeout: Duration::from_secs(5),
+            node_client: None,
         }
     }
 }
@@ -375,6 +380,17 @@ impl ApiServer {
     /// The configured authenticators first, then service-account tokens (built in, as in
     /// Kubernetes); no credentials make an anonymous caller, wrong ones an error.
     fn authenticate(&self, credentials: &Credentials) -> Result<User, ApiError> {
+        // Kubernetes' order: x509 client certificates, then tokens.
+        if let Some((cn, orgs)) = &credentials.client_cert {
+            let mut groups = orgs.clone();
+            groups.push("system:authenticated".into());
+            return Ok(User {
+                name: cn.clone(),
+                uid: String::new(),
+                groups,
+                extra: Default::default(),
+            });
+        }
         if let Some(user) = self.seams.authenticate(credentials)? {
             return Ok(user);
         }

@@ -28,7 +28,34 @@ pub fn node_url(n: &Value) -> Result<String, ApiError> {
         })?;
     let port = n["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"].as_u64().unwrap_or(10250);
     let host = if addr.contains(':') { format!("[{addr}]") } else { addr.to_string() };
-    Ok(format!("http://{host}:{port}"))
+    Ok(format!("https://{host}:{port}"))
+}
+
+impl ApiServer {
+    /// A connection to a node agent's API as the API server's kubelet client.
+    pub(crate) async fn node_client(
+        &self,
+        url: &str,
+    ) -> Result<flotilla_api::proto::node_client::NodeClient<tonic::transport::Channel>, String>
+    {
+        let Some(tls) = self.config.node_client.clone() else {
+            return Err("this API server has no client certificate for node agents".into());
+        };
+        let ep = tonic::transport::Endpoint::from_shared(url.to_string())
+            .map_err(|e| format!("node agent at {url}: {e}"))?
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .tcp_nodelay(true);
+        let ch = ep
+            .connect_with_connector(flotilla_pki::tls::Connector::new(tls, None))
+            .await
+            .map_err(|e| {
+                let cause =
+                    std::error::Error::source(&e).map(|s| format!(": {s}")).unwrap_or_default();
+                format!("node agent at {url}: {e}{cause}")
+            })?;
+        Ok(flotilla_api::proto::node_client::NodeClient::new(ch)
+            .max_decoding_message_size(64 << 20))
+    }
 }
 
 fn container_names(pod: &Value, key: &str) -> Vec<String> {

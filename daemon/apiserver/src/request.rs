@@ -64,6 +64,9 @@ impl User {
 pub struct Credentials {
     /// `Authorization: Bearer <token>`.
     pub bearer: Option<String>,
+    /// A client certificate the TLS handshake verified against the cluster CA: its subject's
+    /// CN and O entries.
+    pub client_cert: Option<(String, Vec<String>)>,
 }
 
 /// What a request asks, before knowing who asks (Kubernetes' RequestInfo): what a front

@@ -53,9 +53,7 @@ impl ApiServer {
             let name = n["metadata"]["name"].as_str().unwrap_or_default().to_string();
             let summary = async {
                 let url = node_url(n).map_err(|e| e.message)?;
-                let mut c = proto::node_client::NodeClient::connect(url.clone())
-                    .await
-                    .map_err(|e| format!("node agent at {url}: {e}"))?;
+                let mut c = s.node_client(&url).await?;
                 c.stats(proto::StatsRequest {})
                     .await
                     .map(|r| r.into_inner())

@@ -39,12 +39,7 @@ impl Service {
     /// Runs one request through the core's first stages (authenticate, authorize) and then
     /// `f` with the caller, in its span (so every line it logs says what it was for); records
     /// its latency and maps its error to a status in the one place that does.
-    async fn timed<T, F, Fut>(
-        &self,
-        meta: &tonic::metadata::MetadataMap,
-        r: RequestInfo<'_>,
-        f: F,
-    ) -> Result<T, Status>
+    async fn timed<T, F, Fut>(&self, meta: &Call, r: RequestInfo<'_>, f: F) -> Result<T, Status>
     where
         F: FnOnce(User) -> Fut,
         Fut: std::future::Future<Output = Result<T, ApiError>>,
@@ -78,18 +73,21 @@ impl Service {
     }
 
     /// Authenticates and authorizes a request in the core.
-    fn caller(
-        &self,
-        meta: &tonic::metadata::MetadataMap,
-        r: RequestInfo<'_>,
-    ) -> Result<User, ApiError> {
+    fn caller(&self, meta: &Call, r: RequestInfo<'_>) -> Result<User, ApiError> {
         self.0.admit_request(&credentials(meta)?, r)
     }
 }
 
-/// The credentials a gRPC request carries: `authorization: Bearer <token>`.
-fn credentials(meta: &tonic::metadata::MetadataMap) -> Result<Credentials, ApiError> {
-    let Some(h) = meta.get("authorization") else { return Ok(Credentials::default()) };
+/// A request's headers and what the connection knows (its TLS client certificate).
+struct Call(tonic::metadata::MetadataMap, tonic::Extensions);
+
+/// The credentials a gRPC request carries: the connection's client certificate (verified
+/// against the cluster CA in the handshake) and `authorization: Bearer <token>`.
+fn credentials(call: &Call) -> Result<Credentials, ApiError> {
+    let client_cert = call.1.get::<flotilla_pki::tls::Peer>().and_then(|p| p.subject.clone());
+    let Some(h) = call.0.get("authorization") else {
+        return Ok(Credentials { client_cert, ..Credentials::default() });
+    };
     let token = h
         .to_str()
         .ok()
@@ -102,7 +100,7 @@ fn credentials(meta: &tonic::metadata::MetadataMap) -> Result<Credentials, ApiEr
                 "the authorization header is not \"Bearer <token>\"",
             )
         })?;
-    Ok(Credentials { bearer: Some(token.to_string()) })
+    Ok(Credentials { bearer: Some(token.to_string()), client_cert })
 }
 
 #[tonic::async_trait]
@@ -111,7 +109,8 @@ impl Api for Service {
         &self,
         req: Request<proto::CreateRequest>,
     ) -> Result<Response<proto::ObjectResponse>, Status> {
-        let (meta, _, r) = req.into_parts();
+        let (meta, ext, r) = req.into_parts();
+        let meta = Call(meta, ext);
         let r = &r;
         let s = &self.0;
         self.timed(
@@ -130,7 +129,8 @@ impl Api for Service {
         &self,
         req: Request<proto::GetRequest>,
     ) -> Result<Response<proto::ObjectResponse>, Status> {
-        let (meta, _, r) = req.into_parts();
+        let (meta, ext, r) = req.into_parts();
+        let meta = Call(meta, ext);
         let r = &r;
         let s = &self.0;
         self.timed(
@@ -149,7 +149,8 @@ impl Api for Service {
         &self,
         req: Request<proto::ListRequest>,
     ) -> Result<Response<proto::ListResponse>, Status> {
-        let (meta, _, r) = req.into_parts();
+        let (meta, ext, r) = req.into_parts();
+        let meta = Call(meta, ext);
         let r = &r;
         let s = &self.0;
         self.timed(&meta, RequestInfo::new("list", &r.resource).at(&r.namespace, ""), |_| async {
@@ -175,7 +176,8 @@ impl Api for Service {
         &self,
         req: Request<proto::UpdateRequest>,
     ) -> Result<Response<proto::ObjectResponse>, Status> {
-        let (meta, _, r) = req.into_parts();
+        let (meta, ext, r) = req.into_parts();
+        let meta = Call(meta, ext);
         let r = &r;
         let s = &self.0;
         let what = RequestInfo::new("update", &r.resource).subresource(&r.subresource);
@@ -192,7 +194,8 @@ impl Api for Service {
         &self,
         req: Request<proto::PatchRequest>,
     ) -> Result<Response<proto::ObjectResponse>, Status> {
-        let (meta, _, r) = req.into_parts();
+        let (meta, ext, r) = req.into_parts();
+        let meta = Call(meta, ext);
         let r = &r;
         let s = &self.0;
         let what = RequestInfo::new("patch", &r.resource).subresource(&r.subresource);
@@ -214,7 +217,8 @@ impl Api for Service {
         &self,
         req: Request<proto::DeleteRequest>,
     ) -> Result<Response<proto::ObjectResponse>, Status> {
-        let (meta, _, r) = req.into_parts();
+        let (meta, ext, r) = req.into_parts();
+        let meta = Call(meta, ext);
         let r = &r;
         let s = &self.0;
         self.timed(
@@ -242,7 +246,8 @@ impl Api for Service {
         &self,
         req: Request<proto::WatchRequest>,
     ) -> Result<Response<WatchStream>, Status> {
-        let (meta, _, r) = req.into_parts();
+        let (meta, ext, r) = req.into_parts();
+        let meta = Call(meta, ext);
         let r = &r;
         let s = self.0.clone();
         let started = Instant::now();
@@ -282,7 +287,8 @@ impl Api for Service {
         &self,
         req: Request<proto::PodLogsRequest>,
     ) -> Result<Response<LogStream>, Status> {
-        let (meta, _, mut r) = req.into_parts();
+        let (meta, ext, mut r) = req.into_parts();
+        let meta = Call(meta, ext);
         let started = Instant::now();
         let target = async {
             self.caller(
@@ -294,9 +300,7 @@ impl Api for Service {
         let t = target.await.map_err(|e| e.to_status())?;
         let url = t.url;
         (r.namespace, r.container) = (t.namespace, t.container);
-        let mut node = proto::node_client::NodeClient::connect(url.clone())
-            .await
-            .map_err(|e| Status::unavailable(format!("node agent at {url}: {e}")))?;
+        let mut node = self.0.node_client(&url).await.map_err(Status::unavailable)?;
         let stream = node.container_logs(r).await?.into_inner();
         self.0.record("logs", "pods", started);
         Ok(Response::new(Box::pin(stream)))
@@ -311,7 +315,8 @@ impl Api for Service {
     ) -> Result<Response<ExecStream>, Status> {
         use futures::StreamExt;
         use proto::exec_input::Msg;
-        let (meta, _, mut input) = req.into_parts();
+        let (meta, ext, mut input) = req.into_parts();
+        let meta = Call(meta, ext);
         let started = Instant::now();
         let mut start = match input.next().await {
             Some(Ok(proto::ExecInput { msg: Some(Msg::Start(s)) })) => s,
@@ -326,9 +331,7 @@ impl Api for Service {
         let t = target.await.map_err(|e| e.to_status())?;
         let url = t.url;
         (start.namespace, start.container, start.uid) = (t.namespace, t.container, t.uid);
-        let mut node = proto::node_client::NodeClient::connect(url.clone())
-            .await
-            .map_err(|e| Status::unavailable(format!("node agent at {url}: {e}")))?;
+        let mut node = self.0.node_client(&url).await.map_err(Status::unavailable)?;
         let first = proto::ExecInput { msg: Some(Msg::Start(start)) };
         // A broken client stream ends the relay like a close would.
         let rest = input
@@ -345,7 +348,8 @@ impl Api for Service {
         &self,
         req: Request<proto::MetricsRequest>,
     ) -> Result<Response<proto::MetricsResponse>, Status> {
-        let (meta, _, r) = req.into_parts();
+        let (meta, ext, r) = req.into_parts();
+        let meta = Call(meta, ext);
         let started = Instant::now();
         let s = &self.0;
         let verb = if r.name.is_empty() { "list" } else { "get" };
@@ -364,7 +368,8 @@ impl Api for Service {
         &self,
         req: Request<proto::BindRequest>,
     ) -> Result<Response<proto::ObjectResponse>, Status> {
-        let (meta, _, r) = req.into_parts();
+        let (meta, ext, r) = req.into_parts();
+        let meta = Call(meta, ext);
         let r = &r;
         let s = &self.0;
         self.timed(&meta, RequestInfo::new("create", "pods").subresource("binding").at(&r.namespace, &r.name), |user| async move {
@@ -385,7 +390,8 @@ impl Api for Service {
         &self,
         req: Request<proto::CreateTokenRequest>,
     ) -> Result<Response<proto::ObjectResponse>, Status> {
-        let (meta, _, r) = req.into_parts();
+        let (meta, ext, r) = req.into_parts();
+        let meta = Call(meta, ext);
         let r = &r;
         let s = &self.0;
         let what = RequestInfo::new("create", "serviceaccounts").subresource("token");
@@ -400,7 +406,8 @@ impl Api for Service {
         &self,
         req: Request<proto::ReviewTokenRequest>,
     ) -> Result<Response<proto::ObjectResponse>, Status> {
-        let (meta, _, r) = req.into_parts();
+        let (meta, ext, r) = req.into_parts();
+        let meta = Call(meta, ext);
         let r = &r;
         self.timed(&meta, RequestInfo::new("create", "tokenreviews"), |_| async {
             Ok(obj_response(&self.0.token_review(&r.object)?, Vec::new()))
@@ -413,7 +420,8 @@ impl Api for Service {
         req: Request<proto::WhoAmIRequest>,
     ) -> Result<Response<proto::ObjectResponse>, Status> {
         let what = RequestInfo::new("create", "selfsubjectreviews");
-        self.timed(req.metadata(), what, |user| async move {
+        let (meta, ext, _) = req.into_parts();
+        self.timed(&Call(meta, ext), what, |user| async move {
             let v = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview",
                 "metadata": {"creationTimestamp": super::now_rfc3339()},
                 "status": {"userInfo": user.to_json()}});
@@ -426,7 +434,8 @@ impl Api for Service {
         &self,
         req: Request<proto::DiscoveryRequest>,
     ) -> Result<Response<proto::DiscoveryResponse>, Status> {
-        self.caller(req.metadata(), RequestInfo::new("get", "")).map_err(|e| e.to_status())?;
+        let (meta, ext, _) = req.into_parts();
+        self.caller(&Call(meta, ext), RequestInfo::new("get", "")).map_err(|e| e.to_status())?;
         let resources = flotilla_api::RESOURCES
             .iter()
             .map(|r| proto::ApiResource {
@@ -610,10 +619,12 @@ fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
     G(Some(f))
 }
 
-/// Serves the API (gRPC, HTTP/2) and `/metrics` (HTTP/1.1 or 2) on one listener.
+/// Serves the API (gRPC, HTTP/2) and `/metrics` (HTTP/1.1 or 2) on one listener, TLS only:
+/// `tls` verifies client certificates against the cluster CA when a caller presents one.
 pub async fn serve(
     server: Arc<ApiServer>,
     listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let svc = proto::api_server::ApiServer::new(Service(server.clone()))
@@ -629,9 +640,9 @@ pub async fn serve(
         }),
     );
     *routes.axum_router_mut() = router;
-    // The builder's tcp_nodelay applies only to listeners tonic binds itself; without it small
-    // responses wait on Nagle and delayed ACKs (40 ms).
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    // Accepted connections get TCP_NODELAY there: small responses must not wait on Nagle and
+    // delayed ACKs (40 ms).
+    let incoming = flotilla_pki::tls::incoming(listener, tls);
     tonic::transport::Server::builder()
         .accept_http1(true)
         .tcp_nodelay(true)

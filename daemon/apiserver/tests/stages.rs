@@ -75,7 +75,7 @@ async fn authorization_and_admission_surround_the_strategy() {
     let user =
         api.admit_request(&anon, RequestInfo::new("create", "pods").at("default", "")).unwrap();
     assert_eq!(user, User::anonymous());
-    let bad = Credentials { bearer: Some("not-a-token".into()) };
+    let bad = Credentials { bearer: Some("not-a-token".into()), ..Default::default() };
     let e =
         api.admit_request(&bad, RequestInfo::new("get", "pods").at("default", "p")).unwrap_err();
     assert_eq!(e.reason, Reason::Unauthorized, "{e:?}");

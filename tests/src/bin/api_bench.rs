@@ -48,7 +48,7 @@ struct Args {
 }
 
 struct Server {
-    api: String,
+    kubeconfig: PathBuf,
     store: String,
     _proc: Proc,
     _dir: tempfile::TempDir,
@@ -74,7 +74,20 @@ fn start(bin: &PathBuf) -> Result<Server> {
     let proc = Proc::spawn("flotillad", cmd, &dir.path().join("flotillad.log"))?;
     let api = format!("127.0.0.1:{a}");
     wait_listening(&api, Duration::from_secs(30))?;
-    Ok(Server { api, store: format!("127.0.0.1:{c}"), _proc: proc, _dir: dir })
+    let kubeconfig = dir.path().join("data/admin.conf");
+    Ok(Server { kubeconfig, store: format!("127.0.0.1:{c}"), _proc: proc, _dir: dir })
+}
+
+/// A new connection with the admin kubeconfig's credentials.
+async fn admin(s: &Server) -> Result<Client> {
+    for _ in 0..100 {
+        if s.kubeconfig.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let conn = flotilla_client::Kubeconfig::read(&s.kubeconfig)?.connection(None)?;
+    Ok(Client::connect_to(&conn).await?)
 }
 
 use flotilla_tests::percentile as pct;
@@ -170,10 +183,7 @@ async fn open_watchers(
     if kind == "api" {
         let mut clients = Vec::new();
         for _ in 0..conns {
-            let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", s.api))?
-                .tcp_nodelay(true)
-                .connect()
-                .await?;
+            let ch = admin(s).await?.channel();
             clients.push(ApiClient::new(ch).max_decoding_message_size(64 << 20));
         }
         for i in 0..n {
@@ -415,7 +425,7 @@ fn main() -> Result<()> {
 async fn run(a: Args) -> Result<()> {
     encoding_rows()?;
     let s = start(&a.flotillad)?;
-    let c = Client::connect(&format!("http://{}", s.api)).await?;
+    let c = admin(&s).await?;
     for _ in 0..200 {
         if c.get("namespaces", "", "default").await.is_ok() {
             break;
@@ -434,11 +444,7 @@ async fn run(a: Args) -> Result<()> {
     println!("| list of {} pods (API, from the watch cache) | items | p50 ms | p99 ms |", a.pods);
     println!("|---|---:|---:|---:|");
     let node = format!("spec.nodeName=node-{:03}", 7 % a.nodes);
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", s.api))?
-        .tcp_nodelay(true)
-        .http2_adaptive_window(true)
-        .connect()
-        .await?;
+    let ch = admin(&s).await?.channel();
     let mut raw = ApiClient::new(ch).max_decoding_message_size(256 << 20);
     for (name, label, field) in [
         ("all", "", ""),

@@ -237,7 +237,7 @@ fn containerd(dir: &Path, tarball: &Path, image: &str, rounds: usize) -> Result<
 async fn main() -> Result<()> {
     let args = Args::parse();
     let node = Node::start("bench", 30);
-    let client = Client::connect(&node.member.api_url()?).await?;
+    let client = node.member.client().await?;
     let image = node.image();
     let node_name = format!("node-{}", node.tag);
     let pods_dir = node.dir.path().join("agent/pods");

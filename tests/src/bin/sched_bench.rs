@@ -196,9 +196,9 @@ async fn main() -> Result<()> {
         "200000".into(),
     ];
     member.start()?;
-    let url = member.api_url()?;
+    member.api_url()?;
     let clients: Vec<Client> =
-        futures::future::try_join_all((0..4).map(|_| Client::connect(&url))).await?;
+        futures::future::try_join_all((0..4).map(|_| member.client())).await?;
     let c = &clients[0];
     for _ in 0..400 {
         if c.get("namespaces", "", "default").await.is_ok() {
@@ -225,7 +225,7 @@ async fn main() -> Result<()> {
     // Bindings as a watcher sees them, on a connection of its own. Only bound pods: a pod
     // entering the selector arrives as ADDED, and the harness decodes one event per pod, not
     // two, leaving the CPU to what is measured.
-    let wc = Client::connect(&url).await?;
+    let wc = member.client().await?;
     let rv = wc
         .list("pods", "default", &ListParams { limit: 1, ..Default::default() })
         .await?
@@ -320,7 +320,12 @@ async fn main() -> Result<()> {
     let create_rate = create(0..backlog).await?;
     let (srv1, _) = usage(server_pid);
     let mut cmd = std::process::Command::new(flotillad());
-    cmd.args(["scheduler", "--server", &url, "--leader-elect", "false"]).env("RUST_LOG", "info");
+    let kc =
+        member.user_kubeconfig("system:kube-scheduler", &[], &dir.path().join("scheduler.conf"))?;
+    cmd.args(["scheduler", "--leader-elect", "false"])
+        .arg("--kubeconfig")
+        .arg(kc)
+        .env("RUST_LOG", "info");
     let sched_log = dir.path().join("scheduler.log");
     let mut sched = Proc::spawn("scheduler", cmd, &sched_log)?;
     let pid = sched.pid().context("scheduler pid")?;
