@@ -150,7 +150,7 @@ fn main() -> Result<()> {
                         .into_iter()
                         .flatten()
                         .collect();
-                let lifetime = std::time::Duration::from_secs(365 * 24 * 3600);
+                let lifetime = server::ServerArgs::defaults().cert_lifetime;
                 let cp = trust::ControlPlane::init(&a.data_dir.join("pki"), &ips, &[], lifetime)?;
                 let url = format!("https://{}", a.listen);
                 let mut agent = agent::AgentArgs {

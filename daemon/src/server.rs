@@ -109,15 +109,8 @@ pub struct SchedulingArgs {
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct SchedulerArgs {
-    /// The API server (default: the kubeconfig's).
-    #[arg(long)]
-    pub server: Option<String>,
-    /// The scheduler's credentials (kube-scheduler's --kubeconfig).
-    #[arg(long)]
-    pub kubeconfig: Option<PathBuf>,
-    /// Credentials given in process (`server` and `up`).
-    #[arg(skip)]
-    pub tls: Option<Tls>,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
     /// Campaign for the `flotilla-scheduler` Lease and act only while holding it.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub leader_elect: bool,
@@ -130,14 +123,8 @@ pub struct SchedulerArgs {
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct ControllersArgs {
-    /// The API server (default: the kubeconfig's).
-    #[arg(long)]
-    pub server: Option<String>,
-    /// The controller manager's credentials (kube-controller-manager's --kubeconfig).
-    #[arg(long)]
-    pub kubeconfig: Option<PathBuf>,
-    #[arg(skip)]
-    pub tls: Option<Tls>,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
     /// Campaign for the `flotilla-controller-manager` Lease and act only while holding it.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub leader_elect: bool,
@@ -158,19 +145,32 @@ pub struct NodeLifecycleArgs {
     pub default_unreachable_toleration_seconds: u64,
 }
 
+/// How a standalone component reaches the API server (kube-scheduler's and
+/// kube-controller-manager's flags).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct ConnectArgs {
+    /// The API server (default: the kubeconfig's).
+    #[arg(long)]
+    pub server: Option<String>,
+    /// The component's credentials.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Credentials given in process (`server` and `up`).
+    #[arg(skip)]
+    pub tls: Option<Tls>,
+}
+
 /// A long-running component's client: in-process credentials, else its kubeconfig's.
-fn component_client(
-    server: Option<&str>,
-    kubeconfig: Option<&std::path::Path>,
-    tls: Option<Tls>,
-) -> Result<Client> {
-    if let Some(tls) = tls {
-        let server = server.context("an in-process component needs the server's URL")?;
+fn component_client(c: &ConnectArgs) -> Result<Client> {
+    if let Some(tls) = c.tls.clone() {
+        let server =
+            c.server.as_deref().context("an in-process component needs the server's URL")?;
         return Ok(Client::connect_lazy_tls(server, tls)?);
     }
-    let path = kubeconfig.context("give --kubeconfig with this component's credentials")?;
+    let path =
+        c.kubeconfig.as_deref().context("give --kubeconfig with this component's credentials")?;
     let conn = Kubeconfig::read(path)?.connection(None)?;
-    let server = server.unwrap_or(&conn.server);
+    let server = c.server.as_deref().unwrap_or(&conn.server);
     let client = Client::connect_lazy_tls(server, Tls::from_connection(&conn)?)?;
     Ok(match &conn.token {
         Some(t) => client.with_token(t)?,
@@ -179,7 +179,7 @@ fn component_client(
 }
 
 pub async fn run_scheduler(a: SchedulerArgs) -> Result<()> {
-    let client = component_client(a.server.as_deref(), a.kubeconfig.as_deref(), a.tls.clone())?;
+    let client = component_client(&a.connect)?;
     let cfg = SchedulerConfig {
         percentage_to_score: a.scheduling.percentage_of_nodes_to_score.min(100),
         bind_concurrency: a.scheduling.bind_concurrency.max(1),
@@ -196,7 +196,7 @@ pub async fn run_scheduler(a: SchedulerArgs) -> Result<()> {
 }
 
 pub async fn run_controllers(a: ControllersArgs) -> Result<()> {
-    let client = component_client(a.server.as_deref(), a.kubeconfig.as_deref(), a.tls.clone())?;
+    let client = component_client(&a.connect)?;
     let cfg = ControllerConfig {
         node_monitor_grace: Duration::from_secs(a.node_lifecycle.node_monitor_grace_period.max(1)),
         default_unreachable_toleration: Duration::from_secs(
@@ -299,9 +299,11 @@ pub async fn run(a: ServerArgs) -> Result<()> {
     };
     if !a.no_scheduler {
         let sa = SchedulerArgs {
-            server: Some(url.clone()),
-            kubeconfig: None,
-            tls: Some(cp.client_tls(cp.identity("system:kube-scheduler", &[])?)),
+            connect: ConnectArgs {
+                server: Some(url.clone()),
+                kubeconfig: None,
+                tls: Some(cp.client_tls(cp.identity("system:kube-scheduler", &[])?)),
+            },
             leader_elect: true,
             scheduling: a.scheduling.clone(),
             member: Some(a.name.clone()),
@@ -314,9 +316,11 @@ pub async fn run(a: ServerArgs) -> Result<()> {
     }
     if !a.no_controllers {
         let ca = ControllersArgs {
-            server: Some(url),
-            kubeconfig: None,
-            tls: Some(cp.client_tls(cp.identity("system:kube-controller-manager", &[])?)),
+            connect: ConnectArgs {
+                server: Some(url),
+                kubeconfig: None,
+                tls: Some(cp.client_tls(cp.identity("system:kube-controller-manager", &[])?)),
+            },
             leader_elect: true,
             node_lifecycle: a.node_lifecycle.clone(),
             member: Some(a.name.clone()),

@@ -6,7 +6,7 @@
 use anyhow::{Context, Result};
 use flotilla_client::Tls;
 use flotilla_pki::tls::{self, ClientAuth};
-use flotilla_pki::{Ca, Issued, KeyHolder, Kubeconfig, Request};
+use flotilla_pki::{Ca, Issued, KeyHolder, Kubeconfig, PkiError, Request};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -48,8 +48,9 @@ impl ControlPlane {
             kubelet_client: KeyHolder::new(&kubelet)?,
             lifetime,
         };
-        renew(&cp.serving, "apiserver serving", ca.clone(), serving_req, Some(dir.into()));
-        renew(&cp.kubelet_client, KUBELET_CLIENT, ca, kubelet_req, Some(dir.into()));
+        renew(&cp.serving, ca.clone(), serving_req, Some((dir.into(), "apiserver")));
+        let file = Some((dir.into(), "apiserver-kubelet-client"));
+        renew(&cp.kubelet_client, ca, kubelet_req, file);
         Ok(Arc::new(cp))
     }
 
@@ -57,8 +58,7 @@ impl ControlPlane {
     pub fn identity(&self, cn: &str, orgs: &[&str]) -> Result<Arc<KeyHolder>> {
         let req = Request::client(cn, orgs).lifetime(self.lifetime);
         let holder = KeyHolder::new(&self.ca.issue(&req)?)?;
-        let what: &'static str = Box::leak(cn.to_string().into_boxed_str());
-        renew(&holder, what, self.ca.clone(), req, None);
+        renew(&holder, self.ca.clone(), req, None);
         Ok(holder)
     }
 
@@ -123,25 +123,24 @@ fn persist(dir: &Path, name: &str, issued: Issued) -> Result<Issued> {
     Ok(issued)
 }
 
+/// Re-issues `req` into `holder` as it nears expiry; with `file`, also rewrites
+/// `<dir>/<name>.crt` and `.key`.
 fn renew(
     holder: &Arc<KeyHolder>,
-    what: &'static str,
     ca: Arc<Ca>,
     req: Request,
-    dir: Option<PathBuf>,
+    file: Option<(PathBuf, &'static str)>,
 ) {
-    tls::spawn_renewal(holder.clone(), what, move || {
-        let (ca, req, dir) = (ca.clone(), req.clone(), dir.clone());
+    tls::spawn_renewal(holder.clone(), req.common_name.clone(), move || {
+        let (ca, req, file) = (ca.clone(), req.clone(), file.clone());
         async move {
             let issued = ca.issue(&req)?;
-            if let Some(dir) = dir {
-                let name = if req.server { "apiserver" } else { req.common_name.as_str() };
-                let name = if name == KUBELET_CLIENT { "apiserver-kubelet-client" } else { name };
-                let (crt, key) = flotilla_pki::ca::pair_paths(&dir, name);
-                flotilla_pki::write_private(&key, issued.key_pem.as_bytes())?;
-                flotilla_pki::write_public(&crt, issued.cert_pem.as_bytes())?;
+            match file {
+                Some((dir, name)) => {
+                    persist(&dir, name, issued).map_err(|e| PkiError::Invalid(format!("{e:#}")))
+                }
+                None => Ok(issued),
             }
-            Ok(issued)
         }
     });
 }

@@ -165,7 +165,7 @@ impl rustls::client::ResolvesClientCert for KeyHolder {
 
 /// Renews `holder` 80% into each certificate's life with `issue` until the task is dropped.
 /// `issue` runs on a blocking thread (it may sign, or ask the API server to).
-pub fn spawn_renewal<F, Fut>(holder: Arc<KeyHolder>, what: &'static str, issue: F)
+pub fn spawn_renewal<F, Fut>(holder: Arc<KeyHolder>, what: String, issue: F)
 where
     F: Fn() -> Fut + Send + 'static,
     Fut: Future<Output = Result<Issued, PkiError>> + Send,
@@ -176,11 +176,11 @@ where
             tokio::time::sleep(wait).await;
             match issue().await {
                 Ok(i) => match holder.set(&i) {
-                    Ok(()) => tracing::info!(what, "renewed the certificate"),
-                    Err(e) => tracing::error!(what, error = %e, "renewed certificate unusable"),
+                    Ok(()) => tracing::info!(%what, "renewed the certificate"),
+                    Err(e) => tracing::error!(%what, error = %e, "renewed certificate unusable"),
                 },
                 Err(e) => {
-                    tracing::warn!(what, error = %e, "certificate renewal failed; retrying");
+                    tracing::warn!(%what, error = %e, "certificate renewal failed; retrying");
                     tokio::time::sleep(
                         Duration::from_secs(5).min(wait.max(Duration::from_secs(1))),
                     )
