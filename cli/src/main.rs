@@ -832,17 +832,13 @@ async fn run(cli: Cli) -> Result<()> {
         return config::run(cli.kubeconfig.as_deref(), cli.context.as_deref(), c);
     }
     let conn = connection(&cli)?;
-    let client = if conn.server.starts_with("http://") {
-        // Servers speak TLS only; a plain URL gets the server's refusal, not ours.
-        let c =
-            Client::connect(&conn.server).await.map_err(|e| anyhow::anyhow!("{}", e.message))?;
-        match &conn.token {
-            Some(t) => c.with_token(t).map_err(|e| anyhow::anyhow!("--token: {}", e.message))?,
-            None => c,
-        }
-    } else {
-        Client::connect_to(&conn).await.map_err(|e| anyhow::anyhow!("{}", e.message))?
-    };
+    if conn.server.starts_with("http://") {
+        // Go's servers answer a plain request on a TLS port with a 400 that kubectl prints;
+        // gRPC over a plain connection would only say "frame with invalid size".
+        let https = conn.server.replacen("http://", "https://", 1);
+        anyhow::bail!("{}: Flotilla's API server serves HTTPS only: use {https}", conn.server);
+    }
+    let client = Client::connect_to(&conn).await.map_err(|e| anyhow::anyhow!("{}", e.message))?;
     let ctx = Ctx {
         client,
         explicit_ns: cli.namespace.is_some(),

@@ -64,7 +64,7 @@ enum KubeconfigCmd {
         /// The user name (the certificate's CN).
         #[arg(long)]
         client_name: String,
-        /// A group (the certificate's O); repeatable.
+        /// The group (the certificate's O; one per certificate).
         #[arg(long)]
         org: Vec<String>,
         /// Certificate lifetime.

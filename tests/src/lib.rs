@@ -298,6 +298,28 @@ impl Member {
         Ok(flotilla_client::Client::connect_lazy_tls(&conn.server, tls)?)
     }
 
+    /// The cluster CA's certificate, PEM.
+    pub fn ca_pem(&self) -> Result<String> {
+        let p = self.data_dir.join("pki/ca.crt");
+        std::fs::read_to_string(&p).with_context(|| p.display().to_string())
+    }
+
+    /// The admin kubeconfig's client certificate.
+    pub fn admin_identity(&self) -> Result<Arc<flotilla_pki::tls::KeyHolder>> {
+        let conn = flotilla_client::Kubeconfig::read(&self.kubeconfig())?.connection(None)?;
+        let cert = conn.client_cert.context("admin.conf has no client certificate")?;
+        Ok(flotilla_pki::tls::KeyHolder::new(&cert)?)
+    }
+
+    /// The certificate the API server presents to node agents (`kube-apiserver-kubelet-client`).
+    pub fn kubelet_client_identity(&self) -> Result<Arc<flotilla_pki::tls::KeyHolder>> {
+        let pki = self.data_dir.join("pki");
+        https::identity(
+            &pki.join("apiserver-kubelet-client.crt"),
+            &pki.join("apiserver-kubelet-client.key"),
+        )
+    }
+
     /// A kubeconfig for `user` in `groups`, signed by this member's CA
     /// (`flotillad kubeconfig user`), written to `out`.
     pub fn user_kubeconfig(&self, user: &str, groups: &[&str], out: &Path) -> Result<PathBuf> {
@@ -348,6 +370,7 @@ pub fn cluster(n: usize, dir: &Path, extra: &[&str]) -> Result<Vec<Member>> {
 }
 
 /// OCI bundles for runtime tests and benchmarks: busybox from Debian's `busybox-static`.
+pub mod https;
 pub mod netlab;
 pub mod node;
 

@@ -4,7 +4,7 @@ use flotilla_api::{ApiError, Reason};
 use flotilla_client::{
     Client, DeleteParams, EventType, Informer, ListParams, WatchEvent, WatchParams,
 };
-use flotilla_tests::Member;
+use flotilla_tests::{https, Member};
 use futures::{Stream, StreamExt};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -691,26 +691,20 @@ async fn slow_watchers_are_cut_off_without_stalling_others() {
     assert_eq!(err.reason, Reason::TooManyRequests, "{}", err.message);
     assert!(err.message.contains("resume from resourceVersion"), "{}", err.message);
     assert!(got < writes, "the slow watcher was cut off ({got} events)");
-    let metrics = reqwest_metrics(&s.member.api).await;
+    let metrics = reqwest_metrics(&s.member).await;
     assert!(
         metrics.contains("flotilla_api_watch_cutoffs_total{resource=\"configmaps\"} 1"),
         "{metrics}"
     );
 }
 
-/// `/metrics` over plain HTTP/1.1 on the API port.
-async fn reqwest_metrics(addr: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(
-        format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    assert!(out.starts_with("HTTP/1.1 200"), "{}", &out[..out.len().min(200)]);
-    out
+/// `/metrics` over HTTPS on the API port, as the admin.
+async fn reqwest_metrics(m: &flotilla_tests::Member) -> String {
+    let ca = m.ca_pem().unwrap();
+    let (status, body) =
+        https::get(&m.api, "/metrics", Some(&ca), Some(m.admin_identity().unwrap())).await.unwrap();
+    assert_eq!(status, 200, "{}", &body[..body.len().min(200)]);
+    body
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::{path::Path, process::Command, time::Duration};
 
 use flotilla_client::{Client, DeleteParams};
-use flotilla_tests::{flotillad, node::Node, probe};
+use flotilla_tests::{flotillad, https, node::Node, probe};
 use serde_json::{json, Value};
 
 async fn until<F, Fut>(what: &str, secs: u64, mut f: F) -> Value
@@ -335,11 +335,12 @@ async fn pod_runs_init_containers_env_and_volumes() {
     assert!(ok, "{err}");
     assert!(out.contains(&node_name) && out.contains("MEMORY(%)"), "{out}");
     // The same on the agent's /metrics, in the kubelet's names.
+    // The node API takes the API server's client certificate only.
+    let kubelet_client = node.member.kubelet_client_identity().unwrap();
     let text = until("agent /metrics", 10, || async {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", node.node_port)).ok()?;
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
-        let mut body = String::new();
-        std::io::Read::read_to_string(&mut s, &mut body).ok()?;
+        let addr = format!("127.0.0.1:{}", node.node_port);
+        let (_, body) =
+            https::get(&addr, "/metrics", None, Some(kubelet_client.clone())).await.ok()?;
         body.contains("container_cpu_usage_seconds_total").then(|| json!(body))
     })
     .await;

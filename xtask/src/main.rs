@@ -93,6 +93,43 @@ enum Cmd {
     },
 }
 
+/// Puts `flotilla` beside cargo's own binaries (`$CARGO_HOME/bin`, on a rustup user's PATH)
+/// and, when there is no `~/.kube/config`, links it to the admin kubeconfig that `flotillad up`
+/// writes, so the README's next command works. An existing kubeconfig is never touched.
+fn install_cli_and_kubeconfig(data_dir: &std::path::Path) -> Result<()> {
+    let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| home.as_ref().map(|h| h.join(".cargo")))
+        .ok_or_else(|| anyhow::anyhow!("neither CARGO_HOME nor HOME is set"))?;
+    let bin = cargo_home.join("bin");
+    std::fs::create_dir_all(&bin)?;
+    let built = util::workspace_root().join("target/release/flotilla");
+    // Copy to a temporary name and rename: a running `flotilla` keeps its old inode.
+    let tmp = bin.join(".flotilla.new");
+    std::fs::copy(&built, &tmp)?;
+    std::fs::rename(&tmp, bin.join("flotilla"))?;
+    eprintln!("installed {}", bin.join("flotilla").display());
+    let Some(home) = home else { return Ok(()) };
+    let kube = home.join(".kube");
+    let config = kube.join("config");
+    let admin = std::path::absolute(data_dir.join("admin.conf"))?;
+    if std::fs::symlink_metadata(&config).is_ok() {
+        if std::fs::read_link(&config).ok().as_deref() != Some(admin.as_path()) {
+            eprintln!(
+                "{} exists and is left alone; use `--kubeconfig {}` or KUBECONFIG",
+                config.display(),
+                admin.display()
+            );
+        }
+        return Ok(());
+    }
+    std::fs::create_dir_all(&kube)?;
+    std::os::unix::fs::symlink(&admin, &config)?;
+    eprintln!("linked {} -> {}", config.display(), admin.display());
+    Ok(())
+}
+
 /// The eBPF crate lives outside the workspace (it builds for bpfel-unknown-none with a pinned
 /// nightly),
 /// so the workspace's fmt and clippy do not see it.
@@ -242,7 +279,8 @@ fn main() -> Result<()> {
         }
         Cmd::Up { data_dir, args } => {
             setup::setup()?;
-            util::cargo(&["build", "--release", "-p", "flotilla-daemon"])?;
+            util::cargo(&["build", "--release", "-p", "flotilla-daemon", "-p", "flotilla-cli"])?;
+            install_cli_and_kubeconfig(std::path::Path::new(&data_dir))?;
             // `flotillad up` imports every tarball in <data-dir>/images at start.
             let preload = std::path::Path::new(&data_dir).join("images");
             for (tarball, _) in images(&util::workspace_root().join("target/images"))? {

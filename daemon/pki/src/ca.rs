@@ -60,6 +60,15 @@ impl Request {
 
     fn params(&self) -> Result<CertificateParams, PkiError> {
         let mut p = CertificateParams::default();
+        // rcgen keeps one value per attribute type, so a second O would silently replace the
+        // first: refuse it rather than issue a certificate with fewer groups than asked.
+        if self.organizations.len() > 1 {
+            return Err(PkiError::Invalid(format!(
+                "certificate for {:?}: one organization (group) per certificate is supported, \
+                 got {:?}; bind roles to the user or to one group",
+                self.common_name, self.organizations
+            )));
+        }
         let mut dn = DistinguishedName::new();
         for o in &self.organizations {
             dn.push(DnType::OrganizationName, o.as_str());

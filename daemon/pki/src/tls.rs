@@ -353,7 +353,7 @@ pub fn incoming(
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     tokio::spawn(async move {
         loop {
-            let (tcp, peer) = tokio::select! {
+            let (mut tcp, peer) = tokio::select! {
                 r = listener.accept() => match r {
                     Ok(c) => c,
                     Err(e) => {
@@ -367,6 +367,10 @@ pub fn incoming(
             let _ = tcp.set_nodelay(true);
             let (acceptor, tx) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {
+                if refuse_plain(&mut tcp).await {
+                    tracing::debug!(%peer, "plain-text request on a TLS port refused");
+                    return;
+                }
                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                     Ok(Ok(s)) => {
                         let _ = tx.send(Ok(Accepted::new(s))).await;
@@ -378,6 +382,23 @@ pub fn incoming(
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// A connection whose first byte is not a TLS handshake record gets Go's answer (what
+/// kube-apiserver and the kubelet send) instead of a silent close, so a client pointed at an
+/// `http://` URL learns why. True when it was refused.
+async fn refuse_plain(tcp: &mut TcpStream) -> bool {
+    use tokio::io::AsyncWriteExt;
+    let mut b = [0u8; 1];
+    match tokio::time::timeout(Duration::from_secs(10), tcp.peek(&mut b)).await {
+        Ok(Ok(1)) if b[0] != 0x16 => {
+            let answer = b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n";
+            let _ = tcp.write_all(answer).await;
+            let _ = tcp.shutdown().await;
+            true
+        }
+        _ => false,
+    }
 }
 
 /// TCP + rustls for tonic's `Endpoint::connect_with_connector`: `https://` URLs only.

@@ -1,0 +1,140 @@
+//! Trust: every port speaks TLS only, knows its callers by certificates from the cluster CA,
+//! and refuses certificates from any other CA.
+
+use flotilla_pki::kubeconfig::{Kubeconfig, UserInfo};
+use flotilla_pki::tls::KeyHolder;
+use flotilla_pki::{Ca, Request};
+use flotilla_tests::{flotilla_cli, https, node::Node, Member};
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+fn cli(kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
+    let o = Command::new(flotilla_cli())
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .env_remove("KUBECONFIG")
+        .output()
+        .unwrap();
+    let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (o.status.success(), s(&o.stdout), s(&o.stderr))
+}
+
+/// A client certificate from a CA the cluster has never seen.
+fn stranger(cn: &str, orgs: &[&str]) -> Arc<KeyHolder> {
+    let ca = Ca::generate("not-the-cluster-ca").unwrap();
+    KeyHolder::new(&ca.issue(&Request::client(cn, orgs)).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn api_port_serves_tls_only_and_knows_callers_by_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = Member::new("m", dir.path());
+    m.start().unwrap();
+    let url = m.api_url().unwrap();
+    let ca = m.ca_pem().unwrap();
+
+    // Plain text gets Go's answer, and nothing else.
+    let plain = https::plain_http(&m.api).await;
+    assert!(plain.starts_with("HTTP/1.0 400"), "{plain}");
+    assert!(plain.contains("Client sent an HTTP request to an HTTPS server."), "{plain}");
+    assert!(!plain.contains("flotilla_"), "{plain}");
+
+    // The serving certificate is the cluster CA's, for the addresses clients use.
+    let (status, body) =
+        https::get(&m.api, "/metrics", Some(&ca), Some(m.admin_identity().unwrap())).await.unwrap();
+    assert_eq!(status, 200);
+    assert!(body.contains("flotilla_api_"), "{body:.300}");
+    let other_ca = Ca::generate("other").unwrap();
+    let e = https::get(&m.api, "/metrics", Some(other_ca.cert_pem()), None).await.unwrap_err();
+    assert!(format!("{e:#}").contains("certificate"), "{e:#}");
+    // A client certificate of another CA is refused in the handshake, whatever it claims.
+    let e = https::get(
+        &m.api,
+        "/metrics",
+        Some(&ca),
+        Some(stranger("flotilla-admin", &["system:masters"])),
+    )
+    .await
+    .unwrap_err();
+    assert!(format!("{e:#}").contains("UnknownCA"), "{e:#}");
+
+    // x509 authentication: CN is the user, O the groups.
+    let admin = m.kubeconfig();
+    let meta = std::fs::metadata(&admin).unwrap();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777, 0o600);
+    let (ok, out, err) = cli(&admin, &["auth", "whoami"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("flotilla-admin") && out.contains("system:masters"), "{out}");
+    let alice = m.user_kubeconfig("alice", &["dev"], &dir.path().join("alice.conf")).unwrap();
+    let (ok, out, err) = cli(&alice, &["auth", "whoami"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("alice") && out.contains("[dev system:authenticated]"), "{out}");
+    assert!(!out.contains("system:masters"), "{out}");
+    // A second group is refused, not dropped.
+    let e = m.user_kubeconfig("bob", &["dev", "ops"], &dir.path().join("bob.conf")).unwrap_err();
+    assert!(format!("{e:#}").contains("one organization (group) per certificate"), "{e:#}");
+    // No credentials at all: anonymous.
+    let anon = dir.path().join("anon.conf");
+    Kubeconfig::single("c", &url, &ca, "nobody", UserInfo::default()).write(&anon).unwrap();
+    let (ok, out, err) = cli(&anon, &["auth", "whoami"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("system:anonymous") && out.contains("system:unauthenticated"), "{out}");
+    // A kubeconfig trusting another CA does not reach the server.
+    let wrong = dir.path().join("wrong.conf");
+    Kubeconfig::single("c", &url, other_ca.cert_pem(), "nobody", UserInfo::default())
+        .write(&wrong)
+        .unwrap();
+    let (ok, _, err) = cli(&wrong, &["get", "namespaces"]);
+    assert!(!ok);
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    // A plain URL is explained.
+    let (ok, _, err) = cli(&admin, &["-s", &format!("http://{}", m.api), "get", "namespaces"]);
+    assert!(!ok);
+    assert!(err.contains("HTTPS only") && err.contains(&url), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_api_admits_only_the_api_server() {
+    let node = Node::start("trust", 40);
+    let addr = format!("127.0.0.1:{}", node.node_port);
+    flotilla_tests::wait_listening(&addr, std::time::Duration::from_secs(30)).unwrap();
+
+    let plain = https::plain_http(&addr).await;
+    assert!(plain.contains("Client sent an HTTP request to an HTTPS server."), "{plain}");
+    // Without a certificate, with the admin's (the right CA, not the API server's name), or
+    // with the API server's name from another CA: refused in the handshake.
+    for (who, id) in [
+        ("no certificate", None),
+        ("the admin", Some(node.member.admin_identity().unwrap())),
+        ("a stranger", Some(stranger("kube-apiserver-kubelet-client", &[]))),
+    ] {
+        let r = https::get(&addr, "/metrics", None, id).await;
+        assert!(r.is_err(), "{who} got in: {r:?}");
+    }
+    let (status, body) =
+        https::get(&addr, "/metrics", None, Some(node.member.kubelet_client_identity().unwrap()))
+            .await
+            .unwrap();
+    assert_eq!(status, 200);
+    assert!(body.contains("node_cpu_usage_seconds_total"), "{body:.300}");
+
+    // exec still works for a user: the API server relays it with its own certificate.
+    let c = node.client().await;
+    let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "sh", "namespace": "default"},
+        "spec": {"nodeName": format!("node-{}", node.tag), "containers": [{"name": "c",
+            "image": node.image(), "command": ["sleep", "3600"]}]}});
+    c.create("pods", "default", &pod).await.unwrap();
+    let (mut out, mut err) = (String::new(), String::new());
+    for _ in 0..60 {
+        let (ok, o, e) = node.cli(&["exec", "sh", "--", "sh", "-c", "echo in-pod"]);
+        (out, err) = (o, e);
+        if ok {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    assert_eq!(out, "in-pod\n", "{err}");
+}
