@@ -259,7 +259,10 @@ fn connection(cli: &Cli) -> Result<flotilla_client::Connection> {
         );
     }
     if let Some(t) = cli.token.as_deref().filter(|t| !t.is_empty()) {
+        // The flag replaces the kubeconfig's credentials: a client certificate would otherwise
+        // win (x509 is authenticated first) and `--token` would be silently ignored.
         c.token = Some(t.to_string());
+        c.client_cert = None;
     }
     c.insecure |= cli.insecure_skip_tls_verify;
     Ok(c)

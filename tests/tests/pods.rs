@@ -1161,7 +1161,7 @@ async fn service_account_tokens_are_mounted_bound_and_revoked() {
     assert_eq!(user["extra"]["authentication.kubernetes.io/node-name"], json!([node_name]));
     assert!(user["groups"].as_array().unwrap().contains(&json!("system:serviceaccounts:default")));
     let (ok, out, _) = node.cli(&["auth", "whoami"]);
-    assert!(ok && out.contains("system:anonymous"), "{out}");
+    assert!(ok && out.contains("flotilla-admin"), "the kubeconfig's user again: {out}");
 
     // The projected token is for its audience only.
     let vault = exec("cat /proj/vault/token");
