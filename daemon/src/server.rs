@@ -274,6 +274,7 @@ pub async fn run(a: ServerArgs) -> Result<()> {
         }
     };
     cp.write_admin_conf(&home.join("admin.conf"), &url)?;
+    config.tls = Some(cp.store_tls()?);
     api_config.node_client = Some(cp.node_client_tls()?);
     let api_tls = cp.api_server_tls()?;
     // Bind first so a port conflict fails before anything is written.

@@ -16,10 +16,19 @@ use std::time::Duration;
 /// `apiserver-kubelet-client`): the only identity the node API accepts.
 pub const KUBELET_CLIENT: &str = "kube-apiserver-kubelet-client";
 
+/// The O of members' peer certificates: the only callers the store's peer port admits.
+pub const STORE_PEERS: &str = "flotilla:store-peers";
+
+/// The store's client port admits this group only (etcd has a CA of its own in kubeadm;
+/// with one CA, a node's certificate must not reach the store).
+pub const STORE_CLIENTS: &str = "system:masters";
+
 pub struct ControlPlane {
     pub ca: Arc<Ca>,
     pub serving: Arc<KeyHolder>,
     pub kubelet_client: Arc<KeyHolder>,
+    /// This member on the store's peer port, as server and as client.
+    pub peer: Arc<KeyHolder>,
     pub lifetime: Duration,
 }
 
@@ -38,19 +47,36 @@ impl ControlPlane {
             })?);
         let (dns, ips) =
             flotilla_pki::apiserver_names(listen, Some(IpAddr::from([10, 96, 0, 1])), extra_sans);
-        let serving_req = Request::server("kube-apiserver", dns, ips).lifetime(lifetime);
+        let serving_req =
+            Request::server("kube-apiserver", dns.clone(), ips.clone()).lifetime(lifetime);
         let kubelet_req = Request::client(KUBELET_CLIENT, &["system:masters"]).lifetime(lifetime);
+        let peer_req = Request {
+            organizations: vec![STORE_PEERS.into()],
+            client: true,
+            ..Request::server("flotilla-store-peer", dns, ips)
+        }
+        .lifetime(lifetime);
+        // For etcdctl and other etcd clients (kubeadm's apiserver-etcd-client).
+        let etcd_client_req =
+            Request::client("kube-apiserver-etcd-client", &[STORE_CLIENTS]).lifetime(lifetime);
         let serving = persist(dir, "apiserver", ca.issue(&serving_req)?)?;
         let kubelet = persist(dir, "apiserver-kubelet-client", ca.issue(&kubelet_req)?)?;
+        let peer = persist(dir, "store-peer", ca.issue(&peer_req)?)?;
+        let etcd_client = persist(dir, "apiserver-etcd-client", ca.issue(&etcd_client_req)?)?;
         let cp = ControlPlane {
             ca: ca.clone(),
             serving: KeyHolder::new(&serving)?,
             kubelet_client: KeyHolder::new(&kubelet)?,
+            peer: KeyHolder::new(&peer)?,
             lifetime,
         };
         renew(&cp.serving, ca.clone(), serving_req, Some((dir.into(), "apiserver")));
         let file = Some((dir.into(), "apiserver-kubelet-client"));
-        renew(&cp.kubelet_client, ca, kubelet_req, file);
+        renew(&cp.kubelet_client, ca.clone(), kubelet_req, file);
+        renew(&cp.peer, ca.clone(), peer_req, Some((dir.into(), "store-peer")));
+        // Only the files use this one; a holder keeps the renewal schedule.
+        let file = Some((dir.into(), "apiserver-etcd-client"));
+        renew(&KeyHolder::new(&etcd_client)?, ca, etcd_client_req, file);
         Ok(Arc::new(cp))
     }
 
@@ -71,6 +97,19 @@ impl ControlPlane {
     /// one go on to token authentication or are anonymous.
     pub fn api_server_tls(&self) -> Result<Arc<rustls::ServerConfig>> {
         Ok(tls::server_config(self.ca.cert_pem(), self.serving.clone(), ClientAuth::Optional)?)
+    }
+
+    /// The store's ports: the client port (2379) admits client certificates of
+    /// [`STORE_CLIENTS`], the peer port (2380) those of [`STORE_PEERS`]; plain text and other
+    /// CAs are refused (etcd's `--client-cert-auth` and `--peer-client-cert-auth`).
+    pub fn store_tls(&self) -> Result<flotilla_store::StoreTls> {
+        let ca = self.ca.cert_pem();
+        let groups = |g: &str| ClientAuth::Groups(vec![g.to_string()]);
+        Ok(flotilla_store::StoreTls {
+            client: tls::server_config(ca, self.serving.clone(), groups(STORE_CLIENTS))?,
+            peer_server: tls::server_config(ca, self.peer.clone(), groups(STORE_PEERS))?,
+            peer_client: tls::client_config(Some(ca), Some(self.peer.clone()))?,
+        })
     }
 
     /// The API server towards node agents. The agents' serving certificates are not verified

@@ -40,6 +40,6 @@ pub mod proto {
 
 pub use error::StoreError;
 pub use mvcc::KeyRange;
-pub use node::{member_id, KvStore, StoreConfig, StoreNode};
+pub use node::{member_id, KvStore, StoreConfig, StoreNode, StoreTls};
 pub use watch::WatchSpec;
 pub use watcher::{WatchUpdate, Watcher};

@@ -27,7 +27,7 @@ use crate::proto::peer::{
 };
 use crate::raft::durability::Durability;
 use crate::raft::log_store::LogStore;
-use crate::raft::network::{endpoint, PeerNetwork};
+use crate::raft::network::{peer_channel, PeerNetwork};
 use crate::raft::state_machine::{SmShared, StateMachine};
 use crate::raft::types::{NodeId, Raft, Wire};
 use crate::watch::WatchSpec;
@@ -106,6 +106,21 @@ pub struct StoreConfig {
     pub retention_revisions: i64,
     /// How often a watch that asked for progress notifications gets one when idle.
     pub progress_notify_interval: Duration,
+    /// TLS on both ports; `None` serves plain text (in-process tests only: `flotillad` always
+    /// sets it).
+    pub tls: Option<StoreTls>,
+}
+
+/// The rustls configurations of a member's ports (etcd's `--client-cert-auth` on the client
+/// port, `--peer-client-cert-auth` on the peer port).
+#[derive(Debug, Clone)]
+pub struct StoreTls {
+    /// The client port (2379): a client certificate from the cluster CA required.
+    pub client: Arc<rustls::ServerConfig>,
+    /// The peer port (2380): mutual TLS between members.
+    pub peer_server: Arc<rustls::ServerConfig>,
+    /// This member towards the others' peer ports.
+    pub peer_client: Arc<rustls::ClientConfig>,
 }
 
 impl StoreConfig {
@@ -122,6 +137,7 @@ impl StoreConfig {
             watch_queue_limit: crate::watch::DEFAULT_QUEUE_LIMIT,
             retention_revisions: 0,
             progress_notify_interval: Duration::from_secs(600),
+            tls: None,
         }
     }
 }
@@ -225,7 +241,7 @@ impl StoreNode {
         }
         .validate()
         .map_err(|e| StoreError::Fatal(format!("raft config: {e}")))?;
-        let raft = Raft::new(id, Arc::new(raft_config), PeerNetwork, log, sm)
+        let raft = Raft::new(id, Arc::new(raft_config), PeerNetwork { tls: config.tls.as_ref().map(|t| t.peer_client.clone()) }, log, sm)
             .await
             .map_err(|e| StoreError::Fatal(format!("raft: {e}")))?;
         if !raft.is_initialized().await.map_err(|e| StoreError::Fatal(e.to_string()))? {
@@ -332,8 +348,9 @@ impl StoreNode {
             .find(|(id, _)| **id == leader)
             .map(|(_, n)| n.clone())
             .ok_or(StoreError::NoLeader)?;
-        let ep = endpoint(&node.addr).map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        let c = RaftPeerClient::new(ep.connect_lazy());
+        let ch = peer_channel(&node.addr, self.config.tls.as_ref().map(|t| &t.peer_client))
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let c = RaftPeerClient::new(ch);
         cache.insert(leader, c.clone());
         Ok(c)
     }
@@ -510,26 +527,29 @@ impl StoreNode {
     /// Every member, with client URLs asked of each member that answers.
     pub async fn members(&self) -> Vec<Member> {
         let m = self.raft.metrics().borrow().membership_config.clone();
+        let scheme = if self.config.tls.is_some() { "https" } else { "http" };
         let mut out = Vec::new();
         for (id, node) in m.nodes() {
             let mut member = Member {
                 id: *id,
                 name: String::new(),
-                peer_ur_ls: vec![format!("http://{}", node.addr)],
+                peer_ur_ls: vec![format!("{scheme}://{}", node.addr)],
                 client_ur_ls: Vec::new(),
                 is_learner: !m.membership().get_joint_config().iter().any(|c| c.contains(id)),
             };
             if *id == self.id {
                 member.name = self.config.name.clone();
-                member.client_ur_ls = vec![format!("http://{}", self.config.client_addr)];
-            } else if let Ok(ep) = endpoint(&node.addr) {
-                let mut c = RaftPeerClient::new(ep.connect_lazy());
+                member.client_ur_ls = vec![format!("{scheme}://{}", self.config.client_addr)];
+            } else if let Ok(ch) =
+                peer_channel(&node.addr, self.config.tls.as_ref().map(|t| &t.peer_client))
+            {
+                let mut c = RaftPeerClient::new(ch);
                 let mut req = tonic::Request::new(MemberInfoRequest {});
                 req.set_timeout(Duration::from_millis(500));
                 if let Ok(info) = c.info(req).await {
                     let info = info.into_inner();
                     member.name = info.name;
-                    member.client_ur_ls = vec![format!("http://{}", info.client_url)];
+                    member.client_ur_ls = vec![format!("{scheme}://{}", info.client_url)];
                 }
             }
             out.push(member);

@@ -58,3 +58,31 @@ pub async fn plain_http(addr: &str) -> String {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut raw)).await;
     String::from_utf8_lossy(&raw).into_owned()
 }
+
+/// Whether `addr` admits a client presenting `identity` (trusting `ca_pem`): a TLS handshake
+/// with ALPN h2, then the HTTP/2 preface; an admitted client reads the server's SETTINGS, a
+/// refused one the TLS alert (with TLS 1.3 a refused client certificate shows only then).
+pub async fn admitted(addr: &str, ca_pem: &str, identity: Option<Arc<KeyHolder>>) -> Result<()> {
+    let cfg = client_config(Some(ca_pem), identity)?;
+    let tcp = tokio::net::TcpStream::connect(addr).await.with_context(|| addr.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from("localhost")?.to_owned();
+    let mut tls = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await?;
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").await?;
+    tls.flush().await?;
+    let mut b = [0u8; 9];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), tls.read(&mut b))
+        .await
+        .context("no answer in 5 s")??;
+    anyhow::ensure!(n > 0, "the server closed the connection");
+    Ok(())
+}
+
+/// The certificate `addr` serves (DER), verified against `ca_pem` now.
+pub async fn server_certificate(addr: &str, ca_pem: &str) -> Result<Vec<u8>> {
+    let cfg = client_config(Some(ca_pem), None)?;
+    let tcp = tokio::net::TcpStream::connect(addr).await.with_context(|| addr.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from("localhost")?.to_owned();
+    let tls = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await?;
+    let certs = tls.get_ref().1.peer_certificates().context("no server certificate")?;
+    Ok(certs[0].to_vec())
+}

@@ -267,8 +267,20 @@ impl Member {
         std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default()
     }
 
+    /// The store's client URL (TLS; see [`Member::etcd`]).
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.client)
+        format!("https://{}", self.client)
+    }
+
+    /// Credentials for the store's client port: the cluster CA and the
+    /// `kube-apiserver-etcd-client` certificate the member wrote.
+    pub fn etcd_tls(&self) -> EtcdTls {
+        EtcdTls::in_dir(&self.data_dir.join("pki"), "apiserver-etcd-client")
+    }
+
+    /// An etcd client to this member.
+    pub async fn etcd(&self) -> Result<etcd_client::Client> {
+        etcd_connect(&[self.endpoint()], &self.etcd_tls()).await
     }
 
     /// The API server's URL; waits until it serves (it starts once the store has a leader).
@@ -296,6 +308,17 @@ impl Member {
         let conn = flotilla_client::Kubeconfig::read(&self.kubeconfig())?.connection(None)?;
         let tls = flotilla_client::Tls::from_connection(&conn)?;
         Ok(flotilla_client::Client::connect_lazy_tls(&conn.server, tls)?)
+    }
+
+    /// Puts `from`'s CA (`ca.crt`, `ca.key`) in this member's PKI dir, as an operator does for
+    /// the members of a statically configured cluster.
+    pub fn seed_ca(&self, from: &Path) -> Result<()> {
+        let pki = self.data_dir.join("pki");
+        std::fs::create_dir_all(&pki)?;
+        for f in ["ca.crt", "ca.key"] {
+            std::fs::copy(from.join(f), pki.join(f))?;
+        }
+        Ok(())
     }
 
     /// The cluster CA's certificate, PEM.
@@ -353,9 +376,61 @@ impl Member {
     }
 }
 
-/// `n` members forming one cluster (n = 1: a plain single member).
+/// A CA certificate and a client certificate, PEM files, for an etcd client.
+#[derive(Clone, Debug)]
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl EtcdTls {
+    /// `dir/ca.crt` and `dir/<name>.crt`, `.key`.
+    pub fn in_dir(dir: &Path, name: &str) -> EtcdTls {
+        EtcdTls {
+            ca: dir.join("ca.crt"),
+            cert: dir.join(format!("{name}.crt")),
+            key: dir.join(format!("{name}.key")),
+        }
+    }
+
+    pub fn options(&self) -> Result<etcd_client::ConnectOptions> {
+        let read = |p: &Path| std::fs::read(p).with_context(|| p.display().to_string());
+        let tls = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(read(&self.ca)?))
+            .identity(etcd_client::Identity::from_pem(read(&self.cert)?, read(&self.key)?));
+        Ok(etcd_client::ConnectOptions::new().with_tls(tls))
+    }
+
+    /// etcdctl's flags for these files.
+    pub fn etcdctl_args(&self) -> Vec<String> {
+        vec![
+            format!("--cacert={}", self.ca.display()),
+            format!("--cert={}", self.cert.display()),
+            format!("--key={}", self.key.display()),
+        ]
+    }
+}
+
+/// An etcd client over TLS.
+pub async fn etcd_connect<S: AsRef<str>>(
+    endpoints: &[S],
+    tls: &EtcdTls,
+) -> Result<etcd_client::Client> {
+    Ok(etcd_client::Client::connect(endpoints, Some(tls.options()?)).await?)
+}
+
+/// `n` members forming one cluster (n = 1: a plain single member). Members of a cluster share
+/// one CA, placed in their data dirs before their first start.
 pub fn cluster(n: usize, dir: &Path, extra: &[&str]) -> Result<Vec<Member>> {
     let mut members: Vec<Member> = (0..n).map(|i| Member::new(&format!("n{i}"), dir)).collect();
+    if n > 1 {
+        let shared = dir.join("cluster-ca");
+        flotilla_pki::Ca::load_or_create(&shared)?;
+        for m in &members {
+            m.seed_ca(&shared)?;
+        }
+    }
     let ic = members.iter().map(|m| format!("{}={}", m.name, m.peer)).collect::<Vec<_>>().join(",");
     for m in &mut members {
         if n > 1 {

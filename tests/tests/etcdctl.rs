@@ -27,12 +27,16 @@ fn wait_for_output(log: &std::path::Path, done: impl Fn(&str) -> bool) -> String
 
 struct Ctl {
     endpoint: String,
+    tls: Vec<String>,
 }
 
 impl Ctl {
     fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new("etcdctl");
-        c.env("ETCDCTL_API", "3").arg(format!("--endpoints={}", self.endpoint)).args(args);
+        c.env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.endpoint))
+            .args(&self.tls)
+            .args(args);
         c
     }
 
@@ -71,7 +75,7 @@ fn etcdctl_should_work_unchanged_against_flotilla_store() {
     let dir = tempfile::tempdir().unwrap();
     let mut m = Member::new("n0", dir.path());
     m.start().unwrap();
-    let ctl = Ctl { endpoint: m.client.clone() };
+    let ctl = Ctl { endpoint: m.endpoint(), tls: m.etcd_tls().etcdctl_args() };
 
     // Watch in the background with prev-kv, from the next revision: however late etcdctl
     // connects, it sees everything from here on.
@@ -171,6 +175,6 @@ fn etcdctl_should_work_unchanged_against_flotilla_store() {
     let health = String::from_utf8_lossy(&health.stderr);
     assert!(health.contains("is healthy"), "{health}");
     let members = ctl.ok(&["member", "list"]);
-    assert!(members.contains(&format!("http://{}", m.client)), "{members}");
+    assert!(members.contains(&format!("https://{}", m.client)), "{members}");
     m.kill();
 }

@@ -2,21 +2,29 @@
 //! loses no acknowledged write; a restarted member catches up through a snapshot and the log.
 
 use etcd_client::{Client, GetOptions};
-use flotilla_tests::{cluster, Member};
+use flotilla_tests::{cluster, EtcdTls, Member};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// The cluster's shared CA and a client certificate (set once the members have written it).
+static TLS: std::sync::OnceLock<EtcdTls> = std::sync::OnceLock::new();
+
+async fn connect(ep: impl AsRef<str>) -> Result<Client, etcd_client::Error> {
+    let opts = TLS.get().expect("TLS is set after the cluster starts").options().unwrap();
+    Client::connect([ep.as_ref()], Some(opts)).await
+}
+
 async fn leader_of(members: &[Member]) -> Option<(usize, u64)> {
     for m in members.iter().filter(|m| m.proc.is_some()) {
-        let Ok(mut c) = Client::connect([m.endpoint()], None).await else { continue };
+        let Ok(mut c) = connect(m.endpoint()).await else { continue };
         let Ok(s) = c.status().await else { continue };
         if s.leader() != 0 {
             let id = s.leader();
             // Map the leader id to a member by asking each for its own id.
             for (i, m2) in members.iter().enumerate().filter(|(_, m)| m.proc.is_some()) {
-                if let Ok(mut c2) = Client::connect([m2.endpoint()], None).await {
+                if let Ok(mut c2) = connect(m2.endpoint()).await {
                     if let Ok(s2) = c2.status().await {
                         if s2.header().map(|h| h.member_id()) == Some(id) {
                             return Some((i, id));
@@ -49,7 +57,7 @@ fn spawn_writers(
                     let key = format!("/ha/{w}/{}", i % 200);
                     let val = format!("{w}-{i}");
                     let put = async {
-                        let mut c = Client::connect([ep], None).await?;
+                        let mut c = connect(ep).await?;
                         c.put(key.clone(), val.clone(), None).await
                     };
                     if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(3), put).await {
@@ -64,7 +72,7 @@ fn spawn_writers(
 }
 
 async fn check_all(ep: &str, acked: &BTreeMap<String, String>, serializable: bool) {
-    let mut c = Client::connect([ep], None).await.unwrap();
+    let mut c = connect(ep).await.unwrap();
     let mut opts = GetOptions::new().with_prefix();
     if serializable {
         opts = opts.with_serializable();
@@ -86,6 +94,7 @@ async fn check_all(ep: &str, acked: &BTreeMap<String, String>, serializable: boo
 async fn three_members_should_survive_leader_loss_and_catch_up_a_returning_member() {
     let dir = tempfile::tempdir().unwrap();
     let mut members = cluster(3, dir.path(), &["--snapshot-every", "100"]).unwrap();
+    TLS.set(members[0].etcd_tls()).unwrap();
     for m in &mut members {
         m.log_level = Some("info".into());
     }
@@ -125,7 +134,7 @@ async fn three_members_should_survive_leader_loss_and_catch_up_a_returning_membe
     // 100 entries, 100 kept behind), so it can only catch up through a snapshot.
     let before = acks.load(Ordering::Relaxed);
     let raft_index = |ep: String| async move {
-        let mut c = Client::connect([ep], None).await.ok()?;
+        let mut c = connect(ep).await.ok()?;
         Some(c.status().await.ok()?.raft_index())
     };
     let at_kill = raft_index(members[new_leader].endpoint()).await.unwrap_or(0);
@@ -146,11 +155,11 @@ async fn three_members_should_survive_leader_loss_and_catch_up_a_returning_membe
 
     // The old leader returns and catches up (snapshot + log), then serves the same data.
     members[old_leader].start().unwrap();
-    let mut leader_c = Client::connect([members[new_leader].endpoint()], None).await.unwrap();
+    let mut leader_c = connect(members[new_leader].endpoint()).await.unwrap();
     let target = leader_c.status().await.unwrap().header().unwrap().revision();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let mut c = Client::connect([members[old_leader].endpoint()], None).await.unwrap();
+        let mut c = connect(members[old_leader].endpoint()).await.unwrap();
         let r = c
             .get(
                 "/ha/",

@@ -19,7 +19,7 @@ async fn store_should_keep_every_acknowledged_write_across_sigkill() {
     m.start().unwrap();
     let acked: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
     for round in 0..ROUNDS {
-        let client = Client::connect([m.endpoint()], None).await.unwrap();
+        let client = Client::connect([m.endpoint()], Some(m.etcd_tls().options().unwrap())).await.unwrap();
         let mut tasks = Vec::new();
         for w in 0..WRITERS {
             let mut c = client.clone();
@@ -45,7 +45,7 @@ async fn store_should_keep_every_acknowledged_write_across_sigkill() {
             t.await.unwrap();
         }
         m.start().unwrap();
-        let mut c = Client::connect([m.endpoint()], None).await.unwrap();
+        let mut c = Client::connect([m.endpoint()], Some(m.etcd_tls().options().unwrap())).await.unwrap();
         let resp = c.get("/crash/", Some(GetOptions::new().with_prefix())).await.unwrap();
         let stored: BTreeMap<String, String> = resp
             .kvs()

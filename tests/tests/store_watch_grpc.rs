@@ -20,7 +20,7 @@ async fn grpc_watch_streams_should_multiplex_replay_report_progress_and_cancel()
     let mut m = Member::new("n0", dir.path());
     m.extra = vec!["--progress-notify-secs".into(), "1".into()];
     m.start().unwrap();
-    let mut c = Client::connect([m.endpoint()], None).await.unwrap();
+    let mut c = Client::connect([m.endpoint()], Some(m.etcd_tls().options().unwrap())).await.unwrap();
     let first = c.put("/w/a", "1", None).await.unwrap().header().unwrap().revision();
     c.put("/w/b", "2", None).await.unwrap();
 

@@ -138,3 +138,80 @@ async fn node_api_admits_only_the_api_server() {
     }
     assert_eq!(out, "in-pod\n", "{err}");
 }
+
+#[tokio::test]
+async fn store_ports_admit_only_their_callers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = Member::new("m", dir.path());
+    m.start().unwrap();
+    m.api_url().unwrap();
+    let ca = m.ca_pem().unwrap();
+    let pki = m.data_dir.join("pki");
+    let id = |name: &str| {
+        https::identity(&pki.join(format!("{name}.crt")), &pki.join(format!("{name}.key"))).unwrap()
+    };
+    let node = {
+        let ca = Ca::load(&pki).unwrap();
+        KeyHolder::new(&ca.issue(&Request::client("system:node:n1", &["system:nodes"])).unwrap())
+            .unwrap()
+    };
+
+    // The client port (2379): etcd clients with a certificate of group system:masters.
+    let mut etcd = m.etcd().await.unwrap();
+    etcd.put("/trust", "ok", None).await.unwrap();
+    let plain = https::plain_http(&m.client).await;
+    assert!(plain.contains("Client sent an HTTP request to an HTTPS server."), "{plain}");
+    https::admitted(&m.client, &ca, Some(id("apiserver-etcd-client"))).await.unwrap();
+    https::admitted(&m.client, &ca, Some(m.admin_identity().unwrap())).await.unwrap();
+    for (who, cert) in [
+        ("no certificate", None),
+        ("a node", Some(node.clone())),
+        ("a stranger", Some(stranger("kube-apiserver-etcd-client", &["system:masters"]))),
+    ] {
+        let r = https::admitted(&m.client, &ca, cert).await;
+        assert!(r.is_err(), "{who} reached the store's client port");
+    }
+    // The peer port (2380): members' peer certificates only, not even the admin's.
+    let plain = https::plain_http(&m.peer).await;
+    assert!(plain.contains("Client sent an HTTP request to an HTTPS server."), "{plain}");
+    https::admitted(&m.peer, &ca, Some(id("store-peer"))).await.unwrap();
+    for (who, cert) in [
+        ("no certificate", None),
+        ("the admin", Some(m.admin_identity().unwrap())),
+        ("a node", Some(node)),
+        ("a stranger", Some(stranger("flotilla-store-peer", &["flotilla:store-peers"]))),
+    ] {
+        let r = https::admitted(&m.peer, &ca, cert).await;
+        assert!(r.is_err(), "{who} reached the store's peer port");
+    }
+}
+
+#[tokio::test]
+async fn certificates_renew_in_place_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = Member::new("m", dir.path());
+    m.extra = vec!["--cert-lifetime".into(), "12s".into()];
+    m.start().unwrap();
+    m.api_url().unwrap();
+    let ca = m.ca_pem().unwrap();
+    let alice = m.user_kubeconfig("alice", &["dev"], &dir.path().join("alice.conf")).unwrap();
+    let file = m.data_dir.join("pki/apiserver.crt");
+    let (api0, store0) = (
+        https::server_certificate(&m.api, &ca).await.unwrap(),
+        https::server_certificate(&m.client, &ca).await.unwrap(),
+    );
+    let file0 = std::fs::read(&file).unwrap();
+    // Past the first certificates' expiry: only renewed ones can still be verified.
+    tokio::time::sleep(std::time::Duration::from_secs(14)).await;
+    let api1 = https::server_certificate(&m.api, &ca).await.unwrap();
+    let store1 = https::server_certificate(&m.client, &ca).await.unwrap();
+    assert_ne!(api0, api1);
+    assert_ne!(store0, store1);
+    assert_ne!(file0, std::fs::read(&file).unwrap(), "{} was not rewritten", file.display());
+    let (ok, out, err) = cli(&alice, &["auth", "whoami"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("alice"), "{out}");
+    // The store takes the renewed etcd client certificate, in the same process.
+    m.etcd().await.unwrap().put("/renewed", "yes", None).await.unwrap();
+    assert!(m.proc.as_mut().unwrap().running());
+}

@@ -213,6 +213,9 @@ pub enum ClientAuth {
     Required,
     /// A certificate from the CA whose CN is one of these (the node API: the API server only).
     Names(Vec<String>),
+    /// A certificate from the CA with one of these O entries (the store's ports: with one CA
+    /// for everything, "any certificate of the CA" would let a node's certificate in).
+    Groups(Vec<String>),
 }
 
 pub fn server_config(
@@ -225,7 +228,8 @@ pub fn server_config(
     let b = if matches!(auth, ClientAuth::Optional) { b.allow_unauthenticated() } else { b };
     let webpki = b.build().map_err(|e| PkiError::Invalid(format!("client verifier: {e}")))?;
     let verifier: Arc<dyn ClientCertVerifier> = match auth {
-        ClientAuth::Names(names) => Arc::new(OnlyNames { inner: webpki, names }),
+        ClientAuth::Names(names) => Arc::new(Only { inner: webpki, names, groups: vec![] }),
+        ClientAuth::Groups(groups) => Arc::new(Only { inner: webpki, names: vec![], groups }),
         _ => webpki,
     };
     let mut c = rustls::ServerConfig::builder_with_provider(p)
@@ -260,14 +264,15 @@ pub fn client_config(
     Ok(Arc::new(c))
 }
 
-/// A CA-issued client certificate whose CN is one of `names`.
+/// A CA-issued client certificate whose CN is one of `names` or whose O has one of `groups`.
 #[derive(Debug)]
-struct OnlyNames {
+struct Only {
     inner: Arc<dyn ClientCertVerifier>,
     names: Vec<String>,
+    groups: Vec<String>,
 }
 
-impl ClientCertVerifier for OnlyNames {
+impl ClientCertVerifier for Only {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         self.inner.root_hint_subjects()
     }
@@ -279,7 +284,9 @@ impl ClientCertVerifier for OnlyNames {
     ) -> Result<ClientCertVerified, rustls::Error> {
         let ok = self.inner.verify_client_cert(end_entity, intermediates, now)?;
         match crate::subject(end_entity) {
-            Some((cn, _)) if self.names.contains(&cn) => Ok(ok),
+            Some((cn, o)) if self.names.contains(&cn) || o.iter().any(|g| self.groups.contains(g)) => {
+                Ok(ok)
+            }
             Some((cn, _)) => Err(rustls::Error::General(format!(
                 "client certificate for {cn:?} is not allowed on this port"
             ))),

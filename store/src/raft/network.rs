@@ -16,15 +16,23 @@ use openraft::raft::{
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 
-pub(crate) fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
-    let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
-    Ok(Endpoint::from_shared(url)?
+/// A lazily connected channel to a member's peer port: mutual TLS when `tls` is set (the
+/// member's peer certificate is both server and client), plain otherwise (in-process tests).
+pub(crate) fn peer_channel(addr: &str, tls: Option<&Arc<rustls::ClientConfig>>) -> Result<Channel, tonic::transport::Error> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let url = if addr.contains("://") { addr.to_string() } else { format!("{scheme}://{addr}") };
+    let ep = Endpoint::from_shared(url)?
         .connect_timeout(Duration::from_millis(500))
         .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10)))
+        .http2_keep_alive_interval(Duration::from_secs(10));
+    Ok(match tls {
+        Some(cfg) => ep.connect_with_connector_lazy(flotilla_pki::tls::Connector::new(cfg.clone(), None)),
+        None => ep.connect_lazy(),
+    })
 }
 
 pub(crate) fn encode<T: Serialize>(v: &T) -> RaftBytes {
@@ -36,13 +44,15 @@ pub(crate) fn decode<T: DeserializeOwned>(b: &RaftBytes) -> Result<T, bincode::E
 }
 
 /// Makes one client per target member; each keeps its own HTTP/2 connection.
-pub struct PeerNetwork;
+pub struct PeerNetwork {
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
-        let client = endpoint(&node.addr).ok().map(|e| RaftPeerClient::new(e.connect_lazy()));
+        let client = peer_channel(&node.addr, self.tls.as_ref()).ok().map(RaftPeerClient::new);
         PeerClient { target, addr: node.addr.clone(), client }
     }
 }

@@ -50,6 +50,7 @@ struct Args {
 struct Server {
     kubeconfig: PathBuf,
     store: String,
+    etcd_tls: flotilla_tests::EtcdTls,
     _proc: Proc,
     _dir: tempfile::TempDir,
 }
@@ -75,7 +76,8 @@ fn start(bin: &PathBuf) -> Result<Server> {
     let api = format!("127.0.0.1:{a}");
     wait_listening(&api, Duration::from_secs(30))?;
     let kubeconfig = dir.path().join("data/admin.conf");
-    Ok(Server { kubeconfig, store: format!("127.0.0.1:{c}"), _proc: proc, _dir: dir })
+    let etcd_tls = flotilla_tests::EtcdTls::in_dir(&dir.path().join("data/pki"), "apiserver-etcd-client");
+    Ok(Server { kubeconfig, store: format!("127.0.0.1:{c}"), etcd_tls, _proc: proc, _dir: dir })
 }
 
 /// A new connection with the admin kubeconfig's credentials.
@@ -225,7 +227,7 @@ async fn open_watchers(
         let mut clients = Vec::new();
         for _ in 0..conns {
             clients
-                .push(etcd_client::Client::connect([format!("http://{}", s.store)], None).await?);
+                .push(flotilla_tests::etcd_connect(&[format!("https://{}", s.store)], &s.etcd_tls).await?);
         }
         for i in 0..n {
             let mut c = clients[i % conns].clone();
@@ -455,10 +457,15 @@ async fn run(a: Args) -> Result<()> {
         println!("| {name} | {n} | {p50:.2} | {p99:.2} |");
     }
     // The same objects read straight from the store (an etcd range, linearizable).
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", s.store))?
+    let tls = &s.etcd_tls;
+    let cfg = flotilla_pki::tls::client_config(
+        Some(&std::fs::read_to_string(&tls.ca)?),
+        Some(flotilla_tests::https::identity(&tls.cert, &tls.key)?),
+    )?;
+    let ch = tonic::transport::Endpoint::from_shared(format!("https://{}", s.store))?
         .tcp_nodelay(true)
         .http2_adaptive_window(true)
-        .connect()
+        .connect_with_connector(flotilla_pki::tls::Connector::new(cfg, None))
         .await?;
     let mut kv = KvClient::new(ch).max_decoding_message_size(256 << 20);
     let mut lat = Vec::new();

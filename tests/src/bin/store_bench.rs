@@ -5,7 +5,7 @@
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use etcd_client::{Client, EventType, WatchOptions};
-use flotilla_tests::{free_port, wait_listening, Proc};
+use flotilla_tests::{etcd_connect, free_port, wait_listening, EtcdTls, Proc};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Command;
@@ -42,32 +42,70 @@ struct Args {
 struct Server {
     name: &'static str,
     endpoint: String,
+    tls: EtcdTls,
     proc: Proc,
     _dir: tempfile::TempDir,
 }
 
-fn start_etcd(bin: &str) -> Result<Server> {
+/// One CA for both servers, with a serving certificate for etcd and one client certificate
+/// (group `system:masters`, which our store's client port admits) that the harness presents
+/// to both: the same TLS work on both sides.
+struct BenchPki {
+    dir: tempfile::TempDir,
+    client: EtcdTls,
+}
+
+fn bench_pki() -> Result<BenchPki> {
+    let dir = tempfile::Builder::new().prefix("bench-pki").tempdir_in("/var/tmp")?;
+    let ca = flotilla_pki::Ca::load_or_create(dir.path())?;
+    let write = |name: &str, req: &flotilla_pki::Request| -> Result<()> {
+        let issued = ca.issue(req)?;
+        let (crt, key) = flotilla_pki::ca::pair_paths(dir.path(), name);
+        flotilla_pki::write_private(&key, issued.key_pem.as_bytes())?;
+        flotilla_pki::write_public(&crt, issued.cert_pem.as_bytes())?;
+        Ok(())
+    };
+    let ips = vec![std::net::IpAddr::from([127, 0, 0, 1])];
+    write("etcd-server", &flotilla_pki::Request::server("etcd", vec!["localhost".into()], ips))?;
+    write("client", &flotilla_pki::Request::client("bench", &["system:masters"]))?;
+    let client = EtcdTls::in_dir(dir.path(), "client");
+    Ok(BenchPki { dir, client })
+}
+
+fn start_etcd(bin: &str, pki: &BenchPki) -> Result<Server> {
     let dir = tempfile::Builder::new().prefix("bench-etcd").tempdir_in("/var/tmp")?;
     let (c, p) = (free_port(), free_port());
+    let (crt, key) = flotilla_pki::ca::pair_paths(pki.dir.path(), "etcd-server");
     let mut cmd = Command::new(bin);
     cmd.args(["--name", "bench", "--data-dir"])
         .arg(dir.path().join("data"))
-        .arg(format!("--listen-client-urls=http://127.0.0.1:{c}"))
-        .arg(format!("--advertise-client-urls=http://127.0.0.1:{c}"))
+        .arg(format!("--listen-client-urls=https://127.0.0.1:{c}"))
+        .arg(format!("--advertise-client-urls=https://127.0.0.1:{c}"))
         .arg(format!("--listen-peer-urls=http://127.0.0.1:{p}"))
         .arg(format!("--initial-advertise-peer-urls=http://127.0.0.1:{p}"))
         .arg(format!("--initial-cluster=bench=http://127.0.0.1:{p}"))
+        .arg(format!("--cert-file={}", crt.display()))
+        .arg(format!("--key-file={}", key.display()))
+        .arg(format!("--trusted-ca-file={}", pki.client.ca.display()))
+        .arg("--client-cert-auth")
         .arg("--log-level=error");
     let proc = Proc::spawn("etcd", cmd, &dir.path().join("etcd.log"))
         .context("starting etcd (Debian package etcd-server; `cargo xtask setup` installs it)")?;
     let addr = format!("127.0.0.1:{c}");
     wait_listening(&addr, Duration::from_secs(20))?;
-    Ok(Server { name: "etcd", endpoint: format!("http://{addr}"), proc, _dir: dir })
+    let tls = pki.client.clone();
+    Ok(Server { name: "etcd", endpoint: format!("https://{addr}"), tls, proc, _dir: dir })
 }
 
-fn start_flotilla(bin: &PathBuf) -> Result<Server> {
+fn start_flotilla(bin: &PathBuf, pki: &BenchPki) -> Result<Server> {
     let dir = tempfile::Builder::new().prefix("bench-flotilla").tempdir_in("/var/tmp")?;
     let (c, p, a) = (free_port(), free_port(), free_port());
+    // The bench's CA, so that the same client certificate works on both servers.
+    let own = dir.path().join("data/pki");
+    std::fs::create_dir_all(&own)?;
+    for f in ["ca.crt", "ca.key"] {
+        std::fs::copy(pki.dir.path().join(f), own.join(f))?;
+    }
     let mut cmd = Command::new(bin);
     cmd.arg("server")
         .arg("--data-dir")
@@ -83,19 +121,20 @@ fn start_flotilla(bin: &PathBuf) -> Result<Server> {
     let proc = Proc::spawn("flotillad", cmd, &dir.path().join("flotillad.log"))?;
     let addr = format!("127.0.0.1:{c}");
     wait_listening(&addr, Duration::from_secs(20))?;
-    Ok(Server { name: "flotilla", endpoint: format!("http://{addr}"), proc, _dir: dir })
+    let tls = pki.client.clone();
+    Ok(Server { name: "flotilla", endpoint: format!("https://{addr}"), tls, proc, _dir: dir })
 }
 
-async fn ready(ep: &str) -> Result<()> {
+async fn ready(srv: &Server) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Ok(mut c) = Client::connect([ep], None).await {
+        if let Ok(mut c) = etcd_connect(&[srv.endpoint.as_str()], &srv.tls).await {
             if c.put("/bench/ready", "1", None).await.is_ok() {
                 return Ok(());
             }
         }
         if Instant::now() > deadline {
-            bail!("{ep} never accepted a write");
+            bail!("{} never accepted a write", srv.endpoint);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -109,14 +148,14 @@ struct PutResult {
     p99_ms: f64,
 }
 
-async fn bench_put(ep: &str, clients: usize, secs: u64) -> Result<PutResult> {
+async fn bench_put(srv: &Server, clients: usize, secs: u64) -> Result<PutResult> {
     let value = vec![b'v'; 256];
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     // At most 16 connections; more clients multiplex over them (as many real clients do).
     let mut conns = Vec::new();
     for _ in 0..clients.min(16) {
-        conns.push(Client::connect([ep], None).await?);
+        conns.push(etcd_connect(&[srv.endpoint.as_str()], &srv.tls).await?);
     }
     let start = Instant::now();
     for i in 0..clients {
@@ -162,12 +201,12 @@ struct WatchResult {
 
 /// `watchers` watch one prefix while one writer puts at `rate`/s; latency is from the put's
 /// acknowledgement to each watcher receiving the event (an event that beats the ack counts 0).
-async fn bench_watch(ep: &str, watchers: usize, rate: u64, secs: u64) -> Result<WatchResult> {
+async fn bench_watch(srv: &Server, watchers: usize, rate: u64, secs: u64) -> Result<WatchResult> {
     let prefix = format!("/bench/watch/{watchers}/");
     let conns_n = watchers.div_ceil(100).max(1);
     let mut conns = Vec::new();
     for _ in 0..conns_n {
-        conns.push(Client::connect([ep], None).await?);
+        conns.push(etcd_connect(&[srv.endpoint.as_str()], &srv.tls).await?);
     }
     type Seen = Vec<(i64, Instant)>;
     let mut handles = Vec::new();
@@ -197,7 +236,7 @@ async fn bench_watch(ep: &str, watchers: usize, rate: u64, secs: u64) -> Result<
     }
     // Let every watch register before writing.
     tokio::time::sleep(Duration::from_millis(500 + watchers as u64)).await;
-    let mut w = Client::connect([ep], None).await?;
+    let mut w = etcd_connect(&[srv.endpoint.as_str()], &srv.tls).await?;
     let acks: Arc<Mutex<HashMap<i64, (Instant, Instant)>>> = Arc::default();
     let total = rate * secs;
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
@@ -252,7 +291,7 @@ async fn bench_memory(server: &Server, n: usize) -> Result<(u64, u64)> {
     let before = rss_kib(pid)?;
     let mut conns = Vec::new();
     for _ in 0..n.div_ceil(100) {
-        conns.push(Client::connect([server.endpoint.as_str()], None).await?);
+        conns.push(etcd_connect(&[server.endpoint.as_str()], &server.tls).await?);
     }
     let mut streams = Vec::new();
     for i in 0..n {
@@ -295,12 +334,13 @@ fn main() -> Result<()> {
 
 async fn run(args: Args) -> Result<()> {
     let want = |s: &str| args.only.is_empty() || args.only.iter().any(|o| o == s);
-    let etcd = start_etcd(&args.etcd)?;
-    let ours = start_flotilla(&args.flotillad)?;
-    ready(&etcd.endpoint).await?;
-    ready(&ours.endpoint).await?;
+    let pki = bench_pki()?;
+    let etcd = start_etcd(&args.etcd, &pki)?;
+    let ours = start_flotilla(&args.flotillad, &pki)?;
+    ready(&etcd).await?;
+    ready(&ours).await?;
     println!(
-        "store benchmark: {} 3.4 ({}) vs {} ({}), single member, durable, same client harness",
+        "store benchmark: {} 3.4 ({}) vs {} ({}), single member, durable, TLS with client certificates on both, same client harness",
         etcd.name, etcd.endpoint, ours.name, ours.endpoint
     );
     println!("ratio: how many times better flotilla is than etcd (>1 = flotilla better)\n");
@@ -310,8 +350,8 @@ async fn run(args: Args) -> Result<()> {
     if want("put") {
         for clients in [1usize, 16, 256] {
             // Interleave: each system runs on a machine in the same state.
-            let e = bench_put(&etcd.endpoint, clients, args.seconds).await?;
-            let o = bench_put(&ours.endpoint, clients, args.seconds).await?;
+            let e = bench_put(&etcd, clients, args.seconds).await?;
+            let o = bench_put(&ours, clients, args.seconds).await?;
             t.row(&format!("put, {clients} clients: writes/s"), e.per_sec, o.per_sec, true);
             t.row(&format!("put, {clients} clients: p50 ms"), e.p50_ms, o.p50_ms, false);
             t.row(&format!("put, {clients} clients: p99 ms"), e.p99_ms, o.p99_ms, false);
@@ -319,12 +359,12 @@ async fn run(args: Args) -> Result<()> {
     }
     if want("watch") {
         for &watchers in &args.watchers {
-            let e = bench_watch(&etcd.endpoint, watchers, 1000, args.watch_seconds).await?;
+            let e = bench_watch(&etcd, watchers, 1000, args.watch_seconds).await?;
             if args.pause_before_ours > 0 {
                 eprintln!("flotilla (pid {:?}) next", ours.proc.pid());
                 tokio::time::sleep(Duration::from_secs(args.pause_before_ours)).await;
             }
-            let o = bench_watch(&ours.endpoint, watchers, 1000, args.watch_seconds).await?;
+            let o = bench_watch(&ours, watchers, 1000, args.watch_seconds).await?;
             let rows = [
                 ("ack→event p50 ms", e.p50_ms, o.p50_ms),
                 ("ack→event p99 ms", e.p99_ms, o.p99_ms),
@@ -343,10 +383,10 @@ async fn run(args: Args) -> Result<()> {
         // Fresh servers: RSS after the load rows above would measure allocator leftovers.
         drop(etcd);
         drop(ours);
-        let etcd = start_etcd(&args.etcd)?;
-        let ours = start_flotilla(&args.flotillad)?;
-        ready(&etcd.endpoint).await?;
-        ready(&ours.endpoint).await?;
+        let etcd = start_etcd(&args.etcd, &pki)?;
+        let ours = start_flotilla(&args.flotillad, &pki)?;
+        ready(&etcd).await?;
+        ready(&ours).await?;
         let n = 10_000;
         let (eb, ea) = bench_memory(&etcd, n).await?;
         let (ob, oa) = bench_memory(&ours, n).await?;
