@@ -241,9 +241,15 @@ impl StoreNode {
         }
         .validate()
         .map_err(|e| StoreError::Fatal(format!("raft config: {e}")))?;
-        let raft = Raft::new(id, Arc::new(raft_config), PeerNetwork { tls: config.tls.as_ref().map(|t| t.peer_client.clone()) }, log, sm)
-            .await
-            .map_err(|e| StoreError::Fatal(format!("raft: {e}")))?;
+        let raft = Raft::new(
+            id,
+            Arc::new(raft_config),
+            PeerNetwork { tls: config.tls.as_ref().map(|t| t.peer_client.clone()) },
+            log,
+            sm,
+        )
+        .await
+        .map_err(|e| StoreError::Fatal(format!("raft: {e}")))?;
         if !raft.is_initialized().await.map_err(|e| StoreError::Fatal(e.to_string()))? {
             // Every initial member initialises with the same membership; Raft elects one leader.
             match raft.initialize(members).await {

@@ -394,12 +394,12 @@ impl EtcdTls {
         }
     }
 
-    pub fn options(&self) -> Result<etcd_client::ConnectOptions> {
-        let read = |p: &Path| std::fs::read(p).with_context(|| p.display().to_string());
-        let tls = etcd_client::TlsOptions::new()
-            .ca_certificate(etcd_client::Certificate::from_pem(read(&self.ca)?))
-            .identity(etcd_client::Identity::from_pem(read(&self.cert)?, read(&self.key)?));
-        Ok(etcd_client::ConnectOptions::new().with_tls(tls))
+    /// A tonic client configuration: the CA and the client certificate.
+    pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>> {
+        let ca =
+            std::fs::read_to_string(&self.ca).with_context(|| self.ca.display().to_string())?;
+        let id = https::identity(&self.cert, &self.key)?;
+        Ok(flotilla_pki::tls::client_config(Some(&ca), Some(id))?)
     }
 
     /// etcdctl's flags for these files.
@@ -412,12 +412,22 @@ impl EtcdTls {
     }
 }
 
-/// An etcd client over TLS.
+/// An etcd client over TLS to the first of `endpoints` (`https://…`). The channel is ours
+/// (flotilla-pki's rustls connector), handed to etcd-client as a raw channel: enabling
+/// etcd-client's TLS features would turn on tonic's, which then refuses every `https://`
+/// channel built with a custom connector.
 pub async fn etcd_connect<S: AsRef<str>>(
     endpoints: &[S],
     tls: &EtcdTls,
 ) -> Result<etcd_client::Client> {
-    Ok(etcd_client::Client::connect(endpoints, Some(tls.options()?)).await?)
+    let url = endpoints.first().context("no endpoint")?.as_ref().to_string();
+    let connector = flotilla_pki::tls::Connector::new(tls.client_config()?, None);
+    let ch = tonic::transport::Endpoint::from_shared(url)?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .connect_with_connector(connector)
+        .await?;
+    Ok(etcd_client::Client::from_channel(etcd_client::Channel::Tonic(ch), None).await?)
 }
 
 /// `n` members forming one cluster (n = 1: a plain single member). Members of a cluster share

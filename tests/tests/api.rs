@@ -422,7 +422,8 @@ async fn lists_paginate_and_filter_by_labels_and_fields() {
     assert_eq!(got, ["p00", "p02", "p04", "p06"]);
     assert_eq!(l2.remaining, 9, "p08..p24 even, as of the snapshot");
     // A snapshot the store has compacted away is Expired: the client lists again.
-    let mut etcd = etcd_client::Client::connect([s.member.endpoint()], Some(s.member.etcd_tls().options().unwrap())).await.unwrap();
+    let mut etcd =
+        flotilla_tests::etcd_connect(&[s.member.endpoint()], &s.member.etcd_tls()).await.unwrap();
     let now = etcd.get("/", None).await.unwrap().header().unwrap().revision();
     etcd.compact(now, None).await.unwrap();
     let e = c.list("pods", "default", &p).await.unwrap_err();

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 /// The cluster's shared CA and a client certificate (set once the members have written it).
 static TLS: std::sync::OnceLock<EtcdTls> = std::sync::OnceLock::new();
 
-async fn connect(ep: impl AsRef<str>) -> Result<Client, etcd_client::Error> {
-    let opts = TLS.get().expect("TLS is set after the cluster starts").options().unwrap();
-    Client::connect([ep.as_ref()], Some(opts)).await
+async fn connect(ep: impl AsRef<str>) -> anyhow::Result<Client> {
+    flotilla_tests::etcd_connect(&[ep], TLS.get().expect("TLS is set after the cluster starts"))
+        .await
 }
 
 async fn leader_of(members: &[Member]) -> Option<(usize, u64)> {
@@ -58,7 +58,7 @@ fn spawn_writers(
                     let val = format!("{w}-{i}");
                     let put = async {
                         let mut c = connect(ep).await?;
-                        c.put(key.clone(), val.clone(), None).await
+                        anyhow::Ok(c.put(key.clone(), val.clone(), None).await?)
                     };
                     if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(3), put).await {
                         acked.lock().unwrap().insert(key, val);

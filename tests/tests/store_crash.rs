@@ -1,7 +1,7 @@
 //! Crash durability: SIGKILL a store member during a stream of acknowledged writes, restart it,
 //! and find every acknowledged write — 20 times, across Raft snapshots and log purges.
 
-use etcd_client::{Client, GetOptions};
+use etcd_client::GetOptions;
 use flotilla_tests::Member;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -19,7 +19,7 @@ async fn store_should_keep_every_acknowledged_write_across_sigkill() {
     m.start().unwrap();
     let acked: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
     for round in 0..ROUNDS {
-        let client = Client::connect([m.endpoint()], Some(m.etcd_tls().options().unwrap())).await.unwrap();
+        let client = flotilla_tests::etcd_connect(&[m.endpoint()], &m.etcd_tls()).await.unwrap();
         let mut tasks = Vec::new();
         for w in 0..WRITERS {
             let mut c = client.clone();
@@ -45,7 +45,7 @@ async fn store_should_keep_every_acknowledged_write_across_sigkill() {
             t.await.unwrap();
         }
         m.start().unwrap();
-        let mut c = Client::connect([m.endpoint()], Some(m.etcd_tls().options().unwrap())).await.unwrap();
+        let mut c = flotilla_tests::etcd_connect(&[m.endpoint()], &m.etcd_tls()).await.unwrap();
         let resp = c.get("/crash/", Some(GetOptions::new().with_prefix())).await.unwrap();
         let stored: BTreeMap<String, String> = resp
             .kvs()

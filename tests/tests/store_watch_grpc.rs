@@ -2,7 +2,7 @@
 //! (creations answered in order, events routed by watch id), replay from a past revision,
 //! progress on request and on idle timers, cancel, and an explicit compacted error.
 
-use etcd_client::{Client, EventType, WatchOptions, WatchResponse, WatchStream};
+use etcd_client::{EventType, WatchOptions, WatchResponse, WatchStream};
 use flotilla_tests::Member;
 use std::time::Duration;
 
@@ -20,7 +20,7 @@ async fn grpc_watch_streams_should_multiplex_replay_report_progress_and_cancel()
     let mut m = Member::new("n0", dir.path());
     m.extra = vec!["--progress-notify-secs".into(), "1".into()];
     m.start().unwrap();
-    let mut c = Client::connect([m.endpoint()], Some(m.etcd_tls().options().unwrap())).await.unwrap();
+    let mut c = flotilla_tests::etcd_connect(&[m.endpoint()], &m.etcd_tls()).await.unwrap();
     let first = c.put("/w/a", "1", None).await.unwrap().header().unwrap().revision();
     c.put("/w/b", "2", None).await.unwrap();
 

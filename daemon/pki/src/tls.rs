@@ -284,7 +284,9 @@ impl ClientCertVerifier for Only {
     ) -> Result<ClientCertVerified, rustls::Error> {
         let ok = self.inner.verify_client_cert(end_entity, intermediates, now)?;
         match crate::subject(end_entity) {
-            Some((cn, o)) if self.names.contains(&cn) || o.iter().any(|g| self.groups.contains(g)) => {
+            Some((cn, o))
+                if self.names.contains(&cn) || o.iter().any(|g| self.groups.contains(g)) =>
+            {
                 Ok(ok)
             }
             Some((cn, _)) => Err(rustls::Error::General(format!(

@@ -22,7 +22,10 @@ use tonic::transport::{Channel, Endpoint};
 
 /// A lazily connected channel to a member's peer port: mutual TLS when `tls` is set (the
 /// member's peer certificate is both server and client), plain otherwise (in-process tests).
-pub(crate) fn peer_channel(addr: &str, tls: Option<&Arc<rustls::ClientConfig>>) -> Result<Channel, tonic::transport::Error> {
+pub(crate) fn peer_channel(
+    addr: &str,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<Channel, tonic::transport::Error> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     let url = if addr.contains("://") { addr.to_string() } else { format!("{scheme}://{addr}") };
     let ep = Endpoint::from_shared(url)?
@@ -30,7 +33,9 @@ pub(crate) fn peer_channel(addr: &str, tls: Option<&Arc<rustls::ClientConfig>>) 
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10));
     Ok(match tls {
-        Some(cfg) => ep.connect_with_connector_lazy(flotilla_pki::tls::Connector::new(cfg.clone(), None)),
+        Some(cfg) => {
+            ep.connect_with_connector_lazy(flotilla_pki::tls::Connector::new(cfg.clone(), None))
+        }
         None => ep.connect_lazy(),
     })
 }

@@ -76,7 +76,8 @@ fn start(bin: &PathBuf) -> Result<Server> {
     let api = format!("127.0.0.1:{a}");
     wait_listening(&api, Duration::from_secs(30))?;
     let kubeconfig = dir.path().join("data/admin.conf");
-    let etcd_tls = flotilla_tests::EtcdTls::in_dir(&dir.path().join("data/pki"), "apiserver-etcd-client");
+    let etcd_tls =
+        flotilla_tests::EtcdTls::in_dir(&dir.path().join("data/pki"), "apiserver-etcd-client");
     Ok(Server { kubeconfig, store: format!("127.0.0.1:{c}"), etcd_tls, _proc: proc, _dir: dir })
 }
 
@@ -226,8 +227,10 @@ async fn open_watchers(
     } else {
         let mut clients = Vec::new();
         for _ in 0..conns {
-            clients
-                .push(flotilla_tests::etcd_connect(&[format!("https://{}", s.store)], &s.etcd_tls).await?);
+            clients.push(
+                flotilla_tests::etcd_connect(&[format!("https://{}", s.store)], &s.etcd_tls)
+                    .await?,
+            );
         }
         for i in 0..n {
             let mut c = clients[i % conns].clone();

@@ -4,7 +4,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use etcd_client::{Client, EventType, WatchOptions};
+use etcd_client::{EventType, WatchOptions};
 use flotilla_tests::{etcd_connect, free_port, wait_listening, EtcdTls, Proc};
 use std::collections::HashMap;
 use std::path::PathBuf;
