@@ -17,6 +17,17 @@ pub fn identity(cert: &Path, key: &Path) -> Result<Arc<KeyHolder>> {
     Ok(KeyHolder::new(&issued)?)
 }
 
+/// A TLS connection to `addr` with `cfg`, verifying the name `localhost` (in every serving
+/// certificate's SANs).
+async fn connect(
+    addr: &str,
+    cfg: Arc<rustls::ClientConfig>,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.with_context(|| addr.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from("localhost")?.to_owned();
+    Ok(tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await?)
+}
+
 /// `GET path` over HTTP/1.1 in TLS, trusting `ca_pem` (None: any server certificate) and
 /// presenting `identity` when asked. The status code and body; an error if the handshake or
 /// the request fails.
@@ -28,9 +39,7 @@ pub async fn get(
 ) -> Result<(u16, String)> {
     let mut cfg = (*client_config(ca_pem, identity)?).clone();
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(addr).await.with_context(|| addr.to_string())?;
-    let name = rustls::pki_types::ServerName::try_from("localhost")?.to_owned();
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await?;
+    let mut tls = connect(addr, Arc::new(cfg)).await?;
     let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     tls.write_all(req.as_bytes()).await?;
     let mut raw = Vec::new();
@@ -64,9 +73,7 @@ pub async fn plain_http(addr: &str) -> String {
 /// refused one the TLS alert (with TLS 1.3 a refused client certificate shows only then).
 pub async fn admitted(addr: &str, ca_pem: &str, identity: Option<Arc<KeyHolder>>) -> Result<()> {
     let cfg = client_config(Some(ca_pem), identity)?;
-    let tcp = tokio::net::TcpStream::connect(addr).await.with_context(|| addr.to_string())?;
-    let name = rustls::pki_types::ServerName::try_from("localhost")?.to_owned();
-    let mut tls = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await?;
+    let mut tls = connect(addr, cfg).await?;
     tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").await?;
     tls.flush().await?;
     let mut b = [0u8; 9];
@@ -80,9 +87,7 @@ pub async fn admitted(addr: &str, ca_pem: &str, identity: Option<Arc<KeyHolder>>
 /// The certificate `addr` serves (DER), verified against `ca_pem` now.
 pub async fn server_certificate(addr: &str, ca_pem: &str) -> Result<Vec<u8>> {
     let cfg = client_config(Some(ca_pem), None)?;
-    let tcp = tokio::net::TcpStream::connect(addr).await.with_context(|| addr.to_string())?;
-    let name = rustls::pki_types::ServerName::try_from("localhost")?.to_owned();
-    let tls = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await?;
+    let tls = connect(addr, cfg).await?;
     let certs = tls.get_ref().1.peer_certificates().context("no server certificate")?;
     Ok(certs[0].to_vec())
 }
