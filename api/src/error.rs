@@ -37,12 +37,45 @@ impl Reason {
             Reason::AlreadyExists => Code::AlreadyExists,
             Reason::Conflict => Code::Aborted,
             Reason::Invalid | Reason::BadRequest => Code::InvalidArgument,
-            Reason::Forbidden => Code::FailedPrecondition,
+            Reason::Forbidden => Code::PermissionDenied,
             Reason::Expired => Code::OutOfRange,
             Reason::TooManyRequests => Code::ResourceExhausted,
             Reason::Unauthorized => Code::Unauthenticated,
             Reason::Unavailable => Code::Unavailable,
             Reason::Internal => Code::Internal,
+        }
+    }
+
+    /// Kubernetes' HTTP status for the reason.
+    pub fn http_code(self) -> u16 {
+        match self {
+            Reason::NotFound => 404,
+            Reason::AlreadyExists | Reason::Conflict => 409,
+            Reason::Invalid => 422,
+            Reason::BadRequest => 400,
+            Reason::Forbidden => 403,
+            Reason::Expired => 410,
+            Reason::TooManyRequests => 429,
+            Reason::Unauthorized => 401,
+            Reason::Unavailable => 503,
+            Reason::Internal => 500,
+        }
+    }
+
+    /// Kubernetes' `StatusReason` name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::NotFound => "NotFound",
+            Reason::AlreadyExists => "AlreadyExists",
+            Reason::Conflict => "Conflict",
+            Reason::Invalid => "Invalid",
+            Reason::BadRequest => "BadRequest",
+            Reason::Forbidden => "Forbidden",
+            Reason::Expired => "Expired",
+            Reason::TooManyRequests => "TooManyRequests",
+            Reason::Unauthorized => "Unauthorized",
+            Reason::Unavailable => "ServiceUnavailable",
+            Reason::Internal => "InternalError",
         }
     }
 
@@ -52,7 +85,7 @@ impl Reason {
             Code::AlreadyExists => Reason::AlreadyExists,
             Code::Aborted => Reason::Conflict,
             Code::InvalidArgument => Reason::BadRequest,
-            Code::FailedPrecondition => Reason::Forbidden,
+            Code::FailedPrecondition | Code::PermissionDenied => Reason::Forbidden,
             Code::OutOfRange => Reason::Expired,
             Code::ResourceExhausted => Reason::TooManyRequests,
             Code::Unauthenticated => Reason::Unauthorized,

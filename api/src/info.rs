@@ -24,6 +24,9 @@ pub enum NameRule {
     Label,
     /// DNS-1035 label (starts with a letter): services, which become DNS names.
     Label1035,
+    /// A URL path segment (not `.` or `..`, no `/` or `%`): RBAC objects, whose names carry
+    /// colons (`system:node`).
+    PathSegment,
 }
 
 pub struct ResourceInfo {

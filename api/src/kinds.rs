@@ -11,6 +11,7 @@ use k8s_openapi::api::batch::v1 as batch;
 use k8s_openapi::api::coordination::v1 as coord;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
+use k8s_openapi::api::rbac::v1 as rbac;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector as K8sSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Serialize;
@@ -1525,6 +1526,161 @@ impl Kind for coord::Lease {
         if let Some(s) = &self.spec {
             positive(errs, "spec.leaseDurationSeconds", s.lease_duration_seconds);
             non_negative(errs, "spec.leaseTransitions", s.lease_transitions);
+        }
+    }
+}
+
+// ---- rbac.authorization.k8s.io ----
+
+/// Kubernetes' `ValidatePolicyRule`: resource rules name groups and resources, non-resource
+/// rules only URLs (and only in ClusterRoles).
+fn validate_rules(errs: &mut Errors, rules: Option<&Vec<rbac::PolicyRule>>, namespaced: bool) {
+    for (i, r) in rules.into_iter().flatten().enumerate() {
+        let p = format!("rules[{i}]");
+        if r.verbs.is_empty() {
+            errs.required(format!("{p}.verbs"), "verbs must contain at least one value");
+        }
+        let urls = r.non_resource_urls.as_deref().unwrap_or_default();
+        let groups = r.api_groups.as_deref().unwrap_or_default();
+        let resources = r.resources.as_deref().unwrap_or_default();
+        if !urls.is_empty() {
+            if namespaced {
+                errs.invalid_str(
+                    format!("{p}.nonResourceURLs"),
+                    &urls.join(", "),
+                    "namespaced rules cannot apply to non-resource URLs",
+                );
+            }
+            if !groups.is_empty() || !resources.is_empty() {
+                errs.invalid_str(
+                    format!("{p}.nonResourceURLs"),
+                    &urls.join(", "),
+                    "rules cannot apply to both regular resources and non-resource URLs",
+                );
+            }
+            continue;
+        }
+        if groups.is_empty() {
+            errs.required(
+                format!("{p}.apiGroups"),
+                "resource rules must supply at least one api group",
+            );
+        }
+        if resources.is_empty() {
+            errs.required(
+                format!("{p}.resources"),
+                "resource rules must supply at least one resource",
+            );
+        }
+    }
+}
+
+fn validate_role_ref(errs: &mut Errors, r: &rbac::RoleRef, kinds: &[&str]) {
+    if r.api_group != "rbac.authorization.k8s.io" {
+        errs.not_supported("roleRef.apiGroup", &r.api_group, &["rbac.authorization.k8s.io"]);
+    }
+    if !kinds.contains(&r.kind.as_str()) {
+        errs.not_supported("roleRef.kind", &r.kind, kinds);
+    }
+    if r.name.is_empty() {
+        errs.required("roleRef.name", "");
+    } else if let Some(e) = path_segment_error(&r.name) {
+        errs.invalid_str("roleRef.name", &r.name, &e);
+    }
+}
+
+fn validate_subjects(errs: &mut Errors, subjects: Option<&Vec<rbac::Subject>>, cluster: bool) {
+    for (i, s) in subjects.into_iter().flatten().enumerate() {
+        let p = format!("subjects[{i}]");
+        if s.name.is_empty() {
+            errs.required(format!("{p}.name"), "");
+        }
+        let group = s.api_group.as_deref().unwrap_or("");
+        match s.kind.as_str() {
+            "ServiceAccount" => {
+                if let Some(e) =
+                    (!s.name.is_empty()).then(|| dns1123_subdomain_error(&s.name)).flatten()
+                {
+                    errs.invalid_str(format!("{p}.name"), &s.name, &e);
+                }
+                if !group.is_empty() {
+                    errs.not_supported(format!("{p}.apiGroup"), group, &[""]);
+                }
+                if cluster && s.namespace.as_deref().unwrap_or("").is_empty() {
+                    errs.required(format!("{p}.namespace"), "");
+                }
+            }
+            "User" | "Group" => {
+                if group != "rbac.authorization.k8s.io" {
+                    errs.not_supported(
+                        format!("{p}.apiGroup"),
+                        group,
+                        &["rbac.authorization.k8s.io"],
+                    );
+                }
+            }
+            k => errs.not_supported(format!("{p}.kind"), k, &["ServiceAccount", "User", "Group"]),
+        }
+    }
+}
+
+impl Kind for rbac::Role {
+    fn validate(&self, errs: &mut Errors) {
+        validate_rules(errs, self.rules.as_ref(), true);
+    }
+}
+
+impl Kind for rbac::ClusterRole {
+    fn validate(&self, errs: &mut Errors) {
+        validate_rules(errs, self.rules.as_ref(), false);
+        for (i, s) in self
+            .aggregation_rule
+            .iter()
+            .flat_map(|a| a.cluster_role_selectors.iter().flatten())
+            .enumerate()
+        {
+            if let Err(e) = LabelSelector::from_k8s(s) {
+                errs.invalid_str(format!("aggregationRule.clusterRoleSelectors[{i}]"), "", &e);
+            }
+        }
+    }
+}
+
+/// Subjects of the RBAC `rbac.authorization.k8s.io` group default it, as Kubernetes does.
+fn default_subjects(subjects: &mut Option<Vec<rbac::Subject>>) {
+    for s in subjects.iter_mut().flatten() {
+        if s.api_group.is_none() && matches!(s.kind.as_str(), "User" | "Group") {
+            s.api_group = Some("rbac.authorization.k8s.io".into());
+        }
+    }
+}
+
+impl Kind for rbac::RoleBinding {
+    fn set_defaults(&mut self) {
+        default_subjects(&mut self.subjects);
+    }
+    fn validate(&self, errs: &mut Errors) {
+        validate_role_ref(errs, &self.role_ref, &["Role", "ClusterRole"]);
+        validate_subjects(errs, self.subjects.as_ref(), false);
+    }
+    fn validate_update(&self, old: &Self, errs: &mut Errors) {
+        if self.role_ref != old.role_ref {
+            errs.invalid_str("roleRef", &self.role_ref.name, "cannot change roleRef");
+        }
+    }
+}
+
+impl Kind for rbac::ClusterRoleBinding {
+    fn set_defaults(&mut self) {
+        default_subjects(&mut self.subjects);
+    }
+    fn validate(&self, errs: &mut Errors) {
+        validate_role_ref(errs, &self.role_ref, &["ClusterRole"]);
+        validate_subjects(errs, self.subjects.as_ref(), true);
+    }
+    fn validate_update(&self, old: &Self, errs: &mut Errors) {
+        if self.role_ref != old.role_ref {
+            errs.invalid_str("roleRef", &self.role_ref.name, "cannot change roleRef");
         }
     }
 }

@@ -4,7 +4,7 @@
 use crate::admit::admit;
 pub use crate::info::{NameRule, ResourceInfo};
 use k8s_openapi::api::{apps::v1 as apps, batch::v1 as batch, coordination::v1 as coord};
-use k8s_openapi::api::{core::v1 as core, discovery::v1 as discovery};
+use k8s_openapi::api::{core::v1 as core, discovery::v1 as discovery, rbac::v1 as rbac};
 
 macro_rules! resources {
     ($( $ty:ty => { $kind:literal, $group:literal, $plural:literal, [$($short:literal),*],
@@ -67,6 +67,15 @@ resources! {
         name: Subdomain, fields: ["status.successful"] },
     batch::CronJob => { "CronJob", "batch", "cronjobs", ["cj"], namespaced: true, status: true,
         name: Subdomain, fields: [] },
+    rbac::Role => { "Role", "rbac.authorization.k8s.io", "roles", [], namespaced: true,
+        status: false, name: PathSegment, fields: [] },
+    rbac::ClusterRole => { "ClusterRole", "rbac.authorization.k8s.io", "clusterroles", [],
+        namespaced: false, status: false, name: PathSegment, fields: [] },
+    rbac::RoleBinding => { "RoleBinding", "rbac.authorization.k8s.io", "rolebindings", [],
+        namespaced: true, status: false, name: PathSegment, fields: [] },
+    rbac::ClusterRoleBinding => { "ClusterRoleBinding", "rbac.authorization.k8s.io",
+        "clusterrolebindings", [], namespaced: false, status: false, name: PathSegment,
+        fields: [] },
 }
 
 /// Finds a resource the way kubectl does: by plural, singular (kind, any case), short name,

@@ -123,11 +123,20 @@ pub fn config_key_error(s: &str) -> Option<String> {
     })
 }
 
+/// Kubernetes' `path.IsValidPathSegmentName`.
+pub fn path_segment_error(name: &str) -> Option<String> {
+    if name == "." || name == ".." {
+        return Some(format!("may not be '{name}'"));
+    }
+    ["/", "%"].iter().find(|c| name.contains(*c)).map(|c| format!("may not contain '{c}'"))
+}
+
 pub fn validate_name(rule: NameRule, name: &str, field: &str, errs: &mut Errors) {
     let e = match rule {
         NameRule::Subdomain => dns1123_subdomain_error(name),
         NameRule::Label => dns1123_label_error(name),
         NameRule::Label1035 => dns1035_label_error(name),
+        NameRule::PathSegment => path_segment_error(name),
     };
     if let Some(e) = e {
         errs.invalid_str(field, name, &e);

@@ -27,6 +27,22 @@ pub enum CreateWhat {
         #[arg(long, requires = "bound_object_kind")]
         bound_object_uid: Option<String>,
     },
+    /// A Role: `--verb=get,list --resource=pods,deployments.apps [--resource-name=x]`.
+    Role(crate::rbac::RoleArgs),
+    /// A ClusterRole: as a role, plus `--non-resource-url` and `--aggregation-rule`.
+    Clusterrole {
+        #[command(flatten)]
+        role: crate::rbac::RoleArgs,
+        #[arg(long, value_delimiter = ',')]
+        non_resource_url: Vec<String>,
+        /// `key=value` labels of the ClusterRoles to aggregate.
+        #[arg(long, value_delimiter = ',')]
+        aggregation_rule: Vec<String>,
+    },
+    /// A RoleBinding: `--clusterrole=X | --role=Y` to `--user`, `--group`, `--serviceaccount=ns:name`.
+    Rolebinding(crate::rbac::BindingArgs),
+    /// A ClusterRoleBinding: `--clusterrole=X` to users, groups or service accounts.
+    Clusterrolebinding(crate::rbac::BindingArgs),
 }
 
 #[derive(clap::Subcommand)]
@@ -36,6 +52,9 @@ pub enum Auth {
         #[arg(short, long)]
         output: Option<crate::Output>,
     },
+    /// Whether you may do something: `can-i VERB TYPE[/NAME]`, or `can-i --list`. Exits 1
+    /// for "no".
+    CanI(crate::rbac::CanI),
 }
 
 /// Seconds in `10m`, `1h30m`, `45s` (Go's durations, as kubectl takes them) or a plain
@@ -51,6 +70,31 @@ fn parse_duration(s: &str) -> Result<i64> {
 }
 
 pub async fn create(ctx: &Ctx, what: CreateWhat) -> Result<()> {
+    use crate::rbac;
+    let (obj, dry_run, output) = match what {
+        CreateWhat::Token { .. } => return create_token(ctx, what).await,
+        CreateWhat::Role(r) => (rbac::object(ctx, "Role", Some(&r), None)?, r.dry_run, r.output),
+        CreateWhat::Clusterrole { role, non_resource_url, aggregation_rule } => {
+            let mut obj = rbac::object(ctx, "ClusterRole", Some(&role), None)?;
+            rbac::add_cluster_role_parts(
+                &mut obj,
+                &role.verb,
+                &non_resource_url,
+                &aggregation_rule,
+            )?;
+            (obj, role.dry_run, role.output)
+        }
+        CreateWhat::Rolebinding(b) => {
+            (rbac::object(ctx, "RoleBinding", None, Some(&b))?, b.dry_run, b.output)
+        }
+        CreateWhat::Clusterrolebinding(b) => {
+            (rbac::object(ctx, "ClusterRoleBinding", None, Some(&b))?, b.dry_run, b.output)
+        }
+    };
+    rbac::create(ctx, obj, dry_run, output).await
+}
+
+async fn create_token(ctx: &Ctx, what: CreateWhat) -> Result<()> {
     let CreateWhat::Token {
         service_account,
         audience,
@@ -58,7 +102,10 @@ pub async fn create(ctx: &Ctx, what: CreateWhat) -> Result<()> {
         bound_object_kind,
         bound_object_name,
         bound_object_uid,
-    } = what;
+    } = what
+    else {
+        unreachable!("only tokens come here")
+    };
     let mut spec = json!({"audiences": audience});
     if let Some(d) = duration {
         spec["expirationSeconds"] = json!(parse_duration(&d)?);
@@ -82,7 +129,15 @@ pub async fn create(ctx: &Ctx, what: CreateWhat) -> Result<()> {
 }
 
 pub async fn run(ctx: &Ctx, a: Auth) -> Result<()> {
-    let Auth::Whoami { output } = a;
+    let output = match a {
+        Auth::Whoami { output } => output,
+        Auth::CanI(c) => {
+            if !crate::rbac::can_i(ctx, c).await? {
+                std::process::exit(1);
+            }
+            return Ok(());
+        }
+    };
     let review = ctx.client.who_am_i().await.map_err(server_error)?;
     match output {
         Some(crate::Output::Json) => println!("{}", serde_json::to_string_pretty(&review)?),

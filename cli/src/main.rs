@@ -5,6 +5,7 @@ mod auth;
 mod config;
 mod exec;
 mod print;
+mod rbac;
 mod rollout;
 mod top;
 
@@ -47,6 +48,12 @@ struct Cli {
     /// credentials; also FLOTILLA_TOKEN.
     #[arg(long, env = "FLOTILLA_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
+    /// Act as this user (Kubernetes' impersonation; needs the `impersonate` verb).
+    #[arg(long = "as", global = true)]
+    as_user: Option<String>,
+    /// Act as a member of this group (repeatable; with --as).
+    #[arg(long = "as-group", global = true, requires = "as_user")]
+    as_group: Vec<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -79,7 +86,7 @@ enum Cmd {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Inspect authentication: `auth whoami`.
+    /// Inspect authentication and authorization: `auth whoami`, `auth can-i`.
     #[command(subcommand)]
     Auth(auth::Auth),
     /// Kubeconfig files: view, get-contexts, current-context, use-context.
@@ -841,7 +848,11 @@ async fn run(cli: Cli) -> Result<()> {
         let https = conn.server.replacen("http://", "https://", 1);
         anyhow::bail!("{}: Flotilla's API server serves HTTPS only: use {https}", conn.server);
     }
-    let client = Client::connect_to(&conn).await.map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    let mut client =
+        Client::connect_to(&conn).await.map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    if let Some(u) = &cli.as_user {
+        client = client.impersonate(u, &cli.as_group).map_err(server_error)?;
+    }
     let ctx = Ctx {
         client,
         explicit_ns: cli.namespace.is_some(),

@@ -75,12 +75,35 @@ async fn api_port_serves_tls_only_and_knows_callers_by_certificate() {
     // A second group is refused, not dropped.
     let e = m.user_kubeconfig("bob", &["dev", "ops"], &dir.path().join("bob.conf")).unwrap_err();
     assert!(format!("{e:#}").contains("one organization (group) per certificate"), "{e:#}");
-    // No credentials at all: anonymous.
+    // No credentials at all: anonymous, who may read health and version and nothing else
+    // (not even who they are, as in Kubernetes).
     let anon = dir.path().join("anon.conf");
     Kubeconfig::single("c", &url, &ca, "nobody", UserInfo::default()).write(&anon).unwrap();
-    let (ok, out, err) = cli(&anon, &["auth", "whoami"]);
-    assert!(ok, "{err}");
-    assert!(out.contains("system:anonymous") && out.contains("system:unauthenticated"), "{out}");
+    let (ok, _, err) = cli(&anon, &["auth", "whoami"]);
+    assert!(!ok);
+    assert!(
+        err.contains(
+            "Error from server (Forbidden): selfsubjectreviews.authentication.k8s.io is forbidden: \
+             User \"system:anonymous\" cannot create resource \"selfsubjectreviews\" in API group \
+             \"authentication.k8s.io\" at the cluster scope"
+        ),
+        "{err}"
+    );
+    for (path, want) in [("/healthz", 200), ("/livez", 200), ("/version", 200), ("/metrics", 403)] {
+        let (status, body) = https::get(&m.api, path, Some(&ca), None).await.unwrap();
+        assert_eq!(status, want, "{path}: {body}");
+        if want == 403 {
+            assert!(
+                body.contains("User \\\"system:anonymous\\\" cannot get path \\\"/metrics\\\""),
+                "{body}"
+            );
+        }
+    }
+    let (_, version) = https::get(&m.api, "/version", Some(&ca), None).await.unwrap();
+    assert!(version.contains("\"gitVersion\":\"v1.35.0-flotilla."), "{version}");
+    let (ok, _, err) = cli(&anon, &["get", "secrets", "-n", "kube-system"]);
+    assert!(!ok);
+    assert!(err.contains("cannot list resource \"secrets\""), "{err}");
     // A kubeconfig trusting another CA does not reach the server.
     let wrong = dir.path().join("wrong.conf");
     Kubeconfig::single("c", &url, other_ca.cert_pem(), "nobody", UserInfo::default())

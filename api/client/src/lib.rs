@@ -26,19 +26,27 @@ use tonic::transport::{Channel, Endpoint};
 pub struct Client {
     inner: ApiClient<InterceptedService<Channel, Credentials>>,
     channel: Channel,
+    credentials: Credentials,
 }
 
-/// The `authorization` header every call carries, when the client has a bearer token.
+/// Headers every call carries: `authorization` when the client has a bearer token, and
+/// `impersonate-user` / `impersonate-group` when it acts as someone else.
 #[derive(Clone, Default)]
-pub struct Credentials(Option<MetadataValue<Ascii>>);
+pub struct Credentials(Vec<(&'static str, MetadataValue<Ascii>)>);
 
 impl tonic::service::Interceptor for Credentials {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(v) = &self.0 {
-            req.metadata_mut().insert("authorization", v.clone());
+        for (k, v) in &self.0 {
+            req.metadata_mut().append(*k, v.clone());
         }
         Ok(req)
     }
+}
+
+fn header_value(what: &str, v: &str) -> Result<MetadataValue<Ascii>, ApiError> {
+    v.parse().map_err(|_| {
+        ApiError::bad_request(format!("the {what} has characters a header cannot carry"))
+    })
 }
 
 #[derive(Debug, Clone, Default)]
@@ -246,10 +254,11 @@ impl Client {
 
     fn with_credentials(ch: Channel, creds: Credentials) -> Self {
         Client {
-            inner: ApiClient::with_interceptor(ch.clone(), creds)
+            inner: ApiClient::with_interceptor(ch.clone(), creds.clone())
                 .max_decoding_message_size(256 << 20)
                 .max_encoding_message_size(64 << 20),
             channel: ch,
+            credentials: creds,
         }
     }
 
@@ -592,10 +601,23 @@ impl Client {
 
     /// This client, sending `token` as its bearer token on every call.
     pub fn with_token(self, token: &str) -> Result<Self, ApiError> {
-        let v = format!("Bearer {}", token.trim()).parse().map_err(|_| {
-            ApiError::bad_request("the bearer token has characters a header cannot carry")
-        })?;
-        Ok(Self::with_credentials(self.channel, Credentials(Some(v))))
+        let v = header_value("bearer token", &format!("Bearer {}", token.trim()))?;
+        let mut c = self.credentials.clone();
+        c.0.retain(|(k, _)| *k != "authorization");
+        c.0.push(("authorization", v));
+        Ok(Self::with_credentials(self.channel, c))
+    }
+
+    /// This client, acting as `user` (and `groups`): Kubernetes' impersonation, which the
+    /// server allows to holders of the `impersonate` verb (`kubectl --as`, `--as-group`).
+    pub fn impersonate(self, user: &str, groups: &[String]) -> Result<Self, ApiError> {
+        let mut c = self.credentials.clone();
+        c.0.retain(|(k, _)| !k.starts_with("impersonate-"));
+        c.0.push(("impersonate-user", header_value("user to impersonate", user)?));
+        for g in groups {
+            c.0.push(("impersonate-group", header_value("group to impersonate", g)?));
+        }
+        Ok(Self::with_credentials(self.channel, c))
     }
 
     /// Binds a pod to a node through the pods/binding subresource; `uid`, when not empty, is a
@@ -642,6 +664,12 @@ impl Client {
     /// The caller's identity (a SelfSubjectReview).
     pub async fn who_am_i(&self) -> Result<Value, ApiError> {
         from_json(&self.inner.clone().who_am_i(proto::WhoAmIRequest {}).await?.into_inner().object)
+    }
+
+    /// A SelfSubjectAccessReview, SelfSubjectRulesReview or SubjectAccessReview answered.
+    pub async fn review_access(&self, review: &Value) -> Result<Value, ApiError> {
+        let r = proto::ReviewAccessRequest { object: to_json(review)? };
+        from_json(&self.inner.clone().review_access(r).await?.into_inner().object)
     }
 
     pub async fn discovery(&self) -> Result<proto::DiscoveryResponse, ApiError> {

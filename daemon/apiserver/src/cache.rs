@@ -322,6 +322,24 @@ impl WatchCache {
         self.state.read().expect("cache lock").objects.values().cloned().collect()
     }
 
+    /// Changes when the cache's contents do (a relist, or an event applied); not when only
+    /// its revision moves. Derived state (the RBAC index) rebuilds when this changes.
+    pub fn version(&self) -> (u64, i64) {
+        let st = self.state.read().expect("cache lock");
+        (st.generation, st.changed)
+    }
+
+    /// The objects whose `spec.nodeName` is `node` (pods).
+    pub fn on_node(&self, node: &str) -> Vec<Arc<CachedObject>> {
+        let st = self.state.read().expect("cache lock");
+        st.by_node
+            .get(node)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| st.objects.get(k).cloned())
+            .collect()
+    }
+
     pub fn get(&self, key: &str) -> Option<Arc<CachedObject>> {
         self.state.read().expect("cache lock").objects.get(key).cloned()
     }

@@ -12,7 +12,9 @@ mod alloc;
 pub mod cache;
 pub mod kv;
 pub mod metrics;
+pub mod node_authz;
 pub mod proxy;
+pub mod rbac;
 pub mod request;
 mod resource_metrics;
 mod service;
@@ -27,7 +29,7 @@ use flotilla_api::patch::PatchKind;
 use flotilla_api::{ResourceInfo, RESOURCES};
 use flotilla_store::StoreNode;
 use kv::{Cond, Kv, Op};
-use request::{Attributes, Credentials, RequestInfo, Seams, User};
+use request::{Attributes, Credentials, Decision, RequestInfo, Seams, User};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -53,6 +55,16 @@ pub struct ApiConfig {
     /// (`kube-apiserver-kubelet-client`), the only one the agents accept. `None`: log, exec
     /// and stats requests fail.
     pub node_client: Option<Arc<rustls::ClientConfig>>,
+    pub authorization: Authorization,
+}
+
+/// How requests are authorized (Kubernetes' `--authorization-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Authorization {
+    /// `Node,RBAC`: what every server runs.
+    NodeRbac,
+    /// Everyone may do everything: only the API benchmark's "off" rows, to price RBAC.
+    AlwaysAllow,
 }
 
 impl Default for ApiConfig {
@@ -66,6 +78,7 @@ impl Default for ApiConfig {
             bookmark_interval: Duration::from_secs(10),
             sync_timeout: Duration::from_secs(5),
             node_client: None,
+            authorization: Authorization::NodeRbac,
         }
     }
 }
@@ -82,6 +95,8 @@ pub struct ApiServer {
     pub config: ApiConfig,
     pub metrics: metrics::Metrics,
     seams: Seams,
+    rbac: rbac::Rbac,
+    nodes: node_authz::NodeAuthorizer,
 }
 
 /// A delete's options (Kubernetes' DeleteOptions).
@@ -324,6 +339,11 @@ impl ApiServer {
             caches.insert(r.plural, c);
         }
         let signer = tokens::Signer::load_or_create(&kv).await?;
+        let rbac = rbac::Rbac::new(
+            ["clusterroles", "roles", "clusterrolebindings", "rolebindings"]
+                .map(|r| caches[r].clone()),
+        );
+        let nodes = node_authz::NodeAuthorizer::new(caches["pods"].clone());
         let server = Arc::new(ApiServer {
             kv,
             caches,
@@ -331,6 +351,8 @@ impl ApiServer {
             config,
             metrics: metrics::Metrics::new(),
             seams,
+            rbac,
+            nodes,
         });
         let me = User::apiserver();
         let ns = flotilla_api::lookup("namespaces").expect("namespaces are registered");
@@ -342,6 +364,7 @@ impl ApiServer {
                 Err(e) => return Err(e),
             }
         }
+        server.reconcile_bootstrap_policy(&me).await?;
         if let Some(ip) = server.config.cluster_dns {
             // Selector-less: no Endpoints controller touches it; each agent points it at its
             // own DNS server.
@@ -364,17 +387,301 @@ impl ApiServer {
         Ok(server)
     }
 
-    /// The first stages of every request, whatever its front: who the caller is, and whether
-    /// they may do this. Returns the caller, whom the write stages see.
+    /// The first stages of every request, whatever its front: who the caller is (and whom
+    /// they impersonate), and whether they may do this. Returns the caller, whom the write
+    /// stages see.
     pub fn admit_request(
         &self,
         credentials: &Credentials,
         request: RequestInfo<'_>,
     ) -> Result<User, ApiError> {
         let user = self.authenticate(credentials)?;
-        let a = request.by(&user);
-        self.seams.authorize(&a)?;
+        let user = self.impersonate(user, credentials)?;
+        self.authorize(&request.by(&user))?;
         Ok(user)
+    }
+
+    /// Kubernetes' authorizer chain: the `system:masters` group, the Node authorizer, any
+    /// configured authorizers, then RBAC. The first Allow or Deny decides.
+    pub fn decide(&self, a: &Attributes<'_>) -> Decision {
+        if self.config.authorization == Authorization::AlwaysAllow
+            || a.user.groups.iter().any(|g| g == "system:masters")
+        {
+            return Decision::Allow;
+        }
+        match self.nodes.authorize(a) {
+            Decision::NoOpinion => {}
+            d => return d,
+        }
+        match self.seams.decide(a) {
+            Decision::NoOpinion => self.rbac.authorize(a),
+            d => d,
+        }
+    }
+
+    pub fn authorize(&self, a: &Attributes<'_>) -> Result<(), ApiError> {
+        match self.decide(a) {
+            Decision::Allow => Ok(()),
+            Decision::Deny(why) => Err(request::forbidden(a, &why)),
+            Decision::NoOpinion => Err(request::forbidden(a, "")),
+        }
+    }
+
+    /// `Impersonate-User` / `Impersonate-Group`: allowed by the `impersonate` verb on
+    /// `users`, `groups` or the service account, as in Kubernetes.
+    fn impersonate(&self, real: User, c: &Credentials) -> Result<User, ApiError> {
+        let Some(name) = c.impersonate_user.as_deref() else {
+            if !c.impersonate_groups.is_empty() {
+                return Err(ApiError::bad_request(
+                    "requested [group impersonation] without impersonating a user",
+                ));
+            }
+            return Ok(real);
+        };
+        let sa = name.strip_prefix("system:serviceaccount:").and_then(|r| r.split_once(':'));
+        let check = match sa {
+            Some((ns, n)) => RequestInfo::new("impersonate", "serviceaccounts").at(ns, n),
+            None => RequestInfo::new("impersonate", "users").at("", name),
+        };
+        self.authorize(&check.by(&real))?;
+        let mut groups = Vec::new();
+        for g in &c.impersonate_groups {
+            self.authorize(&RequestInfo::new("impersonate", "groups").at("", g).by(&real))?;
+            groups.push(g.clone());
+        }
+        if let Some((ns, _)) = sa {
+            groups.push("system:serviceaccounts".into());
+            groups.push(format!("system:serviceaccounts:{ns}"));
+        }
+        if name != "system:anonymous" && !groups.iter().any(|g| g == "system:authenticated") {
+            groups.push("system:authenticated".into());
+        }
+        Ok(User { name: name.to_string(), uid: String::new(), groups, extra: Default::default() })
+    }
+
+    /// The admission stages after the strategy: NodeRestriction, RBAC's escalation check,
+    /// then the configured plugins.
+    fn validate_write(
+        &self,
+        a: &Attributes<'_>,
+        object: Option<&Value>,
+        old: Option<&Value>,
+    ) -> Result<(), ApiError> {
+        if self.config.authorization == Authorization::NodeRbac {
+            node_authz::node_restriction(a, object, old)?;
+            if let Some(obj) = object {
+                self.no_escalation(a, obj)?;
+            }
+        }
+        self.seams.validate(a, object, old)
+    }
+
+    /// Nobody creates a role or a binding that grants more than they hold, unless they may
+    /// `escalate` (roles) or `bind` (the binding's role), or are `system:masters`.
+    fn no_escalation(&self, a: &Attributes<'_>, obj: &Value) -> Result<(), ApiError> {
+        if a.group != "rbac.authorization.k8s.io"
+            || a.user.groups.iter().any(|g| g == "system:masters")
+        {
+            return Ok(());
+        }
+        let name = meta_str(obj, "name");
+        let what = format!("{}.rbac.authorization.k8s.io {name:?}", a.resource);
+        let ns = a.namespace;
+        match a.resource {
+            "roles" | "clusterroles" => {
+                let esc = RequestInfo::new("escalate", a.resource).at(ns, name).by(a.user);
+                if self.decide(&esc) == Decision::Allow {
+                    return Ok(());
+                }
+                if obj.get("aggregationRule").is_some_and(|r| !r.is_null()) {
+                    return Err(ApiError::forbidden(format!(
+                        "{what} is forbidden: must have cluster-admin privileges to use the aggregationRule"
+                    )));
+                }
+                let wanted: Vec<rbac::Rule> = obj["rules"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(rbac::Rule::from_json)
+                    .collect();
+                rbac::confirm_no_escalation(
+                    a.user,
+                    &self.rbac.rules_for(a.user, ns),
+                    &wanted,
+                    &what,
+                )
+            }
+            "rolebindings" | "clusterrolebindings" => {
+                let kind = obj["roleRef"]["kind"].as_str().unwrap_or_default();
+                let role = obj["roleRef"]["name"].as_str().unwrap_or_default();
+                let resource = if kind == "Role" { "roles" } else { "clusterroles" };
+                let bind = RequestInfo::new("bind", resource).at(ns, role).by(a.user);
+                if self.decide(&bind) == Decision::Allow {
+                    return Ok(());
+                }
+                let Some(wanted) = self.rbac.role_rules(kind, ns, role) else {
+                    return Err(ApiError::forbidden(format!(
+                        "{what} is forbidden: {} {role:?} not found: binding a role that does not exist needs the \"bind\" verb on it",
+                        if kind == "Role" { "role" } else { "clusterrole" },
+                    )));
+                };
+                rbac::confirm_no_escalation(
+                    a.user,
+                    &self.rbac.rules_for(a.user, ns),
+                    &wanted,
+                    &what,
+                )
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The rules `user` holds in `ns` (SelfSubjectRulesReview): RBAC's, or everything for
+    /// `system:masters`.
+    pub fn rules_for(&self, user: &User, ns: &str) -> Vec<rbac::Rule> {
+        if user.groups.iter().any(|g| g == "system:masters")
+            || self.config.authorization == Authorization::AlwaysAllow
+        {
+            let all = json!({"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]});
+            let urls = json!({"verbs": ["*"], "nonResourceURLs": ["*"]});
+            return vec![rbac::Rule::from_json(&all), rbac::Rule::from_json(&urls)];
+        }
+        self.rbac.rules_for(user, ns)
+    }
+
+    /// Answers a SelfSubjectAccessReview or SubjectAccessReview (may `spec`'s subject do
+    /// this?) or a SelfSubjectRulesReview (what may the caller do in a namespace?).
+    pub fn access_review(&self, caller: &User, review: &Value) -> Result<Value, ApiError> {
+        let kind = review["kind"].as_str().unwrap_or_default();
+        let spec = &review["spec"];
+        let mut out = review.clone();
+        out["apiVersion"] = json!("authorization.k8s.io/v1");
+        if kind == "SelfSubjectRulesReview" {
+            let ns = spec["namespace"].as_str().unwrap_or_default();
+            let rules = self.rules_for(caller, ns);
+            let (urls, res): (Vec<_>, Vec<_>) =
+                rules.iter().partition(|r| !r.non_resource_urls.is_empty());
+            let res: Vec<Value> = res.iter().map(|r| r.to_json()).collect();
+            let urls: Vec<Value> = urls
+                .iter()
+                .map(|r| json!({"verbs": r.verbs, "nonResourceURLs": r.non_resource_urls}))
+                .collect();
+            // The Node authorizer's graph permissions are not rules: a node's list is partial.
+            let incomplete = node_authz::node_identity(caller).is_some();
+            out["status"] =
+                json!({"resourceRules": res, "nonResourceRules": urls, "incomplete": incomplete});
+            return Ok(out);
+        }
+        let subject = if kind == "SubjectAccessReview" {
+            let strings = |v: &Value| -> Vec<String> {
+                v.as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|s| s.as_str().map(String::from))
+                    .collect()
+            };
+            User {
+                name: spec["user"].as_str().unwrap_or_default().to_string(),
+                uid: spec["uid"].as_str().unwrap_or_default().to_string(),
+                groups: strings(&spec["groups"]),
+                extra: Default::default(),
+            }
+        } else {
+            caller.clone()
+        };
+        let ra = &spec["resourceAttributes"];
+        let na = &spec["nonResourceAttributes"];
+        let s = |v: &Value, k: &str| v[k].as_str().unwrap_or_default().to_string();
+        let (verb, group, resource, sub, ns, name, path) = if ra.is_object() {
+            (
+                s(ra, "verb"),
+                s(ra, "group"),
+                s(ra, "resource"),
+                s(ra, "subresource"),
+                s(ra, "namespace"),
+                s(ra, "name"),
+                String::new(),
+            )
+        } else if na.is_object() {
+            (
+                s(na, "verb"),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                s(na, "path"),
+            )
+        } else {
+            let mut e = Errors::default();
+            e.required(
+                "spec.resourceAttributes",
+                "exactly one of nonResourceAttributes or resourceAttributes must be specified",
+            );
+            return Err(ApiError::invalid(&format!("{kind}.authorization.k8s.io"), "", e.0));
+        };
+        let fields = s(&ra["fieldSelector"], "rawSelector");
+        let info = RequestInfo {
+            verb: &verb,
+            group: &group,
+            resource: &resource,
+            subresource: &sub,
+            namespace: &ns,
+            name: &name,
+            field_selector: &fields,
+            path: &path,
+        };
+        // A group left empty means the core group, not "the resource's group".
+        let mut a = info.by(&subject);
+        a.group = &group;
+        let (allowed, denied, reason) = match self.decide(&a) {
+            Decision::Allow => (true, false, String::new()),
+            Decision::Deny(why) => (false, true, why),
+            Decision::NoOpinion => (false, false, String::new()),
+        };
+        let mut status = json!({"allowed": allowed});
+        if denied {
+            status["denied"] = json!(true);
+        }
+        if !reason.is_empty() {
+            status["reason"] = json!(reason);
+        }
+        out["status"] = status;
+        Ok(out)
+    }
+
+    /// Creates the default roles and bindings that are missing, and brings back those marked
+    /// `rbac.authorization.kubernetes.io/autoupdate: "true"` that were changed (Kubernetes'
+    /// RBAC bootstrap reconciliation: new releases may add permissions).
+    async fn reconcile_bootstrap_policy(&self, me: &User) -> Result<(), ApiError> {
+        for (plural, obj) in rbac::bootstrap_policy() {
+            let info = flotilla_api::lookup(plural).expect("registered");
+            let name = meta_str(&obj, "name").to_string();
+            match self.create(me, info, "", encode(&obj).as_ref(), false).await {
+                Ok(_) => continue,
+                Err(e) if e.reason == Reason::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+            let current = self.get(info, "", &name).await?;
+            let auto = current
+                .pointer("/metadata/annotations/rbac.authorization.kubernetes.io~1autoupdate")
+                .and_then(Value::as_str)
+                == Some("true");
+            let fields = ["rules", "aggregationRule", "roleRef", "subjects"];
+            if !auto || fields.iter().all(|f| current.get(f) == obj.get(f) || obj.get(f).is_none())
+            {
+                continue;
+            }
+            let mut new = current.clone();
+            for f in fields {
+                if let Some(v) = obj.get(f) {
+                    new[f] = v.clone();
+                }
+            }
+            tracing::info!(%plural, %name, "reconciling a default RBAC object");
+            self.update(me, info, "", encode(&new).as_ref(), "", false).await?;
+        }
+        Ok(())
     }
 
     /// The configured authenticators first, then service-account tokens (built in, as in
@@ -532,7 +839,7 @@ impl ApiServer {
             self.ensure_namespace(&ns).await?;
         }
         strategy.prepare_for_create(self, &ns, &mut admitted.object);
-        self.seams.validate(&attrs, Some(&admitted.object), None)?;
+        self.validate_write(&attrs, Some(&admitted.object), None)?;
         let key = info.key(&ns, &name);
         let allocates = strategy.allocates();
         for attempt in 0..32 {
@@ -831,7 +1138,7 @@ impl ApiServer {
             self.seams.mutate(&attrs, &mut new, Some(&current))?;
             strategy.prepare_for_update(&current, &mut new, status);
             let admitted = (info.admit)(&new, Some(&current), info)?;
-            self.seams.validate(&attrs, Some(&admitted.object), Some(&current))?;
+            self.validate_write(&attrs, Some(&admitted.object), Some(&current))?;
             let mut obj = admitted.object;
             if spec_part(&obj) != spec_part(&current) {
                 let g =
@@ -966,7 +1273,7 @@ impl ApiServer {
             let mut pod = current.clone();
             pod["spec"]["nodeName"] = Value::String(node.clone());
             mark_scheduled(current, &mut pod);
-            self.seams.validate(&attrs, Some(&pod), Some(current))?;
+            self.validate_write(&attrs, Some(&pod), Some(current))?;
             let key = info.key(ns, name);
             let stored = Bytes::from(to_store(&pod));
             let put = vec![Op::Put(key.clone(), stored.to_vec())];
@@ -1026,7 +1333,7 @@ impl ApiServer {
                     "Precondition failed: ResourceVersion in precondition: {pre_rv}, ResourceVersion in object meta: {cur_rev}"
                 )));
             }
-            self.seams.validate(&attrs, None, Some(&current))?;
+            self.validate_write(&attrs, None, Some(&current))?;
             let key = info.key(ns, name);
             let mut obj = current.clone();
             let mut finalizers: Vec<Value> = obj

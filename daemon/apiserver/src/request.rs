@@ -67,6 +67,10 @@ pub struct Credentials {
     /// A client certificate the TLS handshake verified against the cluster CA: its subject's
     /// CN and O entries.
     pub client_cert: Option<(String, Vec<String>)>,
+    /// `Impersonate-User`: act as this user (needs the `impersonate` verb).
+    pub impersonate_user: Option<String>,
+    /// `Impersonate-Group`, repeated.
+    pub impersonate_groups: Vec<String>,
 }
 
 /// What a request asks, before knowing who asks (Kubernetes' RequestInfo): what a front
@@ -74,15 +78,30 @@ pub struct Credentials {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RequestInfo<'a> {
     pub verb: &'a str,
+    /// "" for the resource's own group (from the resource table) and for non-resource requests.
+    pub group: &'a str,
     pub resource: &'a str,
     pub subresource: &'a str,
     pub namespace: &'a str,
     pub name: &'a str,
+    /// A list's or watch's field selector (the node authorizer reads `spec.nodeName`).
+    pub field_selector: &'a str,
+    /// A non-resource request's path (`/healthz`, `/version`, `/api`).
+    pub path: &'a str,
 }
 
 impl<'a> RequestInfo<'a> {
     pub fn new(verb: &'a str, resource: &'a str) -> Self {
         RequestInfo { verb, resource, ..Default::default() }
+    }
+
+    /// A request for a path that is not a resource (`get /healthz`).
+    pub fn non_resource(verb: &'a str, path: &'a str) -> Self {
+        RequestInfo { verb, path, ..Default::default() }
+    }
+
+    pub fn group(self, group: &'a str) -> Self {
+        RequestInfo { group, ..self }
     }
 
     pub fn subresource(self, subresource: &'a str) -> Self {
@@ -93,9 +112,37 @@ impl<'a> RequestInfo<'a> {
         RequestInfo { namespace, name, ..self }
     }
 
+    pub fn fields(self, field_selector: &'a str) -> Self {
+        RequestInfo { field_selector, ..self }
+    }
+
     pub fn by(self, user: &'a User) -> Attributes<'a> {
-        let RequestInfo { verb, resource, subresource, namespace, name } = self;
-        Attributes { user, verb, resource, subresource, namespace, name }
+        let RequestInfo {
+            verb,
+            group,
+            resource,
+            subresource,
+            namespace,
+            name,
+            field_selector,
+            path,
+        } = self;
+        let group = match (group, resource) {
+            ("", "") => "",
+            ("", r) => flotilla_api::lookup(r).map_or("", |i| i.group),
+            (g, _) => g,
+        };
+        Attributes {
+            user,
+            verb,
+            group,
+            resource,
+            subresource,
+            namespace,
+            name,
+            field_selector,
+            path,
+        }
     }
 }
 
@@ -103,14 +150,23 @@ impl<'a> RequestInfo<'a> {
 #[derive(Clone, Copy, Debug)]
 pub struct Attributes<'a> {
     pub user: &'a User,
-    /// get, list, watch, create, update, patch, delete.
+    /// get, list, watch, create, update, patch, delete (and RBAC's bind, escalate, impersonate).
     pub verb: &'a str,
+    pub group: &'a str,
     /// The resource's plural ("" for a non-resource request such as discovery).
     pub resource: &'a str,
     /// status, binding, log, exec, token, or "".
     pub subresource: &'a str,
     pub namespace: &'a str,
     pub name: &'a str,
+    pub field_selector: &'a str,
+    pub path: &'a str,
+}
+
+impl Attributes<'_> {
+    pub fn is_resource(&self) -> bool {
+        !self.resource.is_empty()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -184,12 +240,10 @@ pub struct Seams {
 }
 
 impl Default for Seams {
+    /// Nothing beyond the built-in stages (x509, service-account and bootstrap tokens; the
+    /// Node and RBAC authorizers; NodeRestriction and Pod Security admission).
     fn default() -> Seams {
-        Seams {
-            authenticators: vec![Box::new(NoAuthentication)],
-            authorizers: vec![Box::new(AlwaysAllow)],
-            admission: vec![],
-        }
+        Seams { authenticators: vec![], authorizers: vec![], admission: vec![] }
     }
 }
 
@@ -204,40 +258,24 @@ impl Seams {
         Ok(None)
     }
 
-    /// Kubernetes' Forbidden text: `User "u" cannot get resource "pods" in API group "" in
-    /// the namespace "ns"`, with the authorizer's reason.
-    pub fn authorize(&self, a: &Attributes<'_>) -> Result<(), ApiError> {
-        let mut why = String::new();
+    /// The configured authorizers in order; the first Allow or Deny decides.
+    pub fn decide(&self, a: &Attributes<'_>) -> Decision {
         for z in &self.authorizers {
             match z.authorize(a) {
-                Decision::Allow => return Ok(()),
-                Decision::Deny(r) => {
-                    why = r;
-                    break;
-                }
                 Decision::NoOpinion => {}
+                d => return d,
             }
         }
-        let resource = match a.subresource {
-            "" => a.resource.to_string(),
-            sub => format!("{}/{sub}", a.resource),
-        };
-        let group = flotilla_api::lookup(a.resource).map_or("", |r| r.group);
-        let place = match a.namespace {
-            "" => String::new(),
-            ns => format!(" in the namespace \"{ns}\""),
-        };
-        let mut msg = format!(
-            "{} is forbidden: User \"{}\" cannot {} resource \"{resource}\" in API group \"{group}\"{place}",
-            if a.name.is_empty() { resource.clone() } else { format!("{resource} \"{}\"", a.name) },
-            a.user.name,
-            a.verb,
-        );
-        if !why.is_empty() {
-            msg.push_str(": ");
-            msg.push_str(&why);
+        Decision::NoOpinion
+    }
+
+    /// `decide`, with no opinion a denial in Kubernetes' words.
+    pub fn authorize(&self, a: &Attributes<'_>) -> Result<(), ApiError> {
+        match self.decide(a) {
+            Decision::Allow => Ok(()),
+            Decision::Deny(why) => Err(forbidden(a, &why)),
+            Decision::NoOpinion => Err(forbidden(a, "")),
         }
-        Err(ApiError::new(Reason::Forbidden, msg))
     }
 
     pub fn mutate(
@@ -257,4 +295,37 @@ impl Seams {
     ) -> Result<(), ApiError> {
         self.admission.iter().try_for_each(|p| p.validate(a, object, old))
     }
+}
+
+/// Kubernetes' Forbidden text: `pods "web" is forbidden: User "u" cannot get resource "pods"
+/// in API group "" in the namespace "ns"`, with the authorizer's reason.
+pub fn forbidden(a: &Attributes<'_>, why: &str) -> ApiError {
+    let mut msg = if a.is_resource() {
+        let resource = match a.subresource {
+            "" => a.resource.to_string(),
+            sub => format!("{}/{sub}", a.resource),
+        };
+        let qualified = match a.group {
+            "" => a.resource.to_string(),
+            g => format!("{}.{g}", a.resource),
+        };
+        let place = match a.namespace {
+            "" => " at the cluster scope".to_string(),
+            ns => format!(" in the namespace \"{ns}\""),
+        };
+        format!(
+            "{} is forbidden: User \"{}\" cannot {} resource \"{resource}\" in API group \"{}\"{place}",
+            if a.name.is_empty() { qualified } else { format!("{qualified} \"{}\"", a.name) },
+            a.user.name,
+            a.verb,
+            a.group,
+        )
+    } else {
+        format!("forbidden: User \"{}\" cannot {} path \"{}\"", a.user.name, a.verb, a.path)
+    };
+    if !why.is_empty() {
+        msg.push_str(": ");
+        msg.push_str(why);
+    }
+    ApiError::new(Reason::Forbidden, msg)
 }

@@ -46,7 +46,7 @@ impl Service {
     {
         use tracing::Instrument;
         let started = Instant::now();
-        let RequestInfo { verb, resource, subresource, namespace, name } = r;
+        let RequestInfo { verb, resource, subresource, namespace, name, .. } = r;
         let span = tracing::info_span!(
             "request",
             verb,
@@ -81,26 +81,52 @@ impl Service {
 /// A request's headers and what the connection knows (its TLS client certificate).
 struct Call(tonic::metadata::MetadataMap, tonic::Extensions);
 
-/// The credentials a gRPC request carries: the connection's client certificate (verified
-/// against the cluster CA in the handshake) and `authorization: Bearer <token>`.
-fn credentials(call: &Call) -> Result<Credentials, ApiError> {
-    let client_cert = call.1.get::<flotilla_pki::tls::Peer>().and_then(|p| p.subject.clone());
-    let Some(h) = call.0.get("authorization") else {
-        return Ok(Credentials { client_cert, ..Credentials::default() });
-    };
-    let token = h
-        .to_str()
-        .ok()
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| {
+/// Request headers, whichever front they came by.
+pub trait Headers {
+    fn all(&self, name: &str) -> Vec<&str>;
+    fn one(&self, name: &str) -> Option<&str> {
+        self.all(name).into_iter().next()
+    }
+}
+
+impl Headers for tonic::metadata::MetadataMap {
+    fn all(&self, name: &str) -> Vec<&str> {
+        self.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect()
+    }
+}
+
+impl Headers for axum::http::HeaderMap {
+    fn all(&self, name: &str) -> Vec<&str> {
+        self.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect()
+    }
+}
+
+/// The credentials a request carries: the connection's client certificate (verified against
+/// the cluster CA in the handshake), `authorization: Bearer <token>`, and Kubernetes'
+/// `Impersonate-User` / `Impersonate-Group` headers.
+pub fn credentials_of(
+    headers: &impl Headers,
+    peer: Option<&flotilla_pki::tls::Peer>,
+) -> Result<Credentials, ApiError> {
+    let client_cert = peer.and_then(|p| p.subject.clone());
+    let impersonate_user = headers.one("impersonate-user").map(String::from);
+    let impersonate_groups =
+        headers.all("impersonate-group").into_iter().map(String::from).collect();
+    let mut c = Credentials { client_cert, impersonate_user, impersonate_groups, bearer: None };
+    let Some(h) = headers.one("authorization") else { return Ok(c) };
+    let token =
+        h.strip_prefix("Bearer ").map(str::trim).filter(|t| !t.is_empty()).ok_or_else(|| {
             ApiError::new(
                 Reason::Unauthorized,
                 "the authorization header is not \"Bearer <token>\"",
             )
         })?;
-    Ok(Credentials { bearer: Some(token.to_string()), client_cert })
+    c.bearer = Some(token.to_string());
+    Ok(c)
+}
+
+fn credentials(call: &Call) -> Result<Credentials, ApiError> {
+    credentials_of(&call.0, call.1.get::<flotilla_pki::tls::Peer>())
 }
 
 #[tonic::async_trait]
@@ -153,7 +179,9 @@ impl Api for Service {
         let meta = Call(meta, ext);
         let r = &r;
         let s = &self.0;
-        self.timed(&meta, RequestInfo::new("list", &r.resource).at(&r.namespace, ""), |_| async {
+        let what =
+            RequestInfo::new("list", &r.resource).at(&r.namespace, "").fields(&r.field_selector);
+        self.timed(&meta, what, |_| async {
             let info = s.resource(&r.resource)?;
             let opts = ListOptions {
                 label_selector: r.label_selector.clone(),
@@ -181,7 +209,9 @@ impl Api for Service {
         let r = &r;
         let s = &self.0;
         let what = RequestInfo::new("update", &r.resource).subresource(&r.subresource);
-        self.timed(&meta, what.at(&r.namespace, ""), |user| async move {
+        // Authorization names the object (resourceNames, the node authorizer): it is in the body.
+        let name = object_name(&r.object);
+        self.timed(&meta, what.at(&r.namespace, &name), |user| async move {
             let info = s.resource(&r.resource)?;
             let (v, w) =
                 s.update(&user, info, &r.namespace, &r.object, &r.subresource, r.dry_run).await?;
@@ -252,7 +282,8 @@ impl Api for Service {
         let s = self.0.clone();
         let started = Instant::now();
         let setup = async {
-            self.caller(&meta, RequestInfo::new("watch", &r.resource).at(&r.namespace, ""))?;
+            let what = RequestInfo::new("watch", &r.resource).at(&r.namespace, "");
+            self.caller(&meta, what.fields(&r.field_selector))?;
             let info = s.resource(&r.resource)?;
             let (f, from, cache, sub) = s.watch_start(
                 info,
@@ -353,8 +384,8 @@ impl Api for Service {
         let started = Instant::now();
         let s = &self.0;
         let verb = if r.name.is_empty() { "list" } else { "get" };
-        self.caller(&meta, RequestInfo::new(verb, &r.resource).at(&r.namespace, &r.name))
-            .map_err(|e| e.to_status())?;
+        let what = RequestInfo::new(verb, &r.resource).group("metrics.k8s.io");
+        self.caller(&meta, what.at(&r.namespace, &r.name)).map_err(|e| e.to_status())?;
         let (items, warnings) = s
             .resource_metrics(&r.resource, &r.namespace, &r.label_selector, &r.name)
             .await
@@ -409,7 +440,8 @@ impl Api for Service {
         let (meta, ext, r) = req.into_parts();
         let meta = Call(meta, ext);
         let r = &r;
-        self.timed(&meta, RequestInfo::new("create", "tokenreviews"), |_| async {
+        let what = RequestInfo::new("create", "tokenreviews").group("authentication.k8s.io");
+        self.timed(&meta, what, |_| async {
             Ok(obj_response(&self.0.token_review(&r.object)?, Vec::new()))
         })
         .await
@@ -419,7 +451,7 @@ impl Api for Service {
         &self,
         req: Request<proto::WhoAmIRequest>,
     ) -> Result<Response<proto::ObjectResponse>, Status> {
-        let what = RequestInfo::new("create", "selfsubjectreviews");
+        let what = RequestInfo::new("create", "selfsubjectreviews").group("authentication.k8s.io");
         let (meta, ext, _) = req.into_parts();
         self.timed(&Call(meta, ext), what, |user| async move {
             let v = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview",
@@ -430,12 +462,40 @@ impl Api for Service {
         .await
     }
 
+    async fn review_access(
+        &self,
+        req: Request<proto::ReviewAccessRequest>,
+    ) -> Result<Response<proto::ObjectResponse>, Status> {
+        let (meta, ext, r) = req.into_parts();
+        let review: serde_json::Value = serde_json::from_slice(&r.object).map_err(|e| {
+            ApiError::bad_request(format!("the review is not JSON: {e}")).to_status()
+        })?;
+        let resource = match review["kind"].as_str().unwrap_or_default() {
+            "SelfSubjectAccessReview" => "selfsubjectaccessreviews",
+            "SelfSubjectRulesReview" => "selfsubjectrulesreviews",
+            "SubjectAccessReview" => "subjectaccessreviews",
+            k => {
+                let msg = format!(
+                    "kind {k:?}: expected SelfSubjectAccessReview, SelfSubjectRulesReview or SubjectAccessReview"
+                );
+                return Err(ApiError::bad_request(msg).to_status());
+            }
+        };
+        let what = RequestInfo::new("create", resource).group("authorization.k8s.io");
+        let review = &review;
+        self.timed(&Call(meta, ext), what, |user| async move {
+            Ok(obj_response(&self.0.access_review(&user, review)?, Vec::new()))
+        })
+        .await
+    }
+
     async fn discovery(
         &self,
         req: Request<proto::DiscoveryRequest>,
     ) -> Result<Response<proto::DiscoveryResponse>, Status> {
         let (meta, ext, _) = req.into_parts();
-        self.caller(&Call(meta, ext), RequestInfo::new("get", "")).map_err(|e| e.to_status())?;
+        let what = RequestInfo::non_resource("get", "/api");
+        self.caller(&Call(meta, ext), what).map_err(|e| e.to_status())?;
         let resources = flotilla_api::RESOURCES
             .iter()
             .map(|r| proto::ApiResource {
@@ -606,6 +666,53 @@ impl Watch {
     }
 }
 
+/// The API port's plain HTTP paths, authorized like every request: health and version for
+/// everyone (`system:public-info-viewer`), metrics for `system:monitoring` and admins.
+fn non_resource(
+    server: &ApiServer,
+    path: &str,
+    req: &axum::extract::Request,
+) -> axum::response::Response {
+    use axum::http::{header, StatusCode};
+    use axum::response::IntoResponse;
+    let peer = req.extensions().get::<flotilla_pki::tls::Peer>();
+    let admitted = credentials_of(req.headers(), peer)
+        .and_then(|c| server.admit_request(&c, RequestInfo::non_resource("get", path)));
+    if let Err(e) = admitted {
+        let code = e.reason.http_code();
+        let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+            "status": "Failure", "message": e.message, "reason": e.reason.as_str(), "code": code});
+        let code = StatusCode::from_u16(code).unwrap_or(StatusCode::FORBIDDEN);
+        return (code, [(header::CONTENT_TYPE, "application/json")], status.to_string())
+            .into_response();
+    }
+    match path {
+        "/metrics" => server.metrics.render().into_response(),
+        "/version" => {
+            let v = json!({"major": "1", "minor": "35",
+                "gitVersion": concat!("v1.35.0-flotilla.", env!("CARGO_PKG_VERSION")),
+                "platform": format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH)});
+            ([(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response()
+        }
+        _ => "ok".into_response(),
+    }
+}
+
+/// `metadata.name` of a JSON object, without decoding the rest into values.
+fn object_name(body: &[u8]) -> String {
+    #[derive(serde::Deserialize, Default)]
+    struct Meta {
+        #[serde(default)]
+        name: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct Obj {
+        #[serde(default)]
+        metadata: Meta,
+    }
+    serde_json::from_slice::<Obj>(body).map(|o| o.metadata.name).unwrap_or_default()
+}
+
 /// Runs `f` when dropped.
 fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
     struct G<F: FnOnce()>(Option<F>);
@@ -631,14 +738,16 @@ pub async fn serve(
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(256 << 20);
     let mut routes = tonic::service::Routes::new(svc);
-    let m = server.clone();
-    let router = std::mem::take(routes.axum_router_mut()).route(
-        "/metrics",
-        axum::routing::get(move || {
-            let m = m.clone();
-            async move { m.metrics.render() }
-        }),
-    );
+    let mut router = std::mem::take(routes.axum_router_mut());
+    for path in ["/metrics", "/healthz", "/livez", "/readyz", "/version"] {
+        let m = server.clone();
+        router = router.route(
+            path,
+            axum::routing::get(move |req: axum::extract::Request| async move {
+                non_resource(&m, path, &req)
+            }),
+        );
+    }
     *routes.axum_router_mut() = router;
     // Accepted connections get TCP_NODELAY there: small responses must not wait on Nagle and
     // delayed ACKs (40 ms).

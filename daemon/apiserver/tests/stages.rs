@@ -70,29 +70,57 @@ async fn authorization_and_admission_surround_the_strategy() {
     let s = InProcess::start_with(dir.path(), seams).await.unwrap();
     let api = &s.api;
     let anon = Credentials::default();
+    let alice = Credentials {
+        client_cert: Some(("alice".into(), vec!["devs".into()])),
+        ..Default::default()
+    };
 
-    // Authentication: no credentials make the anonymous user; a bad token is refused.
-    let user =
-        api.admit_request(&anon, RequestInfo::new("create", "pods").at("default", "")).unwrap();
-    assert_eq!(user, User::anonymous());
+    // Authentication: no credentials make the anonymous user, whom RBAC lets do nothing but
+    // read health and version; a bad token is refused.
+    let e =
+        api.admit_request(&anon, RequestInfo::new("create", "pods").at("default", "")).unwrap_err();
+    assert_eq!(
+        e.message,
+        "pods is forbidden: User \"system:anonymous\" cannot create resource \"pods\" in API \
+         group \"\" in the namespace \"default\""
+    );
+    let health = RequestInfo::non_resource("get", "/healthz");
+    assert_eq!(api.admit_request(&anon, health).unwrap(), User::anonymous());
     let bad = Credentials { bearer: Some("not-a-token".into()), ..Default::default() };
     let e =
         api.admit_request(&bad, RequestInfo::new("get", "pods").at("default", "p")).unwrap_err();
     assert_eq!(e.reason, Reason::Unauthorized, "{e:?}");
 
     // Authorization: the first authorizer with an opinion decides, in Kubernetes' words.
+    // alice's group may edit in "default" (RBAC), but the configured authorizer, asked
+    // before RBAC, keeps ConfigMaps.
+    let admin = User::apiserver();
+    let rb = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": "devs-edit"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+        "subjects": [{"kind": "Group", "name": "devs"}]});
+    let rbs = api.resource("rolebindings").unwrap();
+    api.create(&admin, rbs, "default", &serde_json::to_vec(&rb).unwrap(), false).await.unwrap();
+    let get_cm = RequestInfo::new("get", "configmaps").at("default", "c");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    // RBAC reads the binding from the watch cache: eventually consistent, as in Kubernetes.
+    while api.admit_request(&alice, get_cm).is_err() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let user = api.admit_request(&alice, get_cm).unwrap();
+    assert_eq!(user.name, "alice");
     let e = api
-        .admit_request(&anon, RequestInfo::new("delete", "configmaps").at("default", "c"))
+        .admit_request(&alice, RequestInfo::new("delete", "configmaps").at("default", "c"))
         .unwrap_err();
     assert_eq!(e.reason, Reason::Forbidden);
     assert_eq!(
         e.message,
-        "configmaps \"c\" is forbidden: User \"system:anonymous\" cannot delete resource \
+        "configmaps \"c\" is forbidden: User \"alice\" cannot delete resource \
          \"configmaps\" in API group \"\" in the namespace \"default\": configmaps are kept"
     );
     assert!(api
-        .admit_request(&anon, RequestInfo::new("get", "configmaps").at("default", "c"))
-        .is_ok());
+        .admit_request(&alice, RequestInfo::new("get", "configmaps").at("kube-system", "c"))
+        .is_err());
 
     // Mutating admission runs before the strategy, validating admission after it: the
     // validator sees the label added and the Pod's defaults (its service account).
@@ -101,10 +129,10 @@ async fn authorization_and_admission_surround_the_strategy() {
         "spec": {"containers": [{"name": "c", "image": "busybox"}]}});
     let w = api.create(&user, pods, "default", &serde_json::to_vec(&pod).unwrap(), false).await;
     let created: Value = serde_json::from_slice(&w.unwrap().json()).unwrap();
-    assert_eq!(created["metadata"]["labels"]["admitted-by"], "system-anonymous");
+    assert_eq!(created["metadata"]["labels"]["admitted-by"], "alice");
     let validated = seen.lock().unwrap().last().cloned().unwrap();
     assert_eq!(validated["spec"]["serviceAccountName"], "default", "{validated}");
-    assert_eq!(validated["metadata"]["labels"]["admitted-by"], "system-anonymous");
+    assert_eq!(validated["metadata"]["labels"]["admitted-by"], "alice");
 
     // A validating refusal stores nothing, on create and on update.
     let mut bad_pod = pod.clone();
