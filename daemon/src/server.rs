@@ -87,6 +87,11 @@ pub struct ServerArgs {
     /// More names or addresses for the serving certificate (k3s's --tls-san).
     #[arg(long, value_delimiter = ',')]
     pub tls_san: Vec<String>,
+    /// Encryption at rest (Kubernetes' EncryptionConfiguration). Default
+    /// `<data-dir>/pki/encryption.yaml`, created on first start with a random AES-GCM key
+    /// for Secrets.
+    #[arg(long)]
+    pub encryption_provider_config: Option<PathBuf>,
     /// Where the PKI (`pki/`) and the admin kubeconfig (`admin.conf`) live; default
     /// --data-dir. `flotillad up` keeps them beside its store, agent and images.
     #[arg(skip)]
@@ -274,6 +279,18 @@ pub async fn run(a: ServerArgs) -> Result<()> {
         }
     };
     cp.write_admin_conf(&home.join("admin.conf"), &url)?;
+    let enc_path = match &a.encryption_provider_config {
+        Some(p) => p.clone(),
+        None => {
+            let p = home.join("pki").join("encryption.yaml");
+            if !p.exists() {
+                apiserver::encryption::Encryption::write_default(&p)?;
+                tracing::info!(path = %p.display(), "created an encryption configuration for Secrets");
+            }
+            p
+        }
+    };
+    api_config.encryption = Some(Arc::new(apiserver::encryption::Encryption::load(&enc_path)?));
     config.tls = Some(cp.store_tls()?);
     api_config.node_client = Some(cp.node_client_tls()?);
     let api_tls = cp.api_server_tls()?;

@@ -238,3 +238,83 @@ async fn certificates_renew_in_place_without_a_restart() {
     m.etcd().await.unwrap().put("/renewed", "yes", None).await.unwrap();
     assert!(m.proc.as_mut().unwrap().running());
 }
+
+/// The raw value of a key, through the store's etcd API (what a stolen disk or backup holds).
+async fn raw(m: &Member, key: &str) -> Vec<u8> {
+    let mut etcd = m.etcd().await.unwrap();
+    let r = etcd.get(key, None).await.unwrap();
+    r.kvs().first().map(|kv| kv.value().to_vec()).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_encrypted_at_rest_and_keys_rotate() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = Member::new("enc", dir.path());
+    m.start().unwrap();
+    let c = m.client().await.unwrap();
+    let secret = |name: &str| {
+        serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+            "stringData": {"password": "hunter2-plaintext"}})
+    };
+    c.create("secrets", "default", &secret("s1")).await.unwrap();
+    let config = m.data_dir.join("pki/encryption.yaml");
+    let meta = std::fs::metadata(&config).unwrap();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777, 0o600);
+    let has = |v: &[u8], s: &str| v.windows(s.len()).any(|w| w == s.as_bytes());
+    let stored = raw(&m, "/registry/core/secrets/default/s1").await;
+    assert!(
+        stored.starts_with(b"k8s:enc:aesgcm:v1:key1:"),
+        "{:?}",
+        String::from_utf8_lossy(&stored)
+    );
+    // Neither the value nor its base64 is stored in the clear.
+    assert!(!has(&stored, "hunter2") && !has(&stored, "aHVudGVyMi1wbGFpbnRleHQ"));
+    let got = c.get("secrets", "default", "s1").await.unwrap();
+    assert_eq!(got["data"]["password"], "aHVudGVyMi1wbGFpbnRleHQ=");
+    // Other kinds are stored as they are.
+    c.create(
+        "configmaps",
+        "default",
+        &serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "cm"}, "data": {"k": "visible"}}),
+    )
+    .await
+    .unwrap();
+    assert!(has(&raw(&m, "/registry/core/configmaps/default/cm").await, "visible"));
+
+    // Rotation, as in Kubernetes: a new first key, restart, rewrite every Secret.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let rotated = text.replace(
+        "          keys:\n",
+        "          keys:\n            - name: key2\n              secret: MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n",
+    );
+    assert_ne!(rotated, text);
+    std::fs::write(&config, rotated).unwrap();
+    m.kill();
+    m.start().unwrap();
+    let c = m.client().await.unwrap();
+    // Old values still read; new ones are written with the new key.
+    let got = c.get("secrets", "default", "s1").await.unwrap();
+    assert_eq!(got["data"]["password"], "aHVudGVyMi1wbGFpbnRleHQ=");
+    c.create("secrets", "default", &secret("s2")).await.unwrap();
+    assert!(raw(&m, "/registry/core/secrets/default/s2")
+        .await
+        .starts_with(b"k8s:enc:aesgcm:v1:key2:"));
+    // Rewriting an unchanged Secret re-encrypts it (kubectl replace of the same object).
+    let (after, _) = c.update("secrets", "default", &got).await.unwrap();
+    assert_ne!(after["metadata"]["resourceVersion"], got["metadata"]["resourceVersion"]);
+    assert!(raw(&m, "/registry/core/secrets/default/s1")
+        .await
+        .starts_with(b"k8s:enc:aesgcm:v1:key2:"));
+    // An update of an already current value writes nothing.
+    let (again, _) = c.update("secrets", "default", &after).await.unwrap();
+    assert_eq!(again["metadata"]["resourceVersion"], after["metadata"]["resourceVersion"]);
+
+    // A configuration with a short key stops the server at start, naming the field.
+    m.kill();
+    std::fs::write(&config, text.replace("secret: ", "secret: c2hvcnQ= #")).unwrap();
+    let e = m.start();
+    let log = m.log();
+    assert!(e.is_err(), "started with a short key");
+    assert!(log.contains("an aesgcm key must be 16, 24 or 32 bytes, got 5"), "{log}");
+}

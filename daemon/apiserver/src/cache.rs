@@ -387,7 +387,7 @@ impl WatchCache {
             loop {
                 tokio::select! {
                     u = watcher.next() => match u {
-                        Some(WatchUpdate::Events { revision, events }) => self.apply(revision, &events),
+                        Some(WatchUpdate::Events { revision, events }) => self.apply(revision, &events, &store),
                         Some(WatchUpdate::Canceled { reason, .. }) => {
                             tracing::warn!(resource = self.info.plural, %reason, "store watch ended; relisting");
                             break;
@@ -436,14 +436,20 @@ impl WatchCache {
         }
     }
 
-    fn apply(&self, revision: i64, events: &[Bytes]) {
+    fn apply(&self, revision: i64, events: &[Bytes], store: &Kv) {
         let seen = Instant::now();
         let mut st = self.state.write().expect("cache lock");
         let tx = self.tx.read().expect("cache tx").clone();
         for raw in events {
             let Ok(ev) = Event::decode(raw.as_ref()) else { continue };
-            let Some(kv) = ev.kv else { continue };
+            let Some(mut kv) = ev.kv else { continue };
             let key = self.rel_key(&kv.key);
+            if ev.r#type != StoreEventType::Delete as i32 {
+                if let Err(e) = store.open(&mut kv) {
+                    tracing::error!(%key, error = %e.message, "undecryptable object in the store; skipped");
+                    continue;
+                }
+            }
             let prev = st.objects.get(&key).cloned();
             let out = if ev.r#type == StoreEventType::Delete as i32 {
                 let Some(p) = prev.clone() else { continue };

@@ -1,5 +1,6 @@
 //! The API server's use of the store: reads, and writes as transactions guarded by revisions.
 
+use crate::encryption::Encryption;
 use flotilla_api::error::ApiError;
 use flotilla_store::proto::etcdserverpb::{
     compare, request_op, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp,
@@ -9,8 +10,10 @@ use flotilla_store::proto::mvccpb::KeyValue;
 use flotilla_store::{KvStore, StoreError, StoreNode, WatchSpec, Watcher};
 use std::sync::Arc;
 
+/// The store, as the API server writes and reads it: values of the resources the
+/// encryption configuration names are encrypted on the way in and decrypted on the way out.
 #[derive(Clone)]
-pub struct Kv(pub Arc<StoreNode>);
+pub struct Kv(pub Arc<StoreNode>, pub Option<Arc<Encryption>>);
 
 /// The end of the range of keys starting with `prefix`.
 pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
@@ -48,14 +51,44 @@ pub enum Cond {
 }
 
 impl Kv {
+    /// Decrypts a value read from the store in place; true when it was written with a
+    /// provider or key that no longer writes (its next update re-encrypts it).
+    pub fn open(&self, kv: &mut KeyValue) -> Result<bool, ApiError> {
+        let Some(e) = &self.1 else { return Ok(false) };
+        let key = String::from_utf8_lossy(&kv.key);
+        let (plain, stale) = e.decrypt(&key, &kv.value).map_err(ApiError::internal)?;
+        kv.value = plain;
+        Ok(stale)
+    }
+
+    fn open_all(&self, kvs: &mut [KeyValue]) -> Result<(), ApiError> {
+        if self.1.is_some() {
+            for kv in kvs {
+                self.open(kv)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Linearizable read of one key.
     pub async fn get(&self, key: &str) -> Result<Option<KeyValue>, ApiError> {
+        Ok(self.get_checked(key).await?.map(|(kv, _)| kv))
+    }
+
+    /// `get`, and whether the value is stale (see `open`).
+    pub async fn get_checked(&self, key: &str) -> Result<Option<(KeyValue, bool)>, ApiError> {
         let r = self
             .0
             .range(RangeRequest { key: key.as_bytes().to_vec(), ..Default::default() })
             .await
             .map_err(store_err)?;
-        Ok(r.kvs.into_iter().next())
+        match r.kvs.into_iter().next() {
+            Some(mut kv) => {
+                let stale = self.open(&mut kv)?;
+                Ok(Some((kv, stale)))
+            }
+            None => Ok(None),
+        }
     }
 
     /// Every key under a prefix, and the revision read at.
@@ -73,7 +106,9 @@ impl Kv {
             })
             .await
             .map_err(store_err)?;
-        Ok((r.header.map(|h| h.revision).unwrap_or(0), r.kvs))
+        let mut kvs = r.kvs;
+        self.open_all(&mut kvs)?;
+        Ok((r.header.map(|h| h.revision).unwrap_or(0), kvs))
     }
 
     /// Every key in `[key, end)` as of revision `rev` (a list continued at its first page's
@@ -103,7 +138,9 @@ impl Kv {
                 ),
                 e => store_err(e),
             })?;
-        Ok(r.kvs)
+        let mut kvs = r.kvs;
+        self.open_all(&mut kvs)?;
+        Ok(kvs)
     }
 
     /// The store's current revision, read linearizably: a list served after the cache reaches
@@ -152,8 +189,11 @@ impl Kv {
             .map(|o| RequestOp {
                 request: Some(match o {
                     Op::Put(k, v) => request_op::Request::RequestPut(PutRequest {
+                        value: match &self.1 {
+                            Some(e) => e.encrypt(&k, v),
+                            None => v,
+                        },
                         key: k.into_bytes(),
-                        value: v,
                         ..Default::default()
                     }),
                     Op::Delete(k) => request_op::Request::RequestDeleteRange(DeleteRangeRequest {

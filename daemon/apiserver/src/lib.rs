@@ -10,6 +10,7 @@
 
 mod alloc;
 pub mod cache;
+pub mod encryption;
 pub mod kv;
 pub mod metrics;
 pub mod node_authz;
@@ -56,6 +57,8 @@ pub struct ApiConfig {
     /// and stats requests fail.
     pub node_client: Option<Arc<rustls::ClientConfig>>,
     pub authorization: Authorization,
+    /// Encryption at rest (`--encryption-provider-config`); None stores values as they are.
+    pub encryption: Option<Arc<encryption::Encryption>>,
 }
 
 /// How requests are authorized (Kubernetes' `--authorization-mode`).
@@ -79,6 +82,7 @@ impl Default for ApiConfig {
             sync_timeout: Duration::from_secs(5),
             node_client: None,
             authorization: Authorization::NodeRbac,
+            encryption: None,
         }
     }
 }
@@ -331,7 +335,7 @@ impl ApiServer {
         config: ApiConfig,
         seams: Seams,
     ) -> Result<Arc<Self>, ApiError> {
-        let kv = Kv(store);
+        let kv = Kv(store, config.encryption.clone());
         let mut caches = HashMap::new();
         for r in RESOURCES {
             let c = WatchCache::new(r, config.watch_ring, config.watch_history);
@@ -774,15 +778,25 @@ impl ApiServer {
         ns: &str,
         name: &str,
     ) -> Result<(Value, i64), ApiError> {
-        let kv = self
+        self.read_checked(info, ns, name).await.map(|(v, rev, _)| (v, rev))
+    }
+
+    /// `read`, and whether the stored value was encrypted with a key that no longer writes.
+    async fn read_checked(
+        &self,
+        info: &ResourceInfo,
+        ns: &str,
+        name: &str,
+    ) -> Result<(Value, i64, bool), ApiError> {
+        let (kv, stale) = self
             .kv
-            .get(&info.key(ns, name))
+            .get_checked(&info.key(ns, name))
             .await?
             .ok_or_else(|| ApiError::not_found(&info.qualified_plural(), name))?;
         let v: Value = serde_json::from_slice(&kv.value).map_err(|e| {
             ApiError::internal(format!("stored {} {ns}/{name} is corrupt: {e}", info.kind))
         })?;
-        Ok((v, kv.mod_revision))
+        Ok((v, kv.mod_revision, stale))
     }
 
     /// Create: mutating admission, the kind's strategy (defaults, prepare, validation,
@@ -1085,7 +1099,7 @@ impl ApiServer {
         let what = info.qualified_plural();
         let strategy = strategy::of(info.kind);
         for _ in 0..WRITE_RETRIES {
-            let (current, cur_rev) = self.read(info, ns, name).await?;
+            let (current, cur_rev, stale) = self.read_checked(info, ns, name).await?;
             if let Some(rv) = rv {
                 if rv != cur_rev {
                     return Err(ApiError::conflict(&what, name, "the object has been modified; please apply your changes to the latest version and try again"));
@@ -1145,8 +1159,9 @@ impl ApiServer {
                     current.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
                 meta_mut(&mut obj).insert("generation".into(), json!(g + 1));
             }
-            if obj == current {
+            if obj == current && !stale {
                 // Nothing changed: no write, the resourceVersion stays (apply is idempotent).
+                // A value under an old key is written anyway: that is how keys rotate.
                 return Ok((with_rv(obj, cur_rev), admitted.warnings));
             }
             if dry_run {
