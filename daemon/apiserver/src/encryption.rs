@@ -322,7 +322,7 @@ fn open(c: &Cipher, key: &str, data: &[u8]) -> Result<Vec<u8>, String> {
             Ok(plain.to_vec())
         }
         Cipher::AesCbc(secret) => {
-            if data.len() < 32 || data.len() % 16 != 0 {
+            if data.len() < 32 || !data.len().is_multiple_of(16) {
                 return Err("the value is not whole AES blocks".into());
             }
             let (iv, body) = data.split_at(16);
