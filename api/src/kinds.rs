@@ -8,6 +8,7 @@ use crate::selector::LabelSelector;
 use crate::validate::*;
 use k8s_openapi::api::apps::v1 as apps;
 use k8s_openapi::api::batch::v1 as batch;
+use k8s_openapi::api::certificates::v1 as certificates;
 use k8s_openapi::api::coordination::v1 as coord;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
@@ -1681,6 +1682,76 @@ impl Kind for rbac::ClusterRoleBinding {
     fn validate_update(&self, old: &Self, errs: &mut Errors) {
         if self.role_ref != old.role_ref {
             errs.invalid_str("roleRef", &self.role_ref.name, "cannot change roleRef");
+        }
+    }
+}
+
+// ---- certificates.k8s.io ----
+
+const KEY_USAGES: &[&str] = &[
+    "signing",
+    "digital signature",
+    "content commitment",
+    "key encipherment",
+    "key agreement",
+    "data encipherment",
+    "cert sign",
+    "crl sign",
+    "encipher only",
+    "decipher only",
+    "any",
+    "server auth",
+    "client auth",
+    "code signing",
+    "email protection",
+    "s/mime",
+    "ipsec end system",
+    "ipsec tunnel",
+    "ipsec user",
+    "timestamping",
+    "ocsp signing",
+    "microsoft sgc",
+    "netscape sgc",
+];
+
+impl Kind for certificates::CertificateSigningRequest {
+    fn validate(&self, errs: &mut Errors) {
+        let s = &self.spec;
+        let pem = String::from_utf8_lossy(&s.request.0);
+        if !pem.contains("-----BEGIN CERTIFICATE REQUEST-----") {
+            errs.invalid_str(
+                "spec.request",
+                "<request>",
+                "PEM block type must be CERTIFICATE REQUEST",
+            );
+        }
+        if s.signer_name.is_empty() {
+            errs.required("spec.signerName", "");
+        } else if !s.signer_name.contains('/') {
+            errs.invalid_str(
+                "spec.signerName",
+                &s.signer_name,
+                "must be a fully qualified domain and path of the form 'example.com/signer-name'",
+            );
+        }
+        for (i, u) in s.usages.iter().flatten().enumerate() {
+            if !KEY_USAGES.contains(&u.as_str()) {
+                errs.not_supported(format!("spec.usages[{i}]"), u, KEY_USAGES);
+            }
+        }
+        if let Some(e) = s.expiration_seconds {
+            if e < 600 {
+                errs.invalid(
+                    "spec.expirationSeconds",
+                    e,
+                    "may not specify a duration less than 600 seconds (10 minutes)",
+                );
+            }
+        }
+    }
+    fn validate_update(&self, old: &Self, errs: &mut Errors) {
+        if self.spec != old.spec {
+            errs.forbidden("spec", "field is immutable");
         }
     }
 }

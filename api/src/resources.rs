@@ -3,6 +3,7 @@
 
 use crate::admit::admit;
 pub use crate::info::{NameRule, ResourceInfo};
+use k8s_openapi::api::certificates::v1 as certificates;
 use k8s_openapi::api::{apps::v1 as apps, batch::v1 as batch, coordination::v1 as coord};
 use k8s_openapi::api::{core::v1 as core, discovery::v1 as discovery, rbac::v1 as rbac};
 
@@ -76,6 +77,9 @@ resources! {
     rbac::ClusterRoleBinding => { "ClusterRoleBinding", "rbac.authorization.k8s.io",
         "clusterrolebindings", [], namespaced: false, status: false, name: PathSegment,
         fields: [] },
+    certificates::CertificateSigningRequest => { "CertificateSigningRequest",
+        "certificates.k8s.io", "certificatesigningrequests", ["csr"], namespaced: false,
+        status: true, name: Subdomain, fields: ["spec.signerName"] },
 }
 
 /// Finds a resource the way kubectl does: by plural, singular (kind, any case), short name,

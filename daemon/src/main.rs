@@ -3,7 +3,9 @@
 
 #![forbid(unsafe_code)]
 
+mod csr;
 mod server;
+mod token;
 mod trust;
 
 use flotilla_agent as agent;
@@ -49,6 +51,8 @@ enum Cmd {
     /// Kubeconfig files signed by the cluster CA (kubeadm's `kubeconfig user`).
     #[command(subcommand)]
     Kubeconfig(KubeconfigCmd),
+    /// Bootstrap tokens that let nodes join (kubeadm's `token create | list | delete`).
+    Token(token::TokenArgs),
 }
 
 #[derive(Subcommand)]
@@ -179,6 +183,7 @@ fn main() -> Result<()> {
             }
             Cmd::Server(a) => server::run(a).await,
             Cmd::Agent(a) => agent::run(a).await,
+            Cmd::Token(a) => token::run(a).await,
             Cmd::Scheduler(a) => server::run_scheduler(a).await,
             Cmd::Controllers(a) => server::run_controllers(a).await,
             Cmd::Runtime(_) | Cmd::Image(_) | Cmd::Kubeconfig(_) => {

@@ -87,6 +87,10 @@ pub struct ServerArgs {
     /// More names or addresses for the serving certificate (k3s's --tls-san).
     #[arg(long, value_delimiter = ',')]
     pub tls_san: Vec<String>,
+    /// Lifetime of the certificates the CSR signer issues to nodes (kube-controller-manager's
+    /// flag); nodes renew theirs at 80%.
+    #[arg(long, default_value = "8760h", value_parser = crate::trust::parse_lifetime)]
+    pub cluster_signing_duration: Duration,
     /// Encryption at rest (Kubernetes' EncryptionConfiguration). Default
     /// `<data-dir>/pki/encryption.yaml`, created on first start with a random AES-GCM key
     /// for Secrets.
@@ -293,6 +297,14 @@ pub async fn run(a: ServerArgs) -> Result<()> {
     api_config.encryption = Some(Arc::new(apiserver::encryption::Encryption::load(&enc_path)?));
     config.tls = Some(cp.store_tls()?);
     api_config.node_client = Some(cp.node_client_tls()?);
+    let info = flotilla_pki::Kubeconfig::single(
+        "flotilla",
+        &url,
+        cp.ca.cert_pem(),
+        "",
+        flotilla_pki::kubeconfig::UserInfo::default(),
+    );
+    api_config.cluster_info = Some(serde_yaml::to_string(&info)?);
     let api_tls = cp.api_server_tls()?;
     // Bind first so a port conflict fails before anything is written.
     let client = bind(&a.store_listen).await?;
@@ -331,6 +343,12 @@ pub async fn run(a: ServerArgs) -> Result<()> {
                 tracing::error!("scheduler: {e:#}");
             }
         });
+    }
+    {
+        // Node client certificates for agents that join with a bootstrap token.
+        let id = cp.identity("system:kube-controller-manager", &[])?;
+        let client = Client::connect_lazy_tls(&url, cp.client_tls(id))?;
+        tokio::spawn(crate::csr::run(client, cp.ca.clone(), a.cluster_signing_duration));
     }
     if !a.no_controllers {
         let ca = ControllersArgs {

@@ -194,3 +194,11 @@ pub fn parse_lifetime(s: &str) -> Result<Duration, String> {
         .filter(|d| !d.is_zero())
         .ok_or_else(|| format!("{s:?} is not a duration such as 8760h, 30m or 90s"))
 }
+
+/// `parse_lifetime`, with 0 allowed (a token that never expires).
+pub fn parse_lifetime_or_zero(s: &str) -> Result<Duration, String> {
+    if s == "0" || s == "0s" {
+        return Ok(Duration::ZERO);
+    }
+    parse_lifetime(s)
+}

@@ -38,6 +38,13 @@ impl Node {
 
     /// As [`Node::start_with`], with `server_extra` flags for the server too.
     pub fn start_full(tag: &str, n: u8, extra: &[&str], server_extra: &[&str]) -> Node {
+        let mut node = Node::server_only(tag, n, extra, server_extra);
+        node.start_agent();
+        node
+    }
+
+    /// The server and the node's namespace and image, but no agent yet (a node that joins).
+    pub fn server_only(tag: &str, n: u8, extra: &[&str], server_extra: &[&str]) -> Node {
         let dir = tempfile::Builder::new().prefix("pods-test").tempdir_in("/var/tmp").unwrap();
         // The probe image, preloaded as an air-gapped node would get it.
         let layout = dir.path().join("layout");
@@ -51,7 +58,7 @@ impl Node {
         let mut member = Member::new("srv", dir.path());
         member.extra = server_extra.iter().map(|s| s.to_string()).collect();
         member.start().unwrap();
-        let mut node = Node {
+        Node {
             dir,
             member,
             agent: None,
@@ -61,9 +68,7 @@ impl Node {
             starts: 0,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             node_port: crate::free_port(),
-        };
-        node.start_agent();
-        node
+        }
     }
 
     fn agent_args(&self) -> Vec<String> {
@@ -81,10 +86,15 @@ impl Node {
     }
 
     pub fn start_agent(&mut self) {
-        let mut cmd = Command::new(flotillad());
         let kc =
             self.member.node_kubeconfig(&format!("node-{}", self.tag), self.dir.path()).unwrap();
-        cmd.args(self.agent_args()).arg("--kubeconfig").arg(kc);
+        self.start_agent_as(&["--kubeconfig".into(), kc.display().to_string()]);
+    }
+
+    /// Starts the agent with these credential flags (`--token …`, or none: what it kept).
+    pub fn start_agent_as(&mut self, credentials: &[String]) {
+        let mut cmd = Command::new(flotillad());
+        cmd.args(self.agent_args()).args(credentials);
         cmd.env("RUST_LOG", std::env::var("FLOTILLA_TEST_LOG").unwrap_or_else(|_| "info".into()));
         self.starts += 1;
         let log = self.dir.path().join(format!("agent-{}.log", self.starts));

@@ -4,6 +4,7 @@
 
 pub mod dns;
 pub mod exec;
+pub mod join;
 pub mod logs;
 pub mod metrics;
 pub mod node;
@@ -27,6 +28,15 @@ pub struct AgentArgs {
     /// certificate for `system:node:<name>` in group `system:nodes`.
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
+    /// Join with a bootstrap token (`flotillad token create`): the node asks the cluster for
+    /// its client certificate and keeps it in `<data-dir>/kubelet.conf`. Needs --server and
+    /// --ca-cert-hash.
+    #[arg(long, requires_all = ["server", "ca_cert_hash"], conflicts_with = "kubeconfig")]
+    pub token: Option<String>,
+    /// The cluster CA's pin, `sha256:<hex>` of its public key (kubeadm's
+    /// --discovery-token-ca-cert-hash): the server is trusted only if its CA matches.
+    #[arg(long, requires = "token")]
+    pub ca_cert_hash: Option<String>,
     /// The node API's serving certificate (PEM); without one the agent makes a self-signed
     /// certificate in `<data-dir>/pki`, as the kubelet does.
     #[arg(long, requires = "tls_private_key_file")]
@@ -164,9 +174,10 @@ pub fn node_address(a: &AgentArgs) -> String {
 
 /// The API client (from --kubeconfig, --server overriding its URL) and the cluster CA the
 /// node API verifies the API server's client certificate against.
-fn api_client(a: &AgentArgs) -> Result<(Client, String)> {
+fn api_client(a: &AgentArgs) -> Result<(Client, String, Option<Arc<flotilla_pki::KeyHolder>>)> {
     let path = a.kubeconfig.as_ref().context(
-        "the agent needs credentials: --kubeconfig with a certificate for system:node:<name>",
+        "the agent needs credentials: --kubeconfig with a certificate for system:node:<name>, \
+         or --token to join (`flotillad token create` prints the command)",
     )?;
     let conn = flotilla_client::Kubeconfig::read(path)?
         .connection(None)
@@ -175,12 +186,14 @@ fn api_client(a: &AgentArgs) -> Result<(Client, String)> {
         format!("--kubeconfig {}: the cluster has no certificate-authority-data", path.display())
     })?;
     let server = a.server.clone().unwrap_or_else(|| conn.server.clone());
-    let client = Client::connect_lazy_tls(&server, flotilla_client::Tls::from_connection(&conn)?)?;
+    let tls = flotilla_client::Tls::from_connection(&conn)?;
+    let identity = tls.identity.clone();
+    let client = Client::connect_lazy_tls(&server, tls)?;
     let client = match &conn.token {
         Some(t) => client.with_token(t)?,
         None => client,
     };
-    Ok((client, ca))
+    Ok((client, ca, identity))
 }
 
 /// The node API's serving certificate: the given files, else a self-signed one kept in
@@ -237,7 +250,25 @@ pub async fn run(a: AgentArgs) -> Result<()> {
         ctx.net.teardown().await.context("removing the node network")?;
         return Ok(());
     }
-    let (client, ca_pem) = api_client(&a)?;
+    // A node that joined with a token keeps (and renews) its own kubeconfig.
+    let mut a = a;
+    let managed = join::kubeconfig_path(&a.data_dir);
+    let joined = a.kubeconfig.is_none() && (a.token.is_some() || join::usable(&managed));
+    if joined {
+        if !join::usable(&managed) {
+            let (server, token, hash) = (
+                a.server.clone().context("--token needs --server")?,
+                a.token.clone().unwrap_or_default(),
+                a.ca_cert_hash.clone().context("--token needs --ca-cert-hash")?,
+            );
+            join::bootstrap(&server, &token, &hash, &spec.name, &a.data_dir).await?;
+        }
+        a.kubeconfig = Some(managed.clone());
+    }
+    let (client, ca_pem, identity) = api_client(&a)?;
+    if let (true, Some(holder)) = (joined, identity) {
+        join::spawn_renewal(client.clone(), holder, spec.name.clone(), managed);
+    }
     let serving = serving_cert(&a, &spec.name, &spec.address)?;
     let node_tls = flotilla_pki::tls::server_config(
         &ca_pem,

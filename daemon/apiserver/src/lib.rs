@@ -43,6 +43,9 @@ pub struct ApiConfig {
     /// ClusterIPs are allocated from here.
     pub service_cidr: (std::net::Ipv4Addr, u8),
     pub node_port_range: (i32, i32),
+    /// The kubeconfig (server and CA, no credentials) published as kube-public/cluster-info
+    /// for nodes that join with a bootstrap token (kubeadm's discovery).
+    pub cluster_info: Option<String>,
     /// kube-system/kube-dns gets this ClusterIP (served by the agents).
     pub cluster_dns: Option<std::net::Ipv4Addr>,
     /// Events each resource's watchers may fall behind before they are cut off.
@@ -81,6 +84,7 @@ impl Default for ApiConfig {
             bookmark_interval: Duration::from_secs(10),
             sync_timeout: Duration::from_secs(5),
             node_client: None,
+            cluster_info: None,
             authorization: Authorization::NodeRbac,
             encryption: None,
         }
@@ -369,6 +373,9 @@ impl ApiServer {
             }
         }
         server.reconcile_bootstrap_policy(&me).await?;
+        if let Some(kc) = server.config.cluster_info.clone() {
+            server.publish_cluster_info(&me, &kc).await?;
+        }
         if let Some(ip) = server.config.cluster_dns {
             // Selector-less: no Endpoints controller touches it; each agent points it at its
             // own DNS server.
@@ -654,6 +661,40 @@ impl ApiServer {
         Ok(out)
     }
 
+    /// kube-public/cluster-info (the cluster's kubeconfig without credentials), readable by
+    /// anyone: a joining node reads it and trusts it only if the CA matches its pinned hash.
+    async fn publish_cluster_info(&self, me: &User, kubeconfig: &str) -> Result<(), ApiError> {
+        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "cluster-info", "namespace": "kube-public"},
+            "data": {"kubeconfig": kubeconfig}});
+        let role = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": "flotilla:bootstrap-signer-clusterinfo", "namespace": "kube-public"},
+            "rules": [{"verbs": ["get"], "apiGroups": [""], "resources": ["configmaps"],
+                "resourceNames": ["cluster-info"]}]});
+        let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "flotilla:bootstrap-signer-clusterinfo", "namespace": "kube-public"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                "name": "flotilla:bootstrap-signer-clusterinfo"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "system:anonymous"}]});
+        for (plural, obj) in [("configmaps", cm), ("roles", role), ("rolebindings", binding)] {
+            let info = flotilla_api::lookup(plural).expect("registered");
+            match self.create(me, info, "kube-public", encode(&obj).as_ref(), false).await {
+                Ok(_) => {}
+                Err(e) if e.reason == Reason::AlreadyExists => {
+                    let name = meta_str(&obj, "name");
+                    let mut cur = self.get(info, "kube-public", name).await?;
+                    if plural == "configmaps" && cur["data"] != obj["data"] {
+                        cur["data"] = obj["data"].clone();
+                        self.update(me, info, "kube-public", encode(&cur).as_ref(), "", false)
+                            .await?;
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     /// Creates the default roles and bindings that are missing, and brings back those marked
     /// `rbac.authorization.kubernetes.io/autoupdate: "true"` that were changed (Kubernetes'
     /// RBAC bootstrap reconciliation: new releases may add permissions).
@@ -708,6 +749,10 @@ impl ApiServer {
         let Some(token) = credentials.bearer.as_deref() else {
             return Ok(User::anonymous());
         };
+        if let Some((id, secret)) = tokens::bootstrap_token_parts(token) {
+            return tokens::bootstrap_user(&self.caches["secrets"], id, secret)
+                .map_err(|why| ApiError::new(Reason::Unauthorized, why));
+        }
         match self.review(token, &[]) {
             Ok(u) => Ok(User {
                 name: u["username"].as_str().unwrap_or_default().into(),
@@ -847,6 +892,14 @@ impl ApiServer {
         let attrs_name = meta_str(&v, "name").to_string();
         let attrs = RequestInfo::new("create", info.plural).at(&ns, &attrs_name).by(user);
         self.seams.mutate(&attrs, &mut v, None)?;
+        if info.plural == "certificatesigningrequests" && v["spec"].is_object() {
+            // Who asks is the server's to say: signers and approvers trust these fields.
+            let spec = &mut v["spec"];
+            spec["username"] = json!(user.name);
+            spec["groups"] = json!(user.groups);
+            spec["uid"] = if user.uid.is_empty() { Value::Null } else { json!(user.uid) };
+            spec["extra"] = if user.extra.is_empty() { Value::Null } else { json!(user.extra) };
+        }
         let mut admitted = (info.admit)(&v, None, info)?;
         let name = meta_str(&admitted.object, "name").to_string();
         if info.namespaced {

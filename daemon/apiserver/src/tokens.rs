@@ -482,6 +482,77 @@ pub fn keep_token_volume(current: &Value, new: &mut Value) {
     }
 }
 
+// ---- bootstrap tokens (Kubernetes' `bootstrap.kubernetes.io/token` Secrets) ----
+
+/// `<id>.<secret>`: 6 and 16 characters of `[a-z0-9]`.
+pub fn bootstrap_token_parts(token: &str) -> Option<(&str, &str)> {
+    let (id, secret) = token.split_once('.')?;
+    let ok = |s: &str, n: usize| {
+        s.len() == n && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    };
+    (ok(id, 6) && ok(secret, 16)).then_some((id, secret))
+}
+
+/// The user a bootstrap token authenticates: `system:bootstrap:<id>`, in
+/// `system:bootstrappers` and the token's extra groups. The refusal says why (the joining
+/// node prints it), never the secret.
+pub fn bootstrap_user(
+    secrets: &crate::cache::WatchCache,
+    id: &str,
+    secret: &str,
+) -> Result<super::request::User, String> {
+    let key = format!("kube-system/bootstrap-token-{id}");
+    let Some(obj) = secrets.get(&key) else {
+        return Err(format!(
+            "bootstrap token {id:?} does not exist (never created, deleted, or expired and removed)"
+        ));
+    };
+    let s = &obj.value;
+    if s["type"] != "bootstrap.kubernetes.io/token" {
+        return Err(format!("secret {key} is not of type bootstrap.kubernetes.io/token"));
+    }
+    let field = |k: &str| -> String {
+        s["data"][k]
+            .as_str()
+            .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
+            .and_then(|b| String::from_utf8(b).ok())
+            .unwrap_or_default()
+    };
+    if !s["metadata"]["deletionTimestamp"].is_null() {
+        return Err(format!("bootstrap token {id:?} is being deleted"));
+    }
+    let want = field("token-secret");
+    // Constant-time: the secret is compared without revealing how much of it matched.
+    let same = want.len() == secret.len()
+        && want.bytes().zip(secret.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+    if field("token-id") != id || !same {
+        return Err(format!("bootstrap token {id:?}: the secret does not match"));
+    }
+    let exp = field("expiration");
+    if !exp.is_empty() {
+        let expired = exp.parse::<jiff::Timestamp>().map(|t| t <= jiff::Timestamp::now());
+        if expired.unwrap_or(true) {
+            return Err(format!("bootstrap token {id:?} expired at {exp}"));
+        }
+    }
+    if field("usage-bootstrap-authentication") != "true" {
+        return Err(format!("bootstrap token {id:?} may not be used for authentication"));
+    }
+    let mut groups = vec!["system:bootstrappers".to_string()];
+    for g in field("auth-extra-groups").split(',').map(str::trim).filter(|g| !g.is_empty()) {
+        if g.starts_with("system:bootstrappers:") && !groups.iter().any(|x| x == g) {
+            groups.push(g.to_string());
+        }
+    }
+    groups.push("system:authenticated".into());
+    Ok(super::request::User {
+        name: format!("system:bootstrap:{id}"),
+        uid: String::new(),
+        groups,
+        extra: Default::default(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -208,6 +208,17 @@ pub fn self_signed(name: &str, ips: Vec<IpAddr>) -> Result<Issued, PkiError> {
     Ok(Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
 }
 
+/// A new key and a PKCS#10 request for it (`req`'s subject): what a node sends in a
+/// CertificateSigningRequest. Returns the request and the key, PEM.
+pub fn new_csr(req: &Request) -> Result<(String, String), PkiError> {
+    let key = KeyPair::generate().map_err(PkiError::Rcgen)?;
+    // A request carries the subject only: validity, serial and usages are the signer's.
+    let mut p = CertificateParams::default();
+    p.distinguished_name = req.params()?.distinguished_name;
+    let csr = p.serialize_request(&key).map_err(PkiError::Rcgen)?;
+    Ok((csr.pem().map_err(PkiError::Rcgen)?, key.serialize_pem()))
+}
+
 /// The subject CN and organizations (and DNS names) a PKCS#10 request asks for.
 pub fn csr_subject(csr_pem: &str) -> Result<(String, Vec<String>), PkiError> {
     let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(PkiError::Csr)?;
