@@ -86,6 +86,12 @@ enum Cmd {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Replace objects from manifests, whole (kubectl's `replace -f`).
+    Replace {
+        /// File, directory or "-" for stdin.
+        #[arg(short, long, required = true)]
+        filename: Vec<String>,
+    },
     /// Inspect authentication and authorization: `auth whoami`, `auth can-i`.
     #[command(subcommand)]
     Auth(auth::Auth),
@@ -445,6 +451,31 @@ impl Ctx {
                         ref_name(info, name),
                         if dry_run { " (dry run)" } else { "" }
                     );
+                }
+                Err(e) => {
+                    eprintln!("{:#}", server_error(e));
+                    failed = true;
+                }
+            }
+        }
+        if failed {
+            std::process::exit(1);
+        }
+        Ok(())
+    }
+
+    /// kubectl's `replace`: each object written whole, as given (a stale resourceVersion is
+    /// a conflict).
+    async fn replace(&self, files: &[String]) -> Result<()> {
+        let mut failed = false;
+        for m in read_manifests(files)? {
+            let info = m.resource;
+            let ns = self.ns_for(info, m.namespace())?;
+            match self.client.update(info.plural, &ns, &m.object).await {
+                Ok((v, w)) => {
+                    warn(&w);
+                    let name = v.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+                    println!("{} replaced", ref_name(info, name));
                 }
                 Err(e) => {
                     eprintln!("{:#}", server_error(e));
@@ -872,6 +903,7 @@ async fn run(cli: Cli) -> Result<()> {
             ctx.create(&filename, dry_run).await
         }
         Cmd::Auth(a) => auth::run(&ctx, a).await,
+        Cmd::Replace { filename } => ctx.replace(&filename).await,
         Cmd::Get {
             kind,
             names,

@@ -618,3 +618,83 @@ async fn the_cli_creates_roles_and_bindings_and_answers_can_i() {
     assert!(!ok);
     assert!(err.contains("cannot impersonate resource \"users\""), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_security_enforces_namespace_levels_and_warns() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = Member::new("psa", dir.path());
+    m.start().unwrap();
+    let c = m.client().await.unwrap();
+    let ns = |name: &str, enforce: &str| {
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": {
+            "pod-security.kubernetes.io/enforce": enforce,
+            "pod-security.kubernetes.io/warn": "restricted"}}})
+    };
+    apply(&c, "namespaces", "", ns("base", "baseline")).await;
+    apply(&c, "namespaces", "", ns("secure", "restricted")).await;
+    let pod = |name: &str, spec: Value| json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec});
+    let bare = json!({"containers": [{"name": "c", "image": "busybox"}]});
+    let privileged = json!({"hostNetwork": true, "containers": [{"name": "c", "image": "busybox",
+        "securityContext": {"privileged": true}}]});
+    let restricted = json!({"securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [{"name": "c", "image": "busybox", "securityContext": {
+            "allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}}}]});
+    // Namespaces' caches catch up with their labels within milliseconds.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // baseline refuses privilege, naming each check and field; restricted is a warning.
+    let e = c.create("pods", "base", &pod("priv", privileged.clone())).await.unwrap_err();
+    assert_eq!(e.reason, Reason::Forbidden);
+    assert_eq!(
+        e.message,
+        "pods \"priv\" is forbidden: violates PodSecurity \"baseline:latest\": host namespaces (hostNetwork=true), \
+         privileged (container \"c\" must not set securityContext.privileged=true)"
+    );
+    let (_, warnings) = c.create("pods", "base", &pod("bare", bare.clone())).await.unwrap();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with(
+            "would violate PodSecurity \"restricted:latest\": allowPrivilegeEscalation != false"
+        ),
+        "{warnings:?}"
+    );
+    // restricted refuses the bare pod and admits the hardened one without warnings.
+    let e = c.create("pods", "secure", &pod("bare", bare.clone())).await.unwrap_err();
+    assert!(e.message.contains("runAsNonRoot != true (pod or container \"c\" must set securityContext.runAsNonRoot=true)"), "{}", e.message);
+    assert!(c.get("pods", "secure", "bare").await.is_err(), "nothing stored");
+    let (_, warnings) = c.create("pods", "secure", &pod("ok", restricted)).await.unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    // Workloads are warned, not refused: their pods are.
+    let deploy = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+        "spec": {"selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}}, "spec": privileged}}});
+    let (_, warnings) = c.create("deployments", "secure", &deploy).await.unwrap();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w
+                .starts_with("would violate PodSecurity \"restricted:latest\": host namespaces")),
+        "{warnings:?}"
+    );
+    // Tightening a namespace tells about the pods that would no longer be admitted.
+    let mut base = c.get("namespaces", "", "base").await.unwrap();
+    base["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] = json!("restricted");
+    let (_, warnings) = c.update("namespaces", "", &base).await.unwrap();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("violate the new PodSecurity enforce level \"restricted:latest\"")),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings.iter().any(|w| w.starts_with("bare: allowPrivilegeEscalation != false")),
+        "{warnings:?}"
+    );
+
+    // The CLI prints the refusal and the warnings as kubectl does.
+    let f = dir.path().join("p.yaml");
+    std::fs::write(&f, serde_json::to_string(&pod("p2", bare)).unwrap()).unwrap();
+    let (ok, _, err) = cli(&m.kubeconfig(), &["apply", "-n", "secure", "-f", f.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("Error from server (Forbidden): pods \"p2\" is forbidden: violates PodSecurity \"restricted:latest\""), "{err}");
+}

@@ -300,8 +300,32 @@ async fn secrets_are_encrypted_at_rest_and_keys_rotate() {
     assert!(raw(&m, "/registry/core/secrets/default/s2")
         .await
         .starts_with(b"k8s:enc:aesgcm:v1:key2:"));
-    // Rewriting an unchanged Secret re-encrypts it (kubectl replace of the same object).
-    let (after, _) = c.update("secrets", "default", &got).await.unwrap();
+    // Rewriting an unchanged Secret re-encrypts it: Kubernetes' `get -o json | replace -f -`.
+    let out = Command::new(flotilla_cli())
+        .args([
+            "--kubeconfig",
+            m.kubeconfig().to_str().unwrap(),
+            "get",
+            "secrets",
+            "-A",
+            "-o",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut replace = Command::new(flotilla_cli())
+        .args(["--kubeconfig", m.kubeconfig().to_str().unwrap(), "replace", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    replace.stdin.take().unwrap().write_all(&out.stdout).unwrap();
+    let done = replace.wait_with_output().unwrap();
+    assert!(done.status.success());
+    assert!(String::from_utf8_lossy(&done.stdout).contains("secret/s1 replaced"));
+    let after = c.get("secrets", "default", "s1").await.unwrap();
     assert_ne!(after["metadata"]["resourceVersion"], got["metadata"]["resourceVersion"]);
     assert!(raw(&m, "/registry/core/secrets/default/s1")
         .await

@@ -14,6 +14,7 @@ pub mod encryption;
 pub mod kv;
 pub mod metrics;
 pub mod node_authz;
+pub mod podsecurity;
 pub mod proxy;
 pub mod rbac;
 pub mod request;
@@ -471,12 +472,13 @@ impl ApiServer {
     }
 
     /// The admission stages after the strategy: NodeRestriction, RBAC's escalation check,
-    /// then the configured plugins.
+    /// Pod Security, then the configured plugins. Warnings go with the answer.
     fn validate_write(
         &self,
         a: &Attributes<'_>,
         object: Option<&Value>,
         old: Option<&Value>,
+        warnings: &mut Vec<String>,
     ) -> Result<(), ApiError> {
         if self.config.authorization == Authorization::NodeRbac {
             node_authz::node_restriction(a, object, old)?;
@@ -484,7 +486,85 @@ impl ApiServer {
                 self.no_escalation(a, obj)?;
             }
         }
+        if let Some(obj) = object {
+            self.pod_security(a, obj, old, warnings)?;
+        }
         self.seams.validate(a, object, old)
+    }
+
+    /// Pod Security admission: the namespace's labels decide (see `podsecurity`).
+    fn pod_security(
+        &self,
+        a: &Attributes<'_>,
+        obj: &Value,
+        old: Option<&Value>,
+        warnings: &mut Vec<String>,
+    ) -> Result<(), ApiError> {
+        if !matches!(a.verb, "create" | "update" | "patch") || !a.subresource.is_empty() {
+            return Ok(());
+        }
+        let namespaces = flotilla_api::lookup("namespaces").expect("registered");
+        if a.resource == "namespaces" {
+            // A stricter enforce level is not applied to running pods: their owner is told.
+            let labels = |v: Option<&Value>| -> std::collections::BTreeMap<String, String> {
+                v.and_then(|v| serde_json::from_value(v["metadata"]["labels"].clone()).ok())
+                    .unwrap_or_default()
+            };
+            let new = podsecurity::Policy::from_labels(&labels(Some(obj)));
+            let before = podsecurity::Policy::from_labels(&labels(old));
+            let (Some((level, version)), true) = (&new.enforce, new.enforce != before.enforce)
+            else {
+                return Ok(());
+            };
+            let ns = meta_str(obj, "name");
+            let pods = flotilla_api::lookup("pods").expect("registered");
+            for p in self.cache(pods).objects().iter().filter(|p| p.namespace == ns) {
+                let v = podsecurity::violations(*level, &p.value["metadata"], &p.value["spec"]);
+                if !v.is_empty() {
+                    let name = meta_str(&p.value, "name");
+                    warnings.push(format!(
+                        "existing pods in namespace {ns:?} violate the new PodSecurity enforce level \"{}:{version}\"",
+                        format!("{level:?}").to_lowercase()
+                    ));
+                    warnings.push(format!("{name}: {}", v.join(", ")));
+                }
+            }
+            return Ok(());
+        }
+        if a.namespace.is_empty() || podsecurity::pod_of(a.resource, obj).is_none() {
+            return Ok(());
+        }
+        // Updates that leave the pod (template) alone are not evaluated, as upstream.
+        if let Some(old) = old {
+            let same = podsecurity::pod_of(a.resource, old)
+                .map(|(m, s, _)| (m["annotations"].clone(), s.clone()))
+                == podsecurity::pod_of(a.resource, obj)
+                    .map(|(m, s, _)| (m["annotations"].clone(), s.clone()));
+            if same {
+                return Ok(());
+            }
+        }
+        let labels = self
+            .cache(namespaces)
+            .get(a.namespace)
+            .and_then(|n| serde_json::from_value(n.value["metadata"]["labels"].clone()).ok())
+            .unwrap_or_default();
+        let policy = podsecurity::Policy::from_labels(&labels);
+        if policy.is_empty() {
+            return Ok(());
+        }
+        let name = meta_str(obj, "name");
+        match podsecurity::admit(&policy, a.resource, name, obj) {
+            Err(msg) => Err(ApiError::forbidden(msg)),
+            Ok((w, audit)) => {
+                warnings.extend(w);
+                for au in audit {
+                    tracing::info!(target: "audit", resource = a.resource, namespace = a.namespace,
+                        name, user = %a.user.name, "pod-security.kubernetes.io/audit-violations: {au}");
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Nobody creates a role or a binding that grants more than they hold, unless they may
@@ -906,7 +986,7 @@ impl ApiServer {
             self.ensure_namespace(&ns).await?;
         }
         strategy.prepare_for_create(self, &ns, &mut admitted.object);
-        self.validate_write(&attrs, Some(&admitted.object), None)?;
+        self.validate_write(&attrs, Some(&admitted.object), None, &mut admitted.warnings)?;
         let key = info.key(&ns, &name);
         let allocates = strategy.allocates();
         for attempt in 0..32 {
@@ -1204,8 +1284,9 @@ impl ApiServer {
             }
             self.seams.mutate(&attrs, &mut new, Some(&current))?;
             strategy.prepare_for_update(&current, &mut new, status);
-            let admitted = (info.admit)(&new, Some(&current), info)?;
-            self.validate_write(&attrs, Some(&admitted.object), Some(&current))?;
+            let mut admitted = (info.admit)(&new, Some(&current), info)?;
+            let w = &mut admitted.warnings;
+            self.validate_write(&attrs, Some(&admitted.object), Some(&current), w)?;
             let mut obj = admitted.object;
             if spec_part(&obj) != spec_part(&current) {
                 let g =
@@ -1341,7 +1422,7 @@ impl ApiServer {
             let mut pod = current.clone();
             pod["spec"]["nodeName"] = Value::String(node.clone());
             mark_scheduled(current, &mut pod);
-            self.validate_write(&attrs, Some(&pod), Some(current))?;
+            self.validate_write(&attrs, Some(&pod), Some(current), &mut Vec::new())?;
             let key = info.key(ns, name);
             let stored = Bytes::from(to_store(&pod));
             let put = vec![Op::Put(key.clone(), stored.to_vec())];
@@ -1401,7 +1482,7 @@ impl ApiServer {
                     "Precondition failed: ResourceVersion in precondition: {pre_rv}, ResourceVersion in object meta: {cur_rev}"
                 )));
             }
-            self.validate_write(&attrs, None, Some(&current))?;
+            self.validate_write(&attrs, None, Some(&current), &mut Vec::new())?;
             let key = info.key(ns, name);
             let mut obj = current.clone();
             let mut finalizers: Vec<Value> = obj
