@@ -91,6 +91,13 @@ pub struct ServerArgs {
     /// flag); nodes renew theirs at 80%.
     #[arg(long, default_value = "8760h", value_parser = crate::trust::parse_lifetime)]
     pub cluster_signing_duration: Duration,
+    /// An audit policy (`audit.k8s.io/v1` Policy): requests are logged as JSON lines in
+    /// audit.k8s.io/v1 Event format at the level its first matching rule gives. Off without it.
+    #[arg(long)]
+    pub audit_policy_file: Option<PathBuf>,
+    /// Where audit events go (`-`: standard output); default `<data-dir>/audit.log`.
+    #[arg(long, requires = "audit_policy_file")]
+    pub audit_log_path: Option<PathBuf>,
     /// Encryption at rest (Kubernetes' EncryptionConfiguration). Default
     /// `<data-dir>/pki/encryption.yaml`, created on first start with a random AES-GCM key
     /// for Secrets.
@@ -295,6 +302,10 @@ pub async fn run(a: ServerArgs) -> Result<()> {
         }
     };
     api_config.encryption = Some(Arc::new(apiserver::encryption::Encryption::load(&enc_path)?));
+    if let Some(policy) = &a.audit_policy_file {
+        let log = a.audit_log_path.clone().unwrap_or_else(|| home.join("audit.log"));
+        api_config.audit = Some(Arc::new(apiserver::audit::Auditor::open(policy, &log)?));
+    }
     config.tls = Some(cp.store_tls()?);
     api_config.node_client = Some(cp.node_client_tls()?);
     let info = flotilla_pki::Kubeconfig::single(

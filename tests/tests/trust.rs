@@ -342,3 +342,78 @@ async fn secrets_are_encrypted_at_rest_and_keys_rotate() {
     assert!(e.is_err(), "started with a short key");
     assert!(log.contains("an aesgcm key must be 16, 24 or 32 bytes, got 5"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_audited_per_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("audit-policy.yaml");
+    std::fs::write(
+        &policy,
+        "apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n\
+         - level: RequestResponse\n  resources: [{group: \"\", resources: [configmaps]}]\n\
+         - level: Metadata\n  resources: [{group: \"\", resources: [secrets]}]\n\
+         - level: None\n",
+    )
+    .unwrap();
+    let mut m = Member::new("audit", dir.path());
+    m.extra = vec!["--audit-policy-file".into(), policy.display().to_string()];
+    m.start().unwrap();
+    let c = m.client().await.unwrap();
+    c.create(
+        "configmaps",
+        "default",
+        &serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "cm"}, "data": {"k": "v"}}),
+    )
+    .await
+    .unwrap();
+    c.create(
+        "secrets",
+        "default",
+        &serde_json::json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "s"}, "stringData": {"password": "do-not-log-me"}}),
+    )
+    .await
+    .unwrap();
+    let url = m.api_url().unwrap();
+    let anon = dir.path().join("anon.conf");
+    Kubeconfig::single("c", &url, &m.ca_pem().unwrap(), "nobody", UserInfo::default())
+        .write(&anon)
+        .unwrap();
+    let (ok, _, _) = cli(&anon, &["get", "secret", "s"]);
+    assert!(!ok);
+
+    let log = std::fs::read_to_string(m.data_dir.join("audit.log")).unwrap();
+    let events: Vec<serde_json::Value> =
+        log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let find = |verb: &str, res: &str, user: &str| {
+        events
+            .iter()
+            .find(|e| {
+                e["verb"] == verb
+                    && e["objectRef"]["resource"] == res
+                    && e["user"]["username"] == user
+            })
+            .unwrap_or_else(|| panic!("no {verb} {res} by {user} in:\n{log}"))
+            .clone()
+    };
+    let cm = find("create", "configmaps", "flotilla-admin");
+    assert_eq!(cm["apiVersion"], "audit.k8s.io/v1");
+    assert_eq!(cm["kind"], "Event");
+    assert_eq!(cm["level"], "RequestResponse");
+    assert_eq!(cm["stage"], "ResponseComplete");
+    assert_eq!(cm["responseStatus"]["code"], 201);
+    assert_eq!(cm["requestURI"], "/api/v1/namespaces/default/configmaps");
+    assert_eq!(cm["requestObject"]["data"]["k"], "v");
+    assert_eq!(cm["responseObject"]["metadata"]["name"], "cm");
+    assert_eq!(cm["sourceIPs"][0], "127.0.0.1");
+    let s = find("create", "secrets", "flotilla-admin");
+    assert_eq!(s["level"], "Metadata");
+    assert!(s["requestObject"].is_null() && s["responseObject"].is_null());
+    assert!(!log.contains("do-not-log-me"));
+    let denied = find("get", "secrets", "system:anonymous");
+    assert_eq!(denied["responseStatus"]["code"], 403);
+    assert_eq!(denied["objectRef"]["name"], "s");
+    // Everything else is level None: no lease renewals or namespace reads.
+    assert!(events.iter().all(|e| e["objectRef"]["resource"] != "leases"), "{log}");
+}

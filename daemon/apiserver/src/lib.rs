@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 mod alloc;
+pub mod audit;
 pub mod cache;
 pub mod encryption;
 pub mod kv;
@@ -61,6 +62,8 @@ pub struct ApiConfig {
     /// and stats requests fail.
     pub node_client: Option<Arc<rustls::ClientConfig>>,
     pub authorization: Authorization,
+    /// The audit log (`--audit-policy-file`, `--audit-log-path`); None: off.
+    pub audit: Option<Arc<audit::Auditor>>,
     /// Encryption at rest (`--encryption-provider-config`); None stores values as they are.
     pub encryption: Option<Arc<encryption::Encryption>>,
 }
@@ -87,6 +90,7 @@ impl Default for ApiConfig {
             node_client: None,
             cluster_info: None,
             authorization: Authorization::NodeRbac,
+            audit: None,
             encryption: None,
         }
     }

@@ -38,14 +38,37 @@ fn obj_response(v: &serde_json::Value, warnings: Vec<String>) -> Response<proto:
 impl Service {
     /// Runs one request through the core's first stages (authenticate, authorize) and then
     /// `f` with the caller, in its span (so every line it logs says what it was for); records
-    /// its latency and maps its error to a status in the one place that does.
-    async fn timed<T, F, Fut>(&self, meta: &Call, r: RequestInfo<'_>, f: F) -> Result<T, Status>
+    /// its latency and its audit event, and maps its error to a status in the one place that
+    /// does.
+    async fn timed<T: Audited, F, Fut>(
+        &self,
+        meta: &Call,
+        r: RequestInfo<'_>,
+        f: F,
+    ) -> Result<T, Status>
+    where
+        F: FnOnce(User) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ApiError>>,
+    {
+        self.timed_body(meta, r, None, f).await
+    }
+
+    /// `timed`, for a request with a body (the audit log's `requestObject`).
+    async fn timed_body<T: Audited, F, Fut>(
+        &self,
+        meta: &Call,
+        r: RequestInfo<'_>,
+        body: Option<&[u8]>,
+        f: F,
+    ) -> Result<T, Status>
     where
         F: FnOnce(User) -> Fut,
         Fut: std::future::Future<Output = Result<T, ApiError>>,
     {
         use tracing::Instrument;
         let started = Instant::now();
+        let auditor = self.0.config.audit.clone();
+        let received = auditor.as_ref().map(|_| jiff::Timestamp::now());
         let RequestInfo { verb, resource, subresource, namespace, name, .. } = r;
         let span = tracing::info_span!(
             "request",
@@ -56,9 +79,13 @@ impl Service {
             name,
             user = tracing::field::Empty
         );
+        let mut who = None;
         let out = async {
             let user = self.caller(meta, r)?;
             tracing::Span::current().record("user", user.name.as_str());
+            if auditor.is_some() {
+                who = Some(user.clone());
+            }
             f(user).await
         }
         .instrument(span)
@@ -69,6 +96,24 @@ impl Service {
             (v, _) => v,
         };
         self.0.record(label, res, started);
+        if let (Some(aud), Some(received)) = (auditor, received) {
+            let user = who.unwrap_or_else(User::anonymous);
+            let attrs = r.by(&user);
+            let (code, message) = match &out {
+                Ok(_) if verb == "create" => (201, None),
+                Ok(_) => (200, None),
+                Err(e) => (e.reason.http_code(), Some(e.message.as_str())),
+            };
+            aud.log(crate::audit::Record {
+                attributes: &attrs,
+                code,
+                message,
+                request: body,
+                response: out.as_ref().ok().and_then(Audited::audit_body),
+                received,
+                source: meta.1.get::<flotilla_pki::tls::Peer>().and_then(|p| p.addr),
+            });
+        }
         out.map_err(|e| e.to_status())
     }
 
@@ -76,10 +121,49 @@ impl Service {
     fn caller(&self, meta: &Call, r: RequestInfo<'_>) -> Result<User, ApiError> {
         self.0.admit_request(&credentials(meta)?, r)
     }
+
+    /// `caller`, for requests that stream (watch, logs, exec) or answer outside `timed`:
+    /// audited when admitted or refused (Kubernetes' ResponseStarted stage).
+    fn caller_logged(&self, meta: &Call, r: RequestInfo<'_>) -> Result<User, ApiError> {
+        let out = self.caller(meta, r);
+        if let Some(aud) = &self.0.config.audit {
+            let user = out.as_ref().map_or_else(|_| User::anonymous(), User::clone);
+            let (code, message) = match &out {
+                Ok(_) => (200, None),
+                Err(e) => (e.reason.http_code(), Some(e.message.as_str())),
+            };
+            aud.log(crate::audit::Record {
+                attributes: &r.by(&user),
+                code,
+                message,
+                request: None,
+                response: None,
+                received: jiff::Timestamp::now(),
+                source: meta.1.get::<flotilla_pki::tls::Peer>().and_then(|p| p.addr),
+            });
+        }
+        out
+    }
 }
 
 /// A request's headers and what the connection knows (its TLS client certificate).
 struct Call(tonic::metadata::MetadataMap, tonic::Extensions);
+
+/// What the audit log records of an answer at the RequestResponse level.
+pub trait Audited {
+    fn audit_body(&self) -> Option<&[u8]> {
+        None
+    }
+}
+
+impl Audited for Response<proto::ObjectResponse> {
+    fn audit_body(&self) -> Option<&[u8]> {
+        Some(&self.get_ref().object)
+    }
+}
+
+/// Lists are recorded without their items (they can be the whole cluster).
+impl Audited for Response<proto::ListResponse> {}
 
 /// Request headers, whichever front they came by.
 pub trait Headers {
@@ -139,9 +223,10 @@ impl Api for Service {
         let meta = Call(meta, ext);
         let r = &r;
         let s = &self.0;
-        self.timed(
+        self.timed_body(
             &meta,
             RequestInfo::new("create", &r.resource).at(&r.namespace, ""),
+            Some(&r.object),
             |user| async move {
                 let info = s.resource(&r.resource)?;
                 let w = s.create(&user, info, &r.namespace, &r.object, r.dry_run).await?;
@@ -211,7 +296,7 @@ impl Api for Service {
         let what = RequestInfo::new("update", &r.resource).subresource(&r.subresource);
         // Authorization names the object (resourceNames, the node authorizer): it is in the body.
         let name = object_name(&r.object);
-        self.timed(&meta, what.at(&r.namespace, &name), |user| async move {
+        self.timed_body(&meta, what.at(&r.namespace, &name), Some(&r.object), |user| async move {
             let info = s.resource(&r.resource)?;
             let (v, w) =
                 s.update(&user, info, &r.namespace, &r.object, &r.subresource, r.dry_run).await?;
@@ -229,7 +314,7 @@ impl Api for Service {
         let r = &r;
         let s = &self.0;
         let what = RequestInfo::new("patch", &r.resource).subresource(&r.subresource);
-        self.timed(&meta, what.at(&r.namespace, &r.name), |user| async move {
+        self.timed_body(&meta, what.at(&r.namespace, &r.name), Some(&r.patch), |user| async move {
             let info = s.resource(&r.resource)?;
             let kind = match proto::PatchType::try_from(r.patch_type) {
                 Ok(proto::PatchType::Merge) => PatchKind::Merge,
@@ -283,7 +368,7 @@ impl Api for Service {
         let started = Instant::now();
         let setup = async {
             let what = RequestInfo::new("watch", &r.resource).at(&r.namespace, "");
-            self.caller(&meta, what.fields(&r.field_selector))?;
+            self.caller_logged(&meta, what.fields(&r.field_selector))?;
             let info = s.resource(&r.resource)?;
             let (f, from, cache, sub) = s.watch_start(
                 info,
@@ -322,7 +407,7 @@ impl Api for Service {
         let meta = Call(meta, ext);
         let started = Instant::now();
         let target = async {
-            self.caller(
+            self.caller_logged(
                 &meta,
                 RequestInfo::new("get", "pods").subresource("log").at(&r.namespace, &r.name),
             )?;
@@ -356,7 +441,7 @@ impl Api for Service {
         };
         let target = async {
             let what = RequestInfo::new("create", "pods").subresource("exec");
-            self.caller(&meta, what.at(&start.namespace, &start.name))?;
+            self.caller_logged(&meta, what.at(&start.namespace, &start.name))?;
             self.0.exec_target(&start.namespace, &start.name, &start.container).await
         };
         let t = target.await.map_err(|e| e.to_status())?;
@@ -385,7 +470,7 @@ impl Api for Service {
         let s = &self.0;
         let verb = if r.name.is_empty() { "list" } else { "get" };
         let what = RequestInfo::new(verb, &r.resource).group("metrics.k8s.io");
-        self.caller(&meta, what.at(&r.namespace, &r.name)).map_err(|e| e.to_status())?;
+        self.caller_logged(&meta, what.at(&r.namespace, &r.name)).map_err(|e| e.to_status())?;
         let (items, warnings) = s
             .resource_metrics(&r.resource, &r.namespace, &r.label_selector, &r.name)
             .await
@@ -495,7 +580,7 @@ impl Api for Service {
     ) -> Result<Response<proto::DiscoveryResponse>, Status> {
         let (meta, ext, _) = req.into_parts();
         let what = RequestInfo::non_resource("get", "/api");
-        self.caller(&Call(meta, ext), what).map_err(|e| e.to_status())?;
+        self.caller_logged(&Call(meta, ext), what).map_err(|e| e.to_status())?;
         let resources = flotilla_api::RESOURCES
             .iter()
             .map(|r| proto::ApiResource {
