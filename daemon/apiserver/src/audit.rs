@@ -88,7 +88,7 @@ pub struct Record<'a> {
 impl Rule {
     fn matches(&self, a: &Attributes<'_>) -> bool {
         let u: &User = a.user;
-        if !self.users.is_empty() && !self.users.iter().any(|x| *x == u.name) {
+        if !self.users.is_empty() && !self.users.contains(&u.name) {
             return false;
         }
         if !self.user_groups.is_empty() && !self.user_groups.iter().any(|g| u.groups.contains(g)) {
