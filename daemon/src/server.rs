@@ -91,6 +91,10 @@ pub struct ServerArgs {
     /// flag); nodes renew theirs at 80%.
     #[arg(long, default_value = "8760h", value_parser = crate::trust::parse_lifetime)]
     pub cluster_signing_duration: Duration,
+    /// Benchmarks only: the API port speaks plain HTTP/2 and authorizes everything
+    /// (AlwaysAllow), so `cargo xtask bench api` can price TLS, authentication and RBAC.
+    #[arg(long, hide = true)]
+    pub bench_insecure_api: bool,
     /// An audit policy (`audit.k8s.io/v1` Policy): requests are logged as JSON lines in
     /// audit.k8s.io/v1 Event format at the level its first matching rule gives. Off without it.
     #[arg(long)]
@@ -316,7 +320,15 @@ pub async fn run(a: ServerArgs) -> Result<()> {
         flotilla_pki::kubeconfig::UserInfo::default(),
     );
     api_config.cluster_info = Some(serde_yaml::to_string(&info)?);
-    let api_tls = cp.api_server_tls()?;
+    let api_tls = if a.bench_insecure_api {
+        tracing::warn!(
+            "--bench-insecure-api: the API port is plain text and authorizes everything"
+        );
+        api_config.authorization = apiserver::Authorization::AlwaysAllow;
+        None
+    } else {
+        Some(cp.api_server_tls()?)
+    };
     // Bind first so a port conflict fails before anything is written.
     let client = bind(&a.store_listen).await?;
     let peer = bind(&a.peer_listen).await?;

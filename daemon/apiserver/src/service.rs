@@ -813,10 +813,13 @@ fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
 
 /// Serves the API (gRPC, HTTP/2) and `/metrics` (HTTP/1.1 or 2) on one listener, TLS only:
 /// `tls` verifies client certificates against the cluster CA when a caller presents one.
+///
+/// `tls` None serves plain HTTP/2 with no client certificates: only for the API benchmark's
+/// "trust off" rows (`flotillad server --bench-insecure-api`, a hidden flag).
 pub async fn serve(
     server: Arc<ApiServer>,
     listener: tokio::net::TcpListener,
-    tls: Arc<rustls::ServerConfig>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let svc = proto::api_server::ApiServer::new(Service(server.clone()))
@@ -836,8 +839,7 @@ pub async fn serve(
     *routes.axum_router_mut() = router;
     // Accepted connections get TCP_NODELAY there: small responses must not wait on Nagle and
     // delayed ACKs (40 ms).
-    let incoming = flotilla_pki::tls::incoming(listener, tls);
-    tonic::transport::Server::builder()
+    let builder = tonic::transport::Server::builder()
         .accept_http1(true)
         .tcp_nodelay(true)
         // Fixed receive windows, not adaptive ones: h2 limits a connection's unread small DATA
@@ -849,8 +851,19 @@ pub async fn serve(
         // stays bounded by the window. (Lists travel the other way: the client's window.)
         .initial_connection_window_size(8 << 20)
         .initial_stream_window_size(1 << 20)
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await?;
+        .add_routes(routes);
+    match tls {
+        Some(tls) => {
+            let incoming = flotilla_pki::tls::incoming(listener, tls);
+            builder.serve_with_incoming_shutdown(incoming, shutdown).await?
+        }
+        None => {
+            use futures::StreamExt;
+            // As `incoming` does for TLS: no Nagle delay on small answers.
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener)
+                .map(|s| s.and_then(|s| s.set_nodelay(true).map(|_| s)));
+            builder.serve_with_incoming_shutdown(incoming, shutdown).await?
+        }
+    }
     Ok(())
 }

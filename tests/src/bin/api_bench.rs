@@ -45,9 +45,14 @@ struct Args {
     /// List repetitions per list row.
     #[arg(long, default_value_t = 20)]
     list_reps: usize,
+    /// Requests per operation and round in the trust rows (TLS, authentication and RBAC on
+    /// against the same build with them off).
+    #[arg(long, default_value_t = 1000)]
+    trust_ops: usize,
 }
 
 struct Server {
+    api: String,
     kubeconfig: PathBuf,
     store: String,
     etcd_tls: flotilla_tests::EtcdTls,
@@ -56,6 +61,10 @@ struct Server {
 }
 
 fn start(bin: &PathBuf) -> Result<Server> {
+    start_with(bin, &[])
+}
+
+fn start_with(bin: &PathBuf, extra: &[&str]) -> Result<Server> {
     let dir = tempfile::Builder::new().prefix("bench-api").tempdir_in("/var/tmp")?;
     let (a, c, p) = (free_port(), free_port(), free_port());
     let mut cmd = Command::new(bin);
@@ -71,6 +80,7 @@ fn start(bin: &PathBuf) -> Result<Server> {
         ])
         // Room for the largest row's burst; cut-offs are counted as missing events.
         .args(["--watch-ring", "65536"])
+        .args(extra)
         .env("RUST_LOG", "warn");
     let proc = Proc::spawn("flotillad", cmd, &dir.path().join("flotillad.log"))?;
     let api = format!("127.0.0.1:{a}");
@@ -78,7 +88,14 @@ fn start(bin: &PathBuf) -> Result<Server> {
     let kubeconfig = dir.path().join("data/admin.conf");
     let etcd_tls =
         flotilla_tests::EtcdTls::in_dir(&dir.path().join("data/pki"), "apiserver-etcd-client");
-    Ok(Server { kubeconfig, store: format!("127.0.0.1:{c}"), etcd_tls, _proc: proc, _dir: dir })
+    Ok(Server {
+        api,
+        kubeconfig,
+        store: format!("127.0.0.1:{c}"),
+        etcd_tls,
+        _proc: proc,
+        _dir: dir,
+    })
 }
 
 /// A new connection with the admin kubeconfig's credentials.
@@ -421,6 +438,180 @@ fn encoding_rows() -> Result<()> {
     Ok(())
 }
 
+/// One operation's latencies (ms) per mode.
+#[derive(Default)]
+struct TrustSamples {
+    get: Vec<f64>,
+    create: Vec<f64>,
+    list: Vec<f64>,
+    watch: Vec<f64>,
+}
+
+/// get, create, list and watch delivery through one client, `ops` times each.
+async fn trust_round(c: &Client, round: usize, ops: usize, out: &mut TrustSamples) -> Result<()> {
+    let cm = |name: String, labels: serde_json::Value| {
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "labels": labels}, "data": {"k": "v"}})
+    };
+    for i in 0..ops {
+        let t = Instant::now();
+        c.create("configmaps", "trust", &cm(format!("r{round}-{i}"), json!({"set": "churn"})))
+            .await?;
+        out.create.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    for _ in 0..ops {
+        let t = Instant::now();
+        c.get("configmaps", "trust", "fixed-0").await?;
+        out.get.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let p = ListParams { label_selector: "set=fixed".into(), ..Default::default() };
+    for _ in 0..(ops / 10).max(10) {
+        let t = Instant::now();
+        let l = c.list("configmaps", "trust", &p).await?;
+        out.list.push(t.elapsed().as_secs_f64() * 1e3);
+        anyhow::ensure!(l.items.len() == 100, "listed {} configmaps", l.items.len());
+    }
+    // Watch delivery: a write, then its event at a watcher of that one object.
+    let wp = flotilla_client::WatchParams {
+        field_selector: "metadata.name=watched".into(),
+        resource_version: c.get("configmaps", "trust", "watched").await?["metadata"]
+            ["resourceVersion"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        ..Default::default()
+    };
+    let mut events = Box::pin(c.watch("configmaps", "trust", &wp).await?);
+    use futures::StreamExt;
+    for i in 0..(ops / 5).max(20) {
+        let t = Instant::now();
+        let (v, _) = c
+            .patch(
+                "configmaps",
+                "trust",
+                "watched",
+                &json!({"data": {"n": format!("{round}-{i}")}}),
+                false,
+                false,
+            )
+            .await?;
+        let rv = v["metadata"]["resourceVersion"].as_str().unwrap_or_default().to_string();
+        'wait: loop {
+            let batch = tokio::time::timeout(Duration::from_secs(10), events.next())
+                .await?
+                .context("the watch ended")??;
+            for e in batch {
+                if e.resource_version() == rv {
+                    break 'wait;
+                }
+            }
+        }
+        out.watch.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(())
+}
+
+/// The price of trust: the same build, the same requests, with TLS, x509 authentication and
+/// RBAC (as a user bound to `edit`, not `system:masters`, which RBAC never evaluates) and
+/// with all three off (`--bench-insecure-api`: plain HTTP/2, AlwaysAllow). Rounds alternate
+/// which server goes first.
+async fn trust_rows(bin: &PathBuf, ops: usize) -> Result<()> {
+    let secure = start_with(bin, &[])?;
+    let open = start_with(bin, &["--bench-insecure-api"])?;
+    let admin_c = admin(&secure).await?;
+    let open_c = Client::connect(&format!("http://{}", open.api)).await?;
+    let user_conf = secure._dir.path().join("user.conf");
+    let status = Command::new(bin)
+        .args(["kubeconfig", "user", "--pki-dir"])
+        .arg(secure._dir.path().join("data/pki"))
+        .args([
+            "--server",
+            &format!("https://{}", secure.api),
+            "--client-name",
+            "bench-user",
+            "--out",
+        ])
+        .arg(&user_conf)
+        .status()?;
+    anyhow::ensure!(status.success(), "flotillad kubeconfig user failed");
+    for c in [&admin_c, &open_c] {
+        for _ in 0..200 {
+            if c.get("namespaces", "", "default").await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        c.create(
+            "namespaces",
+            "",
+            &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "trust"}}),
+        )
+        .await?;
+        for i in 0..100 {
+            c.create(
+                "configmaps",
+                "trust",
+                &json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": format!("fixed-{i}"), "labels": {"set": "fixed"}}}),
+            )
+            .await?;
+        }
+        c.create(
+            "configmaps",
+            "trust",
+            &json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "watched"}}),
+        )
+        .await?;
+    }
+    admin_c
+        .create("rolebindings", "trust", &json!({"apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding", "metadata": {"name": "bench-user-edit"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "bench-user"}]}))
+        .await?;
+    let conn = flotilla_client::Kubeconfig::read(&user_conf)?.connection(None)?;
+    let user = Client::connect_to(&conn).await?;
+    for _ in 0..200 {
+        if user.get("configmaps", "trust", "fixed-0").await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let who = user.who_am_i().await?;
+    anyhow::ensure!(who["status"]["userInfo"]["username"] == "bench-user", "not bench-user: {who}");
+    let (mut on, mut off) = (TrustSamples::default(), TrustSamples::default());
+    for round in 0..4 {
+        if round % 2 == 0 {
+            trust_round(&user, round, ops, &mut on).await?;
+            trust_round(&open_c, round, ops, &mut off).await?;
+        } else {
+            trust_round(&open_c, round, ops, &mut off).await?;
+            trust_round(&user, round, ops, &mut on).await?;
+        }
+    }
+    println!("trust: TLS + x509 authentication + RBAC (user bound to `edit`) against the same build with them off (`--bench-insecure-api`: plain HTTP/2, AlwaysAllow); 4 alternating rounds of {ops} requests per operation, one client, sequential");
+    println!("| operation | on p50 ms | on p99 ms | off p50 ms | off p99 ms | cost at p50 | cost at p99 |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for (name, a, b) in [
+        ("get", &mut on.get, &mut off.get),
+        ("create", &mut on.create, &mut off.create),
+        ("list (100 of 100+ in the namespace)", &mut on.list, &mut off.list),
+        ("watch delivery (write sent → event)", &mut on.watch, &mut off.watch),
+    ] {
+        a.sort_by(f64::total_cmp);
+        b.sort_by(f64::total_cmp);
+        let (a50, a99, b50, b99) = (pct(a, 0.5), pct(a, 0.99), pct(b, 0.5), pct(b, 0.99));
+        println!(
+            "| {name} | {a50:.3} | {a99:.3} | {b50:.3} | {b99:.3} | {:+.1}% | {:+.1}% |",
+            (a50 / b50 - 1.0) * 100.0,
+            (a99 / b99 - 1.0) * 100.0
+        );
+    }
+    println!();
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -429,6 +620,7 @@ fn main() -> Result<()> {
 
 async fn run(a: Args) -> Result<()> {
     encoding_rows()?;
+    trust_rows(&a.flotillad, a.trust_ops).await.context("the trust rows")?;
     let s = start(&a.flotillad)?;
     let c = admin(&s).await?;
     for _ in 0..200 {
