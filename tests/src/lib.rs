@@ -17,6 +17,19 @@ pub fn flotillad() -> PathBuf {
 }
 
 /// The `flotilla` CLI of this build profile, built once per test process.
+/// `flotilla --kubeconfig KUBECONFIG ARGS` (ignoring $KUBECONFIG): (success, stdout, stderr).
+pub fn cli_with(kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(flotilla_cli())
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .env_remove("KUBECONFIG")
+        .output()
+        .expect("running flotilla");
+    let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.success(), s(&out.stdout), s(&out.stderr))
+}
+
 pub fn flotilla_cli() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| build_bin("flotilla-cli", &["flotilla"])).clone()

@@ -136,14 +136,7 @@ impl Node {
 
     /// `flotilla ARGS` against this node's server: (success, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(crate::flotilla_cli())
-            .arg("--kubeconfig")
-            .arg(self.member.kubeconfig())
-            .args(args)
-            .output()
-            .unwrap();
-        let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-        (out.status.success(), s(&out.stdout), s(&out.stderr))
+        crate::cli_with(&self.member.kubeconfig(), args)
     }
 
     pub fn agent_log(&self) -> String {

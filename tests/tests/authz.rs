@@ -3,6 +3,7 @@
 
 use flotilla_api::Reason;
 use flotilla_client::Client;
+use flotilla_tests::cli_with as cli;
 use flotilla_tests::Member;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -480,18 +481,6 @@ async fn requests_are_refused_in_kubernetes_words_and_writes_stay_in_bounds() {
         "{}",
         e.message
     );
-}
-
-fn cli(kubeconfig: &std::path::Path, args: &[&str]) -> (bool, String, String) {
-    let o = std::process::Command::new(flotilla_tests::flotilla_cli())
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .env_remove("KUBECONFIG")
-        .output()
-        .unwrap();
-    let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (o.status.success(), s(&o.stdout), s(&o.stderr))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,22 +4,11 @@
 use flotilla_pki::kubeconfig::{Kubeconfig, UserInfo};
 use flotilla_pki::tls::KeyHolder;
 use flotilla_pki::{Ca, Request};
+use flotilla_tests::cli_with as cli;
 use flotilla_tests::{flotilla_cli, https, node::Node, Member};
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
-
-fn cli(kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
-    let o = Command::new(flotilla_cli())
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .env_remove("KUBECONFIG")
-        .output()
-        .unwrap();
-    let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (o.status.success(), s(&o.stdout), s(&o.stderr))
-}
 
 /// A client certificate from a CA the cluster has never seen.
 fn stranger(cn: &str, orgs: &[&str]) -> Arc<KeyHolder> {

@@ -82,6 +82,27 @@ fn containers(spec: &Value) -> Vec<(&str, &Value)> {
         .collect()
 }
 
+/// Per container, the capabilities it adds that `allowed` refuses, in Kubernetes' words.
+fn forbidden_adds(ctrs: &[(&str, &Value)], allowed: impl Fn(&str) -> bool) -> Vec<String> {
+    let mut out = Vec::new();
+    for (n, c) in ctrs {
+        let bad: Vec<&str> = c["securityContext"]["capabilities"]["add"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .filter(|cap| !allowed(cap))
+            .collect();
+        if !bad.is_empty() {
+            out.push(format!(
+                "container {n:?} must not include {} in securityContext.capabilities.add",
+                quoted(&bad)
+            ));
+        }
+    }
+    out
+}
+
 fn quoted(names: &[&str]) -> String {
     let q: Vec<String> = names.iter().map(|n| format!("{n:?}")).collect();
     q.join(", ")
@@ -125,22 +146,7 @@ pub fn violations(level: Level, meta: &Value, spec: &Value) -> Vec<String> {
             containers_phrase(&privileged)
         ));
     }
-    let mut caps = Vec::new();
-    for (n, c) in &ctrs {
-        let bad: Vec<&str> = c["securityContext"]["capabilities"]["add"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .filter(|cap| !BASELINE_CAPS.contains(cap))
-            .collect();
-        if !bad.is_empty() {
-            caps.push(format!(
-                "container {n:?} must not include {} in securityContext.capabilities.add",
-                quoted(&bad)
-            ));
-        }
-    }
+    let caps = forbidden_adds(&ctrs, |cap| BASELINE_CAPS.contains(&cap));
     if !caps.is_empty() {
         out.push(format!("non-default capabilities ({})", caps.join("; ")));
     }
@@ -375,21 +381,7 @@ pub fn violations(level: Level, meta: &Value, spec: &Value) -> Vec<String> {
             containers_phrase(&no_drop)
         ));
     }
-    for (n, c) in &ctrs {
-        let bad: Vec<&str> = c["securityContext"]["capabilities"]["add"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .filter(|cap| *cap != "NET_BIND_SERVICE")
-            .collect();
-        if !bad.is_empty() {
-            caps.push(format!(
-                "container {n:?} must not include {} in securityContext.capabilities.add",
-                quoted(&bad)
-            ));
-        }
-    }
+    caps.extend(forbidden_adds(&ctrs, |cap| cap == "NET_BIND_SERVICE"));
     if !caps.is_empty() {
         out.push(format!("unrestricted capabilities ({})", caps.join("; ")));
     }
