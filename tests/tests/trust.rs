@@ -6,7 +6,6 @@ use flotilla_pki::tls::KeyHolder;
 use flotilla_pki::{Ca, Request};
 use flotilla_tests::cli_with as cli;
 use flotilla_tests::{flotilla_cli, https, node::Node, Member};
-use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
