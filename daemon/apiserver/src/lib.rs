@@ -747,6 +747,8 @@ impl ApiServer {
 
     /// kube-public/cluster-info (the cluster's kubeconfig without credentials), readable by
     /// anyone: a joining node reads it and trusts it only if the CA matches its pinned hash.
+    /// Every member publishes at start; the first one's server address stays (members would
+    /// otherwise overwrite each other's), and the CA is brought up to date.
     async fn publish_cluster_info(&self, me: &User, kubeconfig: &str) -> Result<(), ApiError> {
         let cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": "cluster-info", "namespace": "kube-public"},
@@ -760,19 +762,32 @@ impl ApiServer {
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
                 "name": "flotilla:bootstrap-signer-clusterinfo"},
             "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "system:anonymous"}]});
+        let ca_of = |text: &str| {
+            text.lines()
+                .find(|l| l.trim_start().starts_with("certificate-authority-data:"))
+                .map(str::to_string)
+        };
         for (plural, obj) in [("configmaps", cm), ("roles", role), ("rolebindings", binding)] {
             let info = flotilla_api::lookup(plural).expect("registered");
             match self.create(me, info, "kube-public", encode(&obj).as_ref(), false).await {
                 Ok(_) => {}
-                Err(e) if e.reason == Reason::AlreadyExists => {
-                    let name = meta_str(&obj, "name");
-                    let mut cur = self.get(info, "kube-public", name).await?;
-                    if plural == "configmaps" && cur["data"] != obj["data"] {
-                        cur["data"] = obj["data"].clone();
-                        self.update(me, info, "kube-public", encode(&cur).as_ref(), "", false)
-                            .await?;
+                Err(e) if e.reason == Reason::AlreadyExists && plural == "configmaps" => {
+                    let mut cur = self.get(info, "kube-public", "cluster-info").await?;
+                    let published = cur["data"]["kubeconfig"].as_str().unwrap_or_default();
+                    if ca_of(published) != ca_of(kubeconfig) {
+                        cur["data"]["kubeconfig"] = json!(kubeconfig);
+                        match self
+                            .update(me, info, "kube-public", encode(&cur).as_ref(), "", false)
+                            .await
+                        {
+                            Ok(_) => {}
+                            // Another member published at the same moment: theirs stands.
+                            Err(e) if e.reason == Reason::Conflict => {}
+                            Err(e) => return Err(e),
+                        }
                     }
                 }
+                Err(e) if e.reason == Reason::AlreadyExists => {}
                 Err(e) => return Err(e),
             }
         }
@@ -808,7 +823,12 @@ impl ApiServer {
                 }
             }
             tracing::info!(%plural, %name, "reconciling a default RBAC object");
-            self.update(me, info, "", encode(&new).as_ref(), "", false).await?;
+            match self.update(me, info, "", encode(&new).as_ref(), "", false).await {
+                Ok(_) => {}
+                // Members start together and reconcile the same objects: one write wins.
+                Err(e) if e.reason == Reason::Conflict => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }
