@@ -438,44 +438,38 @@ impl Ctx {
     }
 
     async fn create(&self, files: &[String], dry_run: bool) -> Result<()> {
-        let mut failed = false;
-        for m in read_manifests(files)? {
-            let info = m.resource;
-            let ns = self.ns_for(info, m.namespace())?;
-            match self.client.create_opts(info.plural, &ns, &m.object, dry_run).await {
-                Ok((v, w)) => {
-                    warn(&w);
-                    let name = v.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
-                    println!(
-                        "{} created{}",
-                        ref_name(info, name),
-                        if dry_run { " (dry run)" } else { "" }
-                    );
-                }
-                Err(e) => {
-                    eprintln!("{:#}", server_error(e));
-                    failed = true;
-                }
-            }
-        }
-        if failed {
-            std::process::exit(1);
-        }
-        Ok(())
+        self.write_manifests(files, Some(dry_run)).await
     }
 
     /// kubectl's `replace`: each object written whole, as given (a stale resourceVersion is
     /// a conflict).
     async fn replace(&self, files: &[String]) -> Result<()> {
+        self.write_manifests(files, None).await
+    }
+
+    /// Creates (`Some(dry_run)`) or replaces (`None`) every object in `files`, printing what
+    /// kubectl prints; exits 1 after the others if any failed.
+    async fn write_manifests(&self, files: &[String], create: Option<bool>) -> Result<()> {
         let mut failed = false;
         for m in read_manifests(files)? {
             let info = m.resource;
             let ns = self.ns_for(info, m.namespace())?;
-            match self.client.update(info.plural, &ns, &m.object).await {
+            let written = match create {
+                Some(dry_run) => {
+                    self.client.create_opts(info.plural, &ns, &m.object, dry_run).await
+                }
+                None => self.client.update(info.plural, &ns, &m.object).await,
+            };
+            match written {
                 Ok((v, w)) => {
                     warn(&w);
                     let name = v.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
-                    println!("{} replaced", ref_name(info, name));
+                    let done = match create {
+                        Some(true) => "created (dry run)",
+                        Some(false) => "created",
+                        None => "replaced",
+                    };
+                    println!("{} {done}", ref_name(info, name));
                 }
                 Err(e) => {
                     eprintln!("{:#}", server_error(e));

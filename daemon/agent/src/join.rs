@@ -51,12 +51,7 @@ pub async fn bootstrap(
     node: &str,
     data_dir: &Path,
 ) -> Result<PathBuf> {
-    let ok_token = token.split_once('.').is_some_and(|(id, s)| {
-        let ok = |x: &str, n| {
-            x.len() == n && x.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        };
-        ok(id, 6) && ok(s, 16)
-    });
+    let ok_token = flotilla_pki::bootstrap_token_parts(token).is_some();
     if !ok_token {
         bail!("--token must be <id>.<secret>: 6 and 16 characters of [a-z0-9] (`flotillad token create` makes one)");
     }

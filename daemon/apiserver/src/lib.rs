@@ -853,7 +853,7 @@ impl ApiServer {
         let Some(token) = credentials.bearer.as_deref() else {
             return Ok(User::anonymous());
         };
-        if let Some((id, secret)) = tokens::bootstrap_token_parts(token) {
+        if let Some((id, secret)) = flotilla_pki::bootstrap_token_parts(token) {
             return tokens::bootstrap_user(&self.caches["secrets"], id, secret)
                 .map_err(|why| ApiError::new(Reason::Unauthorized, why));
         }

@@ -484,15 +484,6 @@ pub fn keep_token_volume(current: &Value, new: &mut Value) {
 
 // ---- bootstrap tokens (Kubernetes' `bootstrap.kubernetes.io/token` Secrets) ----
 
-/// `<id>.<secret>`: 6 and 16 characters of `[a-z0-9]`.
-pub fn bootstrap_token_parts(token: &str) -> Option<(&str, &str)> {
-    let (id, secret) = token.split_once('.')?;
-    let ok = |s: &str, n: usize| {
-        s.len() == n && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-    };
-    (ok(id, 6) && ok(secret, 16)).then_some((id, secret))
-}
-
 /// The user a bootstrap token authenticates: `system:bootstrap:<id>`, in
 /// `system:bootstrappers` and the token's extra groups. The refusal says why (the joining
 /// node prints it), never the secret.

@@ -142,3 +142,13 @@ pub fn apiserver_names(
 fn nix_hostname() -> std::io::Result<String> {
     Ok(std::fs::read_to_string("/proc/sys/kernel/hostname")?.trim().to_string())
 }
+
+/// A bootstrap token's `<id>.<secret>` (6 and 16 characters of `[a-z0-9]`, Kubernetes'
+/// format), split; None when the text is not one.
+pub fn bootstrap_token_parts(token: &str) -> Option<(&str, &str)> {
+    let (id, secret) = token.split_once('.')?;
+    let ok = |s: &str, n: usize| {
+        s.len() == n && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    };
+    (ok(id, 6) && ok(secret, 16)).then_some((id, secret))
+}
