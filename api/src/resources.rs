@@ -85,6 +85,11 @@ resources! {
 /// Finds a resource the way kubectl does: by plural, singular (kind, any case), short name,
 /// or `plural.group`.
 pub fn lookup(name: &str) -> Option<&'static ResourceInfo> {
+    // Every request resolves its plural here (authorization's API group): that exact match
+    // allocates nothing.
+    if let Some(r) = RESOURCES.iter().find(|r| r.plural == name) {
+        return Some(r);
+    }
     let lower = name.to_ascii_lowercase();
     let (base, group) = match lower.split_once('.') {
         Some((b, g)) => (b.to_string(), Some(g.to_string())),
