@@ -24,6 +24,8 @@ pub enum Reason {
     /// A watcher fell behind or a limit was reached: resume or retry later.
     TooManyRequests,
     Unavailable,
+    /// The body's content type is not one the verb takes (HTTP 415).
+    UnsupportedMediaType,
     /// The request's credentials (bearer token) are not valid.
     Unauthorized,
     Internal,
@@ -36,7 +38,9 @@ impl Reason {
             Reason::NotFound => Code::NotFound,
             Reason::AlreadyExists => Code::AlreadyExists,
             Reason::Conflict => Code::Aborted,
-            Reason::Invalid | Reason::BadRequest => Code::InvalidArgument,
+            Reason::Invalid | Reason::BadRequest | Reason::UnsupportedMediaType => {
+                Code::InvalidArgument
+            }
             Reason::Forbidden => Code::PermissionDenied,
             Reason::Expired => Code::OutOfRange,
             Reason::TooManyRequests => Code::ResourceExhausted,
@@ -53,6 +57,7 @@ impl Reason {
             Reason::AlreadyExists | Reason::Conflict => 409,
             Reason::Invalid => 422,
             Reason::BadRequest => 400,
+            Reason::UnsupportedMediaType => 415,
             Reason::Forbidden => 403,
             Reason::Expired => 410,
             Reason::TooManyRequests => 429,
@@ -70,6 +75,7 @@ impl Reason {
             Reason::Conflict => "Conflict",
             Reason::Invalid => "Invalid",
             Reason::BadRequest => "BadRequest",
+            Reason::UnsupportedMediaType => "UnsupportedMediaType",
             Reason::Forbidden => "Forbidden",
             Reason::Expired => "Expired",
             Reason::TooManyRequests => "TooManyRequests",
@@ -224,6 +230,44 @@ impl ApiError {
 
     pub fn code(&self) -> Code {
         self.reason.code()
+    }
+
+    /// Kubernetes' `Status` object for this error, as the HTTP API answers it. `details`
+    /// names the object (`name`, `group`, `kind`: the resource's plural) when known.
+    pub fn status_object(&self, name: &str, group: &str, kind: &str) -> serde_json::Value {
+        let mut details = serde_json::Map::new();
+        for (k, v) in [("name", name), ("group", group), ("kind", kind)] {
+            if !v.is_empty() {
+                details.insert(k.into(), v.into());
+            }
+        }
+        if !self.causes.is_empty() {
+            let causes = self
+                .causes
+                .iter()
+                .map(|c| {
+                    let reason = match c.kind {
+                        FieldErrorType::Required => "FieldValueRequired",
+                        FieldErrorType::Invalid => "FieldValueInvalid",
+                        FieldErrorType::NotSupported => "FieldValueNotSupported",
+                        FieldErrorType::Duplicate => "FieldValueDuplicate",
+                        FieldErrorType::Forbidden => "FieldValueForbidden",
+                        FieldErrorType::TooLong => "FieldValueTooLong",
+                    };
+                    let text = c.to_string();
+                    let message = text.strip_prefix(&format!("{}: ", c.field)).unwrap_or(&text);
+                    serde_json::json!({"reason": reason, "message": message, "field": c.field})
+                })
+                .collect();
+            details.insert("causes".into(), serde_json::Value::Array(causes));
+        }
+        let mut v = serde_json::json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+            "status": "Failure", "message": self.message, "reason": self.reason.as_str(),
+            "code": self.reason.http_code()});
+        if !details.is_empty() {
+            v["details"] = serde_json::Value::Object(details);
+        }
+        v
     }
 
     pub fn to_status(&self) -> tonic::Status {

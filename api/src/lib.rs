@@ -18,7 +18,10 @@ pub mod patch;
 pub mod prune;
 pub mod quantity;
 pub mod resources;
+pub mod schema_table;
 pub mod selector;
+pub mod strategic;
+pub mod table;
 pub mod validate;
 
 pub use error::{ApiError, FieldError, Reason};

@@ -1,5 +1,6 @@
 //! Patches: JSON merge patch (RFC 7386, what `kubectl patch --type merge` sends) and JSON patch
-//! (RFC 6902), both with the `json-patch` crate.
+//! (RFC 6902), both with the `json-patch` crate; and Kubernetes' strategic merge patch
+//! (`strategic`).
 
 use crate::error::ApiError;
 use serde_json::Value;
@@ -8,6 +9,8 @@ use serde_json::Value;
 pub enum PatchKind {
     Merge,
     Json,
+    /// Kubernetes' strategic merge patch (`strategic`).
+    Strategic,
 }
 
 pub fn apply(target: &Value, kind: PatchKind, patch: &[u8]) -> Result<Value, ApiError> {
@@ -21,6 +24,7 @@ pub fn apply(target: &Value, kind: PatchKind, patch: &[u8]) -> Result<Value, Api
             }
             json_patch::merge(&mut out, &patch_value);
         }
+        PatchKind::Strategic => out = crate::strategic::apply(target, &patch_value)?,
         PatchKind::Json => {
             let p: json_patch::Patch = serde_json::from_value(patch_value)
                 .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;

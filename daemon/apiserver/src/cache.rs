@@ -77,8 +77,8 @@ pub struct CacheEvent {
     pub prev: Option<Arc<CachedObject>>,
     /// When the cache saw it: watch event latency is measured from here.
     pub seen: Instant,
-    /// The encoded `WatchEvent` per event type a watcher may see it as, built on first use.
-    encoded: [OnceLock<Bytes>; 3],
+    /// The encoded event per wire and event type a watcher may see it as, built on first use.
+    encoded: [OnceLock<Bytes>; 6],
 }
 
 impl CacheEvent {
@@ -92,22 +92,63 @@ impl CacheEvent {
         CacheEvent { kind, rev, obj, prev, seen, encoded: Default::default() }
     }
 
-    /// This event as `as_kind` (a watcher's filter may turn MODIFIED into ADDED or DELETED),
-    /// encoded once and shared by every watcher.
-    pub fn encoded(&self, as_kind: EventKind) -> Bytes {
-        self.encoded[as_kind as usize]
-            .get_or_init(|| encode_event(as_kind, &self.obj.bytes))
+    /// This event as `as_kind` (a watcher's filter may turn MODIFIED into ADDED or DELETED)
+    /// in a front's encoding, encoded once and shared by every watcher of that front.
+    pub fn encoded(&self, wire: Wire, as_kind: EventKind) -> Bytes {
+        debug_assert!(wire != Wire::Table, "tables are encoded per watcher");
+        self.encoded[(wire as usize).min(1) * 3 + as_kind as usize]
+            .get_or_init(|| encode_event(wire, as_kind, &self.obj.bytes))
             .clone()
     }
 }
 
-pub fn encode_event(kind: EventKind, object: &Bytes) -> Bytes {
-    let t = match kind {
-        EventKind::Added => proto::EventType::Added,
-        EventKind::Modified => proto::EventType::Modified,
-        EventKind::Deleted => proto::EventType::Deleted,
-    };
-    Bytes::from(proto::WatchEvent { r#type: t as i32, object: object.clone() }.encode_to_vec())
+/// How a front frames watch events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// gRPC: a protobuf `WatchEvent` each.
+    Proto = 0,
+    /// HTTP: Kubernetes' `{"type":"ADDED","object":{…}}` lines.
+    Json = 1,
+    /// HTTP, each object as a one-row Table (`kubectl get -w`): made per watcher, since only
+    /// the first carries the column definitions.
+    Table = 2,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Added => "ADDED",
+            EventKind::Modified => "MODIFIED",
+            EventKind::Deleted => "DELETED",
+        }
+    }
+}
+
+pub fn encode_event(wire: Wire, kind: EventKind, object: &Bytes) -> Bytes {
+    match wire {
+        Wire::Proto => {
+            let t = match kind {
+                EventKind::Added => proto::EventType::Added,
+                EventKind::Modified => proto::EventType::Modified,
+                EventKind::Deleted => proto::EventType::Deleted,
+            };
+            Bytes::from(
+                proto::WatchEvent { r#type: t as i32, object: object.clone() }.encode_to_vec(),
+            )
+        }
+        Wire::Json | Wire::Table => json_event(kind.as_str(), object),
+    }
+}
+
+/// One line of an HTTP watch: the object's bytes as they are, framed.
+pub fn json_event(kind: &str, object: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(object.len() + 32);
+    out.extend_from_slice(b"{\"type\":\"");
+    out.extend_from_slice(kind.as_bytes());
+    out.extend_from_slice(b"\",\"object\":");
+    out.extend_from_slice(object);
+    out.extend_from_slice(b"}\n");
+    Bytes::from(out)
 }
 
 /// What one list or watch selects.

@@ -5,25 +5,30 @@
 //! update: it was last written at the revision read), so a stale resourceVersion is a Conflict
 //! and nothing is ever half-written. Reads of single objects go to the store; lists and
 //! watches to the caches, after the cache has caught up with the store's current revision.
-
+#![recursion_limit = "256"]
 #![forbid(unsafe_code)]
 
 mod alloc;
 pub mod audit;
 pub mod cache;
 pub mod encryption;
+mod http;
+mod k8s_proto;
 pub mod kv;
 pub mod metrics;
 pub mod node_authz;
+mod openapi;
 pub mod podsecurity;
 pub mod proxy;
 pub mod rbac;
 pub mod request;
 mod resource_metrics;
+pub mod scale;
 mod service;
 pub mod strategy;
 pub mod testing;
 pub mod tokens;
+mod watch;
 
 use bytes::Bytes;
 use cache::{Filter, WatchCache};

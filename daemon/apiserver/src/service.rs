@@ -1,28 +1,20 @@
-//! The gRPC face of the API server, `/metrics` on the same port, and the watch streams.
+//! The gRPC face of the API server, and the request runner both fronts share; the listener
+//! that serves both.
 
-use super::cache::{encode_event, CacheEvent, EventKind, Filter, Subscription, WatchCache};
+use super::cache::Wire;
 use super::request::{Credentials, RequestInfo, User};
+use super::watch::{Watch, WATCH_QUEUE};
 use super::{encode, ApiServer, DeleteOptions, ListOptions};
-use bytes::Bytes;
 use flotilla_api::error::{ApiError, Reason};
 use flotilla_api::patch::PatchKind;
 use flotilla_api::proto::{self, api_server::Api};
 use futures::Stream;
-use prost::Message;
 use serde_json::json;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
-
-/// Events one watch response carries at most. With the queue below this bounds what a watcher
-/// that does not read can hold: the ring cuts it off beyond that.
-const WATCH_BATCH: usize = 64;
-/// Responses queued per watcher ahead of the network.
-const WATCH_QUEUE: usize = 4;
-/// Initial-state events per response.
-const INITIAL_BATCH: usize = 500;
 
 #[derive(Clone)]
 pub struct Service(pub Arc<ApiServer>);
@@ -35,11 +27,103 @@ fn obj_response(v: &serde_json::Value, warnings: Vec<String>) -> Response<proto:
     Response::new(proto::ObjectResponse { object: encode(v), warnings })
 }
 
+/// One request through the core's first stages (authenticate, authorize), then `f` with the
+/// caller, in its span (so every line it logs says what it was for); records its latency and
+/// its audit event. Both fronts run every non-streaming request through here.
+pub(crate) async fn run<T: Audited, F, Fut>(
+    server: &ApiServer,
+    credentials: Result<Credentials, ApiError>,
+    source: Option<std::net::SocketAddr>,
+    r: RequestInfo<'_>,
+    body: Option<&[u8]>,
+    f: F,
+) -> Result<T, ApiError>
+where
+    F: FnOnce(User) -> Fut,
+    Fut: std::future::Future<Output = Result<T, ApiError>>,
+{
+    use tracing::Instrument;
+    let started = Instant::now();
+    let auditor = server.config.audit.clone();
+    let received = auditor.as_ref().map(|_| jiff::Timestamp::now());
+    let RequestInfo { verb, resource, subresource, namespace, name, .. } = r;
+    let span = tracing::info_span!(
+        "request",
+        verb,
+        resource,
+        subresource,
+        namespace,
+        name,
+        user = tracing::field::Empty
+    );
+    let mut who = None;
+    let out = async {
+        let user = server.admit_request(&credentials?, r)?;
+        tracing::Span::current().record("user", user.name.as_str());
+        if auditor.is_some() {
+            who = Some(user.clone());
+        }
+        f(user).await
+    }
+    .instrument(span)
+    .await;
+    let res = flotilla_api::lookup(resource).map_or("unknown", |r| r.plural);
+    let label = match (verb, subresource) {
+        ("update", "status") => "update_status",
+        (v, _) => v,
+    };
+    server.record(label, res, started);
+    if let (Some(aud), Some(received)) = (auditor, received) {
+        let user = who.unwrap_or_else(User::anonymous);
+        let attrs = r.by(&user);
+        let (code, message) = match &out {
+            Ok(_) if verb == "create" => (201, None),
+            Ok(_) => (200, None),
+            Err(e) => (e.reason.http_code(), Some(e.message.as_str())),
+        };
+        aud.log(crate::audit::Record {
+            attributes: &attrs,
+            code,
+            message,
+            request: body,
+            response: out.as_ref().ok().and_then(Audited::audit_body),
+            received,
+            source,
+        });
+    }
+    out
+}
+
+/// A request that streams (watch, logs, exec) or answers outside `run`, authenticated and
+/// authorized: audited when admitted or refused (Kubernetes' ResponseStarted stage).
+pub(crate) fn admit_logged(
+    server: &ApiServer,
+    credentials: Result<Credentials, ApiError>,
+    source: Option<std::net::SocketAddr>,
+    r: RequestInfo<'_>,
+) -> Result<User, ApiError> {
+    let out = credentials.and_then(|c| server.admit_request(&c, r));
+    if let Some(aud) = &server.config.audit {
+        let user = out.as_ref().map_or_else(|_| User::anonymous(), User::clone);
+        let (code, message) = match &out {
+            Ok(_) => (200, None),
+            Err(e) => (e.reason.http_code(), Some(e.message.as_str())),
+        };
+        aud.log(crate::audit::Record {
+            attributes: &r.by(&user),
+            code,
+            message,
+            request: None,
+            response: None,
+            received: jiff::Timestamp::now(),
+            source,
+        });
+    }
+    out
+}
+
 impl Service {
-    /// Runs one request through the core's first stages (authenticate, authorize) and then
-    /// `f` with the caller, in its span (so every line it logs says what it was for); records
-    /// its latency and its audit event, and maps its error to a status in the one place that
-    /// does.
+    /// `run` for a gRPC call: maps its error to a status in the one place that does.
     async fn timed<T: Audited, F, Fut>(
         &self,
         meta: &Call,
@@ -65,84 +149,15 @@ impl Service {
         F: FnOnce(User) -> Fut,
         Fut: std::future::Future<Output = Result<T, ApiError>>,
     {
-        use tracing::Instrument;
-        let started = Instant::now();
-        let auditor = self.0.config.audit.clone();
-        let received = auditor.as_ref().map(|_| jiff::Timestamp::now());
-        let RequestInfo { verb, resource, subresource, namespace, name, .. } = r;
-        let span = tracing::info_span!(
-            "request",
-            verb,
-            resource,
-            subresource,
-            namespace,
-            name,
-            user = tracing::field::Empty
-        );
-        let mut who = None;
-        let out = async {
-            let user = self.caller(meta, r)?;
-            tracing::Span::current().record("user", user.name.as_str());
-            if auditor.is_some() {
-                who = Some(user.clone());
-            }
-            f(user).await
-        }
-        .instrument(span)
-        .await;
-        let res = flotilla_api::lookup(resource).map_or("unknown", |r| r.plural);
-        let label = match (verb, subresource) {
-            ("update", "status") => "update_status",
-            (v, _) => v,
-        };
-        self.0.record(label, res, started);
-        if let (Some(aud), Some(received)) = (auditor, received) {
-            let user = who.unwrap_or_else(User::anonymous);
-            let attrs = r.by(&user);
-            let (code, message) = match &out {
-                Ok(_) if verb == "create" => (201, None),
-                Ok(_) => (200, None),
-                Err(e) => (e.reason.http_code(), Some(e.message.as_str())),
-            };
-            aud.log(crate::audit::Record {
-                attributes: &attrs,
-                code,
-                message,
-                request: body,
-                response: out.as_ref().ok().and_then(Audited::audit_body),
-                received,
-                source: meta.1.get::<flotilla_pki::tls::Peer>().and_then(|p| p.addr),
-            });
-        }
-        out.map_err(|e| e.to_status())
+        let source = meta.1.get::<flotilla_pki::tls::Peer>().and_then(|p| p.addr);
+        run(&self.0, credentials(meta), source, r, body, f).await.map_err(|e| e.to_status())
     }
 
-    /// Authenticates and authorizes a request in the core.
-    fn caller(&self, meta: &Call, r: RequestInfo<'_>) -> Result<User, ApiError> {
-        self.0.admit_request(&credentials(meta)?, r)
-    }
-
-    /// `caller`, for requests that stream (watch, logs, exec) or answer outside `timed`:
-    /// audited when admitted or refused (Kubernetes' ResponseStarted stage).
+    /// Authenticates and authorizes a request that streams (watch, logs, exec) or answers
+    /// outside `timed`: audited when admitted or refused.
     fn caller_logged(&self, meta: &Call, r: RequestInfo<'_>) -> Result<User, ApiError> {
-        let out = self.caller(meta, r);
-        if let Some(aud) = &self.0.config.audit {
-            let user = out.as_ref().map_or_else(|_| User::anonymous(), User::clone);
-            let (code, message) = match &out {
-                Ok(_) => (200, None),
-                Err(e) => (e.reason.http_code(), Some(e.message.as_str())),
-            };
-            aud.log(crate::audit::Record {
-                attributes: &r.by(&user),
-                code,
-                message,
-                request: None,
-                response: None,
-                received: jiff::Timestamp::now(),
-                source: meta.1.get::<flotilla_pki::tls::Peer>().and_then(|p| p.addr),
-            });
-        }
-        out
+        let source = meta.1.get::<flotilla_pki::tls::Peer>().and_then(|p| p.addr);
+        admit_logged(&self.0, credentials(meta), source, r)
     }
 }
 
@@ -319,6 +334,7 @@ impl Api for Service {
             let kind = match proto::PatchType::try_from(r.patch_type) {
                 Ok(proto::PatchType::Merge) => PatchKind::Merge,
                 Ok(proto::PatchType::Json) => PatchKind::Json,
+                Ok(proto::PatchType::Strategic) => PatchKind::Strategic,
                 Err(_) => return Err(ApiError::bad_request("unknown patch type")),
             };
             let (ns, name, sub) = (&r.namespace, &r.name, &r.subresource);
@@ -384,6 +400,8 @@ impl Api for Service {
         s.record("watch", info.plural, started);
         let (tx, rx) = mpsc::channel(WATCH_QUEUE);
         let w = Watch {
+            wire: Wire::Proto,
+            table_headers_sent: Default::default(),
             s: s.clone(),
             cache,
             filter: f,
@@ -393,7 +411,12 @@ impl Api for Service {
             tx,
         };
         tokio::spawn(w.run(sub));
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        let stream =
+            futures::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |b| match b {
+                Ok(events) => Ok(proto::WatchResponse { events }),
+                Err(e) => Err(e.to_status()),
+            });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     type PodLogsStream = LogStream;
@@ -600,191 +623,8 @@ impl Api for Service {
     }
 }
 
-/// One API watch: replays what it must, then follows the cache's ring.
-struct Watch {
-    s: Arc<ApiServer>,
-    cache: Arc<WatchCache>,
-    filter: Filter,
-    from: i64,
-    bookmarks: bool,
-    /// The client asked for the initial state explicitly and wants to know where it ends.
-    initial_end: bool,
-    tx: mpsc::Sender<Result<proto::WatchResponse, Status>>,
-}
-
-impl Watch {
-    fn bookmark(&self, rev: i64, initial_end: bool) -> Bytes {
-        let info = self.cache.info;
-        let mut obj = json!({"apiVersion": info.api_version(), "kind": info.kind,
-            "metadata": {"resourceVersion": rev.to_string()}});
-        if initial_end {
-            // Tells the client the initial state is complete, as Kubernetes does.
-            obj["metadata"]["annotations"] = json!({"k8s.io/initial-events-end": "true"});
-        }
-        let ev =
-            proto::WatchEvent { r#type: proto::EventType::Bookmark as i32, object: encode(&obj) };
-        Bytes::from(ev.encode_to_vec())
-    }
-
-    fn push(&self, ev: &CacheEvent, out: &mut Vec<Bytes>) {
-        if let Some(k) = self.filter.event_for(ev) {
-            out.push(ev.encoded(k));
-        }
-    }
-
-    async fn send(&self, events: Vec<Bytes>, seen: Option<Instant>) -> bool {
-        if events.is_empty() {
-            return true;
-        }
-        let plural = self.cache.info.plural;
-        self.s.metrics.watch_events.with_label_values(&[plural]).inc_by(events.len() as u64);
-        let ok = self.tx.send(Ok(proto::WatchResponse { events })).await.is_ok();
-        if let Some(seen) = seen {
-            self.s
-                .metrics
-                .watch_latency
-                .with_label_values(&[plural])
-                .observe(seen.elapsed().as_secs_f64());
-        }
-        ok
-    }
-
-    async fn end(&self, e: ApiError) {
-        let _ = self.tx.send(Err(e.to_status())).await;
-    }
-
-    async fn run(self, mut sub: Subscription) {
-        let plural = self.cache.info.plural;
-        let gauge = self.s.metrics.watchers.with_label_values(&[plural]);
-        gauge.inc();
-        let _dec = scopeguard(move || gauge.dec());
-        // Events at or below `last` are covered by the initial state or the start revision.
-        let mut last = if sub.with_initial { sub.rev.max(self.from) } else { self.from };
-        for chunk in std::mem::take(&mut sub.initial).chunks(INITIAL_BATCH) {
-            let events = chunk.iter().map(|o| encode_event(EventKind::Added, &o.bytes)).collect();
-            if !self.send(events, None).await {
-                return;
-            }
-        }
-        if sub.with_initial
-            && self.initial_end
-            && self.bookmarks
-            && !self.send(vec![self.bookmark(last, true)], None).await
-        {
-            return;
-        }
-        let mut out = Vec::new();
-        for ev in std::mem::take(&mut sub.replay) {
-            self.push(&ev, &mut out);
-            last = last.max(ev.rev);
-            if out.len() >= WATCH_BATCH && !self.send(std::mem::take(&mut out), None).await {
-                return;
-            }
-        }
-        if !self.send(out, None).await {
-            return;
-        }
-        let mut tick = tokio::time::interval(self.s.config.bookmark_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        let mut bookmarked = last;
-        loop {
-            tokio::select! {
-                r = sub.rx.recv() => {
-                    let mut out = Vec::new();
-                    let mut first_seen = None;
-                    let mut next = r;
-                    loop {
-                        match next {
-                            Ok(ev) => {
-                                if ev.rev > last {
-                                    first_seen.get_or_insert(ev.seen);
-                                    self.push(&ev, &mut out);
-                                    last = ev.rev;
-                                }
-                            }
-                            Err(broadcast::error::RecvError::Lagged(n)) => {
-                                self.s.metrics.watch_cutoffs.with_label_values(&[plural]).inc();
-                                let _ = self.send(out, first_seen).await;
-                                return self.end(ApiError::new(Reason::TooManyRequests, format!(
-                                    "watch of {plural} fell {n} events behind and was cut off; resume from resourceVersion {last}"
-                                ))).await;
-                            }
-                            Err(broadcast::error::RecvError::Closed) => {
-                                let _ = self.send(out, first_seen).await;
-                                return self.end(ApiError::new(Reason::Expired, format!(
-                                    "the {plural} watch cache was rebuilt; relist"
-                                ))).await;
-                            }
-                        }
-                        if out.len() >= WATCH_BATCH {
-                            break;
-                        }
-                        match sub.rx.try_recv() {
-                            Ok(ev) => next = Ok(ev),
-                            Err(broadcast::error::TryRecvError::Empty) => break,
-                            Err(broadcast::error::TryRecvError::Lagged(n)) => next = Err(broadcast::error::RecvError::Lagged(n)),
-                            Err(broadcast::error::TryRecvError::Closed) => next = Err(broadcast::error::RecvError::Closed),
-                        }
-                    }
-                    if !self.send(out, first_seen).await {
-                        return;
-                    }
-                }
-                _ = tick.tick(), if self.bookmarks => {
-                    // Read the revision before checking the ring: everything up to it was
-                    // queued before it became visible.
-                    let rev = self.cache.rev();
-                    // Ask the cache to catch up with revisions of other types for the next tick.
-                    self.cache.request_progress();
-                    if sub.rx.is_empty() && rev > bookmarked.max(last) {
-                        last = rev;
-                        bookmarked = rev;
-                        if !self.send(vec![self.bookmark(rev, false)], None).await {
-                            return;
-                        }
-                    }
-                }
-                _ = self.tx.closed() => return,
-            }
-        }
-    }
-}
-
-/// The API port's plain HTTP paths, authorized like every request: health and version for
-/// everyone (`system:public-info-viewer`), metrics for `system:monitoring` and admins.
-fn non_resource(
-    server: &ApiServer,
-    path: &str,
-    req: &axum::extract::Request,
-) -> axum::response::Response {
-    use axum::http::{header, StatusCode};
-    use axum::response::IntoResponse;
-    let peer = req.extensions().get::<flotilla_pki::tls::Peer>();
-    let admitted = credentials_of(req.headers(), peer)
-        .and_then(|c| server.admit_request(&c, RequestInfo::non_resource("get", path)));
-    if let Err(e) = admitted {
-        let code = e.reason.http_code();
-        let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
-            "status": "Failure", "message": e.message, "reason": e.reason.as_str(), "code": code});
-        let code = StatusCode::from_u16(code).unwrap_or(StatusCode::FORBIDDEN);
-        return (code, [(header::CONTENT_TYPE, "application/json")], status.to_string())
-            .into_response();
-    }
-    match path {
-        "/metrics" => server.metrics.render().into_response(),
-        "/version" => {
-            let v = json!({"major": "1", "minor": "35",
-                "gitVersion": concat!("v1.35.0-flotilla.", env!("CARGO_PKG_VERSION")),
-                "platform": format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH)});
-            ([(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response()
-        }
-        _ => "ok".into_response(),
-    }
-}
-
 /// `metadata.name` of a JSON object, without decoding the rest into values.
-fn object_name(body: &[u8]) -> String {
+pub(crate) fn object_name(body: &[u8]) -> String {
     #[derive(serde::Deserialize, Default)]
     struct Meta {
         #[serde(default)]
@@ -796,19 +636,6 @@ fn object_name(body: &[u8]) -> String {
         metadata: Meta,
     }
     serde_json::from_slice::<Obj>(body).map(|o| o.metadata.name).unwrap_or_default()
-}
-
-/// Runs `f` when dropped.
-fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
-    struct G<F: FnOnce()>(Option<F>);
-    impl<F: FnOnce()> Drop for G<F> {
-        fn drop(&mut self) {
-            if let Some(f) = self.0.take() {
-                f()
-            }
-        }
-    }
-    G(Some(f))
 }
 
 /// Serves the API (gRPC, HTTP/2) and `/metrics` (HTTP/1.1 or 2) on one listener, TLS only:
@@ -826,17 +653,13 @@ pub async fn serve(
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(256 << 20);
     let mut routes = tonic::service::Routes::new(svc);
-    let mut router = std::mem::take(routes.axum_router_mut());
-    for path in ["/metrics", "/healthz", "/livez", "/readyz", "/version"] {
-        let m = server.clone();
-        router = router.route(
-            path,
-            axum::routing::get(move |req: axum::extract::Request| async move {
-                non_resource(&m, path, &req)
-            }),
-        );
-    }
-    *routes.axum_router_mut() = router;
+    // Everything that is not a gRPC method is Kubernetes' HTTP API.
+    let router = std::mem::take(routes.axum_router_mut());
+    let http = server.clone();
+    *routes.axum_router_mut() = router.fallback(move |req: axum::extract::Request| {
+        let s = http.clone();
+        async move { super::http::handle(s, req).await }
+    });
     // Accepted connections get TCP_NODELAY there: small responses must not wait on Nagle and
     // delayed ACKs (40 ms).
     let builder = tonic::transport::Server::builder()

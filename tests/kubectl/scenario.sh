@@ -1,0 +1,202 @@
+#!/usr/bin/env bash
+# kubectl against Flotilla's Kubernetes HTTP API, as a user would type it. Run by
+# tests/tests/kubectl.rs with KUBECTL (the binary) and KUBECONFIG (the admin kubeconfig)
+# set, in a scratch directory. Every step checks what kubectl printed; the first failure
+# stops the script with the step that failed.
+set -euo pipefail
+
+k() { "$KUBECTL" "$@"; }
+step() { echo "=== $*"; }
+fail() { echo "FAIL: $*" >&2; exit 1; }
+# want TEXT PATTERN: TEXT matches the extended regex PATTERN.
+want() { grep -Eq -- "$2" <<<"$1" || fail "expected /$2/ in:
+$1"; }
+# same A B WHAT
+same() { [ "$1" = "$2" ] || fail "$3: got '$1', want '$2'"; }
+
+step version
+out=$(k version -o json)
+want "$out" '"gitVersion": "v1\.35\.0-flotilla'
+
+step api-resources
+out=$(k api-resources)
+want "$out" 'deployments +deploy +apps/v1 +true +Deployment'
+want "$out" 'pods +po +v1 +true +Pod'
+want "$out" 'clusterroles +rbac.authorization.k8s.io/v1 +false +ClusterRole'
+out=$(k api-resources --api-group=apps -o name)
+want "$out" '^deployments.apps$|
+deployments.apps'
+
+step get namespaces
+out=$(k get namespaces)
+want "$out" '^NAME +STATUS +AGE'
+want "$out" 'kube-system +Active'
+
+cat > app.yaml <<'YAML'
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: web-config
+  labels:
+    app: web
+data:
+  greeting: hello
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  labels:
+    app: web
+    tier: frontend
+spec:
+  replicas: 2
+  selector:
+    matchLabels:
+      app: web
+  template:
+    metadata:
+      labels:
+        app: web
+    spec:
+      containers:
+      - name: app
+        image: registry.invalid/web:1
+        ports:
+        - containerPort: 8080
+        env:
+        - name: MODE
+          value: one
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+spec:
+  selector:
+    app: web
+  ports:
+  - port: 80
+    targetPort: 8080
+YAML
+
+step apply -f, twice
+out=$(k apply -f app.yaml)
+want "$out" 'configmap/web-config created'
+want "$out" 'deployment.apps/web created'
+want "$out" 'service/web created'
+out=$(k apply -f app.yaml)
+want "$out" 'deployment.apps/web unchanged'
+
+step apply with a changed field and a removed one
+sed -e 's/replicas: 2/replicas: 3/' -e '/tier: frontend/d' app.yaml > app2.yaml
+out=$(k apply -f app2.yaml)
+want "$out" 'deployment.apps/web configured'
+same "$(k get deploy web -o jsonpath='{.spec.replicas}')" 3 "replicas after apply"
+same "$(k get deploy web -o jsonpath='{.metadata.labels.tier}')" "" "removed label"
+same "$(k get deploy web -o jsonpath='{.spec.template.spec.containers[0].ports[0].containerPort}')" 8080 "ports kept"
+
+step get -o wide, yaml, json, jsonpath, custom-columns
+out=$(k get deploy web)
+want "$out" '^NAME +READY +UP-TO-DATE +AVAILABLE +AGE'
+want "$out" '^web +0/3'
+out=$(k get deploy -o wide)
+want "$out" 'CONTAINERS +IMAGES +SELECTOR'
+want "$out" 'registry.invalid/web:1 +app=web'
+out=$(k get cm web-config -o yaml)
+want "$out" 'greeting: hello'
+out=$(k get cm -o json)
+want "$out" '"kind": "List"'
+want "$out" '"name": "web-config"'
+out=$(k get deploy web -o custom-columns=NAME:.metadata.name,REPLICAS:.spec.replicas)
+want "$out" '^web +3$|
+web +3'
+out=$(k get svc web -o jsonpath='{.spec.clusterIP}')
+want "$out" '^10\.'
+out=$(k get all)
+want "$out" 'deployment.apps/web'
+want "$out" 'service/web'
+out=$(k get deploy,cm -l app=web -o name)
+want "$out" 'deployment.apps/web'
+want "$out" 'configmap/web-config'
+
+step patch: json, merge, strategic
+k patch deploy web --type json -p '[{"op":"replace","path":"/spec/replicas","value":4}]' >/dev/null
+same "$(k get deploy web -o jsonpath='{.spec.replicas}')" 4 "json patch"
+k patch deploy web --type merge -p '{"metadata":{"labels":{"patched":"merge"}}}' >/dev/null
+same "$(k get deploy web -o jsonpath='{.metadata.labels.patched}')" merge "merge patch"
+k patch deploy web -p '{"spec":{"template":{"spec":{"containers":[{"name":"app","env":[{"name":"EXTRA","value":"two"}]}]}}}}' >/dev/null
+same "$(k get deploy web -o jsonpath='{.spec.template.spec.containers[0].env[*].name}')" "MODE EXTRA" "strategic patch merges env by name"
+same "$(k get deploy web -o jsonpath='{.spec.template.spec.containers[0].image}')" "registry.invalid/web:1" "strategic patch keeps the image"
+
+step scale
+out=$(k scale deploy web --replicas=2)
+want "$out" 'deployment.apps/web scaled'
+same "$(k get deploy web -o jsonpath='{.spec.replicas}')" 2 "scaled"
+
+step label, annotate
+k label cm web-config tier=backend >/dev/null
+same "$(k get cm web-config -o jsonpath='{.metadata.labels.tier}')" backend "label"
+k label cm web-config tier- >/dev/null
+same "$(k get cm web-config -o jsonpath='{.metadata.labels.tier}')" "" "label removed"
+k annotate cm web-config note=hi >/dev/null
+same "$(k get cm web-config -o jsonpath='{.metadata.annotations.note}')" hi "annotate"
+
+step edit
+EDITOR="sed -i s/greeting:\ hello/greeting:\ edited/" k edit cm web-config >/dev/null
+same "$(k get cm web-config -o jsonpath='{.data.greeting}')" edited "edit"
+
+step get -w sees a change
+k get cm web-config -w --output-watch-events > watch.out 2>&1 &
+watcher=$!
+sleep 2
+k patch cm web-config --type merge -p '{"data":{"greeting":"watched"}}' >/dev/null
+for _ in $(seq 50); do grep -q MODIFIED watch.out && break; sleep 0.2; done
+kill $watcher 2>/dev/null || true
+wait $watcher 2>/dev/null || true
+want "$(cat watch.out)" 'ADDED +web-config'
+want "$(cat watch.out)" 'MODIFIED +web-config'
+
+step describe
+out=$(k describe deploy web)
+want "$out" 'Name: +web'
+want "$out" 'Replicas: +2 desired'
+
+step errors name the object and field
+out=$(k get deploy nope 2>&1 || true)
+want "$out" 'deployments.apps "nope" not found'
+out=$(k create configmap bad --from-literal=a=b --dry-run=client -o json | sed 's/"bad"/"Bad_Name"/' | k create -f - 2>&1 || true)
+want "$out" 'is invalid'
+want "$out" 'metadata.name'
+out=$(k apply -f - 2>&1 <<'YAML' || true
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: strict
+data: {a: b}
+unknownField: 1
+YAML
+)
+want "$out" 'unknown field "unknownField"'
+out=$(k get cm strict 2>&1 || true)
+want "$out" 'not found'
+
+step auth can-i, create token, whoami
+same "$(k auth can-i create pods)" yes "admin can create pods"
+same "$(k auth can-i list secrets --as jane 2>/dev/null || true)" no "jane cannot list secrets"
+out=$(k create token default)
+want "$out" '^ey'
+out=$(k auth whoami -o jsonpath='{.status.userInfo.username}')
+same "$out" flotilla-admin "whoami"
+
+step delete
+out=$(k delete cm web-config)
+want "$out" 'configmap "web-config" deleted'
+out=$(k delete deploy web --cascade=foreground)
+want "$out" 'deployment.apps "web" deleted'
+out=$(k delete -f app.yaml --ignore-not-found)
+want "$out" 'service "web" deleted'
+out=$(k get cm,deploy,svc -l app=web 2>&1)
+want "$out" 'No resources found'
+
+echo "kubectl scenario passed"

@@ -1,0 +1,58 @@
+//! kubectl, a client we did not write, against Flotilla's Kubernetes HTTP API: the scenario
+//! in `tests/kubectl/scenario.sh` (discovery, apply, get in every output, patch of all three
+//! types, scale, label, edit, watch, describe, errors, auth, delete) with the kubectl on
+//! PATH (or `FLOTILLA_KUBECTL`).
+
+use flotilla_tests::Member;
+use std::path::PathBuf;
+use std::process::Command;
+
+fn kubectl() -> Option<PathBuf> {
+    if let Some(k) = std::env::var_os("FLOTILLA_KUBECTL") {
+        return Some(PathBuf::from(k));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join("kubectl")).find(|p| p.is_file())
+}
+
+#[test]
+fn kubectl_scenario_against_the_http_api() {
+    let Some(kubectl) = kubectl() else {
+        flotilla_prereq::met(false, "kubectl (cargo xtask setup installs kubernetes-client)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut member = Member::new("kubectl", dir.path());
+    member.start().unwrap();
+    member.api_url().unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("kubectl/scenario.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .current_dir(&work)
+        .env("KUBECTL", &kubectl)
+        .env("KUBECONFIG", member.kubeconfig())
+        // kubectl keeps its discovery cache under HOME: a fresh one per run.
+        .env("HOME", dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{} failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- server log (tail)\n{}",
+        script.display(),
+        member
+            .log()
+            .lines()
+            .rev()
+            .take(30)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(stdout.contains("kubectl scenario passed"), "{stdout}");
+}
