@@ -43,9 +43,66 @@ const APT_PACKAGES: &[&str] = &[
 
 pub fn setup() -> Result<()> {
     apt()?;
+    kubectl()?;
     nightly()?;
     bpf_linker()?;
     Ok(())
+}
+
+/// Where Debian's kubectl 1.20 is unpacked (never installed over the kubectl on PATH): the
+/// HTTP API's tests run kubectl's scenario with it too.
+pub fn old_kubectl() -> PathBuf {
+    crate::util::workspace_root().join("target/kubectl-1.20/usr/bin/kubectl")
+}
+
+/// A kubectl on PATH (Debian's kubernetes-client where none exists), and Debian's 1.20
+/// unpacked into `target/`.
+fn kubectl() -> Result<()> {
+    // (kubectl has no --version, so `have` cannot tell.)
+    let on_path = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("kubectl").is_file()));
+    if !on_path {
+        apt_install(&["kubernetes-client"])?;
+    }
+    let old = old_kubectl();
+    if old.exists() {
+        return Ok(());
+    }
+    let dir = old.ancestors().nth(3).expect("target/kubectl-1.20").to_path_buf();
+    let download = dir.with_file_name("kubectl-1.20.download");
+    std::fs::create_dir_all(&download)?;
+    let mut get = Command::new("apt-get");
+    get.args(["download", "-q", "kubernetes-client"]).current_dir(&download);
+    if run(get).is_err() {
+        let mut update = Command::new("apt-get");
+        update.arg("update").arg("-q");
+        run(update)?;
+        let mut get = Command::new("apt-get");
+        get.args(["download", "-q", "kubernetes-client"]).current_dir(&download);
+        run(get)?;
+    }
+    let deb = std::fs::read_dir(&download)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .context("apt-get download kubernetes-client left no .deb")?;
+    let mut x = Command::new("dpkg");
+    x.arg("-x").arg(&deb).arg(&dir);
+    run(x)?;
+    let _ = std::fs::remove_dir_all(&download);
+    anyhow::ensure!(old.exists(), "{} is not in {}", old.display(), deb.display());
+    Ok(())
+}
+
+fn apt_install(pkgs: &[&str]) -> Result<()> {
+    let mut update = Command::new("apt-get");
+    update.arg("update").arg("-q");
+    run(update)?;
+    let mut install = Command::new("apt-get");
+    install
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(pkgs)
+        .env("DEBIAN_FRONTEND", "noninteractive");
+    run(install)
 }
 
 fn installed(pkg: &str) -> bool {
@@ -61,15 +118,7 @@ fn apt() -> Result<()> {
         return Ok(());
     }
     eprintln!("xtask setup: installing {}", missing.join(" "));
-    let mut update = Command::new("apt-get");
-    update.arg("update").arg("-q");
-    run(update)?;
-    let mut install = Command::new("apt-get");
-    install
-        .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive");
-    run(install)
+    apt_install(&missing)
 }
 
 /// The eBPF crate's pinned nightly with rust-src (for build-std), rustfmt and clippy (lints).

@@ -474,7 +474,7 @@ async fn non_resource(s: &Arc<ApiServer>, path: &str, req: Request) -> Response 
                 "the server could not find the requested resource",
             ));
         }
-        non_resource_body(&s2, path, &headers, &query)
+        non_resource_body(&s2, path, &headers, &query).await
     })
     .await;
     match out {
@@ -483,7 +483,7 @@ async fn non_resource(s: &Arc<ApiServer>, path: &str, req: Request) -> Response 
     }
 }
 
-fn non_resource_body(
+async fn non_resource_body(
     s: &ApiServer,
     path: &str,
     headers: &HeaderMap,
@@ -543,14 +543,23 @@ fn non_resource_body(
             Ok(a)
         }
         [check @ ("healthz" | "livez" | "readyz"), rest @ ..] => {
-            let body = if rest.is_empty() && query.0.contains_key("verbose") {
-                format!("[+]ping ok\n[+]etcd ok\n{check} check passed\n")
-            } else if rest.is_empty() || matches!(rest, ["ping"] | ["etcd"]) {
-                "ok".to_string()
-            } else {
-                return Err(not_found());
+            // Two checks, both real: this process answers, and the store serves a read.
+            let store = s.kv.current_revision().await.map(|_| ()).map_err(|e| e.message);
+            let (code, body) = match (rest, &store) {
+                ([], Ok(())) if query.0.contains_key("verbose") => {
+                    (StatusCode::OK, format!("[+]ping ok\n[+]etcd ok\n{check} check passed\n"))
+                }
+                ([], Err(e)) if query.0.contains_key("verbose") => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("[+]ping ok\n[-]etcd failed: {e}\n{check} check failed\n"),
+                ),
+                ([] | ["etcd"], Err(e)) => {
+                    (StatusCode::INTERNAL_SERVER_ERROR, format!("[-]etcd failed: {e}\n"))
+                }
+                ([] | ["ping"] | ["etcd"], _) => (StatusCode::OK, "ok".to_string()),
+                _ => return Err(not_found()),
             };
-            let mut a = Answer::json(StatusCode::OK, Bytes::from(body));
+            let mut a = Answer::json(code, Bytes::from(body));
             a.content_type = "text/plain; charset=utf-8";
             Ok(a)
         }
