@@ -1305,7 +1305,9 @@ impl Kind for core::Service {
                 }
                 None | Some("") => {}
                 Some(n) => {
-                    if let Some(e) = port_name_error(n) {
+                    // A Service's port names are DNS labels (`80-8080` is one, as kubectl's
+                    // `create service` names them); IANA service names are for containers.
+                    if let Some(e) = dns1123_label_error(n) {
                         errs.invalid_str(format!("{pp}.name"), n, &e);
                     } else if !names.insert(n) {
                         errs.duplicate(format!("{pp}.name"), n);

@@ -43,6 +43,8 @@ pub enum CreateWhat {
     Rolebinding(crate::rbac::BindingArgs),
     /// A ClusterRoleBinding: `--clusterrole=X` to users, groups or service accounts.
     Clusterrolebinding(crate::rbac::BindingArgs),
+    #[command(flatten)]
+    Generated(crate::generate::Gen),
 }
 
 #[derive(clap::Subcommand)]
@@ -73,6 +75,7 @@ pub async fn create(ctx: &Ctx, what: CreateWhat) -> Result<()> {
     use crate::rbac;
     let (obj, dry_run, output) = match what {
         CreateWhat::Token { .. } => return create_token(ctx, what).await,
+        CreateWhat::Generated(g) => return crate::generate::create(ctx, g).await,
         CreateWhat::Role(r) => (rbac::object(ctx, "Role", Some(&r), None)?, r.dry_run, r.output),
         CreateWhat::Clusterrole { role, non_resource_url, aggregation_rule } => {
             let mut obj = rbac::object(ctx, "ClusterRole", Some(&role), None)?;

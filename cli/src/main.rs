@@ -4,6 +4,7 @@
 mod auth;
 mod config;
 mod exec;
+mod generate;
 mod print;
 mod rbac;
 mod rollout;
@@ -101,7 +102,8 @@ enum Cmd {
     /// List or show objects.
     Get {
         /// Kind (pods, po, deploy, svc, …), or several separated by commas.
-        kind: String,
+        #[arg(required_unless_present = "raw")]
+        kind: Option<String>,
         names: Vec<String>,
         /// Every namespace.
         #[arg(short = 'A', long)]
@@ -121,6 +123,10 @@ enum Cmd {
         /// List in pages of this many.
         #[arg(long, default_value_t = 500)]
         chunk_size: i64,
+        /// Print what the API server answers for this path of its HTTP API (`/version`,
+        /// `/api/v1/namespaces/default/pods`, `/metrics`), as kubectl's `get --raw`.
+        #[arg(long, conflicts_with_all = ["names", "output", "watch", "selector"])]
+        raw: Option<String>,
     },
     /// Show an object in detail, with its events.
     Describe {
@@ -509,6 +515,11 @@ impl Ctx {
             _ => (kinds.iter().map(|s| s.to_string()).collect(), names.to_vec()),
         };
         let multi = kinds.len() > 1;
+        // `-o json|yaml` prints one document for the whole query (kubectl's List), unless one
+        // object was asked for by name.
+        let document = matches!(output, Some(Output::Json | Output::Yaml)) && !watch;
+        let mut found: Vec<serde_json::Value> = Vec::new();
+        let mut first_missing = None;
         for kind in &kinds {
             let info = resource(kind)?;
             let ns =
@@ -558,12 +569,21 @@ impl Ctx {
                         Err(e) => return Err(server_error(e)),
                     }
                 }
+                if document {
+                    found.extend(items);
+                    first_missing = first_missing.or(missing.into_iter().next());
+                    continue;
+                }
                 if !items.is_empty() {
                     print::objects(info, &items, output, all_ns && info.namespaced, multi)?;
                 }
                 if let Some(e) = missing.into_iter().next() {
                     return Err(e);
                 }
+                continue;
+            }
+            if document {
+                found.extend(items);
                 continue;
             }
             if items.is_empty() && !watch && output.is_none() {
@@ -599,7 +619,37 @@ impl Ctx {
                 }
             }
         }
+        if document {
+            if !(found.is_empty() && first_missing.is_some()) {
+                let one_named = kinds.len() == 1 && names.len() == 1;
+                print::json_or_yaml(&found, one_named, output.expect("a document output"))?;
+            }
+            if let Some(e) = first_missing {
+                return Err(e);
+            }
+        }
         Ok(())
+    }
+
+    /// `get --raw PATH`: the body as the server sent it; an error status as kubectl reports it.
+    async fn raw(&self, path: &str) -> Result<()> {
+        use std::io::Write;
+        let (code, body) = self.client.raw_get(path).await.map_err(server_error)?;
+        if (200..300).contains(&code) {
+            std::io::stdout().write_all(&body)?;
+            return Ok(());
+        }
+        let status: Value = serde_json::from_slice(&body).unwrap_or_default();
+        let e = ApiError::new(
+            status["reason"]
+                .as_str()
+                .and_then(|r| serde_json::from_value(Value::String(r.to_string())).ok())
+                .unwrap_or(flotilla_api::Reason::Internal),
+            status["message"]
+                .as_str()
+                .map_or_else(|| String::from_utf8_lossy(&body).into_owned(), String::from),
+        );
+        Err(server_error(e))
     }
 
     async fn describe(&self, kind: &str, names: &[String], selector: Option<String>) -> Result<()> {
@@ -908,9 +958,13 @@ async fn run(cli: Cli) -> Result<()> {
             watch,
             watch_only,
             chunk_size,
+            raw,
         } => {
+            if let Some(path) = raw {
+                return ctx.raw(&path).await;
+            }
             ctx.get(
-                &kind,
+                kind.as_deref().unwrap_or_default(),
                 &names,
                 all_namespaces,
                 selector,

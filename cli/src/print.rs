@@ -49,6 +49,22 @@ fn obj_ref(info: &ResourceInfo, o: &Value) -> String {
     ref_name(info, s(o, "/metadata/name"))
 }
 
+/// `-o json|yaml` of what a `get` found: the object itself when one object was asked for by
+/// name, else a `List` (also of one item, or none), as kubectl prints them.
+pub fn json_or_yaml(items: &[Value], one_named: bool, output: Output) -> Result<()> {
+    let v = match items {
+        [one] if one_named => one.clone(),
+        _ => serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items,
+            "metadata": {"resourceVersion": ""}}),
+    };
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", serde_yaml::to_string(&v)?);
+    }
+    Ok(())
+}
+
 pub fn objects(
     info: &ResourceInfo,
     items: &[Value],
@@ -57,19 +73,7 @@ pub fn objects(
     prefix_kind: bool,
 ) -> Result<()> {
     match output {
-        Some(Output::Json | Output::Yaml) => {
-            // One object prints as itself, several as a List, as kubectl does.
-            let v = if items.len() == 1 {
-                items[0].clone()
-            } else {
-                serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items})
-            };
-            if output == Some(Output::Json) {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                print!("{}", serde_yaml::to_string(&v)?);
-            }
-        }
+        Some(o @ (Output::Json | Output::Yaml)) => json_or_yaml(items, items.len() == 1, o)?,
         Some(Output::Name) => {
             for o in items {
                 println!("{}", obj_ref(info, o));

@@ -303,3 +303,96 @@ fn errors_tell_the_user_what_to_fix() {
     );
     assert!(c.ok(&["completion", "bash"]).contains("flotilla"));
 }
+
+/// kubectl's conventions where `flotilla` used to differ: a query by type prints a `List`
+/// even of one item, generators make the objects kubectl makes, and `get --raw` reads the
+/// HTTP API.
+#[test]
+fn kubectl_conventions_lists_generators_and_raw() {
+    let c = cluster();
+    // One namespace asked for by type is still a List; by name it is the object.
+    let list: serde_json::Value = serde_json::from_str(&c.ok(&[
+        "get",
+        "ns",
+        "-l",
+        "kubernetes.io/metadata.name=default",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    assert_eq!(list["kind"], "List");
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(1), "{list}");
+    let one: serde_json::Value =
+        serde_json::from_str(&c.ok(&["get", "ns", "default", "-o", "json"])).unwrap();
+    assert_eq!(one["kind"], "Namespace");
+    let none: serde_json::Value =
+        serde_json::from_str(&c.ok(&["get", "cm", "-l", "nothing=here", "-o", "json"])).unwrap();
+    assert_eq!(none["items"], serde_json::json!([]));
+
+    // Generators, with --dry-run=client printing what would be sent and nothing stored.
+    let y = c.ok(&[
+        "create",
+        "configmap",
+        "web",
+        "--from-literal=a=1",
+        "--dry-run=client",
+        "-o",
+        "yaml",
+    ]);
+    assert!(y.contains("kind: ConfigMap") && y.contains("a: '1'"), "{y}");
+    assert!(c.fail(&["get", "cm", "web"]).contains("not found"));
+    assert_eq!(
+        c.ok(&["create", "configmap", "web", "--from-literal=a=1"]).trim(),
+        "configmap/web created"
+    );
+    assert!(c
+        .fail(&["create", "configmap", "web", "--from-literal=a=1", "--dry-run=server"])
+        .contains("already exists"));
+    assert!(c
+        .fail(&["create", "configmap", "dup", "--from-literal=a=1", "--from-literal=a=2"])
+        .contains("another key by that name already exists"));
+    let secret = c.dir.path().join("pw.txt");
+    std::fs::write(&secret, "hunter2").unwrap();
+    let from_file = format!("--from-file=password={}", secret.display());
+    c.ok(&["create", "secret", "generic", "db", &from_file]);
+    let s: serde_json::Value =
+        serde_json::from_str(&c.ok(&["get", "secret", "db", "-o", "json"])).unwrap();
+    assert_eq!(
+        (s["type"].as_str(), s["data"]["password"].as_str()),
+        (Some("Opaque"), Some("aHVudGVyMg=="))
+    );
+    c.ok(&["create", "namespace", "team"]);
+    c.ok(&["create", "serviceaccount", "bot", "-n", "team"]);
+    assert_eq!(
+        c.ok(&[
+            "create",
+            "deployment",
+            "web",
+            "--image=registry.invalid/nginx:1.27",
+            "--replicas=2",
+            "--port=80"
+        ])
+        .trim(),
+        "deployment.apps/web created"
+    );
+    let d: serde_json::Value =
+        serde_json::from_str(&c.ok(&["get", "deploy", "web", "-o", "json"])).unwrap();
+    assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["name"], "nginx");
+    assert_eq!(d["spec"]["selector"]["matchLabels"]["app"], "web");
+    c.ok(&["create", "job", "once", "--image=registry.invalid/busybox", "--", "echo", "hi"]);
+    c.ok(&["create", "service", "clusterip", "web", "--tcp=80:8080"]);
+    let svc: serde_json::Value =
+        serde_json::from_str(&c.ok(&["get", "svc", "web", "-o", "json"])).unwrap();
+    assert_eq!(svc["spec"]["ports"][0]["name"], "80-8080");
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], 8080);
+    c.ok(&["create", "service", "nodeport", "np", "--tcp=80"]);
+
+    // get --raw: the HTTP API on the same connection and credentials.
+    let v: serde_json::Value = serde_json::from_str(&c.ok(&["get", "--raw", "/version"])).unwrap();
+    assert!(v["gitVersion"].as_str().unwrap().starts_with("v1.35.0-flotilla"));
+    let pods = c.ok(&["get", "--raw", "/api/v1/namespaces/default/configmaps/web"]);
+    assert!(pods.contains("\"kind\":\"ConfigMap\""), "{pods}");
+    assert!(c
+        .fail(&["get", "--raw", "/api/v1/namespaces/default/configmaps/nope"])
+        .contains("configmaps \"nope\" not found"));
+}

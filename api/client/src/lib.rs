@@ -262,6 +262,37 @@ impl Client {
         }
     }
 
+    /// A GET of a path of the API server's HTTP API (`/version`, `/api/v1/pods`, `/metrics`)
+    /// on this client's connection and with its credentials: `kubectl get --raw`. Answers the
+    /// status code and the body.
+    pub async fn raw_get(&self, path: &str) -> Result<(u16, bytes::Bytes), ApiError> {
+        use http_body_util::BodyExt;
+        use tonic::codegen::Service;
+        let mut req = http::Request::builder().method("GET").uri(path);
+        for (k, v) in &self.credentials.0 {
+            req = req.header(*k, v.as_bytes());
+        }
+        let req = req
+            .body(tonic::body::Body::empty())
+            .map_err(|e| ApiError::bad_request(format!("{path}: {e}")))?;
+        let mut ch = self.channel.clone();
+        futures::future::poll_fn(|cx| ch.poll_ready(cx))
+            .await
+            .map_err(|e| ApiError::new(flotilla_api::Reason::Unavailable, e.to_string()))?;
+        let resp = ch
+            .call(req)
+            .await
+            .map_err(|e| ApiError::new(flotilla_api::Reason::Unavailable, e.to_string()))?;
+        let code = resp.status().as_u16();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ApiError::new(flotilla_api::Reason::Unavailable, e.to_string()))?
+            .to_bytes();
+        Ok((code, body))
+    }
+
     pub async fn create(
         &self,
         resource: &str,

@@ -1028,6 +1028,10 @@ impl ApiServer {
                 alloc::Plan::default()
             };
             if dry_run {
+                // A dry run fails as the write would: an existing name is AlreadyExists.
+                if self.kv.get(&key).await?.is_some() {
+                    return Err(ApiError::already_exists(&info.qualified_plural(), &name));
+                }
                 return Ok(Written::new(obj, None, admitted.warnings));
             }
             let stored = Bytes::from(to_store(&obj));

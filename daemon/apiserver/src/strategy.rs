@@ -101,8 +101,30 @@ impl Strategy for NodeStrategy {
     }
 }
 
+/// Kubernetes labels every namespace with its name (`kubernetes.io/metadata.name`), so that
+/// selectors (NetworkPolicy's namespaceSelector) can pick namespaces by name.
+fn label_namespace_name(obj: &mut Value) {
+    let Some(name) = obj.pointer("/metadata/name").and_then(Value::as_str).map(String::from)
+    else {
+        return;
+    };
+    let meta = &mut obj["metadata"];
+    if !meta["labels"].is_object() {
+        meta["labels"] = json!({});
+    }
+    meta["labels"]["kubernetes.io/metadata.name"] = json!(name);
+}
+
 struct NamespaceStrategy;
 impl Strategy for NamespaceStrategy {
+    fn prepare_for_create(&self, _api: &ApiServer, _ns: &str, obj: &mut Value) {
+        label_namespace_name(obj);
+    }
+
+    fn prepare_for_update(&self, _current: &Value, new: &mut Value, _status: bool) {
+        label_namespace_name(new);
+    }
+
     fn held_by_spec(&self, obj: &Value) -> bool {
         obj.pointer("/spec/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty())
     }
