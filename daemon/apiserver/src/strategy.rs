@@ -104,8 +104,7 @@ impl Strategy for NodeStrategy {
 /// Kubernetes labels every namespace with its name (`kubernetes.io/metadata.name`), so that
 /// selectors (NetworkPolicy's namespaceSelector) can pick namespaces by name.
 fn label_namespace_name(obj: &mut Value) {
-    let Some(name) = obj.pointer("/metadata/name").and_then(Value::as_str).map(String::from)
-    else {
+    let Some(name) = obj.pointer("/metadata/name").and_then(Value::as_str).map(String::from) else {
         return;
     };
     let meta = &mut obj["metadata"];
