@@ -1755,6 +1755,45 @@ impl Kind for certificates::CertificateSigningRequest {
         if self.spec != old.spec {
             errs.forbidden("spec", "field is immutable");
         }
+        let conds =
+            |c: &Self| c.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
+        let (new, before) = (conds(self), conds(old));
+        let has = |cs: &[certificates::CertificateSigningRequestCondition], t: &str| {
+            cs.iter().any(|c| c.type_ == t)
+        };
+        for (i, c) in new.iter().enumerate() {
+            let path = format!("status.conditions[{i}]");
+            if new[..i].iter().any(|d| d.type_ == c.type_) {
+                errs.invalid_str(format!("{path}.type"), &c.type_, "duplicate condition type");
+            }
+            if matches!(c.type_.as_str(), "Approved" | "Denied" | "Failed") && c.status != "True" {
+                errs.not_supported(format!("{path}.status"), &c.status, &["True"]);
+            }
+        }
+        if has(&new, "Approved") && has(&new, "Denied") {
+            errs.invalid_str(
+                "status.conditions",
+                "Approved",
+                "Approved and Denied conditions are mutually exclusive",
+            );
+        }
+        for t in ["Approved", "Denied"] {
+            if has(&before, t) && !has(&new, t) {
+                errs.forbidden(
+                    "status.conditions",
+                    format!("updates may not remove the {t} condition"),
+                );
+            }
+        }
+        let cert = |c: &Self| c.status.as_ref().and_then(|s| s.certificate.clone());
+        if let (Some(was), now) = (cert(old), cert(self)) {
+            if !was.0.is_empty() && now.as_ref() != Some(&was) {
+                errs.forbidden(
+                    "status.certificate",
+                    "updates may not modify existing certificate content",
+                );
+            }
+        }
     }
 }
 

@@ -15,7 +15,10 @@ fn i(v: &Value, ptr: &str) -> i64 {
 /// `5s`, `3m`, `2h`, `4d`, like kubectl's ages.
 pub fn age(ts: &str) -> String {
     let Ok(t) = ts.parse::<jiff::Timestamp>() else { return "<unknown>".into() };
-    let secs = (jiff::Timestamp::now().as_second() - t.as_second()).max(0);
+    human((jiff::Timestamp::now().as_second() - t.as_second()).max(0))
+}
+
+fn human(secs: i64) -> String {
     match secs {
         s if s < 120 => format!("{s}s"),
         s if s < 3600 * 3 => format!("{}m", s / 60),
@@ -64,6 +67,13 @@ pub fn columns(info: &ResourceInfo, wide: bool) -> Vec<&'static str> {
         "Endpoints" => vec!["NAME", "ENDPOINTS", "AGE"],
         "ControllerRevision" => vec!["NAME", "CONTROLLER", "REVISION", "AGE"],
         "Event" => vec!["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
+        "CertificateSigningRequest" => {
+            vec!["NAME", "AGE", "SIGNERNAME", "REQUESTOR", "REQUESTEDDURATION", "CONDITION"]
+        }
+        "RoleBinding" | "ClusterRoleBinding" => vec!["NAME", "ROLE", "AGE"],
+        "Role" | "ClusterRole" => vec!["NAME", "CREATED AT"],
+        "ServiceAccount" => vec!["NAME", "SECRETS", "AGE"],
+        "Lease" => vec!["NAME", "HOLDER", "AGE"],
         _ => vec!["NAME", "AGE"],
     };
     if wide {
@@ -72,6 +82,9 @@ pub fn columns(info: &ResourceInfo, wide: bool) -> Vec<&'static str> {
             "Deployment" | "ReplicaSet" => c.extend(["CONTAINERS", "IMAGES", "SELECTOR"]),
             "Service" => c.push("SELECTOR"),
             "Node" => c.extend(["INTERNAL-IP", "KERNEL-VERSION"]),
+            "RoleBinding" | "ClusterRoleBinding" => {
+                c.extend(["USERS", "GROUPS", "SERVICEACCOUNTS"])
+            }
             _ => {}
         }
     }
@@ -257,6 +270,54 @@ pub fn row(info: &ResourceInfo, o: &Value, wide: bool) -> Vec<String> {
                 s(o, "/message").to_string(),
             ]
         }
+        "CertificateSigningRequest" => {
+            let mut conds: Vec<&str> = o
+                .pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|c| s(c, "/type"))
+                .collect();
+            if !s(o, "/status/certificate").is_empty() {
+                conds.push("Issued");
+            }
+            let exp = o.pointer("/spec/expirationSeconds").and_then(Value::as_i64);
+            vec![
+                name,
+                a,
+                s(o, "/spec/signerName").to_string(),
+                s(o, "/spec/username").to_string(),
+                exp.map_or("<none>".into(), human),
+                if conds.is_empty() { "Pending".into() } else { conds.join(",") },
+            ]
+        }
+        "RoleBinding" | "ClusterRoleBinding" => {
+            let mut r =
+                vec![name, format!("{}/{}", s(o, "/roleRef/kind"), s(o, "/roleRef/name")), a];
+            if wide {
+                let subjects =
+                    o.get("subjects").and_then(Value::as_array).cloned().unwrap_or_default();
+                let of = |kind: &str| -> String {
+                    let names: Vec<String> = subjects
+                        .iter()
+                        .filter(|x| s(x, "/kind") == kind)
+                        .map(|x| match s(x, "/namespace") {
+                            "" => s(x, "/name").to_string(),
+                            ns => format!("{ns}/{}", s(x, "/name")),
+                        })
+                        .collect();
+                    names.join(", ")
+                };
+                r.extend([of("User"), of("Group"), of("ServiceAccount")]);
+            }
+            return r;
+        }
+        "Role" | "ClusterRole" => vec![name, s(o, "/metadata/creationTimestamp").to_string()],
+        "ServiceAccount" => {
+            let n = o.get("secrets").and_then(Value::as_array).map_or(0, Vec::len);
+            vec![name, n.to_string(), a]
+        }
+        "Lease" => vec![name, s(o, "/spec/holderIdentity").to_string(), a],
         _ => vec![name, a],
     };
     if wide {

@@ -1,6 +1,8 @@
-//! Node client certificates from CertificateSigningRequests: the approver and the signer that
-//! Kubernetes' controller manager runs (`csrapproving`, `csrsigning`) for the signer
-//! `kubernetes.io/kube-apiserver-client-kubelet`.
+//! Client certificates from CertificateSigningRequests: the approver and the signer that
+//! Kubernetes' controller manager runs (`csrapproving`, `csrsigning`). Requests for
+//! `kubernetes.io/kube-apiserver-client-kubelet` are approved here; those for
+//! `kubernetes.io/kube-apiserver-client` once an administrator approves them; both are signed
+//! with the cluster CA.
 //!
 //! A request is approved when its requester may ask for it, checked with a
 //! SubjectAccessReview as Kubernetes does: a bootstrap token's user for a new node
@@ -17,6 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub const KUBELET_CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
+/// Client certificates for people and programs, approved by an administrator.
+pub const API_SERVER_CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client";
 
 enum Verdict {
     Approve(String),
@@ -46,28 +50,11 @@ async fn allowed(client: &Client, spec: &Value, sub: &str) -> bool {
 
 async fn judge(client: &Client, csr: &Value, pem: &str) -> Verdict {
     let spec = &csr["spec"];
-    let (cn, orgs) = match flotilla_pki::ca::csr_subject(pem) {
-        Ok(s) => s,
-        Err(e) => return Verdict::Deny(format!("the request does not parse: {e}")),
-    };
-    let Some(node) = cn.strip_prefix("system:node:").filter(|n| !n.is_empty()) else {
-        return Verdict::Deny(format!(
-            "{KUBELET_CLIENT_SIGNER} signs only CN=system:node:<name>, not CN={cn:?}"
-        ));
-    };
-    if orgs != ["system:nodes"] {
-        return Verdict::Deny(format!(
-            "{KUBELET_CLIENT_SIGNER} signs only O=system:nodes, not O={orgs:?}"
-        ));
+    if let Verdict::Deny(why) = judge_subject_only(KUBELET_CLIENT_SIGNER, spec, pem) {
+        return Verdict::Deny(why);
     }
-    let usages: Vec<&str> =
-        spec["usages"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-    let permitted = ["digital signature", "key encipherment", "client auth"];
-    if !usages.contains(&"client auth") || usages.iter().any(|u| !permitted.contains(u)) {
-        return Verdict::Deny(format!(
-            "usages must include \"client auth\" and only {permitted:?}, got {usages:?}"
-        ));
-    }
+    let (cn, _) = flotilla_pki::ca::csr_subject(pem).unwrap_or_default();
+    let node = cn.strip_prefix("system:node:").unwrap_or_default();
     let requester = spec["username"].as_str().unwrap_or_default();
     let groups: Vec<&str> =
         spec["groups"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
@@ -94,7 +81,8 @@ async fn judge(client: &Client, csr: &Value, pem: &str) -> Verdict {
 }
 
 async fn handle(client: &Client, ca: &Ca, lifetime: Duration, csr: &Value) {
-    if csr["spec"]["signerName"] != KUBELET_CLIENT_SIGNER
+    let signer = csr["spec"]["signerName"].as_str().unwrap_or_default();
+    if ![KUBELET_CLIENT_SIGNER, API_SERVER_CLIENT_SIGNER].contains(&signer)
         || condition(csr, "Denied")
         || condition(csr, "Failed")
         || csr["status"]["certificate"].is_string()
@@ -112,29 +100,37 @@ async fn handle(client: &Client, ca: &Ca, lifetime: Duration, csr: &Value) {
         .unwrap_or_default();
     let now = jiff::Timestamp::now().to_string();
     let mut out = csr.clone();
-    let conds = out["status"]["conditions"].as_array().cloned().unwrap_or_default();
-    let mut conds = conds;
-    let approved = condition(csr, "Approved");
-    if !approved {
-        match judge(client, csr, &pem).await {
+    let mut conds = out["status"]["conditions"].as_array().cloned().unwrap_or_default();
+    if !condition(csr, "Approved") {
+        // Only kubelet client certificates are approved here; the rest wait for an
+        // administrator (`kubectl certificate approve`).
+        if signer != KUBELET_CLIENT_SIGNER {
+            return;
+        }
+        let (kind, reason, msg) = match judge(client, csr, &pem).await {
             Verdict::Pending => return,
             Verdict::Deny(why) => {
                 tracing::warn!(csr = %name, %why, "denied a certificate signing request");
-                conds.push(
-                    json!({"type": "Denied", "status": "True", "reason": "SignerValidationFailure",
-                    "message": why, "lastUpdateTime": now, "lastTransitionTime": now}),
-                );
-                out["status"]["conditions"] = json!(conds);
-                let _ = client.update_status("certificatesigningrequests", "", &out).await;
+                ("Denied", "SignerValidationFailure", why)
+            }
+            Verdict::Approve(msg) => ("Approved", "AutoApproved", msg),
+        };
+        conds.push(json!({"type": kind, "status": "True", "reason": reason,
+            "message": msg, "lastUpdateTime": now, "lastTransitionTime": now}));
+        out["status"]["conditions"] = json!(conds);
+        // Approval and issuance are separate writes, as in Kubernetes.
+        match client.update_approval("certificatesigningrequests", "", &out).await {
+            Ok(v) if kind == "Approved" => out = v,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::debug!(csr = %name, error = %e.message, "CSR approval not written");
                 return;
             }
-            Verdict::Approve(msg) => {
-                conds.push(json!({"type": "Approved", "status": "True", "reason": "AutoApproved",
-                    "message": msg, "lastUpdateTime": now, "lastTransitionTime": now}));
-            }
         }
-    } else if let Verdict::Deny(why) = judge_subject_only(&pem) {
-        // Approved by someone, but not a certificate this signer issues.
+    }
+    if let Verdict::Deny(why) = judge_subject_only(signer, &csr["spec"], &pem) {
+        // Approved, but not a certificate this signer issues.
+        let mut conds = out["status"]["conditions"].as_array().cloned().unwrap_or_default();
         conds.push(json!({"type": "Failed", "status": "True", "reason": "SignerValidationFailure",
             "message": why, "lastUpdateTime": now, "lastTransitionTime": now}));
         out["status"]["conditions"] = json!(conds);
@@ -153,27 +149,46 @@ async fn handle(client: &Client, ca: &Ca, lifetime: Duration, csr: &Value) {
         }
     };
     use base64::Engine;
-    out["status"]["conditions"] = json!(conds);
     out["status"]["certificate"] = json!(base64::engine::general_purpose::STANDARD.encode(cert));
     match client.update_status("certificatesigningrequests", "", &out).await {
-        Ok(_) => tracing::info!(csr = %name, %cn, "approved and signed a node client certificate"),
+        Ok(_) => tracing::info!(csr = %name, %cn, %signer, "signed a client certificate"),
         Err(e) => {
             tracing::debug!(csr = %name, error = %e.message, "CSR status not written (raced?)")
         }
     }
 }
 
-/// The subject rules alone (for requests an administrator approved by hand).
-fn judge_subject_only(pem: &str) -> Verdict {
-    match flotilla_pki::ca::csr_subject(pem) {
-        Ok((cn, orgs)) if cn.starts_with("system:node:") && orgs == ["system:nodes"] => {
-            Verdict::Approve(String::new())
-        }
-        Ok((cn, orgs)) => Verdict::Deny(format!(
-            "{KUBELET_CLIENT_SIGNER} signs only CN=system:node:<name>, O=system:nodes, not CN={cn:?} O={orgs:?}"
-        )),
-        Err(e) => Verdict::Deny(format!("the request does not parse: {e}")),
+/// What a signer issues, whoever approved: a kubelet's CN=system:node:<name>, O=system:nodes;
+/// for API server clients any subject but system:masters; client-auth usages only.
+fn judge_subject_only(signer: &str, spec: &Value, pem: &str) -> Verdict {
+    let (cn, orgs) = match flotilla_pki::ca::csr_subject(pem) {
+        Ok(s) => s,
+        Err(e) => return Verdict::Deny(format!("the request does not parse: {e}")),
+    };
+    let usages: Vec<&str> =
+        spec["usages"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    let permitted = ["digital signature", "key encipherment", "client auth"];
+    if !usages.contains(&"client auth") || usages.iter().any(|u| !permitted.contains(u)) {
+        return Verdict::Deny(format!(
+            "usages must include \"client auth\" and only {permitted:?}, got {usages:?}"
+        ));
     }
+    if signer == KUBELET_CLIENT_SIGNER {
+        if cn.strip_prefix("system:node:").is_none_or(str::is_empty) {
+            return Verdict::Deny(format!(
+                "{KUBELET_CLIENT_SIGNER} signs only CN=system:node:<name>, not CN={cn:?}"
+            ));
+        }
+        if orgs != ["system:nodes"] {
+            return Verdict::Deny(format!(
+                "{KUBELET_CLIENT_SIGNER} signs only O=system:nodes, not O={orgs:?}"
+            ));
+        }
+    }
+    if cn.is_empty() || orgs.iter().any(|o| o == "system:masters") {
+        return Verdict::Deny(format!("{signer} signs no empty CN and no system:masters group"));
+    }
+    Verdict::Approve(String::new())
 }
 
 /// Runs for as long as the server does.

@@ -196,6 +196,63 @@ if [ "$minor" -ge 28 ]; then
   same "$out" flotilla-admin "whoami"
 fi
 
+step generators: typed clients send protobuf bodies
+out=$(k create deployment gen --image=busybox --replicas=3 --port=8080)
+want "$out" 'deployment.apps/gen created'
+same "$(k get deploy gen -o jsonpath='{.spec.replicas}/{.spec.template.spec.containers[0].ports[0].containerPort}')" 3/8080 "create deployment"
+k create service clusterip gen --tcp=80:8080 >/dev/null
+same "$(k get svc gen -o jsonpath='{.spec.ports[0].targetPort}')" 8080 "create service"
+k create secret generic gen --from-literal=k=v >/dev/null
+same "$(k get secret gen -o jsonpath='{.data.k}')" dg== "create secret"
+k create role gen --verb=get --resource=pods >/dev/null
+k create rolebinding gen --role=gen --user=jane >/dev/null
+same "$(k auth can-i get pods --as jane)" yes "jane after the rolebinding"
+want "$(k get rolebinding gen -o wide)" 'gen +Role/gen +[0-9]+s +jane'
+k create cronjob gen --image=busybox --schedule='*/5 * * * *' -- true >/dev/null
+same "$(k get cronjob gen -o jsonpath='{.spec.schedule}')" '*/5 * * * *' "create cronjob"
+k delete deploy,svc,secret,role,rolebinding,cronjob gen >/dev/null
+
+step a user certificate: CSR, approval by a signer approver only, then use
+openssl req -new -newkey rsa:2048 -nodes -keyout carol.key -subj "/CN=carol/O=dev" -out carol.csr 2>/dev/null
+csr() {
+  k apply -f - <<YAML
+apiVersion: certificates.k8s.io/v1
+kind: CertificateSigningRequest
+metadata: {name: $1}
+spec:
+  request: $(base64 -w0 < "$2")
+  signerName: kubernetes.io/kube-apiserver-client
+  expirationSeconds: 86400
+  usages: [client auth]
+YAML
+}
+csr carol carol.csr >/dev/null
+want "$(k get csr carol)" 'carol +[0-9]+s +kubernetes.io/kube-apiserver-client +flotilla-admin +24h +Pending'
+# jane may write the approval subresource, but does not approve for the signer.
+k create clusterrole csr-approval --verb=get,update --resource=certificatesigningrequests,certificatesigningrequests/approval >/dev/null
+k create clusterrolebinding jane-csr-approval --clusterrole=csr-approval --user=jane >/dev/null
+out=$(k certificate approve carol --as jane 2>&1 || true)
+want "$out" 'user not permitted to approve requests with signerName "kubernetes.io/kube-apiserver-client"'
+k certificate approve carol >/dev/null
+for _ in $(seq 50); do [ -n "$(k get csr carol -o jsonpath='{.status.certificate}')" ] && break; sleep 0.2; done
+want "$(k get csr carol)" 'Approved,Issued'
+out=$(k certificate deny carol 2>&1 || true)
+want "$out" 'already Approved'
+k get csr carol -o jsonpath='{.status.certificate}' | base64 -d > carol.crt
+cp "$KUBECONFIG" carol.conf
+cluster=$(k config view -o jsonpath='{.contexts[0].context.cluster}')
+k --kubeconfig carol.conf config set-credentials carol --client-certificate=carol.crt --client-key=carol.key --embed-certs >/dev/null
+k --kubeconfig carol.conf config set-context carol --cluster="$cluster" --user=carol >/dev/null
+out=$(k --kubeconfig carol.conf --context carol get pods 2>&1 || true)
+want "$out" 'User "carol" cannot list resource "pods"'
+if [ "$minor" -ge 28 ]; then
+  same "$(k --kubeconfig carol.conf --context carol auth whoami -o jsonpath='{.status.userInfo.username}')" carol "whoami as carol"
+fi
+openssl req -new -newkey rsa:2048 -nodes -keyout m.key -subj "/CN=mallory/O=system:masters" -out m.csr 2>/dev/null
+out=$(csr mallory m.csr 2>&1 || true)
+want "$out" 'use of kubernetes.io/kube-apiserver-client signer with system:masters group is not allowed'
+k delete csr carol >/dev/null
+
 step delete
 out=$(k delete cm web-config)
 want "$out" 'configmap "web-config" deleted'

@@ -160,7 +160,8 @@ fn lint_ebpf() -> Result<()> {
 const FUZZ_TARGETS: &[&str] = &["manifest", "selector", "request"];
 
 /// Runs each fuzz target for `seconds` (all of them when `targets` is empty).
-fn fuzz(seconds: u64, targets: &[String]) -> Result<()> {
+/// `sanitizer`: cargo-fuzz's `-s` (address, or none where the build time counts most).
+fn fuzz(seconds: u64, targets: &[String], sanitizer: &str) -> Result<()> {
     setup::cargo_fuzz()?;
     let root = util::workspace_root();
     let toolchain = util::ebpf_toolchain()?;
@@ -171,7 +172,7 @@ fn fuzz(seconds: u64, targets: &[String]) -> Result<()> {
         let corpus = root.join("target/fuzz-corpus").join(t);
         std::fs::create_dir_all(&corpus)?;
         let mut cmd = std::process::Command::new("rustup");
-        cmd.args(["run", &toolchain, "cargo", "fuzz", "run", "-O", t])
+        cmd.args(["run", &toolchain, "cargo", "fuzz", "run", "-O", "-s", sanitizer, t])
             .arg(&corpus)
             .args(["--", &format!("-max_total_time={seconds}")])
             .current_dir(root.join("api/fuzz"))
@@ -241,34 +242,63 @@ fn main() -> Result<()> {
         Cmd::Setup => setup::setup(),
         Cmd::Fuzz { seconds, targets } => {
             setup::setup()?;
-            fuzz(seconds, &targets)
+            fuzz(seconds, &targets, "address")
         }
         Cmd::Test { no_lint, no_vm, no_fuzz, fuzz_seconds, args } => {
-            setup::setup()?;
+            // Each phase's time, printed at the end: CI's budget is watched by phase.
+            let mut phases: Vec<(&str, std::time::Duration)> = Vec::new();
+            let mut timed = |name: &'static str, f: &mut dyn FnMut() -> Result<()>| {
+                let start = std::time::Instant::now();
+                let r = f();
+                phases.push((name, start.elapsed()));
+                eprintln!("xtask: {name} took {:.0?}", start.elapsed());
+                r
+            };
+            timed("setup", &mut || setup::setup())?;
             if !no_lint {
-                util::cargo(&["fmt", "--all", "--", "--check"])?;
-                util::cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
-                lint_ebpf()?;
+                timed("lint", &mut || {
+                    util::cargo(&["fmt", "--all", "--", "--check"])?;
+                    util::cargo(&[
+                        "clippy",
+                        "--workspace",
+                        "--all-targets",
+                        "--",
+                        "-D",
+                        "warnings",
+                    ])?;
+                    lint_ebpf()
+                })?;
             }
+            timed("build tests", &mut || util::cargo(&["test", "--workspace", "--no-run"]))?;
+            // The build leaves gigabytes of dirty pages; written back while the tests run,
+            // they make every Raft fsync wait behind them (minutes per suite). Flush first.
+            timed("sync", &mut || util::run(std::process::Command::new("sync")))?;
             let mut test = vec!["test", "--workspace", "--no-fail-fast"];
             if !args.is_empty() {
                 test.push("--");
                 test.extend(args.iter().map(String::as_str));
             }
-            let host = util::cargo_test(&test);
+            let host = timed("host tests", &mut || util::cargo_test(&test));
             // Both run, whichever fails: a v2 failure is worth seeing next to a host one.
             let v2 = if no_vm || !args.is_empty() {
                 eprintln!("xtask: runtime tests on cgroup v2 (cargo xtask vm) skipped");
                 Ok(())
             } else {
-                runtime_tests_on_cgroup_v2()
+                timed("cgroup v2 VM tests", &mut || runtime_tests_on_cgroup_v2())
             };
             let fuzzed = if no_fuzz || !args.is_empty() {
                 eprintln!("xtask: fuzz targets skipped");
                 Ok(())
             } else {
-                fuzz(fuzz_seconds, &[])
+                // Without AddressSanitizer: the targets are safe Rust, where a bug is a panic
+                // that libFuzzer catches anyway, and the instrumented build costs minutes.
+                // `cargo xtask fuzz` keeps it.
+                timed("fuzz", &mut || fuzz(fuzz_seconds, &[], "none"))
             };
+            eprintln!("xtask: phases:");
+            for (name, d) in &phases {
+                eprintln!("  {name:<20} {:>6.0?}", d);
+            }
             host.and(v2).and(fuzzed)
         }
         Cmd::Images { out } => {

@@ -443,6 +443,16 @@ impl Client {
         Ok(self.update_sub(resource, ns, obj, "status").await?.0)
     }
 
+    /// Approves or denies a CertificateSigningRequest: only its conditions change.
+    pub async fn update_approval(
+        &self,
+        resource: &str,
+        ns: &str,
+        obj: &Value,
+    ) -> Result<Value, ApiError> {
+        Ok(self.update_sub(resource, ns, obj, "approval").await?.0)
+    }
+
     async fn update_sub(
         &self,
         resource: &str,

@@ -262,6 +262,7 @@ fn subresources(info: &ResourceInfo) -> Vec<(&'static str, &'static [&'static st
             out.push(("log", &["get"]));
         }
         "serviceaccounts" => out.push(("token", &["create"])),
+        "certificatesigningrequests" => out.push(("approval", &["get", "patch", "update"])),
         _ => {}
     }
     out
@@ -768,7 +769,7 @@ async fn verb(
     let ns = ask.ns;
     let sub = t.subresource.as_str();
     match (ask.verb, sub) {
-        ("get", "" | "status") => {
+        ("get", "" | "status" | "approval") => {
             if !sub.is_empty() {
                 super::status_subresource(info, sub)?;
             }
@@ -803,7 +804,7 @@ async fn verb(
             let v = s.create_token(ns, &t.name, body).await?;
             Ok(Answer::value(StatusCode::CREATED, &v))
         }
-        ("update", "" | "status") => {
+        ("update", "" | "status" | "approval") => {
             let validation = field_validation(q)?;
             if validation == "Strict" {
                 strict_check(info, body)?;
@@ -824,7 +825,7 @@ async fn verb(
             let v = s.update_scale(user, info, ns, &t.name, change, q.dry_run()?).await?;
             Ok(Answer::value(StatusCode::OK, &v))
         }
-        ("patch", "" | "status") => {
+        ("patch", "" | "status" | "approval") => {
             let kind = patch_kind(headers)?;
             let validation = field_validation(q)?;
             let (v, w) = s.patch(user, info, ns, &t.name, kind, body, sub, q.dry_run()?).await?;

@@ -11,6 +11,7 @@
 mod alloc;
 pub mod audit;
 pub mod cache;
+mod certificates;
 pub mod encryption;
 mod http;
 mod k8s_proto;
@@ -19,6 +20,7 @@ pub mod metrics;
 pub mod node_authz;
 mod openapi;
 pub mod podsecurity;
+mod proto_table;
 pub mod proxy;
 pub mod rbac;
 pub mod request;
@@ -152,6 +154,8 @@ pub fn status_subresource(info: &ResourceInfo, sub: &str) -> Result<bool, ApiErr
     match sub {
         "" => Ok(false),
         "status" if info.has_status => Ok(true),
+        // Kubernetes' CSR approval: a status-like path that changes only the conditions.
+        "approval" if info.plural == "certificatesigningrequests" => Ok(true),
         other => Err(ApiError::new(
             Reason::NotFound,
             format!("{} has no subresource {other:?}", info.plural),
@@ -498,6 +502,7 @@ impl ApiServer {
         if let Some(obj) = object {
             self.pod_security(a, obj, old, warnings)?;
         }
+        certificates::admit(self, a, object, old)?;
         self.seams.validate(a, object, old)
     }
 
@@ -1316,7 +1321,7 @@ impl ApiServer {
                 }
             }
             self.seams.mutate(&attrs, &mut new, Some(&current))?;
-            strategy.prepare_for_update(&current, &mut new, status);
+            strategy.prepare_for_update(&current, &mut new, target.subresource);
             let mut admitted = (info.admit)(&new, Some(&current), info)?;
             let w = &mut admitted.warnings;
             self.validate_write(&attrs, Some(&admitted.object), Some(&current), w)?;

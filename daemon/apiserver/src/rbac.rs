@@ -778,20 +778,24 @@ pub fn bootstrap_policy() -> Vec<(&'static str, Value)> {
         cluster_role(
             "system:kube-controller-manager",
             json!({}),
-            vec![rule(
-                &[
-                    "get",
-                    "list",
-                    "watch",
-                    "create",
-                    "update",
-                    "patch",
-                    "delete",
-                    "deletecollection",
-                ],
-                &["*"],
-                &["*"],
-            )],
+            vec![
+                rule(
+                    &[
+                        "get",
+                        "list",
+                        "watch",
+                        "create",
+                        "update",
+                        "patch",
+                        "delete",
+                        "deletecollection",
+                    ],
+                    &["*"],
+                    &["*"],
+                ),
+                // The CSR approver and signer (Kubernetes' csrapproving and csrsigning).
+                rule(&["approve", "sign"], &["certificates.k8s.io"], &["signers"]),
+            ],
         ),
     ];
     let crbs = vec![

@@ -27,8 +27,8 @@ pub trait Strategy: Sync {
     fn prepare_for_create(&self, _api: &ApiServer, _ns: &str, _obj: &mut Value) {}
 
     /// Before admission of an update of `current` to `new`: what the server carries over or
-    /// sets (`status`: the request came through the status subresource).
-    fn prepare_for_update(&self, _current: &Value, _new: &mut Value, _status: bool) {}
+    /// sets (`sub`: the subresource the request came through, "" for the object).
+    fn prepare_for_update(&self, _current: &Value, _new: &mut Value, _sub: &str) {}
 
     /// Whether creates allocate from shared pools (each attempt starts again from the
     /// admitted object, and a lost race is retried).
@@ -86,6 +86,7 @@ pub fn of(kind: &str) -> &'static dyn Strategy {
         "Service" => &ServiceStrategy,
         "Namespace" => &NamespaceStrategy,
         "Node" => &NodeStrategy,
+        "CertificateSigningRequest" => &CsrStrategy,
         _ => &Default,
     }
 }
@@ -120,7 +121,7 @@ impl Strategy for NamespaceStrategy {
         label_namespace_name(obj);
     }
 
-    fn prepare_for_update(&self, _current: &Value, new: &mut Value, _status: bool) {
+    fn prepare_for_update(&self, _current: &Value, new: &mut Value, _sub: &str) {
         label_namespace_name(new);
     }
 
@@ -140,7 +141,7 @@ impl Strategy for NamespaceStrategy {
 
 struct ServiceStrategy;
 impl Strategy for ServiceStrategy {
-    fn prepare_for_update(&self, current: &Value, new: &mut Value, _status: bool) {
+    fn prepare_for_update(&self, current: &Value, new: &mut Value, _sub: &str) {
         alloc::keep_allocated(current, new);
     }
 
@@ -171,14 +172,75 @@ impl Strategy for ServiceStrategy {
     }
 }
 
+/// Kubernetes' CSR strategies: approval and issuance are separate concerns. The approval
+/// subresource changes only the conditions; the status subresource anything but the
+/// Approved and Denied conditions; neither changes the spec.
+struct CsrStrategy;
+impl Strategy for CsrStrategy {
+    fn prepare_for_update(&self, current: &Value, new: &mut Value, sub: &str) {
+        let is_approval = |c: &Value| matches!(c["type"].as_str(), Some("Approved" | "Denied"));
+        let conds = |v: &Value| v.pointer("/status/conditions").and_then(Value::as_array).cloned();
+        match sub {
+            "approval" => {
+                let asked = conds(new).unwrap_or_default();
+                let mut status = current.get("status").cloned().unwrap_or_else(|| json!({}));
+                status["conditions"] = json!(asked);
+                new["status"] = status;
+            }
+            "status" => {
+                let mut out: Vec<Value> = conds(new)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|c| !is_approval(c))
+                    .collect();
+                out.extend(conds(current).unwrap_or_default().into_iter().filter(is_approval));
+                if !new["status"].is_object() {
+                    new["status"] = json!({});
+                }
+                new["status"]["conditions"] = json!(out);
+            }
+            _ => {}
+        }
+        // A condition's times: lastUpdateTime defaults to now; lastTransitionTime is kept
+        // while its status stays, and is now when it changes.
+        let now = crate::now_rfc3339();
+        let old = conds(current).unwrap_or_default();
+        if let Some(cs) = new.pointer_mut("/status/conditions").and_then(Value::as_array_mut) {
+            if cs.is_empty() {
+                if let Some(st) = new["status"].as_object_mut() {
+                    st.remove("conditions");
+                }
+                return;
+            }
+            for c in cs.iter_mut() {
+                let before = old.iter().find(|o| o["type"] == c["type"]);
+                if c["lastUpdateTime"].as_str().is_none_or(str::is_empty) {
+                    c["lastUpdateTime"] = json!(now);
+                }
+                if c["lastTransitionTime"].as_str().is_none_or(str::is_empty) {
+                    c["lastTransitionTime"] = match before {
+                        Some(b)
+                            if b["status"] == c["status"]
+                                && b["lastTransitionTime"].is_string() =>
+                        {
+                            b["lastTransitionTime"].clone()
+                        }
+                        _ => json!(now),
+                    };
+                }
+            }
+        }
+    }
+}
+
 struct PodStrategy;
 impl Strategy for PodStrategy {
     fn prepare_for_create(&self, api: &ApiServer, ns: &str, obj: &mut Value) {
         api.admit_pod_service_account(ns, obj);
     }
 
-    fn prepare_for_update(&self, current: &Value, new: &mut Value, status: bool) {
-        if !status {
+    fn prepare_for_update(&self, current: &Value, new: &mut Value, sub: &str) {
+        if sub.is_empty() {
             crate::mark_scheduled(current, new);
             crate::tokens::keep_token_volume(current, new);
         }

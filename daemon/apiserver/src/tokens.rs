@@ -182,8 +182,12 @@ impl ApiServer {
     /// `status.token` and `status.expirationTimestamp`.
     pub async fn create_token(&self, ns: &str, name: &str, body: &[u8]) -> Result<Value, ApiError> {
         let what = "TokenRequest.authentication.k8s.io";
-        let input: Value = serde_json::from_slice(body)
+        let mut input: Value = serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("{what}: not valid JSON: {e}")))?;
+        // The status is the answer; what a client sends there (Go's zero values) is ignored.
+        if let Some(o) = input.as_object_mut() {
+            o.remove("status");
+        }
         let mut req: TokenRequest =
             decode(&input).map_err(|e| ApiError::invalid(what, name, vec![e]))?;
         let mut errs = Errors::default();
@@ -349,8 +353,11 @@ impl ApiServer {
     /// A TokenReview answered: `status.authenticated` and the user, or `status.error`.
     pub fn token_review(&self, body: &[u8]) -> Result<Value, ApiError> {
         let what = "TokenReview.authentication.k8s.io";
-        let input: Value = serde_json::from_slice(body)
+        let mut input: Value = serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("{what}: not valid JSON: {e}")))?;
+        if let Some(o) = input.as_object_mut() {
+            o.remove("status");
+        }
         let review: TokenReview =
             decode(&input).map_err(|e| ApiError::invalid(what, "", vec![e]))?;
         let token = review.spec.token.clone().unwrap_or_default();
