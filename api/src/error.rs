@@ -24,6 +24,9 @@ pub enum Reason {
     /// A watcher fell behind or a limit was reached: resume or retry later.
     TooManyRequests,
     Unavailable,
+    /// The server could not answer in time (HTTP 504), e.g. a resourceVersion it has not
+    /// reached yet.
+    Timeout,
     /// The body's content type is not one the verb takes (HTTP 415).
     UnsupportedMediaType,
     /// The request's credentials (bearer token) are not valid.
@@ -46,6 +49,7 @@ impl Reason {
             Reason::TooManyRequests => Code::ResourceExhausted,
             Reason::Unauthorized => Code::Unauthenticated,
             Reason::Unavailable => Code::Unavailable,
+            Reason::Timeout => Code::DeadlineExceeded,
             Reason::Internal => Code::Internal,
         }
     }
@@ -63,6 +67,7 @@ impl Reason {
             Reason::TooManyRequests => 429,
             Reason::Unauthorized => 401,
             Reason::Unavailable => 503,
+            Reason::Timeout => 504,
             Reason::Internal => 500,
         }
     }
@@ -81,6 +86,7 @@ impl Reason {
             Reason::TooManyRequests => "TooManyRequests",
             Reason::Unauthorized => "Unauthorized",
             Reason::Unavailable => "ServiceUnavailable",
+            Reason::Timeout => "Timeout",
             Reason::Internal => "InternalError",
         }
     }
@@ -95,7 +101,8 @@ impl Reason {
             Code::OutOfRange => Reason::Expired,
             Code::ResourceExhausted => Reason::TooManyRequests,
             Code::Unauthenticated => Reason::Unauthorized,
-            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => Reason::Unavailable,
+            Code::DeadlineExceeded => Reason::Timeout,
+            Code::Unavailable | Code::Cancelled => Reason::Unavailable,
             _ => Reason::Internal,
         }
     }

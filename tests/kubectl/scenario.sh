@@ -253,6 +253,43 @@ out=$(csr mallory m.csr 2>&1 || true)
 want "$out" 'use of kubernetes.io/kube-apiserver-client signer with system:masters group is not allowed'
 k delete csr carol >/dev/null
 
+step rollout: status, undo, restart, history
+k create deployment ro --image=busybox:1 --replicas=0 >/dev/null
+want "$(k rollout status deploy/ro --timeout=20s)" 'successfully rolled out'
+k set image deploy/ro busybox=busybox:2 >/dev/null
+want "$(k rollout status deploy/ro --timeout=20s)" 'successfully rolled out'
+want "$(k rollout undo deploy/ro)" 'rolled back'
+# The rollback makes revision 1's template revision 3.
+for _ in $(seq 50); do [ "$(k get deploy ro -o jsonpath='{.metadata.annotations.deployment\.kubernetes\.io/revision}')" = 3 ] && break; sleep 0.2; done
+same "$(k get deploy ro -o jsonpath='{.spec.template.spec.containers[0].image}')" busybox:1 "rollout undo"
+want "$(k rollout restart deploy/ro)" 'restarted'
+want "$(k rollout status deploy/ro --timeout=20s)" 'successfully rolled out'
+for _ in $(seq 50); do k rollout history deploy/ro | grep -Eq '^4 ' && break; sleep 0.2; done
+want "$(k rollout history deploy/ro)" '^4 +<none>'
+k delete deploy ro >/dev/null
+
+step drain: cordon, then evictions
+k apply -f - >/dev/null <<'YAML'
+apiVersion: v1
+kind: Node
+metadata: {name: drained}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: on-drained}
+spec:
+  nodeName: drained
+  containers: [{name: c, image: busybox}]
+YAML
+# The node has no agent: a zero grace period lets the pod go without one.
+out=$(k drain drained --force --grace-period=0 --timeout=30s 2>&1)
+want "$out" 'pod/on-drained evicted'
+want "$out" 'node/drained drained'
+want "$(k get node drained)" 'SchedulingDisabled'
+want "$(k get pod on-drained 2>&1 || true)" 'not found'
+k uncordon drained >/dev/null
+k delete node drained >/dev/null
+
 step delete
 out=$(k delete cm web-config)
 want "$out" 'configmap "web-config" deleted'

@@ -1,7 +1,8 @@
 //! kubectl, a client we did not write, against Flotilla's Kubernetes HTTP API: the scenario
 //! in `tests/kubectl/scenario.sh` (discovery, apply, get in every output, patch of all three
 //! types, scale, label, edit, watch, describe, errors, auth, the generators' protobuf bodies,
-//! a user certificate through a CSR and its approval, delete) with the kubectl on
+//! a user certificate through a CSR and its approval, rollout status, undo, restart and
+//! history, drain through evictions, delete) with the kubectl on
 //! PATH (or `FLOTILLA_KUBECTL`). (Debian's kubectl 1.20, which `cargo xtask setup` unpacks
 //! into `target/kubectl-1.20`, reads OpenAPI v2 only as gnostic protobuf: not served yet.)
 

@@ -33,6 +33,8 @@ const APT_PACKAGES: &[&str] = &[
     "apache2-utils",
     // A self-signed certificate for the HTTPS probe test.
     "openssl",
+    // Kubernetes' Python client, one of the clients the HTTP API is tested with.
+    "python3-kubernetes",
     // The dataplane benchmark's peer: kube-proxy-style rules through iptables-restore.
     "iptables",
     // `cargo xtask vm`: a KVM guest with pure cgroup v2 (where crun runs).

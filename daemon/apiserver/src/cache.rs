@@ -553,7 +553,7 @@ impl WatchCache {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(ApiError::new(
-                    Reason::Unavailable,
+                    Reason::Timeout,
                     format!(
                         "the {} cache is at revision {} and did not reach {target} in time",
                         self.info.plural,

@@ -20,7 +20,7 @@ use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
-use flotilla_api::error::{ApiError, Reason};
+use flotilla_api::error::{ApiError, Errors, Reason};
 use flotilla_api::patch::PatchKind;
 use flotilla_api::{ResourceInfo, RESOURCES};
 use futures::StreamExt;
@@ -107,8 +107,9 @@ impl Query {
         self.0.get(k).map_or("", String::as_str)
     }
 
+    /// Go's strconv.ParseBool, as Kubernetes' query decoding: the Python client sends "True".
     fn flag(&self, k: &str) -> bool {
-        matches!(self.get(k), "true" | "1")
+        matches!(self.get(k), "1" | "t" | "T" | "true" | "TRUE" | "True")
     }
 
     fn int(&self, k: &str) -> Result<Option<i64>, ApiError> {
@@ -259,6 +260,7 @@ fn subresources(info: &ResourceInfo) -> Vec<(&'static str, &'static [&'static st
     match info.plural {
         "pods" => {
             out.push(("binding", &["create"]));
+            out.push(("eviction", &["create"]));
             out.push(("log", &["get"]));
         }
         "serviceaccounts" => out.push(("token", &["create"])),
@@ -266,6 +268,17 @@ fn subresources(info: &ResourceInfo) -> Vec<(&'static str, &'static [&'static st
         _ => {}
     }
     out
+}
+
+/// The group, version and kind of a subresource whose kind is not its resource's.
+fn sub_kind(sub: &str) -> Option<(&'static str, &'static str, &'static str)> {
+    match sub {
+        "binding" => Some(("", "v1", "Binding")),
+        "eviction" => Some(("policy", "v1", "Eviction")),
+        "token" => Some(("authentication.k8s.io", "v1", "TokenRequest")),
+        "scale" => Some(("autoscaling", "v1", "Scale")),
+        _ => None,
+    }
 }
 
 /// Kubernetes' categories: `kubectl get all` shows these.
@@ -317,14 +330,16 @@ fn resource_list(group: &str, version: &str) -> Option<Value> {
         }
         resources.push(e);
         for (sub, verbs) in subresources(r) {
-            let kind = match sub {
-                "binding" => "Binding",
-                "token" => "TokenRequest",
-                "scale" => "Scale",
-                _ => r.kind,
-            };
-            resources.push(json!({"name": format!("{}/{sub}", r.plural), "singularName": "",
-                "namespaced": r.namespaced, "kind": kind, "verbs": verbs}));
+            let mut e = json!({"name": format!("{}/{sub}", r.plural), "singularName": "",
+                "namespaced": r.namespaced, "kind": r.kind, "verbs": verbs});
+            // A subresource of another kind names its group and version (kubectl drain
+            // looks for policy/v1 Eviction here).
+            if let Some((g, v, kind)) = sub_kind(sub) {
+                e["kind"] = json!(kind);
+                e["group"] = json!(g);
+                e["version"] = json!(v);
+            }
+            resources.push(e);
         }
     }
     for v in VIRTUAL.iter().filter(|v| v.group == group && version == "v1") {
@@ -380,15 +395,9 @@ fn aggregated(core: bool, api_version: &str) -> Value {
                     let subs: Vec<Value> = subresources(r)
                         .into_iter()
                         .map(|(sub, verbs)| {
-                            let k = match sub {
-                                "binding" => {
-                                    json!({"group": "", "version": "v1", "kind": "Binding"})
-                                }
-                                "token" => json!({"group": "authentication.k8s.io",
-                                    "version": "v1", "kind": "TokenRequest"}),
-                                "scale" => json!({"group": "autoscaling", "version": "v1",
-                                    "kind": "Scale"}),
-                                _ => kind.clone(),
+                            let k = match sub_kind(sub) {
+                                Some((g, v, k)) => json!({"group": g, "version": v, "kind": k}),
+                                None => kind.clone(),
                             };
                             json!({"subresource": sub, "responseKind": k, "verbs": verbs})
                         })
@@ -800,6 +809,27 @@ async fn verb(
                     "status": "Success", "code": 201}),
             ))
         }
+        ("create", "eviction") if info.plural == "pods" => {
+            // Kubernetes' EvictionREST: a graceful delete with the Eviction's DeleteOptions,
+            // once the pod's PodDisruptionBudgets allow it. Flotilla serves no
+            // PodDisruptionBudgets yet, so none stands in the way.
+            let e: Value = serde_json::from_slice(body)
+                .map_err(|e| ApiError::bad_request(format!("Eviction: not valid JSON: {e}")))?;
+            let named = e.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+            if !named.is_empty() && named != t.name {
+                return Err(ApiError::bad_request(format!(
+                    "name in URL does not match name in Eviction object: {} != {named}",
+                    t.name
+                )));
+            }
+            let opts = delete_options_of(q, e.get("deleteOptions").unwrap_or(&Value::Null))?;
+            s.delete(user, info, ns, &t.name, &opts).await?;
+            Ok(Answer::value(
+                StatusCode::CREATED,
+                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                    "status": "Success", "code": 201}),
+            ))
+        }
         ("create", "token") if info.plural == "serviceaccounts" => {
             let v = s.create_token(ns, &t.name, body).await?;
             Ok(Answer::value(StatusCode::CREATED, &v))
@@ -889,6 +919,11 @@ fn delete_options(q: &Query, body: &[u8]) -> Result<DeleteOptions, ApiError> {
         serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("DeleteOptions: not valid JSON: {e}")))?
     };
+    delete_options_of(q, &b)
+}
+
+/// DeleteOptions from a decoded body (Null: none), the query filling what it leaves out.
+fn delete_options_of(q: &Query, b: &Value) -> Result<DeleteOptions, ApiError> {
     let grace = match b.get("gracePeriodSeconds").and_then(Value::as_i64) {
         Some(g) => Some(g),
         None => q.int("gracePeriodSeconds")?,
@@ -917,6 +952,49 @@ fn delete_options(q: &Query, body: &[u8]) -> Result<DeleteOptions, ApiError> {
     })
 }
 
+/// `resourceVersion` with `resourceVersionMatch`, validated as Kubernetes' ListOptions: the
+/// revision of an Exact list (0 otherwise). Any other list is served at the newest revision,
+/// which is never older than the one asked for.
+fn exact_revision(q: &Query) -> Result<i64, ApiError> {
+    let (rv, rv_match) = (q.get("resourceVersion"), q.get("resourceVersionMatch"));
+    let invalid = |field: &str, msg: String| {
+        let mut e = Errors::default();
+        e.forbidden(field, msg);
+        Err(ApiError::invalid("ListOptions.meta.k8s.io", "", e.0))
+    };
+    if rv_match.is_empty() {
+        return Ok(0);
+    }
+    if !matches!(rv_match, "Exact" | "NotOlderThan") {
+        let mut e = Errors::default();
+        e.not_supported("resourceVersionMatch", rv_match, &["Exact", "NotOlderThan"]);
+        return Err(ApiError::invalid("ListOptions.meta.k8s.io", "", e.0));
+    }
+    if rv.is_empty() {
+        return invalid(
+            "resourceVersionMatch",
+            "resourceVersionMatch is forbidden unless resourceVersion is provided".into(),
+        );
+    }
+    if !q.get("continue").is_empty() {
+        return invalid(
+            "resourceVersionMatch",
+            "resourceVersionMatch is forbidden when continue is provided".into(),
+        );
+    }
+    if rv_match == "NotOlderThan" {
+        return Ok(0);
+    }
+    match rv.parse::<i64>() {
+        Ok(0) => invalid(
+            "resourceVersionMatch",
+            "resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\"".into(),
+        ),
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(ApiError::bad_request(format!("resourceVersion {rv:?} is not a revision"))),
+    }
+}
+
 async fn list(
     s: &ApiServer,
     info: &'static ResourceInfo,
@@ -924,16 +1002,12 @@ async fn list(
     q: &Query,
     form: Form,
 ) -> Result<Answer, ApiError> {
-    if q.get("resourceVersionMatch") == "Exact" {
-        return Err(ApiError::bad_request(
-            "resourceVersionMatch=Exact is not supported; use NotOlderThan or a continue token",
-        ));
-    }
     let opts = ListOptions {
         label_selector: q.get("labelSelector").to_string(),
         field_selector: q.get("fieldSelector").to_string(),
         limit: q.int("limit")?.unwrap_or(0),
         continue_token: q.get("continue").to_string(),
+        exact_revision: exact_revision(q)?,
     };
     let page = s.list_objects(info, ns, &opts).await?;
     let mut meta = json!({"resourceVersion": page.resource_version});
@@ -1156,6 +1230,27 @@ async fn logs(s: &Arc<ApiServer>, req: Request, ask: &Ask<'_>, q: &Query) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn list_resource_version_matches_validate_as_kubernetes() {
+        let q = |s: &str| Query::parse(Some(s));
+        assert_eq!(exact_revision(&q("resourceVersion=7")).unwrap(), 0);
+        assert_eq!(exact_revision(&q("resourceVersion=7&resourceVersionMatch=Exact")).unwrap(), 7);
+        assert_eq!(
+            exact_revision(&q("resourceVersion=7&resourceVersionMatch=NotOlderThan")).unwrap(),
+            0
+        );
+        for bad in [
+            "resourceVersionMatch=Exact",
+            "resourceVersion=0&resourceVersionMatch=Exact",
+            "resourceVersion=7&resourceVersionMatch=Newest",
+            "resourceVersion=7&resourceVersionMatch=Exact&continue=abc",
+        ] {
+            assert_eq!(exact_revision(&q(bad)).unwrap_err().reason, Reason::Invalid, "{bad}");
+        }
+        assert!(q("watch=True").flag("watch") && q("watch=1").flag("watch"));
+        assert!(!q("watch=false").flag("watch") && !q("").flag("watch"));
+    }
 
     #[test]
     fn paths_parse_as_kubernetes_does() {

@@ -138,6 +138,8 @@ pub struct ListOptions {
     /// At most this many items (0: all).
     pub limit: i64,
     pub continue_token: String,
+    /// `resourceVersionMatch=Exact`: the list as of this revision (0: the newest).
+    pub exact_revision: i64,
 }
 
 /// A list as served: the items' JSON, the list's resourceVersion, and where the next page
@@ -1091,7 +1093,25 @@ impl ApiServer {
         opts: &ListOptions,
     ) -> Result<List, ApiError> {
         let f = Filter::new(info, ns, &opts.label_selector, &opts.field_selector)?;
-        let page = self.list(info, &f, opts.limit, &opts.continue_token).await?;
+        let exact;
+        let token = if opts.exact_revision > 0 && opts.continue_token.is_empty() {
+            let current = self.kv.current_revision().await?;
+            if opts.exact_revision > current {
+                return Err(ApiError::new(
+                    Reason::Timeout,
+                    format!(
+                        "Too large resource version: {}, current: {current}",
+                        opts.exact_revision
+                    ),
+                ));
+            }
+            // An exact list is a list continued from before its first key at that revision.
+            exact = encode_continue(opts.exact_revision, "");
+            &exact
+        } else {
+            &opts.continue_token
+        };
+        let page = self.list(info, &f, opts.limit, token).await?;
         Ok(List {
             items: page.items,
             resource_version: page.rev.to_string(),

@@ -148,7 +148,11 @@ const LIST: &[Param] = &[
     p("labelSelector", "string", "Restricts the list by labels."),
     p("limit", "integer", "At most this many items per page."),
     p("resourceVersion", "string", "Which resourceVersion the list or watch starts from."),
-    p("resourceVersionMatch", "string", "How resourceVersion applies to a list: NotOlderThan."),
+    p(
+        "resourceVersionMatch",
+        "string",
+        "How resourceVersion applies to a list: Exact or NotOlderThan.",
+    ),
     p("sendInitialEvents", "boolean", "A watch starts with the current objects as ADDED events."),
     p("timeoutSeconds", "integer", "Ends the list or watch after this long."),
     p("watch", "boolean", "Watch for changes instead of listing."),

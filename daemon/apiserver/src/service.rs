@@ -288,6 +288,7 @@ impl Api for Service {
                 field_selector: r.field_selector.clone(),
                 limit: r.limit,
                 continue_token: r.continue_token.clone(),
+                exact_revision: 0,
             };
             let page = s.list_objects(info, &r.namespace, &opts).await?;
             Ok(Response::new(proto::ListResponse {

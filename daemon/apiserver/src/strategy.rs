@@ -266,6 +266,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn csr_approval_changes_only_conditions_and_status_keeps_approval() {
+        let s = of("CertificateSigningRequest");
+        let approved = json!({"type": "Approved", "status": "True",
+            "lastUpdateTime": "2026-01-01T00:00:00Z", "lastTransitionTime": "2026-01-01T00:00:00Z"});
+        let current = json!({"spec": {"signerName": "x/y"},
+            "status": {"conditions": [approved.clone()]}});
+        // Through /status: a certificate lands; dropping Approved is not the writer's to do.
+        let mut new = json!({"spec": {"signerName": "x/y"},
+            "status": {"certificate": "Y2VydA==", "conditions": []}});
+        s.prepare_for_update(&current, &mut new, "status");
+        assert_eq!(new["status"]["conditions"], json!([approved]));
+        assert_eq!(new["status"]["certificate"], "Y2VydA==");
+        // Through /approval: the conditions change, a certificate in the body does not land.
+        let mut new = json!({"spec": {"signerName": "x/y"},
+            "status": {"certificate": "Zm9yZ2Vk", "conditions": [{"type": "Denied", "status": "True"}]}});
+        s.prepare_for_update(&json!({"spec": {"signerName": "x/y"}}), &mut new, "approval");
+        assert!(new["status"].get("certificate").is_none());
+        let c = &new["status"]["conditions"][0];
+        assert_eq!(c["type"], "Denied");
+        assert!(c["lastUpdateTime"].is_string() && c["lastTransitionTime"].is_string());
+    }
+
+    #[test]
     fn only_a_bound_unfinished_pod_with_grace_left_waits_for_its_agent() {
         let pod = |node: &str, phase: &str, grace: i64| {
             json!({"metadata": {"deletionGracePeriodSeconds": grace},

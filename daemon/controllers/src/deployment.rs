@@ -49,6 +49,9 @@ pub struct Plan {
     pub writes: Vec<Write>,
     pub status: Value,
     pub recheck: Option<Duration>,
+    /// The new ReplicaSet's revision, which the Deployment carries in its own
+    /// `deployment.kubernetes.io/revision` (kubectl's rollout undo patches that annotation).
+    pub revision: Option<i64>,
 }
 
 fn int(v: &Value, ptr: &str, default: i64) -> i64 {
@@ -263,14 +266,19 @@ pub fn plan(d: &Value, rses: &[Arc<Value>], now: jiff::Timestamp) -> Result<Plan
             }
         }
     }
+    let mut new_revision = None;
     match &new {
-        None if !paused => writes.push(Write::Create(new_rs(d, &hash, max_rev + 1, target_new))),
+        None if !paused => {
+            new_revision = Some(max_rev + 1);
+            writes.push(Write::Create(new_rs(d, &hash, max_rev + 1, target_new)))
+        }
         None => {}
         Some(n) => {
             // A template seen before (a rollback) becomes the newest revision again.
             let rev =
                 (revision(n) < max_rev || revision(n) == 0).then_some(max_rev.max(revision(n)) + 1);
             let rev = if paused { None } else { rev };
+            new_revision = Some(rev.unwrap_or(revision(n)));
             if target_new != new_spec || rev.is_some() {
                 writes.push(Write::Scale {
                     name: meta(n, "name").into(),
@@ -402,7 +410,7 @@ pub fn plan(d: &Value, rses: &[Arc<Value>], now: jiff::Timestamp) -> Result<Plan
         "unavailableReplicas": (replicas - available).max(0),
         "conditions": conds,
     });
-    Ok(Plan { writes, status, recheck })
+    Ok(Plan { writes, status, recheck, revision: new_revision })
 }
 
 async fn reconcile(ctx: &Ctx, key: &str) -> Reconciled {
@@ -479,6 +487,14 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Reconciled {
                     Err(e) if e.reason == Reason::NotFound => {}
                     Err(e) => return Err(e).context("deleting an old ReplicaSet"),
                 }
+            }
+        }
+    }
+    if let Some(r) = plan.revision.filter(|r| *r > 0 && *r != revision(&d)) {
+        let patch = json!({"metadata": {"uid": uid, "annotations": {REVISION: r.to_string()}}});
+        if let Err(e) = c.patch("deployments", &ns, meta(&d, "name"), &patch, false, false).await {
+            if e.reason != Reason::NotFound {
+                return Err(e).context("annotating the Deployment's revision");
             }
         }
     }
@@ -562,6 +578,7 @@ mod tests {
             [Write::Create(rs)] => {
                 assert_eq!(rs["spec"]["replicas"], 3);
                 assert_eq!(rs["metadata"]["annotations"][REVISION], "1");
+                assert_eq!(p.revision, Some(1));
                 let hash = rs["metadata"]["labels"][HASH_LABEL].as_str().unwrap();
                 assert_eq!(rs["spec"]["selector"]["matchLabels"][HASH_LABEL], hash);
                 assert_eq!(rs["spec"]["template"]["metadata"]["labels"][HASH_LABEL], hash);
@@ -645,6 +662,8 @@ mod tests {
                 revision: Some(3)
             }
         );
+        // The Deployment's own annotation follows (kubectl rollout undo patches it).
+        assert_eq!(p.revision, Some(3));
     }
 
     #[test]
