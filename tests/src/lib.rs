@@ -280,6 +280,13 @@ impl Member {
         std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default()
     }
 
+    /// The last `n` lines of this member's log (for a failing test's message).
+    pub fn log_tail(&self, n: usize) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
     /// The store's client URL (TLS; see [`Member::etcd`]).
     pub fn endpoint(&self) -> String {
         format!("https://{}", self.client)

@@ -50,16 +50,7 @@ fn scenario(kubectl: &std::path::Path) {
         out.status.success(),
         "{} failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- server log (tail)\n{}",
         script.display(),
-        member
-            .log()
-            .lines()
-            .rev()
-            .take(30)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect::<Vec<_>>()
-            .join("\n")
+        member.log_tail(30)
     );
     assert!(stdout.contains("kubectl scenario passed"), "{stdout}");
 }

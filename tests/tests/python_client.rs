@@ -34,12 +34,10 @@ fn the_python_client_runs_its_scenario() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let log = member.log();
-    let tail: Vec<&str> = log.lines().rev().take(30).collect();
     assert!(
         out.status.success() && stdout.contains("python client scenario passed"),
         "{} failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- server log (tail)\n{}",
         script.display(),
-        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        member.log_tail(30)
     );
 }
