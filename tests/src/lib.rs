@@ -35,7 +35,8 @@ pub fn flotilla_cli() -> PathBuf {
     BIN.get_or_init(|| build_bin("flotilla-cli", &["flotilla"])).clone()
 }
 
-/// Builds `bins` of `package`; returns the path of the first.
+/// Builds `bins` of `package` (in a debug profile: every binary of the workspace); returns
+/// the path of the first.
 /// `FLOTILLA_TEST_PREBUILT=1`: the binaries are built already and cargo is not at hand
 /// (the tests run in `cargo xtask vm`, whose guest has no toolchain); use them as they are.
 fn prebuilt() -> bool {
@@ -57,12 +58,17 @@ fn build_bin(package: &str, bins: &[&str]) -> PathBuf {
         let release = profile_dir.file_name().is_some_and(|n| n == "release");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", package]);
-        for bin in bins {
-            cmd.args(["--bin", bin]);
-        }
         if release {
-            cmd.arg("--release");
+            cmd.args(["build", "--quiet", "--release", "-p", package]);
+            for bin in bins {
+                cmd.args(["--bin", bin]);
+            }
+        } else {
+            // With the tests' own feature set (resolver 2 unifies dev-dependencies' features
+            // only when tests are built): a `-p` build resolves features differently and
+            // rebuilt most of the tree, minutes per test binary. After `cargo xtask test`'s
+            // build phase this is a no-op.
+            cmd.args(["build", "--quiet", "--workspace", "--bins", "--tests"]);
         }
         let status = cmd.status().expect("run cargo build");
         assert!(status.success(), "building {bins:?} failed");

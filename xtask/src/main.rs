@@ -202,15 +202,8 @@ fn images(out: &std::path::Path) -> Result<Vec<(std::path::PathBuf, String)>> {
 /// no toolchain, so everything is built here first.
 fn runtime_tests_on_cgroup_v2() -> Result<()> {
     let root = util::workspace_root();
-    util::cargo(&[
-        "build",
-        "-p",
-        "flotilla-daemon",
-        "--bin",
-        "flotillad",
-        "--bin",
-        "flotilla-runtime",
-    ])?;
+    // As the tests build them (flotilla_tests::flotillad): a no-op after the build phase.
+    util::cargo(&["build", "--workspace", "--bins", "--tests"])?;
     flotilla_test_images::build_probe(&root.join("target/images"))?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = std::process::Command::new(cargo)
@@ -269,7 +262,12 @@ fn main() -> Result<()> {
                     lint_ebpf()
                 })?;
             }
-            timed("build tests", &mut || util::cargo(&["test", "--workspace", "--no-run"]))?;
+            timed("build tests", &mut || {
+                util::cargo(&["test", "--workspace", "--no-run"])?;
+                // The binaries the tests start (flotillad, flotilla-runtime, flotilla), with
+                // the tests' feature set, so that no test builds them itself.
+                util::cargo(&["build", "--workspace", "--bins", "--tests"])
+            })?;
             // The build leaves gigabytes of dirty pages; written back while the tests run,
             // they make every Raft fsync wait behind them (minutes per suite). Flush first.
             timed("sync", &mut || util::run(std::process::Command::new("sync")))?;
