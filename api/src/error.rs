@@ -117,6 +117,8 @@ pub enum FieldErrorType {
     Duplicate,
     Forbidden,
     TooLong,
+    /// Server-side apply: another field manager owns the field (`message` names it).
+    ManagerConflict,
 }
 
 /// One problem with one field: `spec.containers[0].image: Required value`.
@@ -137,6 +139,7 @@ impl fmt::Display for FieldError {
             FieldErrorType::Duplicate => "Duplicate value",
             FieldErrorType::Forbidden => "Forbidden",
             FieldErrorType::TooLong => "Too long",
+            FieldErrorType::ManagerConflict => "Conflict",
         };
         if self.message.is_empty() {
             write!(f, "{}: {prefix}", self.field)
@@ -260,9 +263,13 @@ impl ApiError {
                         FieldErrorType::Duplicate => "FieldValueDuplicate",
                         FieldErrorType::Forbidden => "FieldValueForbidden",
                         FieldErrorType::TooLong => "FieldValueTooLong",
+                        FieldErrorType::ManagerConflict => "FieldManagerConflict",
                     };
                     let text = c.to_string();
-                    let message = text.strip_prefix(&format!("{}: ", c.field)).unwrap_or(&text);
+                    let message = match c.kind {
+                        FieldErrorType::ManagerConflict => &c.message,
+                        _ => text.strip_prefix(&format!("{}: ", c.field)).unwrap_or(&text),
+                    };
                     serde_json::json!({"reason": reason, "message": message, "field": c.field})
                 })
                 .collect();

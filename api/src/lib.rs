@@ -13,6 +13,7 @@ pub mod admit;
 pub mod error;
 pub mod info;
 pub mod kinds;
+pub mod managed;
 pub mod manifest;
 pub mod patch;
 pub mod prune;

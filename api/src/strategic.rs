@@ -23,7 +23,7 @@ pub struct Field {
     /// `patchStrategy`: "merge", "retainKeys", "merge,retainKeys" or "".
     pub strategy: &'static str,
     pub merge_key: &'static str,
-    /// `+listType`: "atomic", "set", "map:<keys>" or "".
+    /// `+listType`: "atomic", "set", "map:<keys>" or ""; for a map, `+mapType` ("atomic").
     pub list_type: &'static str,
 }
 
@@ -41,7 +41,19 @@ fn index() -> &'static HashMap<(&'static str, &'static str), Field> {
 
 /// The metadata of `field` in struct type `ty`, if the schema has it.
 pub fn field(ty: &str, field: &str) -> Option<Field> {
-    index().get(&(ty, field)).copied()
+    if let Some(f) = index().get(&(ty, field)) {
+        return Some(*f);
+    }
+    // The fields of embedded structs (`json:",inline"`: Probe's ProbeHandler) are its own.
+    static INLINE: OnceLock<HashMap<&'static str, Vec<&'static str>>> = OnceLock::new();
+    let inline = INLINE.get_or_init(|| {
+        let mut m: HashMap<_, Vec<_>> = HashMap::new();
+        for r in FIELDS.iter().filter(|r| r.1.is_empty()) {
+            m.entry(r.0).or_default().push(r.2);
+        }
+        m
+    });
+    inline.get(ty)?.iter().find_map(|t| self::field(t, field))
 }
 
 /// The struct type of an object: `apps/v1` + `Deployment` → `apps.v1.Deployment`.

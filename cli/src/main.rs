@@ -76,6 +76,16 @@ enum Cmd {
         filename: Vec<String>,
         #[arg(long)]
         dry_run: bool,
+        /// Server-side apply: the server merges the manifest and records which fields this
+        /// field manager owns, refusing to take fields another manager owns.
+        #[arg(long)]
+        server_side: bool,
+        /// With --server-side: take the fields other managers own instead of failing.
+        #[arg(long, requires = "server_side")]
+        force_conflicts: bool,
+        /// The field manager the server records for this apply.
+        #[arg(long, default_value = "flotilla")]
+        field_manager: String,
     },
     /// Create objects from manifests (existing ones are an error), or a token.
     #[command(args_conflicts_with_subcommands = true)]
@@ -127,6 +137,9 @@ enum Cmd {
         /// `/api/v1/namespaces/default/pods`, `/metrics`), as kubectl's `get --raw`.
         #[arg(long, conflicts_with_all = ["names", "output", "watch", "selector"])]
         raw: Option<String>,
+        /// Keep metadata.managedFields in -o json|yaml (hidden by default, as kubectl).
+        #[arg(long)]
+        show_managed_fields: bool,
     },
     /// Show an object in detail, with its events.
     Describe {
@@ -260,6 +273,23 @@ struct Ctx {
     explicit_ns: bool,
 }
 
+#[derive(Clone, Copy)]
+struct ApplyHow {
+    dry_run: bool,
+    server_side: bool,
+    force: bool,
+}
+
+impl Ctx {
+    fn with_field_manager(&self, name: &str) -> Ctx {
+        Ctx {
+            client: self.client.clone().with_field_manager(name),
+            namespace: self.namespace.clone(),
+            explicit_ns: self.explicit_ns,
+        }
+    }
+}
+
 /// Where and as whom to connect: the kubeconfig's context, with the flags over it.
 fn connection(cli: &Cli) -> Result<flotilla_client::Connection> {
     let kc = flotilla_client::Kubeconfig::load(cli.kubeconfig.as_deref())?;
@@ -374,11 +404,16 @@ impl Ctx {
         }
     }
 
-    async fn apply(&self, files: &[String], dry_run: bool) -> Result<()> {
+    async fn apply(&self, files: &[String], how: ApplyHow) -> Result<()> {
         let manifests = read_manifests(files)?;
         let mut failed = false;
         for m in manifests {
-            if let Err(e) = self.apply_one(&m, dry_run).await {
+            let applied = if how.server_side {
+                self.apply_server_side(&m, how).await
+            } else {
+                self.apply_one(&m, how.dry_run).await
+            };
+            if let Err(e) = applied {
                 eprintln!("{e:#}");
                 failed = true;
             }
@@ -386,6 +421,22 @@ impl Ctx {
         if failed {
             std::process::exit(1);
         }
+        Ok(())
+    }
+
+    /// kubectl's `apply --server-side`: the manifest as this field manager's configuration.
+    async fn apply_server_side(&self, m: &Manifest, how: ApplyHow) -> Result<()> {
+        let info = m.resource;
+        let ns = self.ns_for(info, m.namespace())?;
+        let (v, w) = self
+            .client
+            .apply(info.plural, &ns, &m.object, how.force, how.dry_run)
+            .await
+            .map_err(server_error)?;
+        warn(&w);
+        let name = v.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+        let suffix = if how.dry_run { " (server dry run)" } else { "" };
+        println!("{} serverside-applied{suffix}", ref_name(info, name));
         Ok(())
     }
 
@@ -938,7 +989,10 @@ async fn run(cli: Cli) -> Result<()> {
             .unwrap_or_else(|| "default".into()),
     };
     match cli.cmd {
-        Cmd::Apply { filename, dry_run } => ctx.apply(&filename, dry_run).await,
+        Cmd::Apply { filename, dry_run, server_side, force_conflicts, field_manager } => {
+            let how = ApplyHow { dry_run, server_side, force: force_conflicts };
+            ctx.with_field_manager(&field_manager).apply(&filename, how).await
+        }
         Cmd::Create { what: Some(what), .. } => auth::create(&ctx, what).await,
         Cmd::Create { what: None, filename, dry_run } => {
             if filename.is_empty() {
@@ -959,7 +1013,10 @@ async fn run(cli: Cli) -> Result<()> {
             watch_only,
             chunk_size,
             raw,
+            show_managed_fields,
         } => {
+            print::SHOW_MANAGED_FIELDS
+                .store(show_managed_fields, std::sync::atomic::Ordering::Relaxed);
             if let Some(path) = raw {
                 return ctx.raw(&path).await;
             }

@@ -49,12 +49,29 @@ fn obj_ref(info: &ResourceInfo, o: &Value) -> String {
     ref_name(info, s(o, "/metadata/name"))
 }
 
+/// Whether `-o json|yaml` keeps `metadata.managedFields`, which kubectl hides unless
+/// `--show-managed-fields`: set once, from the command line.
+pub static SHOW_MANAGED_FIELDS: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// `o` as `-o json|yaml` prints it.
+fn shown(o: &Value) -> Value {
+    let mut o = o.clone();
+    if !SHOW_MANAGED_FIELDS.load(std::sync::atomic::Ordering::Relaxed) {
+        if let Some(m) = o.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.remove("managedFields");
+        }
+    }
+    o
+}
+
 /// `-o json|yaml` of what a `get` found: the object itself when one object was asked for by
 /// name, else a `List` (also of one item, or none), as kubectl prints them.
 pub fn json_or_yaml(items: &[Value], one_named: bool, output: Output) -> Result<()> {
     let v = match items {
-        [one] if one_named => one.clone(),
-        _ => serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items,
+        [one] if one_named => shown(one),
+        _ => serde_json::json!({"apiVersion": "v1", "kind": "List",
+            "items": items.iter().map(shown).collect::<Vec<_>>(),
             "metadata": {"resourceVersion": ""}}),
     };
     if output == Output::Json {
@@ -115,9 +132,9 @@ pub fn watch_row(
         Some(Output::Json) => println!(
             "{}",
             serde_json::to_string(&serde_json::json!({
-            "type": format!("{:?}", ev.kind).to_ascii_uppercase(), "object": ev.object}))?
+            "type": format!("{:?}", ev.kind).to_ascii_uppercase(), "object": shown(&ev.object)}))?
         ),
-        Some(Output::Yaml) => print!("---\n{}", serde_yaml::to_string(&ev.object)?),
+        Some(Output::Yaml) => print!("---\n{}", serde_yaml::to_string(&shown(&ev.object))?),
         Some(Output::Name) => println!("{}", obj_ref(info, &ev.object)),
         None | Some(Output::Wide) => {
             let wide = output == Some(Output::Wide);

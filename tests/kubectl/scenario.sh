@@ -290,6 +290,67 @@ want "$(k get pod on-drained 2>&1 || true)" 'not found'
 k uncordon drained >/dev/null
 k delete node drained >/dev/null
 
+step server-side apply: create, no-op, conflicts, force, pruning
+cat > ssa.yaml <<'YAML'
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: ssa
+  labels: {app: ssa, tier: web}
+spec:
+  replicas: 0
+  selector: {matchLabels: {app: ssa}}
+  template:
+    metadata: {labels: {app: ssa}}
+    spec:
+      containers:
+      - name: c
+        image: busybox:1
+        env: [{name: A, value: "1"}, {name: B, value: "2"}]
+YAML
+want "$(k apply --server-side -f ssa.yaml)" 'deployment.apps/ssa serverside-applied'
+rv=$(k get deploy ssa -o jsonpath='{.metadata.resourceVersion}')
+k apply --server-side -f ssa.yaml >/dev/null
+same "$(k get deploy ssa -o jsonpath='{.metadata.resourceVersion}')" "$rv" "re-applying the same configuration writes nothing"
+out=$(k get deploy ssa -o yaml --show-managed-fields)
+want "$out" 'manager: kubectl'
+want "$out" 'operation: Apply'
+want "$out" 'k:\{"name":"B"\}'
+sed 's/replicas: 0/replicas: 1/' ssa.yaml > ssa-other.yaml
+out=$(k apply --server-side --field-manager=other -f ssa-other.yaml 2>&1 || true)
+want "$out" 'Apply failed with 1 conflict: conflict with "kubectl": \.spec\.replicas'
+want "$(k apply --server-side --field-manager=other --force-conflicts -f ssa-other.yaml)" 'serverside-applied'
+same "$(k get deploy ssa -o jsonpath='{.spec.replicas}')" 1 "forced apply"
+k scale deploy ssa --replicas=0 >/dev/null
+out=$(k apply --server-side --field-manager=other -f ssa-other.yaml 2>&1 || true)
+want "$out" 'conflict with "kubectl" with subresource "scale" using apps/v1: \.spec\.replicas'
+# Fields the manager alone owned go when its configuration drops them; shared ones stay.
+k apply --server-side --field-manager=other --force-conflicts -f ssa-other.yaml >/dev/null
+sed -e '/replicas:/d' -e 's/, {name: B, value: "2"}//' -e 's/labels: {app: ssa, tier: web}/labels: {app: ssa}/' ssa.yaml > ssa2.yaml
+k apply --server-side -f ssa2.yaml >/dev/null
+same "$(k get deploy ssa -o jsonpath='{.spec.replicas}')" 1 "replicas, which kubectl no longer owns, stay"
+same "$(k get deploy ssa -o jsonpath='{.spec.template.spec.containers[0].env[*].name}')" "A B" "env B is still other's"
+same "$(k get deploy ssa -o jsonpath='{.metadata.labels.tier}')" "web" "label tier is still other's"
+sed -e 's/, {name: B, value: "2"}//' -e 's/labels: {app: ssa, tier: web}/labels: {app: ssa}/' ssa-other.yaml > ssa-other2.yaml
+k apply --server-side --field-manager=other -f ssa-other2.yaml >/dev/null
+same "$(k get deploy ssa -o jsonpath='{.spec.template.spec.containers[0].env[*].name}')" "A" "env B pruned"
+same "$(k get deploy ssa -o jsonpath='{.metadata.labels.tier}')" "" "label tier pruned"
+want "$(k diff --server-side --force-conflicts -f ssa.yaml || true)" '\+ +- name: B'
+k apply --server-side --force-conflicts -f ssa.yaml --dry-run=server >/dev/null
+same "$(k get deploy ssa -o jsonpath='{.spec.template.spec.containers[0].env[*].name}')" "A" "dry-run apply stores nothing"
+out=$(k apply --server-side -f - 2>&1 <<'YAML' || true
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: ssa}
+spec:
+  template:
+    spec:
+      containers: [{image: busybox}]
+YAML
+)
+want "$out" 'name'
+k delete deploy ssa >/dev/null
+
 step delete
 out=$(k delete cm web-config)
 want "$out" 'configmap "web-config" deleted'

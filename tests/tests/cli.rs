@@ -255,6 +255,28 @@ fn kubernetes_manifest_applies_reads_back_updates_and_watches() {
             && desc.contains("paused: true"),
         "{desc}"
     );
+    // Server-side apply: a manifest applied by two field managers is co-owned where they
+    // agree and conflicts where they differ, until forced; managedFields shows when asked.
+    let current = c.dir.path().join("current.yaml");
+    std::fs::write(&current, &edited).unwrap();
+    let current = current.to_str().unwrap();
+    let ops =
+        ["apply", "--server-side", "--force-conflicts", "--field-manager", "ops", "-f", current];
+    assert_eq!(c.ok(&ops).lines().nth(1), Some("deployment.apps/web serverside-applied"));
+    let three = c.dir.path().join("three.yaml");
+    std::fs::write(&three, edited.replace("replicas: 3", "replicas: 4")).unwrap();
+    let three = three.to_str().unwrap();
+    let err = c.fail(&["apply", "--server-side", "--field-manager", "other", "-f", three]);
+    let want = "Apply failed with 1 conflict: conflict with \"ops\": .spec.replicas";
+    assert!(err.contains(&format!("Error from server (Conflict): {want}")), "{err}");
+    c.ok(&["apply", "--server-side", "--force-conflicts", "--field-manager", "other", "-f", three]);
+    let d: serde_json::Value =
+        serde_json::from_str(&c.ok(&["get", "deploy", "web", "-o", "json"])).unwrap();
+    assert_eq!(d["spec"]["replicas"], 4);
+    assert!(d["metadata"].get("managedFields").is_none(), "{d}");
+    let y = c.ok(&["get", "deploy", "web", "-o", "yaml", "--show-managed-fields"]);
+    assert!(y.contains("manager: other") && y.contains("manager: ops"), "{y}");
+
     assert!(c.ok(&["delete", "-f", f]).contains("deployment.apps \"web\" deleted"));
     assert!(c
         .fail(&["get", "deploy", "web"])

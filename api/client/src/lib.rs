@@ -27,6 +27,8 @@ pub struct Client {
     inner: ApiClient<InterceptedService<Channel, Credentials>>,
     channel: Channel,
     credentials: Credentials,
+    /// The field manager the server records for this client's writes (`managedFields`).
+    field_manager: String,
 }
 
 /// Headers every call carries: `authorization` when the client has a bearer token, and
@@ -41,6 +43,14 @@ impl tonic::service::Interceptor for Credentials {
         }
         Ok(req)
     }
+}
+
+/// The executable's name, as client-go derives a field manager from its user agent.
+fn default_field_manager() -> String {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "flotilla".into())
 }
 
 fn header_value(what: &str, v: &str) -> Result<MetadataValue<Ascii>, ApiError> {
@@ -259,7 +269,14 @@ impl Client {
                 .max_encoding_message_size(64 << 20),
             channel: ch,
             credentials: creds,
+            field_manager: default_field_manager(),
         }
+    }
+
+    /// This client, writing as field manager `name` (kubectl's `--field-manager`).
+    pub fn with_field_manager(mut self, name: &str) -> Self {
+        self.field_manager = name.to_string();
+        self
     }
 
     /// A GET of a path of the API server's HTTP API (`/version`, `/api/v1/pods`, `/metrics`)
@@ -327,6 +344,7 @@ impl Client {
             namespace: ns.into(),
             object,
             dry_run,
+            field_manager: self.field_manager.clone(),
         };
         Ok(self.inner.clone().create(r).await?.into_inner())
     }
@@ -469,6 +487,7 @@ impl Client {
                 object: to_json(obj)?,
                 subresource: sub.into(),
                 dry_run: false,
+                field_manager: self.field_manager.clone(),
             })
             .await?
             .into_inner();
@@ -485,6 +504,38 @@ impl Client {
         json: bool,
         status: bool,
     ) -> Result<(Value, Vec<String>), ApiError> {
+        let kind = if json { proto::PatchType::Json } else { proto::PatchType::Merge };
+        let sub = if status { "status" } else { "" };
+        self.send_patch(resource, ns, name, kind, patch, sub, false, false).await
+    }
+
+    /// Server-side apply of `config` (the fields this client's field manager owns), creating
+    /// the object when it does not exist; `force` takes fields other managers own.
+    pub async fn apply(
+        &self,
+        resource: &str,
+        ns: &str,
+        config: &Value,
+        force: bool,
+        dry_run: bool,
+    ) -> Result<(Value, Vec<String>), ApiError> {
+        let name = config.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+        let kind = proto::PatchType::Apply;
+        self.send_patch(resource, ns, name, kind, config, "", dry_run, force).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn send_patch(
+        &self,
+        resource: &str,
+        ns: &str,
+        name: &str,
+        kind: proto::PatchType,
+        patch: &Value,
+        subresource: &str,
+        dry_run: bool,
+        force: bool,
+    ) -> Result<(Value, Vec<String>), ApiError> {
         let r = self
             .inner
             .clone()
@@ -492,11 +543,12 @@ impl Client {
                 resource: resource.into(),
                 namespace: ns.into(),
                 name: name.into(),
-                patch_type: if json { proto::PatchType::Json } else { proto::PatchType::Merge }
-                    as i32,
+                patch_type: kind as i32,
                 patch: to_json(patch)?,
-                subresource: if status { "status".into() } else { String::new() },
-                dry_run: false,
+                subresource: subresource.into(),
+                dry_run,
+                field_manager: self.field_manager.clone(),
+                force,
             })
             .await?
             .into_inner();
@@ -646,7 +698,7 @@ impl Client {
         let mut c = self.credentials.clone();
         c.0.retain(|(k, _)| *k != "authorization");
         c.0.push(("authorization", v));
-        Ok(Self::with_credentials(self.channel, c))
+        Ok(Self::with_credentials(self.channel, c).with_field_manager(&self.field_manager))
     }
 
     /// This client, acting as `user` (and `groups`): Kubernetes' impersonation, which the
@@ -658,7 +710,7 @@ impl Client {
         for g in groups {
             c.0.push(("impersonate-group", header_value("group to impersonate", g)?));
         }
-        Ok(Self::with_credentials(self.channel, c))
+        Ok(Self::with_credentials(self.channel, c).with_field_manager(&self.field_manager))
     }
 
     /// Binds a pod to a node through the pods/binding subresource; `uid`, when not empty, is a

@@ -797,7 +797,8 @@ async fn verb(
                     info.plural, info.plural
                 )));
             }
-            let w = s.create(user, info, ns, body, q.dry_run()?).await?;
+            let manager = field_manager(q, headers, "CreateOptions")?;
+            let w = s.create(user, info, ns, body, q.dry_run()?, &manager).await?;
             Ok(Answer::json(StatusCode::CREATED, w.json())
                 .warn(filter_warnings(validation, w.warnings)))
         }
@@ -839,7 +840,8 @@ async fn verb(
             if validation == "Strict" {
                 strict_check(info, body)?;
             }
-            let (v, w) = s.update(user, info, ns, body, sub, q.dry_run()?).await?;
+            let manager = field_manager(q, headers, "UpdateOptions")?;
+            let (v, w) = s.update(user, info, ns, body, sub, q.dry_run()?, &manager).await?;
             Ok(Answer::value(StatusCode::OK, &v).warn(filter_warnings(validation, w)))
         }
         ("get", "scale") => {
@@ -847,18 +849,38 @@ async fn verb(
         }
         ("update", "scale") => {
             let change = ScaleChange::Replace(body);
-            let v = s.update_scale(user, info, ns, &t.name, change, q.dry_run()?).await?;
+            let manager = field_manager(q, headers, "UpdateOptions")?;
+            let v = s.update_scale(user, info, ns, &t.name, change, q.dry_run()?, &manager).await?;
             Ok(Answer::value(StatusCode::OK, &v))
         }
         ("patch", "scale") => {
             let change = ScaleChange::Patch(patch_kind(headers)?, body);
-            let v = s.update_scale(user, info, ns, &t.name, change, q.dry_run()?).await?;
+            let manager = field_manager(q, headers, "PatchOptions")?;
+            forbid_force(q)?;
+            let v = s.update_scale(user, info, ns, &t.name, change, q.dry_run()?, &manager).await?;
             Ok(Answer::value(StatusCode::OK, &v))
+        }
+        ("patch", "" | "status") if is_apply(headers) => {
+            let validation = field_validation(q)?;
+            let manager = field_manager(q, headers, "PatchOptions")?;
+            if q.get("fieldManager").is_empty() {
+                let mut e = Errors::default();
+                e.required("fieldManager", "is required for apply patch");
+                return Err(ApiError::invalid("PatchOptions.meta.k8s.io", "", e.0));
+            }
+            let force = q.flag("force");
+            let (v, w, created) =
+                s.apply(user, info, ns, &t.name, body, sub, q.dry_run()?, &manager, force).await?;
+            let code = if created { StatusCode::CREATED } else { StatusCode::OK };
+            Ok(Answer::value(code, &v).warn(filter_warnings(validation, w)))
         }
         ("patch", "" | "status" | "approval") => {
             let kind = patch_kind(headers)?;
             let validation = field_validation(q)?;
-            let (v, w) = s.patch(user, info, ns, &t.name, kind, body, sub, q.dry_run()?).await?;
+            let manager = field_manager(q, headers, "PatchOptions")?;
+            forbid_force(q)?;
+            let (v, w) =
+                s.patch(user, info, ns, &t.name, kind, body, sub, q.dry_run()?, &manager).await?;
             Ok(Answer::value(StatusCode::OK, &v).warn(filter_warnings(validation, w)))
         }
         ("delete", "") => {
@@ -897,6 +919,28 @@ async fn verb(
     }
 }
 
+/// Whether a PATCH is a server-side apply.
+fn is_apply(headers: &HeaderMap) -> bool {
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    ct.split(';').next().unwrap_or("").trim() == "application/apply-patch+yaml"
+}
+
+/// `force` is apply's alone.
+fn forbid_force(q: &Query) -> Result<(), ApiError> {
+    if q.get("force").is_empty() {
+        return Ok(());
+    }
+    let mut e = Errors::default();
+    e.forbidden("force", "may not be specified for non-apply patch");
+    Err(ApiError::invalid("PatchOptions.meta.k8s.io", "", e.0))
+}
+
+/// The field manager of a write: `fieldManager`, else the client's user agent's.
+fn field_manager(q: &Query, headers: &HeaderMap, options: &str) -> Result<String, ApiError> {
+    let ua = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    super::field_manager(q.get("fieldManager"), ua, options)
+}
+
 /// The patch type a PATCH's content type names.
 fn patch_kind(headers: &HeaderMap) -> Result<PatchKind, ApiError> {
     let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -906,7 +950,7 @@ fn patch_kind(headers: &HeaderMap) -> Result<PatchKind, ApiError> {
         "application/strategic-merge-patch+json" => Ok(PatchKind::Strategic),
         other => Err(ApiError::new(
             Reason::UnsupportedMediaType,
-            format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {other:?})"),
+            format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {other:?})"),
         )),
     }
 }

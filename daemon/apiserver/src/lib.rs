@@ -35,6 +35,7 @@ mod watch;
 use bytes::Bytes;
 use cache::{Filter, WatchCache};
 use flotilla_api::error::{ApiError, Errors, Reason};
+use flotilla_api::managed;
 use flotilla_api::patch::PatchKind;
 use flotilla_api::{ResourceInfo, RESOURCES};
 use flotilla_store::StoreNode;
@@ -176,6 +177,36 @@ fn meta_str<'a>(v: &'a Value, field: &str) -> &'a str {
     v.get("metadata").and_then(|m| m.get(field)).and_then(Value::as_str).unwrap_or("")
 }
 
+/// The field manager a write is recorded for: the one asked for, else the client's user
+/// agent up to its first "/" (Kubernetes' managerOrUserAgent: `kubectl/v1.32.0 (linux/amd64)
+/// …` is "kubectl"); validated as Kubernetes validates it. `options` names the options kind
+/// in errors (CreateOptions, UpdateOptions, PatchOptions).
+pub fn field_manager(asked: &str, user_agent: &str, options: &str) -> Result<String, ApiError> {
+    let mut e = Errors::default();
+    if asked.len() > 128 {
+        e.push(
+            "fieldManager",
+            flotilla_api::error::FieldErrorType::TooLong,
+            "may not be more than 128 bytes",
+        );
+    }
+    if let Some((i, c)) = asked.chars().enumerate().find(|(_, c)| c.is_control()) {
+        let msg = format!("invalid character U+{:04X} (at position {i})", c as u32);
+        e.invalid_str("fieldManager", asked, &msg);
+    }
+    if !e.is_empty() {
+        return Err(ApiError::invalid(&format!("{options}.meta.k8s.io"), "", e.0));
+    }
+    if !asked.is_empty() {
+        return Ok(asked.to_string());
+    }
+    let product = user_agent.split('/').next().unwrap_or("");
+    Ok(product.chars().filter(|c| !c.is_control()).take(128).collect())
+}
+
+/// The field manager of the API server's own writes (Kubernetes': its user agent's).
+pub const APISERVER_MANAGER: &str = "flotilla-apiserver";
+
 fn now_rfc3339() -> String {
     let now = jiff::Timestamp::now();
     // metav1.Time has second precision.
@@ -194,6 +225,10 @@ struct Target<'a> {
     name: &'a str,
     /// The resourceVersion the write is conditional on.
     rv: Option<i64>,
+    /// The field manager recorded in managedFields.
+    manager: &'a str,
+    /// The transform recorded the managers itself (server-side apply).
+    applied: bool,
 }
 
 impl<'a> Target<'a> {
@@ -382,7 +417,8 @@ impl ApiServer {
         let ns = flotilla_api::lookup("namespaces").expect("namespaces are registered");
         for name in SYSTEM_NAMESPACES {
             let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
-            match server.create(&me, ns, "", encode(&obj).as_ref(), false).await {
+            match server.create(&me, ns, "", encode(&obj).as_ref(), false, APISERVER_MANAGER).await
+            {
                 Ok(_) => tracing::info!(namespace = name, "created system namespace"),
                 Err(e) if e.reason == Reason::AlreadyExists => {}
                 Err(e) => return Err(e),
@@ -403,7 +439,10 @@ impl ApiServer {
                     {"name": "dns", "port": 53, "protocol": "UDP"},
                     {"name": "dns-tcp", "port": 53, "protocol": "TCP"}]}});
             let info = flotilla_api::lookup("services").expect("services are registered");
-            match server.create(&me, info, "kube-system", encode(&svc).as_ref(), false).await {
+            match server
+                .create(&me, info, "kube-system", encode(&svc).as_ref(), false, APISERVER_MANAGER)
+                .await
+            {
                 Ok(_) => tracing::info!(%ip, "created kube-system/kube-dns"),
                 Err(e) if e.reason == Reason::AlreadyExists => {}
                 Err(e) => {
@@ -781,7 +820,10 @@ impl ApiServer {
         };
         for (plural, obj) in [("configmaps", cm), ("roles", role), ("rolebindings", binding)] {
             let info = flotilla_api::lookup(plural).expect("registered");
-            match self.create(me, info, "kube-public", encode(&obj).as_ref(), false).await {
+            match self
+                .create(me, info, "kube-public", encode(&obj).as_ref(), false, APISERVER_MANAGER)
+                .await
+            {
                 Ok(_) => {}
                 Err(e) if e.reason == Reason::AlreadyExists && plural == "configmaps" => {
                     let mut cur = self.get(info, "kube-public", "cluster-info").await?;
@@ -789,7 +831,15 @@ impl ApiServer {
                     if ca_of(published) != ca_of(kubeconfig) {
                         cur["data"]["kubeconfig"] = json!(kubeconfig);
                         match self
-                            .update(me, info, "kube-public", encode(&cur).as_ref(), "", false)
+                            .update(
+                                me,
+                                info,
+                                "kube-public",
+                                encode(&cur).as_ref(),
+                                "",
+                                false,
+                                APISERVER_MANAGER,
+                            )
                             .await
                         {
                             Ok(_) => {}
@@ -813,7 +863,7 @@ impl ApiServer {
         for (plural, obj) in rbac::bootstrap_policy() {
             let info = flotilla_api::lookup(plural).expect("registered");
             let name = meta_str(&obj, "name").to_string();
-            match self.create(me, info, "", encode(&obj).as_ref(), false).await {
+            match self.create(me, info, "", encode(&obj).as_ref(), false, APISERVER_MANAGER).await {
                 Ok(_) => continue,
                 Err(e) if e.reason == Reason::AlreadyExists => {}
                 Err(e) => return Err(e),
@@ -835,7 +885,10 @@ impl ApiServer {
                 }
             }
             tracing::info!(%plural, %name, "reconciling a default RBAC object");
-            match self.update(me, info, "", encode(&new).as_ref(), "", false).await {
+            match self
+                .update(me, info, "", encode(&new).as_ref(), "", false, APISERVER_MANAGER)
+                .await
+            {
                 Ok(_) => {}
                 // Members start together and reconcile the same objects: one write wins.
                 Err(e) if e.reason == Reason::Conflict => {}
@@ -969,8 +1022,25 @@ impl ApiServer {
         ns: &str,
         body: &[u8],
         dry_run: bool,
+        manager: &str,
     ) -> Result<Written, ApiError> {
-        let mut v = parse_object(info, body)?;
+        let v = parse_object(info, body)?;
+        self.create_value(user, info, ns, v, dry_run, Some(manager)).await
+    }
+
+    /// Create of a parsed object. `manager`: the field manager this create is recorded for;
+    /// `None` when the object's managedFields are recorded already (server-side apply).
+    async fn create_value(
+        &self,
+        user: &User,
+        info: &'static ResourceInfo,
+        ns: &str,
+        mut v: Value,
+        dry_run: bool,
+        manager: Option<&str>,
+    ) -> Result<Written, ApiError> {
+        // The request's own managedFields, if it sets valid ones, are where ownership starts.
+        let requested = managed::starting_entries(None, &v, "");
         v["apiVersion"] = Value::String(info.api_version());
         v["kind"] = Value::String(info.kind.into());
         let obj_ns = meta_str(&v, "namespace").to_string();
@@ -986,13 +1056,9 @@ impl ApiServer {
                 m.insert("name".into(), Value::String(format!("{gen}{}", random_suffix(5))));
             }
         }
-        for server_owned in [
-            "resourceVersion",
-            "deletionTimestamp",
-            "deletionGracePeriodSeconds",
-            "selfLink",
-            "managedFields",
-        ] {
+        for server_owned in
+            ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"]
+        {
             m.remove(server_owned);
         }
         m.insert("uid".into(), Value::String(uuid::Uuid::new_v4().to_string()));
@@ -1004,6 +1070,16 @@ impl ApiServer {
             if let Some(o) = v.as_object_mut() {
                 o.remove("status");
             }
+        }
+        if let Some(manager) = manager {
+            let (api_version, now) = (info.api_version(), now_rfc3339());
+            let who = managed::Manager {
+                name: manager,
+                subresource: "",
+                api_version: &api_version,
+                now: &now,
+            };
+            managed::track_update(&json!({}), &mut v, requested, &who);
         }
         let attrs_name = meta_str(&v, "name").to_string();
         let attrs = RequestInfo::new("create", info.plural).at(&ns, &attrs_name).by(user);
@@ -1189,6 +1265,7 @@ impl ApiServer {
 
     /// Replaces an object (or only its status). Without a resourceVersion the write is
     /// unconditional (retried against the newest version); with one, a stale one conflicts.
+    #[allow(clippy::too_many_arguments)]
     pub async fn update(
         &self,
         user: &User,
@@ -1197,6 +1274,7 @@ impl ApiServer {
         body: &[u8],
         subresource: &str,
         dry_run: bool,
+        manager: &str,
     ) -> Result<(Value, Vec<String>), ApiError> {
         let status = status_subresource(info, subresource)?;
         let input = parse_object(info, body)?;
@@ -1213,7 +1291,17 @@ impl ApiServer {
                 ApiError::bad_request(format!("metadata.resourceVersion {s:?} is not a revision"))
             })?),
         };
-        let w = Target { user, verb: "update", subresource, info, ns: &ns, name: &name, rv };
+        let w = Target {
+            user,
+            verb: "update",
+            subresource,
+            info,
+            ns: &ns,
+            name: &name,
+            rv,
+            manager,
+            applied: false,
+        };
         self.write_loop(
             w,
             dry_run,
@@ -1242,6 +1330,7 @@ impl ApiServer {
         patch: &[u8],
         subresource: &str,
         dry_run: bool,
+        manager: &str,
     ) -> Result<(Value, Vec<String>), ApiError> {
         let status = status_subresource(info, subresource)?;
         Self::check_namespace_arg(info, ns)?;
@@ -1253,7 +1342,17 @@ impl ApiServer {
                 p.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(String::from)
             })
             .and_then(|s| s.parse::<i64>().ok());
-        let w = Target { user, verb: "patch", subresource, info, ns, name, rv };
+        let w = Target {
+            user,
+            verb: "patch",
+            subresource,
+            info,
+            ns,
+            name,
+            rv,
+            manager,
+            applied: false,
+        };
         self.write_loop(
             w,
             dry_run,
@@ -1272,6 +1371,142 @@ impl ApiServer {
             status,
         )
         .await
+    }
+
+    /// Server-side apply (`application/apply-patch+yaml`): `body`, a partial object in YAML or
+    /// JSON, is merged into the object (created when missing) as `manager`'s configuration:
+    /// the fields it sets become that manager's, the ones it applied before and leaves out now
+    /// go unless someone else owns them, and a changed value another manager owns is a
+    /// conflict unless `force`. Answers the object, warnings, and whether it was created.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn apply(
+        &self,
+        user: &User,
+        info: &'static ResourceInfo,
+        ns: &str,
+        name: &str,
+        body: &[u8],
+        subresource: &str,
+        dry_run: bool,
+        manager: &str,
+        force: bool,
+    ) -> Result<(Value, Vec<String>, bool), ApiError> {
+        let status = status_subresource(info, subresource)?;
+        Self::check_namespace_arg(info, ns)?;
+        let ns = if info.namespaced { ns } else { "" };
+        let mut config: Value = serde_yaml::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?;
+        let Some(obj) = config.as_object_mut() else {
+            return Err(ApiError::bad_request("the apply patch must be a map"));
+        };
+        let api_version = info.api_version();
+        let sent_version = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+        if sent_version != api_version {
+            return Err(ApiError::bad_request(format!(
+                "Incorrect version specified in apply patch. Specified patch version: {sent_version}, expected: {api_version}"
+            )));
+        }
+        let sent_kind = obj.get("kind").and_then(Value::as_str).unwrap_or("");
+        if sent_kind != info.kind {
+            return Err(ApiError::bad_request(format!(
+                "Incorrect kind specified in apply patch. Specified patch kind: {sent_kind}, expected: {}",
+                info.kind
+            )));
+        }
+        // Status is the controllers' (through /status), the rest is not written there.
+        if info.has_status {
+            if status {
+                obj.retain(|k, _| {
+                    matches!(k.as_str(), "apiVersion" | "kind" | "metadata" | "status")
+                });
+            } else {
+                obj.remove("status");
+            }
+        }
+        let meta = obj.entry("metadata").or_insert_with(|| json!({}));
+        let Some(meta) = meta.as_object_mut() else {
+            return Err(ApiError::bad_request("metadata: must be a map"));
+        };
+        if meta.get("managedFields").is_some_and(|m| !m.is_null()) {
+            return Err(ApiError::bad_request("metadata.managedFields must be nil"));
+        }
+        meta.remove("managedFields");
+        match meta.get("name").and_then(Value::as_str) {
+            Some(n) if n != name => {
+                return Err(ApiError::bad_request(format!(
+                    "the name of the object ({n}) does not match the name on the URL ({name})"
+                )))
+            }
+            _ => {
+                meta.insert("name".into(), json!(name));
+            }
+        }
+        if info.namespaced {
+            match meta.get("namespace").and_then(Value::as_str) {
+                Some(n) if !n.is_empty() && n != ns => {
+                    return Err(ApiError::bad_request(
+                        "the namespace of the provided object does not match the namespace sent on the request",
+                    ))
+                }
+                _ => {
+                    meta.insert("namespace".into(), json!(ns));
+                }
+            }
+        }
+        let rv = match meta.get("resourceVersion").and_then(Value::as_str) {
+            None | Some("") => None,
+            Some(s) => Some(s.parse::<i64>().map_err(|_| {
+                ApiError::bad_request(format!("metadata.resourceVersion {s:?} is not a revision"))
+            })?),
+        };
+        meta.remove("resourceVersion");
+        let now = now_rfc3339();
+        let who =
+            managed::Manager { name: manager, subresource, api_version: &api_version, now: &now };
+        for _ in 0..2 {
+            let w = Target {
+                user,
+                verb: "patch",
+                subresource,
+                info,
+                ns,
+                name,
+                rv,
+                manager,
+                applied: true,
+            };
+            let out = self
+                .write_loop(
+                    w,
+                    dry_run,
+                    |current| managed::apply(Some(current), &config, &who, force).map(Some),
+                    status,
+                )
+                .await;
+            match out {
+                Err(e) if e.reason == Reason::NotFound && !status && rv.is_none() => {}
+                other => return other.map(|(v, w)| (v, w, false)),
+            }
+            // Apply creates what is missing.
+            let obj = managed::apply(None, &config, &who, force)?;
+            match self.create_value(user, info, ns, obj, dry_run, None).await {
+                Ok(w) => {
+                    let object = match w.object {
+                        Value::Null => serde_json::from_slice(&w.json()).unwrap_or(Value::Null),
+                        _ => w.object.clone(),
+                    };
+                    return Ok((object, w.warnings, true));
+                }
+                // Created meanwhile: apply to it.
+                Err(e) if e.reason == Reason::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ApiError::conflict(
+            &info.qualified_plural(),
+            name,
+            "too many concurrent writers; retry",
+        ))
     }
 
     /// Read, transform, admit, write guarded by the read revision; retried when unconditional.
@@ -1339,6 +1574,17 @@ impl ApiServer {
                         }
                     }
                 }
+            }
+            if !target.applied {
+                let entries = managed::starting_entries(Some(&current), &new, target.subresource);
+                let (api_version, now) = (info.api_version(), now_rfc3339());
+                let who = managed::Manager {
+                    name: target.manager,
+                    subresource: target.subresource,
+                    api_version: &api_version,
+                    now: &now,
+                };
+                managed::track_update(&current, &mut new, entries, &who);
             }
             self.seams.mutate(&attrs, &mut new, Some(&current))?;
             strategy.prepare_for_update(&current, &mut new, target.subresource);

@@ -73,7 +73,13 @@ fn definitions(v3: bool) -> (Map<String, Value>, BTreeMap<&'static str, String>)
         d["x-kubernetes-group-version-kind"] =
             json!([{"group": r.group, "version": r.version, "kind": r.kind}]);
     }
-    for &(ty, field, _, _, strategy, key, list_type) in flotilla_api::schema_table::FIELDS {
+    // `+structType=atomic`: server-side apply owns such a struct whole.
+    for ty in flotilla_api::schema_table::ATOMIC_STRUCTS {
+        if let Some(d) = defs.get_mut(&definition_name(ty)).and_then(Value::as_object_mut) {
+            d.insert("x-kubernetes-map-type".into(), json!("atomic"));
+        }
+    }
+    for &(ty, field, _, shape, strategy, key, list_type) in flotilla_api::schema_table::FIELDS {
         let Some(prop) = defs
             .get_mut(&definition_name(ty))
             .and_then(|d| d.get_mut("properties"))
@@ -89,6 +95,9 @@ fn definitions(v3: bool) -> (Map<String, Value>, BTreeMap<&'static str, String>)
             prop.insert("x-kubernetes-patch-merge-key".into(), json!(key));
         }
         match list_type.split_once(':') {
+            _ if shape == "map" && !list_type.is_empty() => {
+                prop.insert("x-kubernetes-map-type".into(), json!(list_type));
+            }
             Some(("map", keys)) => {
                 prop.insert("x-kubernetes-list-type".into(), json!("map"));
                 prop.insert(

@@ -65,6 +65,7 @@ impl ApiServer {
         Ok(to_scale(&self.get(info, ns, name).await?))
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub async fn update_scale(
         &self,
         user: &User,
@@ -73,6 +74,7 @@ impl ApiServer {
         name: &str,
         change: ScaleChange<'_>,
         dry_run: bool,
+        manager: &str,
     ) -> Result<Value, ApiError> {
         check(info)?;
         let what = "Scale.autoscaling";
@@ -111,6 +113,8 @@ impl ApiServer {
             ns,
             name,
             rv,
+            manager,
+            applied: false,
         };
         let (obj, _) = self
             .write_loop(

@@ -164,6 +164,12 @@ impl Service {
 /// A request's headers and what the connection knows (its TLS client certificate).
 struct Call(tonic::metadata::MetadataMap, tonic::Extensions);
 
+/// The field manager of a gRPC write: the one asked for, else the user agent's.
+fn grpc_manager(meta: &Call, asked: &str, options: &str) -> Result<String, ApiError> {
+    let ua = meta.0.get("user-agent").and_then(|v| v.to_str().ok()).unwrap_or("");
+    super::field_manager(asked, ua, options)
+}
+
 /// What the audit log records of an answer at the RequestResponse level.
 pub trait Audited {
     fn audit_body(&self) -> Option<&[u8]> {
@@ -238,13 +244,15 @@ impl Api for Service {
         let meta = Call(meta, ext);
         let r = &r;
         let s = &self.0;
+        let manager = grpc_manager(&meta, &r.field_manager, "CreateOptions");
         self.timed_body(
             &meta,
             RequestInfo::new("create", &r.resource).at(&r.namespace, ""),
             Some(&r.object),
             |user| async move {
                 let info = s.resource(&r.resource)?;
-                let w = s.create(&user, info, &r.namespace, &r.object, r.dry_run).await?;
+                let manager = manager?;
+                let w = s.create(&user, info, &r.namespace, &r.object, r.dry_run, &manager).await?;
                 Ok(Response::new(proto::ObjectResponse { object: w.json(), warnings: w.warnings }))
             },
         )
@@ -312,10 +320,12 @@ impl Api for Service {
         let what = RequestInfo::new("update", &r.resource).subresource(&r.subresource);
         // Authorization names the object (resourceNames, the node authorizer): it is in the body.
         let name = object_name(&r.object);
+        let manager = grpc_manager(&meta, &r.field_manager, "UpdateOptions");
         self.timed_body(&meta, what.at(&r.namespace, &name), Some(&r.object), |user| async move {
             let info = s.resource(&r.resource)?;
-            let (v, w) =
-                s.update(&user, info, &r.namespace, &r.object, &r.subresource, r.dry_run).await?;
+            let manager = manager?;
+            let (ns, sub) = (&r.namespace, &r.subresource);
+            let (v, w) = s.update(&user, info, ns, &r.object, sub, r.dry_run, &manager).await?;
             Ok(obj_response(&v, w))
         })
         .await
@@ -330,16 +340,35 @@ impl Api for Service {
         let r = &r;
         let s = &self.0;
         let what = RequestInfo::new("patch", &r.resource).subresource(&r.subresource);
+        let manager = grpc_manager(&meta, &r.field_manager, "PatchOptions");
         self.timed_body(&meta, what.at(&r.namespace, &r.name), Some(&r.patch), |user| async move {
             let info = s.resource(&r.resource)?;
+            let manager = manager?;
+            let (ns, name, sub) = (&r.namespace, &r.name, &r.subresource);
             let kind = match proto::PatchType::try_from(r.patch_type) {
                 Ok(proto::PatchType::Merge) => PatchKind::Merge,
                 Ok(proto::PatchType::Json) => PatchKind::Json,
                 Ok(proto::PatchType::Strategic) => PatchKind::Strategic,
+                Ok(proto::PatchType::Apply) => {
+                    if r.field_manager.is_empty() {
+                        let mut e = flotilla_api::error::Errors::default();
+                        e.required("fieldManager", "is required for apply patch");
+                        return Err(ApiError::invalid("PatchOptions.meta.k8s.io", "", e.0));
+                    }
+                    let (v, w, _) = s
+                        .apply(&user, info, ns, name, &r.patch, sub, r.dry_run, &manager, r.force)
+                        .await?;
+                    return Ok(obj_response(&v, w));
+                }
                 Err(_) => return Err(ApiError::bad_request("unknown patch type")),
             };
-            let (ns, name, sub) = (&r.namespace, &r.name, &r.subresource);
-            let (v, w) = s.patch(&user, info, ns, name, kind, &r.patch, sub, r.dry_run).await?;
+            if r.force {
+                let mut e = flotilla_api::error::Errors::default();
+                e.forbidden("force", "may not be specified for non-apply patch");
+                return Err(ApiError::invalid("PatchOptions.meta.k8s.io", "", e.0));
+            }
+            let (v, w) =
+                s.patch(&user, info, ns, name, kind, &r.patch, sub, r.dry_run, &manager).await?;
             Ok(obj_response(&v, w))
         })
         .await

@@ -100,7 +100,9 @@ async fn authorization_and_admission_surround_the_strategy() {
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
         "subjects": [{"kind": "Group", "name": "devs"}]});
     let rbs = api.resource("rolebindings").unwrap();
-    api.create(&admin, rbs, "default", &serde_json::to_vec(&rb).unwrap(), false).await.unwrap();
+    api.create(&admin, rbs, "default", &serde_json::to_vec(&rb).unwrap(), false, "test")
+        .await
+        .unwrap();
     let get_cm = RequestInfo::new("get", "configmaps").at("default", "c");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     // RBAC reads the binding from the watch cache: eventually consistent, as in Kubernetes.
@@ -127,7 +129,8 @@ async fn authorization_and_admission_surround_the_strategy() {
     let pods = api.resource("pods").unwrap();
     let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
         "spec": {"containers": [{"name": "c", "image": "busybox"}]}});
-    let w = api.create(&user, pods, "default", &serde_json::to_vec(&pod).unwrap(), false).await;
+    let w =
+        api.create(&user, pods, "default", &serde_json::to_vec(&pod).unwrap(), false, "test").await;
     let created: Value = serde_json::from_slice(&w.unwrap().json()).unwrap();
     assert_eq!(created["metadata"]["labels"]["admitted-by"], "alice");
     let validated = seen.lock().unwrap().last().cloned().unwrap();
@@ -138,12 +141,13 @@ async fn authorization_and_admission_surround_the_strategy() {
     let mut bad_pod = pod.clone();
     bad_pod["metadata"] = json!({"name": "q", "labels": {"bad": "yes"}});
     let body = serde_json::to_vec(&bad_pod).unwrap();
-    let e = api.create(&user, pods, "default", &body, false).await.err().unwrap();
+    let e = api.create(&user, pods, "default", &body, false, "test").await.err().unwrap();
     assert_eq!(e.reason, Reason::Forbidden, "{e:?}");
     assert_eq!(api.get(pods, "default", "q").await.unwrap_err().reason, Reason::NotFound);
     let patch = br#"{"metadata": {"labels": {"bad": "yes"}}}"#;
     let kind = flotilla_api::patch::PatchKind::Merge;
-    let e = api.patch(&user, pods, "default", "p", kind, patch, "", false).await.unwrap_err();
+    let e =
+        api.patch(&user, pods, "default", "p", kind, patch, "", false, "test").await.unwrap_err();
     assert_eq!(e.reason, Reason::Forbidden, "{e:?}");
     let stored = api.get(pods, "default", "p").await.unwrap();
     assert!(stored["metadata"]["labels"]["bad"].is_null(), "{stored}");

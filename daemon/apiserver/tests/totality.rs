@@ -41,42 +41,44 @@ async fn inputs_that_panicked_the_write_path_are_refused_naming_the_field() {
 
     let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"},
                     "data": {"k": "v"}});
-    api.create(&me(), cms, "default", &body(&cm), false).await.unwrap();
+    api.create(&me(), cms, "default", &body(&cm), false, "test").await.unwrap();
     let before = get(api, "configmaps", "c").await;
     // A JSON patch that replaces the whole document with an array.
     let patch = br#"[{"op":"replace","path":"","value":[]}]"#;
-    let r = api.patch(&me(), cms, "default", "c", PatchKind::Json, patch, "", false).await;
+    let r = api.patch(&me(), cms, "default", "c", PatchKind::Json, patch, "", false, "test").await;
     assert_invalid(r, "<root>");
     // Merge patches cannot do it, but a JSON patch to a scalar is refused the same way.
     let patch = br#"[{"op":"replace","path":"","value":"x"}]"#;
-    let r = api.patch(&me(), cms, "default", "c", PatchKind::Json, patch, "", false).await;
+    let r = api.patch(&me(), cms, "default", "c", PatchKind::Json, patch, "", false, "test").await;
     assert_invalid(r, "<root>");
     assert_eq!(get(api, "configmaps", "c").await, before, "nothing is stored");
 
     let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"},
                      "spec": {"type": "NodePort", "ports": [{"port": 80}]}});
-    api.create(&me(), svcs, "default", &body(&svc), false).await.unwrap();
+    api.create(&me(), svcs, "default", &body(&svc), false, "test").await.unwrap();
     let before = get(api, "services", "s").await;
     for bad in [json!("x"), json!([]), json!(7)] {
         // Update, with and without a resourceVersion.
         let mut upd = svc.clone();
         upd["spec"] = bad.clone();
-        let r = api.update(&me(), svcs, "default", &body(&upd), "", false).await;
+        let r = api.update(&me(), svcs, "default", &body(&upd), "", false, "test").await;
         assert_invalid(r, "spec");
         upd["metadata"]["resourceVersion"] = before["metadata"]["resourceVersion"].clone();
-        let r = api.update(&me(), svcs, "default", &body(&upd), "", false).await;
+        let r = api.update(&me(), svcs, "default", &body(&upd), "", false, "test").await;
         assert_invalid(r, "spec");
         // Merge patch and JSON patch.
         let p = body(&json!({"spec": bad}));
-        let r = api.patch(&me(), svcs, "default", "s", PatchKind::Merge, &p, "", false).await;
+        let r =
+            api.patch(&me(), svcs, "default", "s", PatchKind::Merge, &p, "", false, "test").await;
         assert_invalid(r, "spec");
         let p = body(&json!([{"op": "replace", "path": "/spec", "value": bad}]));
-        let r = api.patch(&me(), svcs, "default", "s", PatchKind::Json, &p, "", false).await;
+        let r =
+            api.patch(&me(), svcs, "default", "s", PatchKind::Json, &p, "", false, "test").await;
         assert_invalid(r, "spec");
     }
     // Ports of the wrong shape are the validation's to name, not a panic.
     let p = body(&json!({"spec": {"ports": [1, "x"]}}));
-    let r = api.patch(&me(), svcs, "default", "s", PatchKind::Merge, &p, "", false).await;
+    let r = api.patch(&me(), svcs, "default", "s", PatchKind::Merge, &p, "", false, "test").await;
     assert_invalid(r, "spec.ports[0]");
     assert_eq!(get(api, "services", "s").await, before, "nothing is stored");
 
@@ -85,7 +87,8 @@ async fn inputs_that_panicked_the_write_path_are_refused_naming_the_field() {
             "spec": {"schedule": schedule, "jobTemplate": {"spec": {"template": {"spec": {
                 "restartPolicy": "Never",
                 "containers": [{"name": "c", "image": "busybox"}]}}}}}});
-        let r = api.create(&me(), cjs, "default", &body(&cj), false).await.map(|w| w.object);
+        let r =
+            api.create(&me(), cjs, "default", &body(&cj), false, "test").await.map(|w| w.object);
         assert_invalid(r, "spec.schedule");
     }
     let info = api.resource("cronjobs").unwrap();
