@@ -67,6 +67,31 @@ enum Output {
     Name,
 }
 
+/// kubectl's `--since`: a Go duration (`90s`, `5m`, `1h30m`) in whole seconds, rounded up.
+fn parse_since(s: &str) -> std::result::Result<i64, String> {
+    let mut total = 0f64;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let n = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let (num, tail) = rest.split_at(n);
+        let u = tail.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(tail.len());
+        let (unit, next) = tail.split_at(u);
+        let v: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+        total += v * match unit {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            _ => return Err(format!("invalid duration {s:?}: units are h, m, s, ms")),
+        };
+        rest = next;
+    }
+    if s.is_empty() {
+        return Err("invalid duration \"\"".into());
+    }
+    Ok(total.ceil() as i64)
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Create or update objects from manifests (idempotent).
@@ -241,6 +266,15 @@ enum Cmd {
         /// Prefix each line with its RFC 3339 time.
         #[arg(long)]
         timestamps: bool,
+        /// Only lines newer than this duration (5s, 2m, 3h).
+        #[arg(long, value_parser = parse_since)]
+        since: Option<i64>,
+        /// Only lines written at or after this RFC 3339 time.
+        #[arg(long, conflicts_with = "since")]
+        since_time: Option<String>,
+        /// Stop after this many bytes.
+        #[arg(long)]
+        limit_bytes: Option<i64>,
     },
     /// Run a command in a container (relayed through the API server to the pod's node).
     #[command(arg_required_else_help = true)]
@@ -1066,7 +1100,17 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Annotate { kind, name, changes, overwrite } => {
             ctx.meta_map("annotations", &kind, &name, &changes, overwrite).await
         }
-        Cmd::Logs { pod, container, follow, previous, tail, timestamps } => {
+        Cmd::Logs {
+            pod,
+            container,
+            follow,
+            previous,
+            tail,
+            timestamps,
+            since,
+            since_time,
+            limit_bytes,
+        } => {
             use futures::StreamExt;
             use std::io::Write;
             let pod =
@@ -1079,6 +1123,9 @@ async fn run(cli: Cli) -> Result<()> {
                 previous,
                 tail_lines: tail,
                 timestamps,
+                since_seconds: since,
+                since_time: since_time.unwrap_or_default(),
+                limit_bytes,
             };
             let mut s = ctx.client.pod_logs(req).await.map_err(server_error)?;
             let mut out = std::io::stdout().lock();
@@ -1191,6 +1238,16 @@ async fn run(cli: Cli) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn since_reads_go_durations() {
+        assert_eq!(parse_since("90s"), Ok(90));
+        assert_eq!(parse_since("1h30m"), Ok(5400));
+        assert_eq!(parse_since("1.5s"), Ok(2));
+        assert!(
+            parse_since("5d").is_err() && parse_since("").is_err() && parse_since("m").is_err()
+        );
+    }
+
     use super::*;
     use flotilla_api::RESOURCES;
 

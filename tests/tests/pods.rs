@@ -176,6 +176,19 @@ async fn pod_runs_init_containers_env_and_volumes() {
     let (ok, out, _) = node.cli(&["logs", "pod/web", "-c", "app", "--tail", "1"]);
     assert!(ok);
     assert_eq!(out, "listening 8080\n");
+    let (ok, out, _) = node.cli(&["logs", "web", "-c", "app", "--tail", "1", "--limit-bytes", "9"]);
+    assert!(ok);
+    assert_eq!(out, "listening");
+    let (ok, out, _) = node.cli(&["logs", "web", "-c", "app", "--since", "1h"]);
+    assert!(ok && out.ends_with("listening 8080\n"), "{out}");
+    let (ok, out, _) =
+        node.cli(&["logs", "web", "-c", "app", "--since-time", "2999-01-01T00:00:00Z"]);
+    assert!(ok && out.is_empty(), "{out}");
+    let (ok, _, err) = node.cli(&["logs", "web", "-c", "app", "--limit-bytes", "0"]);
+    assert!(!ok);
+    let want =
+        "PodLogOptions \"web\" is invalid: limitBytes: Invalid value: 0: must be greater than 0";
+    assert!(err.contains(want), "{err}");
     let (ok, out, _) = node.cli(&["logs", "web", "-c", "prep", "--timestamps"]);
     assert!(ok);
     assert!(out.ends_with("Z init-done\n") && out.starts_with("20"), "{out}");

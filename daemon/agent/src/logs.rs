@@ -65,6 +65,48 @@ pub fn tail<'a>(lines: &[&'a str], n: i64) -> Vec<&'a str> {
     lines[start..].to_vec()
 }
 
+/// The lines written at or after `since` (kubelet filters each CRI line by its own time).
+pub fn since(lines: Vec<&str>, since: Option<jiff::Timestamp>) -> Vec<&str> {
+    let Some(since) = since else { return lines };
+    lines
+        .into_iter()
+        .filter(|l| {
+            parse_line(l)
+                .and_then(|(ts, ..)| ts.parse::<jiff::Timestamp>().ok())
+                .is_none_or(|t| t >= since)
+        })
+        .collect()
+}
+
+/// What is left of a `limitBytes` budget: `chunk` cut to fit (at a character boundary).
+pub fn within_limit(mut chunk: String, left: &mut Option<u64>) -> String {
+    if let Some(left) = left {
+        if chunk.len() as u64 > *left {
+            let mut end = *left as usize;
+            while !chunk.is_char_boundary(end) {
+                end -= 1;
+            }
+            chunk.truncate(end);
+        }
+        *left -= chunk.len() as u64;
+    }
+    chunk
+}
+
+/// The time `sinceSeconds` or `sinceTime` name, on this node's clock as the kubelet's.
+fn since_of(r: &proto::PodLogsRequest) -> Result<Option<jiff::Timestamp>, Status> {
+    if let Some(s) = r.since_seconds {
+        let back = jiff::SignedDuration::from_secs(s.max(0));
+        return Ok(jiff::Timestamp::now().checked_sub(back).ok());
+    }
+    if r.since_time.is_empty() {
+        return Ok(None);
+    }
+    r.since_time.parse().map(Some).map_err(|e| {
+        status_err(tonic::Code::InvalidArgument, format!("sinceTime {:?}: {e}", r.since_time))
+    })
+}
+
 fn status_err(code: tonic::Code, msg: String) -> Status {
     Status::new(code, msg)
 }
@@ -172,7 +214,13 @@ impl Node for NodeApi {
         // Only whole lines now; a line still being written waits for the follow loop.
         let whole = text.rfind('\n').map(|i| i + 1).unwrap_or(0);
         let lines: Vec<&str> = text[..whole].lines().collect();
-        let first = render(&tail(&lines, r.tail_lines), r.timestamps);
+        // As the kubelet: the tail first, then the time filter, then the byte limit.
+        let start = since_of(&r)?;
+        let mut left = r.limit_bytes.map(|b| b.max(0) as u64);
+        let first = within_limit(
+            render(&since(tail(&lines, r.tail_lines), start), r.timestamps),
+            &mut left,
+        );
         let (tx, rx) = mpsc::channel(16);
         let rt = self.ctx.runtime.clone();
         let (follow, timestamps) = (r.follow, r.timestamps);
@@ -183,7 +231,7 @@ impl Node for NodeApi {
             {
                 return;
             }
-            if !follow {
+            if !follow || left == Some(0) {
                 return;
             }
             let mut pending = String::new();
@@ -199,9 +247,15 @@ impl Node for NodeApi {
                 pending.push_str(&more);
                 if let Some(i) = pending.rfind('\n') {
                     let rest = pending.split_off(i + 1);
-                    let chunk = render(&pending.lines().collect::<Vec<_>>(), timestamps);
+                    let lines = since(pending.lines().collect(), start);
+                    let chunk = within_limit(render(&lines, timestamps), &mut left);
                     pending = rest;
-                    if tx.send(Ok(proto::LogChunk { data: chunk.into() })).await.is_err() {
+                    if !chunk.is_empty()
+                        && tx.send(Ok(proto::LogChunk { data: chunk.into() })).await.is_err()
+                    {
+                        return;
+                    }
+                    if left == Some(0) {
                         return;
                     }
                 }
@@ -234,6 +288,18 @@ mod tests {
     fn renders_cri_lines() {
         assert_eq!(render(LOG, false), "one\ntwo\nthree\n");
         assert_eq!(render(&LOG[..1], true), "2026-01-01T00:00:00.000000001Z one\n");
+    }
+
+    #[test]
+    fn filters_by_time_then_limits_bytes() {
+        let t = |s: &str| Some(s.parse::<jiff::Timestamp>().unwrap());
+        assert_eq!(render(&since(LOG.to_vec(), t("2026-01-01T00:00:01.5Z")), false), "o\nthree\n");
+        assert_eq!(render(&since(LOG.to_vec(), None), false), "one\ntwo\nthree\n");
+        let mut left = Some(5);
+        assert_eq!(within_limit("one\ntwo\n".into(), &mut left), "one\nt");
+        assert_eq!((within_limit("more".into(), &mut left), left), (String::new(), Some(0)));
+        let mut none = None;
+        assert_eq!(within_limit("all".into(), &mut none), "all");
     }
 
     #[test]

@@ -1237,25 +1237,29 @@ async fn logs(s: &Arc<ApiServer>, req: Request, ask: &Ask<'_>, q: &Query) -> Res
     let started = Instant::now();
     let open = async {
         admit_logged(s, creds, source, r)?;
-        for unsupported in ["sinceSeconds", "sinceTime", "limitBytes"] {
-            if !q.get(unsupported).is_empty() {
-                return Err(ApiError::bad_request(format!(
-                    "pods/log: {unsupported} is not supported yet"
-                )));
-            }
+        let tail_lines = q.int("tailLines")?;
+        if let Some(n) = tail_lines.filter(|n| *n < 0) {
+            let mut e = Errors::default();
+            e.invalid("tailLines", n, "must be greater than or equal to 0");
+            return Err(ApiError::invalid("PodLogOptions", &t.name, e.0));
         }
-        let target = s.log_target(&t.namespace, &t.name, q.get("container")).await?;
-        let mut node =
-            s.node_client(&target.url).await.map_err(|e| ApiError::new(Reason::Unavailable, e))?;
-        let request = flotilla_api::proto::PodLogsRequest {
-            namespace: target.namespace,
+        let mut request = flotilla_api::proto::PodLogsRequest {
+            namespace: t.namespace.clone(),
             name: t.name.clone(),
-            container: target.container,
+            container: q.get("container").to_string(),
             follow: q.flag("follow"),
             previous: q.flag("previous"),
-            tail_lines: q.int("tailLines")?.unwrap_or(-1),
+            tail_lines: tail_lines.unwrap_or(-1),
             timestamps: q.flag("timestamps"),
+            since_seconds: q.int("sinceSeconds")?,
+            since_time: q.get("sinceTime").to_string(),
+            limit_bytes: q.int("limitBytes")?,
         };
+        crate::proxy::validate_log_options(&t.name, &request)?;
+        let target = s.log_target(&t.namespace, &t.name, &request.container).await?;
+        let mut node =
+            s.node_client(&target.url).await.map_err(|e| ApiError::new(Reason::Unavailable, e))?;
+        (request.namespace, request.container) = (target.namespace, target.container);
         let stream = node.container_logs(request).await.map_err(ApiError::from)?.into_inner();
         Ok(stream)
     };

@@ -2,7 +2,7 @@
 //! container is meant. The fronts only relay the streams to the node's agent.
 
 use super::ApiServer;
-use flotilla_api::error::{ApiError, Reason};
+use flotilla_api::error::{ApiError, Errors, Reason};
 use serde_json::Value;
 
 /// Where a log or exec request goes.
@@ -140,5 +140,35 @@ impl ApiServer {
             )));
         }
         Ok(Self::target(&pod, url, container))
+    }
+}
+
+/// Kubernetes' ValidatePodLogOptions, for both fronts: `tailLines` is checked by the HTTP
+/// front (in gRPC a negative value means every line).
+pub fn validate_log_options(
+    name: &str,
+    r: &flotilla_api::proto::PodLogsRequest,
+) -> Result<(), ApiError> {
+    let mut e = Errors::default();
+    if let Some(b) = r.limit_bytes.filter(|b| *b < 1) {
+        e.invalid("limitBytes", b, "must be greater than 0");
+    }
+    match (r.since_seconds, r.since_time.is_empty()) {
+        (Some(_), false) => {
+            e.forbidden("", "at most one of `sinceTime` or `sinceSeconds` may be specified")
+        }
+        (Some(s), true) if s < 1 => e.invalid("sinceSeconds", s, "must be greater than 0"),
+        (None, false) if r.since_time.parse::<jiff::Timestamp>().is_err() => {
+            return Err(ApiError::bad_request(format!(
+                "sinceTime {:?}: not an RFC 3339 time",
+                r.since_time
+            )))
+        }
+        _ => {}
+    }
+    if e.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid("PodLogOptions", name, e.0))
     }
 }

@@ -464,6 +464,7 @@ impl Api for Service {
                 &meta,
                 RequestInfo::new("get", "pods").subresource("log").at(&r.namespace, &r.name),
             )?;
+            crate::proxy::validate_log_options(&r.name, &r)?;
             self.0.log_target(&r.namespace, &r.name, &r.container).await
         };
         let t = target.await.map_err(|e| e.to_status())?;
