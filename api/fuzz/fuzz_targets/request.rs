@@ -99,31 +99,31 @@ fuzz_target!(|data: &[u8]| {
     let me = User::anonymous();
     h.rt.block_on(async {
         let seed = serde_json::to_vec(&seed(info.kind, &name)).unwrap_or_default();
-        let _ = api.create(&me, info, ns, &seed, false).await;
+        let _ = api.create(&me, info, ns, &seed, false, "fuzz").await;
         for piece in rest.split(|b| *b == 0xff) {
             let [op, body @ ..] = piece else { continue };
             let dry = op & 0x80 != 0;
-            let _ = match op % 10 {
-                0 => api.create(&me, info, ns, &with_name(body, &name), dry).await.map(|_| ()),
-                1 => api.update(&me, info, ns, &with_name(body, &name), "", dry).await.map(|_| ()),
+            let _ = match op % 11 {
+                0 => api.create(&me, info, ns, &with_name(body, &name), dry, "fuzz").await.map(|_| ()),
+                1 => api.update(&me, info, ns, &with_name(body, &name), "", dry, "fuzz").await.map(|_| ()),
                 2 => api
-                    .update(&me, info, ns, &with_name(body, &name), "status", dry)
+                    .update(&me, info, ns, &with_name(body, &name), "status", dry, "fuzz")
                     .await
                     .map(|_| ()),
                 3 => api
-                    .patch(&me, info, ns, &name, PatchKind::Merge, body, "", dry)
+                    .patch(&me, info, ns, &name, PatchKind::Merge, body, "", dry, "fuzz")
                     .await
                     .map(|_| ()),
                 4 => api
-                    .patch(&me, info, ns, &name, PatchKind::Json, body, "", dry)
+                    .patch(&me, info, ns, &name, PatchKind::Json, body, "", dry, "fuzz")
                     .await
                     .map(|_| ()),
                 5 => api
-                    .patch(&me, info, ns, &name, PatchKind::Merge, body, "status", dry)
+                    .patch(&me, info, ns, &name, PatchKind::Merge, body, "status", dry, "fuzz")
                     .await
                     .map(|_| ()),
                 6 => api
-                    .patch(&me, info, ns, &name, PatchKind::Json, body, "status", dry)
+                    .patch(&me, info, ns, &name, PatchKind::Json, body, "status", dry, "fuzz")
                     .await
                     .map(|_| ()),
                 7 => {
@@ -146,6 +146,11 @@ fuzz_target!(|data: &[u8]| {
                     .map(|_| ())
                 }
                 8 => api.bind(&me, "default", &name, body).await,
+                9 => {
+                    let force = op & 0x40 != 0;
+                    let sub = if op & 0x20 != 0 { "status" } else { "" };
+                    api.apply(&me, info, ns, &name, body, sub, dry, "fuzz", force).await.map(|_| ())
+                }
                 _ => api.get(info, ns, &name).await.map(|_| ()),
             };
         }
