@@ -104,8 +104,14 @@ fuzz_target!(|data: &[u8]| {
             let [op, body @ ..] = piece else { continue };
             let dry = op & 0x80 != 0;
             let _ = match op % 11 {
-                0 => api.create(&me, info, ns, &with_name(body, &name), dry, "fuzz").await.map(|_| ()),
-                1 => api.update(&me, info, ns, &with_name(body, &name), "", dry, "fuzz").await.map(|_| ()),
+                0 => api
+                    .create(&me, info, ns, &with_name(body, &name), dry, "fuzz")
+                    .await
+                    .map(|_| ()),
+                1 => api
+                    .update(&me, info, ns, &with_name(body, &name), "", dry, "fuzz")
+                    .await
+                    .map(|_| ()),
                 2 => api
                     .update(&me, info, ns, &with_name(body, &name), "status", dry, "fuzz")
                     .await
