@@ -286,6 +286,7 @@ async fn pod_runs_init_containers_env_and_volumes() {
     assert!(!ok && err.contains("/no/such/program"), "{err}");
     let (status, text) = under_tty("", "/no/such/program");
     assert!(!status.success() && text.contains("/no/such/program"), "with a tty too: {text}");
+    exec_through_the_http_api(&node);
 
     // Volumes follow their sources (the kubelet's periodic sync, 1 s here); env does not.
     c.patch(
@@ -405,6 +406,92 @@ async fn pod_runs_init_containers_env_and_volumes() {
             uid,
             "the pod's address is released"
         );
+    }
+}
+
+/// pods/exec over WebSocket, by clients we did not write: kubectl (v5.channel.k8s.io, with
+/// its end-of-stdin signal) and the Python client (v4.channel.k8s.io).
+fn exec_through_the_http_api(node: &Node) {
+    let kubectl =
+        std::env::var_os("FLOTILLA_KUBECTL").map(std::path::PathBuf::from).or_else(|| {
+            let path = std::env::var_os("PATH")?;
+            std::env::split_paths(&path).map(|d| d.join("kubectl")).find(|p| p.is_file())
+        });
+    if flotilla_prereq::met(kubectl.is_some(), "kubectl (cargo xtask setup installs it)") {
+        let kubectl = kubectl.unwrap();
+        let home = node.dir.path().join("kubectl-home");
+        let run = |args: &[&str], stdin: &[u8]| {
+            let mut child = Command::new(&kubectl)
+                .arg("--kubeconfig")
+                .arg(node.member.kubeconfig())
+                .args(args)
+                .env("HOME", &home)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            child.stdin.take().unwrap().write_all(stdin).unwrap();
+            let o = child.wait_with_output().unwrap();
+            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+            (o.status.code(), text(&o.stdout), text(&o.stderr))
+        };
+        let script = "cat /cfg/color; echo to-stderr >&2; echo pod=$POD_NAME; exit 3";
+        let (code, out, err) = run(&["exec", "web", "--", "sh", "-c", script], b"");
+        assert_eq!(code, Some(3), "kubectl exec: {out} {err}");
+        assert_eq!(out, "bluepod=web\n");
+        // (kubectl first says which container it picked, as against Kubernetes.)
+        assert!(err.contains("Defaulted container \"app\" out of: app, prep (init)"), "{err}");
+        assert!(err.contains("\nto-stderr\ncommand terminated with exit code 3"), "{err}");
+        // stdin until its end (v5's CLOSE message), then the rest of the output.
+        let (code, out, err) = run(
+            &["exec", "-i", "web", "-c", "app", "--", "sh", "-c", "tr a-z A-Z; echo done"],
+            b"hello\nworld\n",
+        );
+        assert_eq!((code, out.as_str()), (Some(0), "HELLO\nWORLD\ndone\n"), "{err}");
+        let (code, _, err) = run(&["exec", "web", "-c", "nope", "--", "true"], b"");
+        assert!(
+            code != Some(0) && err.contains("container nope is not valid for pod web"),
+            "{err}"
+        );
+        let (code, _, err) = run(&["exec", "web", "--", "/no/such/program"], b"");
+        assert!(code != Some(0) && err.contains("/no/such/program"), "{err}");
+    }
+    const PYTHON: &str = "/usr/bin/python3";
+    let has_client = Command::new(PYTHON)
+        .args(["-c", "import kubernetes.stream"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if flotilla_prereq::met(has_client, "python3-kubernetes (cargo xtask setup installs it)") {
+        let script = r#"
+import sys
+from kubernetes import client, config
+from kubernetes.stream import stream
+config.load_kube_config()
+api = client.CoreV1Api()
+cmd = ["sh", "-c", "echo out-$POD_NAME; echo err >&2; read line; echo got-$line; exit 5"]
+s = stream(api.connect_get_namespaced_pod_exec, "web", "default", command=cmd,
+           stdin=True, stdout=True, stderr=True, tty=False, _preload_content=False)
+s.write_stdin("typed\n")
+out, err = "", ""
+while s.is_open():
+    s.update(timeout=5)
+    out += s.read_stdout() if s.peek_stdout() else ""
+    err += s.read_stderr() if s.peek_stderr() else ""
+code = s.returncode
+assert (out, err, code) == ("out-web\ngot-typed\n", "err\n", 5), (out, err, code)
+print(stream(api.connect_get_namespaced_pod_exec, "web", "default",
+             command=["cat", "/cfg/color"], stderr=True, stdin=False, stdout=True, tty=False))
+"#;
+        let o = Command::new(PYTHON)
+            .args(["-c", script])
+            .env("KUBECONFIG", node.member.kubeconfig())
+            .env("HOME", node.dir.path())
+            .output()
+            .unwrap();
+        let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        assert!(o.status.success(), "python exec: {out}\n{err}");
+        assert_eq!(out, "blue\n");
     }
 }
 

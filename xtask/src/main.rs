@@ -157,6 +157,18 @@ fn lint_ebpf() -> Result<()> {
     util::run(clippy)
 }
 
+/// The fuzz crate is outside the workspace too (nightly, libFuzzer): its formatting is
+/// checked here; its build is the fuzz phase's first step.
+fn lint_fuzz() -> Result<()> {
+    let root = util::workspace_root();
+    let mut fmt = std::process::Command::new("rustfmt");
+    fmt.args(["--check", "--edition", "2021"]).current_dir(&root);
+    for t in FUZZ_TARGETS {
+        fmt.arg(format!("api/fuzz/fuzz_targets/{t}.rs"));
+    }
+    util::run(fmt)
+}
+
 const FUZZ_TARGETS: &[&str] = &["manifest", "selector", "request"];
 
 /// Runs each fuzz target for `seconds` (all of them when `targets` is empty).
@@ -259,6 +271,7 @@ fn main() -> Result<()> {
                         "-D",
                         "warnings",
                     ])?;
+                    lint_fuzz()?;
                     lint_ebpf()
                 })?;
             }

@@ -598,6 +598,21 @@ async fn resource(s: &Arc<ApiServer>, req: Request, t: Target) -> Response {
         let e = ApiError::new(Reason::NotFound, "the server could not find the requested resource");
         return error_response(&e, &name, &group, &kind_name);
     }
+    if t.group.is_empty()
+        && t.resource == "pods"
+        && !t.name.is_empty()
+        && matches!(t.subresource.as_str(), "exec" | "attach" | "portforward")
+    {
+        let (ns, sub) = (t.namespace.clone(), t.subresource.clone());
+        return match super::remotecommand::handle(s, req, &ns, &name, &sub).await {
+            Ok(r) => r,
+            Err(e) => {
+                // kubectl retries a failed WebSocket upgrade with SPDY and hides this answer.
+                tracing::debug!(pod = %name, error = %e.message, "pods/{sub} refused");
+                error_response(&e, &name, "", "pods")
+            }
+        };
+    }
     let query = Query::parse(req.uri().query());
     let watching = t.watch_path || query.flag("watch");
     let verb = match (req.method().clone(), t.name.is_empty(), t.subresource.as_str()) {

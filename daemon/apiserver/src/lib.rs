@@ -23,6 +23,7 @@ pub mod podsecurity;
 mod proto_table;
 pub mod proxy;
 pub mod rbac;
+mod remotecommand;
 pub mod request;
 mod resource_metrics;
 pub mod scale;

@@ -680,6 +680,7 @@ pub async fn serve(
     tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    use futures::StreamExt;
     let svc = proto::api_server::ApiServer::new(Service(server.clone()))
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(256 << 20);
@@ -691,11 +692,12 @@ pub async fn serve(
         let s = http.clone();
         async move { super::http::handle(s, req).await }
     });
-    // Accepted connections get TCP_NODELAY there: small responses must not wait on Nagle and
-    // delayed ACKs (40 ms).
-    let builder = tonic::transport::Server::builder()
-        .accept_http1(true)
-        .tcp_nodelay(true)
+    let router = routes.prepare().into_axum_router();
+    // Our own accept loop rather than tonic's: tonic serves connections without HTTP/1.1
+    // upgrades, which exec and port-forward need (WebSocket).
+    let mut conn =
+        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    conn.http2()
         // Fixed receive windows, not adaptive ones: h2 limits a connection's unread small DATA
         // frames (request bodies under 256 bytes, e.g. patches) to a budget of half the
         // connection window, and closes the connection with ENHANCE_YOUR_CALM
@@ -704,20 +706,63 @@ pub async fn serve(
         // every request on its connection. 8 MiB allows ~16k; what a connection may buffer
         // stays bounded by the window. (Lists travel the other way: the client's window.)
         .initial_connection_window_size(8 << 20)
-        .initial_stream_window_size(1 << 20)
-        .add_routes(routes);
-    match tls {
-        Some(tls) => {
-            let incoming = flotilla_pki::tls::incoming(listener, tls);
-            builder.serve_with_incoming_shutdown(incoming, shutdown).await?
-        }
-        None => {
-            use futures::StreamExt;
-            // As `incoming` does for TLS: no Nagle delay on small answers.
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener)
-                .map(|s| s.and_then(|s| s.set_nodelay(true).map(|_| s)));
-            builder.serve_with_incoming_shutdown(incoming, shutdown).await?
-        }
+        .initial_stream_window_size(1 << 20);
+    let conn = Arc::new(conn);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Accepted connections get TCP_NODELAY: small responses must not wait on Nagle and
+    // delayed ACKs (40 ms). (`incoming` sets it for TLS.)
+    let mut accepted: futures::stream::BoxStream<'static, Conn> = match tls {
+        Some(tls) => flotilla_pki::tls::incoming(listener, tls)
+            .filter_map(|c| async move { c.ok() })
+            .map(|c| {
+                let peer = c.peer().clone();
+                (Box::new(c) as Box<dyn Io>, peer)
+            })
+            .boxed(),
+        None => tokio_stream::wrappers::TcpListenerStream::new(listener)
+            .filter_map(|c| async move {
+                let c = c.ok()?;
+                let _ = c.set_nodelay(true);
+                let peer = flotilla_pki::tls::Peer { addr: c.peer_addr().ok(), subject: None };
+                Some((Box::new(c) as Box<dyn Io>, peer))
+            })
+            .boxed(),
+    };
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (io, peer) = tokio::select! {
+            c = accepted.next() => match c {
+                Some(c) => c,
+                None => break,
+            },
+            _ = &mut shutdown => break,
+        };
+        let router = router.clone();
+        // Each request carries its connection's peer, which authentication reads.
+        let svc =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(peer.clone());
+                tower::ServiceExt::oneshot(router.clone(), req)
+            });
+        let conn = conn.clone();
+        let serving = graceful.watch(
+            conn.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(io), svc).into_owned(),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = serving.await {
+                tracing::debug!(error = %e, "connection ended");
+            }
+        });
+    }
+    drop(accepted);
+    // Open watches and exec sessions would hold a graceful end forever: they get a few seconds.
+    if tokio::time::timeout(std::time::Duration::from_secs(5), graceful.shutdown()).await.is_err() {
+        tracing::debug!("connections still open at shutdown");
     }
     Ok(())
 }
+
+/// A connection's byte stream: TLS or plain TCP.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Io for T {}
+type Conn = (Box<dyn Io>, flotilla_pki::tls::Peer);

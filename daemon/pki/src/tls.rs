@@ -47,6 +47,10 @@ impl Accepted {
         let peer = Peer { addr: tcp.peer_addr().ok(), subject };
         Accepted { stream, peer }
     }
+
+    pub fn peer(&self) -> &Peer {
+        &self.peer
+    }
 }
 
 impl tonic::transport::server::Connected for Accepted {

@@ -1,0 +1,285 @@
+//! pods/exec over WebSocket, as kubectl (1.30+), client-go and the Python client speak it:
+//! the channel protocols `v5.channel.k8s.io` and `v4.channel.k8s.io`. Every binary message
+//! starts with its channel: 0 stdin, 1 stdout, 2 stderr, 3 the error channel (one `Status`
+//! at the end: Success, or NonZeroExitCode with the code), 4 terminal resizes (JSON
+//! `{"Width":…,"Height":…}`); v5 adds 255 (`[255, channel]`: the client closed that stream,
+//! i.e. stdin reached its end). The session is relayed to the pod's agent through the same
+//! ContainerExec stream the gRPC front uses.
+
+use super::request::RequestInfo;
+use super::service::{admit_logged, credentials_of};
+use super::ApiServer;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{FromRequestParts, Request};
+use axum::response::Response;
+use bytes::Bytes;
+use flotilla_api::error::{ApiError, Reason};
+use flotilla_api::proto::{self, exec_input::Msg, exec_output};
+use futures::{SinkExt, StreamExt};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Instant;
+
+const V5: &str = "v5.channel.k8s.io";
+const V4: &str = "v4.channel.k8s.io";
+
+const STDIN: u8 = 0;
+const STDOUT: u8 = 1;
+const STDERR: u8 = 2;
+const ERROR: u8 = 3;
+const RESIZE: u8 = 4;
+const CLOSE: u8 = 255;
+
+/// What an exec request asks, from its query (`command` repeats, one per argument).
+#[derive(Debug, Default, PartialEq)]
+struct ExecOptions {
+    command: Vec<String>,
+    container: String,
+    stdin: bool,
+    stdout: bool,
+    stderr: bool,
+    tty: bool,
+}
+
+impl ExecOptions {
+    /// Kubernetes' PodExecOptions validation (its texts, as a 400).
+    fn parse(query: Option<&str>) -> Result<Self, ApiError> {
+        let mut o = ExecOptions::default();
+        for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            // Go's strconv.ParseBool, as the HTTP front's other flags.
+            let flag = || matches!(v.as_ref(), "1" | "t" | "T" | "true" | "TRUE" | "True");
+            match k.as_ref() {
+                "command" => o.command.push(v.into_owned()),
+                "container" => o.container = v.into_owned(),
+                "stdin" => o.stdin = flag(),
+                "stdout" => o.stdout = flag(),
+                "stderr" => o.stderr = flag(),
+                "tty" => o.tty = flag(),
+                _ => {}
+            }
+        }
+        if o.command.is_empty() {
+            return Err(ApiError::bad_request(
+                "you must specify at least one command for the container",
+            ));
+        }
+        if !(o.stdin || o.stdout || o.stderr) {
+            return Err(ApiError::bad_request(
+                "you must specify at least 1 of stdin, stdout, stderr",
+            ));
+        }
+        if o.tty && o.stderr {
+            // As Kubernetes: a terminal merges stderr into stdout.
+            o.stderr = false;
+        }
+        Ok(o)
+    }
+}
+
+/// pods/{name}/exec, attach and portforward. Errors before the upgrade are `Status` answers.
+pub(crate) async fn handle(
+    s: &Arc<ApiServer>,
+    req: Request,
+    namespace: &str,
+    name: &str,
+    subresource: &str,
+) -> Result<Response, ApiError> {
+    let peer = req.extensions().get::<flotilla_pki::tls::Peer>().cloned();
+    let creds = credentials_of(req.headers(), peer.as_ref());
+    let source = peer.as_ref().and_then(|p| p.addr);
+    // Both the WebSocket GET and the SPDY POST are "create" (Kubernetes authorizes a
+    // WebSocket upgrade as create since 1.31).
+    let what = RequestInfo::new("create", "pods").subresource(subresource).at(namespace, name);
+    let started = Instant::now();
+    admit_logged(s, creds, source, what)?;
+    if subresource != "exec" {
+        return Err(ApiError::bad_request(format!(
+            "pods/{subresource} is not supported by this server; pods/exec is"
+        )));
+    }
+    let options = ExecOptions::parse(req.uri().query())?;
+    // Everything that can fail is checked before the upgrade is: kubectl retries any failed
+    // WebSocket upgrade with SPDY, and shows only that second answer.
+    let target = s.exec_target(namespace, name, &options.container).await?;
+    let mut node =
+        s.node_client(&target.url).await.map_err(|e| ApiError::new(Reason::Unavailable, e))?;
+    let (mut parts, _) = req.into_parts();
+    let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &()).await.map_err(|e| {
+        // SPDY (kubectl before 1.30) lands here too.
+        tracing::debug!(error = %e, "pods/exec without a WebSocket upgrade");
+        ApiError::bad_request(
+            "Upgrade request required: pods/exec speaks WebSocket (v5.channel.k8s.io, v4.channel.k8s.io)",
+        )
+    })?;
+    let upgrade = upgrade.protocols([V5, V4]);
+    let Some(protocol) = upgrade.selected_protocol().and_then(|p| p.to_str().ok()) else {
+        return Err(ApiError::bad_request(
+            "no supported WebSocket subprotocol: pods/exec speaks v5.channel.k8s.io and v4.channel.k8s.io",
+        ));
+    };
+    let v5 = protocol == V5;
+    let start = proto::ExecStart {
+        namespace: target.namespace,
+        name: name.to_string(),
+        container: target.container,
+        command: options.command.clone(),
+        stdin: options.stdin,
+        tty: options.tty,
+        uid: target.uid,
+        size: None,
+    };
+    // Stdin and resizes reach the agent through this channel once the socket is open.
+    let (input, rx) = tokio::sync::mpsc::channel::<proto::ExecInput>(16);
+    input
+        .send(proto::ExecInput { msg: Some(Msg::Start(start)) })
+        .await
+        .map_err(|_| ApiError::internal("exec: the input channel closed"))?;
+    let outbound = tokio_stream::wrappers::ReceiverStream::new(rx);
+    let output = node.container_exec(outbound).await.map_err(ApiError::from)?.into_inner();
+    s.record("exec", "pods", started);
+    Ok(upgrade.on_upgrade(move |socket| relay(socket, input, output, options, v5)))
+}
+
+/// Copies the socket's stdin and resizes to the agent and the agent's output to the socket,
+/// then writes the exit status on the error channel and closes the socket.
+async fn relay(
+    socket: WebSocket,
+    input: tokio::sync::mpsc::Sender<proto::ExecInput>,
+    mut output: tonic::Streaming<proto::ExecOutput>,
+    options: ExecOptions,
+    v5: bool,
+) {
+    let (mut tx, mut rx) = socket.split();
+    let stdin = options.stdin;
+    // The client's side: ends when the client closes the socket or goes away.
+    let reading = async move {
+        let mut input = Some(input);
+        while let Some(Ok(m)) = rx.next().await {
+            let data = match m {
+                Message::Binary(b) => b,
+                // The Python client writes str stdin as text messages, channel byte first.
+                Message::Text(t) => Bytes::copy_from_slice(t.as_str().as_bytes()),
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            let msg = match (data.first(), &data[1.min(data.len())..]) {
+                (Some(&STDIN), d) if stdin && !d.is_empty() => Msg::Stdin(data.slice(1..)),
+                (Some(&RESIZE), d) => match serde_json::from_slice::<serde_json::Value>(d) {
+                    Ok(v) => Msg::Resize(proto::TerminalSize {
+                        cols: v["Width"].as_u64().unwrap_or(0) as u32,
+                        rows: v["Height"].as_u64().unwrap_or(0) as u32,
+                    }),
+                    Err(_) => continue,
+                },
+                (Some(&CLOSE), [STDIN]) if v5 && stdin => Msg::CloseStdin(true),
+                _ => continue,
+            };
+            let closing = matches!(msg, Msg::CloseStdin(_));
+            let Some(i) = &input else { continue };
+            if i.send(proto::ExecInput { msg: Some(msg) }).await.is_err() {
+                break;
+            }
+            if closing {
+                input = None;
+            }
+        }
+        // With v4 stdin has no end of its own: the client closing the socket is it.
+        if let Some(i) = input {
+            let _ = i.send(proto::ExecInput { msg: Some(Msg::CloseStdin(true)) }).await;
+        }
+    };
+    let writing = async move {
+        let frame = |channel: u8, data: &[u8]| {
+            let mut m = Vec::with_capacity(data.len() + 1);
+            m.push(channel);
+            m.extend_from_slice(data);
+            Message::Binary(Bytes::from(m))
+        };
+        let status = loop {
+            match output.next().await {
+                Some(Ok(proto::ExecOutput { msg: Some(exec_output::Msg::Stdout(d)) })) => {
+                    if options.stdout && tx.send(frame(STDOUT, &d)).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(proto::ExecOutput { msg: Some(exec_output::Msg::Stderr(d)) })) => {
+                    if options.stderr && tx.send(frame(STDERR, &d)).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(proto::ExecOutput { msg: Some(exec_output::Msg::ExitCode(code)) })) => {
+                    break exit_status(code, &options.command);
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => break failure(&ApiError::from(e).message),
+                None => break failure("the exec stream ended without an exit code"),
+            }
+        };
+        let _ = tx.send(frame(ERROR, status.to_string().as_bytes())).await;
+        let _ = tx.send(Message::Close(Some(CloseFrame { code: 1000, reason: "".into() }))).await;
+    };
+    // The session ends with the command; a client that goes away ends its stdin.
+    tokio::pin!(reading);
+    tokio::select! {
+        _ = writing => {}
+        _ = &mut reading => {
+            // The client closed its side: the command may still print (v4 clients close
+            // after stdin), so nothing more is read; the agent ends the command's stdin.
+        }
+    }
+}
+
+/// The error channel's last word, as the kubelet writes it.
+fn exit_status(code: i32, command: &[String]) -> serde_json::Value {
+    if code == 0 {
+        return json!({"metadata": {}, "status": "Success"});
+    }
+    json!({
+        "metadata": {},
+        "status": "Failure",
+        "message": format!(
+            "command terminated with non-zero exit code: error executing command {:?}, exit code {code}",
+            command
+        ),
+        "reason": "NonZeroExitCode",
+        "details": {"causes": [{"reason": "ExitCode", "message": code.to_string()}]},
+    })
+}
+
+fn failure(message: &str) -> serde_json::Value {
+    json!({
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": "InternalError",
+        "code": 500,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_options_follow_kubernetes() {
+        let o = ExecOptions::parse(Some(
+            "command=sh&command=-c&command=echo%20hi&stdin=true&stdout=True&tty=1&stderr=true&container=c",
+        ))
+        .unwrap();
+        assert_eq!(o.command, ["sh", "-c", "echo hi"]);
+        assert!(o.stdin && o.stdout && o.tty && !o.stderr, "a tty merges stderr: {o:?}");
+        assert_eq!(o.container, "c");
+        let e = ExecOptions::parse(Some("stdout=true")).unwrap_err();
+        assert_eq!(e.message, "you must specify at least one command for the container");
+        let e = ExecOptions::parse(Some("command=ls")).unwrap_err();
+        assert_eq!(e.message, "you must specify at least 1 of stdin, stdout, stderr");
+    }
+
+    #[test]
+    fn exit_status_is_what_client_go_decodes() {
+        assert_eq!(exit_status(0, &[])["status"], "Success");
+        let s = exit_status(3, &["sh".into(), "-c".into(), "exit 3".into()]);
+        assert_eq!(s["reason"], "NonZeroExitCode");
+        assert_eq!(s["details"]["causes"][0], json!({"reason": "ExitCode", "message": "3"}));
+    }
+}
