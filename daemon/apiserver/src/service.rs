@@ -697,7 +697,13 @@ pub async fn serve(
     // upgrades, which exec and port-forward need (WebSocket).
     let mut conn =
         hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    // As tonic's server had it: hyper enforces HTTP/1's 30 s header read timeout only with a
+    // timer, and its default limit of 200 streams per HTTP/2 connection would stall a client
+    // that multiplexes more watches than that over one connection (informers, the benches).
+    conn.http1().timer(hyper_util::rt::TokioTimer::new());
     conn.http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_concurrent_streams(None)
         // Fixed receive windows, not adaptive ones: h2 limits a connection's unread small DATA
         // frames (request bodies under 256 bytes, e.g. patches) to a budget of half the
         // connection window, and closes the connection with ENHANCE_YOUR_CALM
