@@ -30,6 +30,15 @@ pub fn cli_with(kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
     (out.status.success(), s(&out.stdout), s(&out.stderr))
 }
 
+/// The kubectl the tests drive: `FLOTILLA_KUBECTL`, else the first `kubectl` on PATH.
+pub fn kubectl() -> Option<PathBuf> {
+    if let Some(k) = std::env::var_os("FLOTILLA_KUBECTL") {
+        return Some(PathBuf::from(k));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join("kubectl")).find(|p| p.is_file())
+}
+
 pub fn flotilla_cli() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| build_bin("flotilla-cli", &["flotilla"])).clone()

@@ -6,17 +6,9 @@
 //! PATH (or `FLOTILLA_KUBECTL`). (Debian's kubectl 1.20, which `cargo xtask setup` unpacks
 //! into `target/kubectl-1.20`, reads OpenAPI v2 only as gnostic protobuf: not served yet.)
 
-use flotilla_tests::Member;
+use flotilla_tests::{kubectl, Member};
 use std::path::PathBuf;
 use std::process::Command;
-
-fn kubectl() -> Option<PathBuf> {
-    if let Some(k) = std::env::var_os("FLOTILLA_KUBECTL") {
-        return Some(PathBuf::from(k));
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join("kubectl")).find(|p| p.is_file())
-}
 
 #[test]
 fn kubectl_on_path_runs_the_scenario() {

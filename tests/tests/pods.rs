@@ -412,11 +412,7 @@ async fn pod_runs_init_containers_env_and_volumes() {
 /// pods/exec over WebSocket, by clients we did not write: kubectl (v5.channel.k8s.io, with
 /// its end-of-stdin signal) and the Python client (v4.channel.k8s.io).
 fn exec_through_the_http_api(node: &Node) {
-    let kubectl =
-        std::env::var_os("FLOTILLA_KUBECTL").map(std::path::PathBuf::from).or_else(|| {
-            let path = std::env::var_os("PATH")?;
-            std::env::split_paths(&path).map(|d| d.join("kubectl")).find(|p| p.is_file())
-        });
+    let kubectl = flotilla_tests::kubectl();
     if flotilla_prereq::met(kubectl.is_some(), "kubectl (cargo xtask setup installs it)") {
         let kubectl = kubectl.unwrap();
         let home = node.dir.path().join("kubectl-home");
