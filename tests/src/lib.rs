@@ -490,6 +490,7 @@ pub fn cluster(n: usize, dir: &Path, extra: &[&str]) -> Result<Vec<Member>> {
 }
 
 /// OCI bundles for runtime tests and benchmarks: busybox from Debian's `busybox-static`.
+pub mod h2;
 pub mod https;
 pub mod netlab;
 pub mod node;

@@ -10,6 +10,7 @@ use clap::Parser;
 use flotilla_api::proto::{api_client::ApiClient, WatchRequest};
 use flotilla_client::{Client, ListParams};
 use flotilla_store::proto::etcdserverpb::{kv_client::KvClient, RangeRequest};
+use flotilla_tests::h2::H2;
 use flotilla_tests::{free_port, wait_listening, Proc};
 use serde_json::json;
 use std::collections::HashMap;
@@ -45,6 +46,12 @@ struct Args {
     /// List repetitions per list row.
     #[arg(long, default_value_t = 20)]
     list_reps: usize,
+    /// The largest watch row that also runs through the HTTP front.
+    #[arg(long, default_value_t = 1000)]
+    max_http_watchers: usize,
+    /// Gets and creates per front in the front rows.
+    #[arg(long, default_value_t = 1000)]
+    front_ops: usize,
     /// Requests per operation and round in the trust rows (TLS, authentication and RBAC on
     /// against the same build with them off).
     #[arg(long, default_value_t = 1000)]
@@ -241,6 +248,36 @@ async fn open_watchers(
                 seen
             }));
         }
+    } else if kind == "http" {
+        let mut clients = Vec::new();
+        for _ in 0..conns {
+            clients.push(H2::connect(&s.kubeconfig).await?);
+        }
+        let path = format!("/api/v1/namespaces/bench/pods?watch=true&resourceVersion={from}");
+        for i in 0..n {
+            let mut body = clients[i % conns].stream(&path).await?;
+            handles.push(tokio::spawn(async move {
+                use http_body_util::BodyExt;
+                let mut seen = Seen::new();
+                // One JSON event per line; a chunk may hold several or part of one.
+                let mut buf = Vec::new();
+                while let Some(Ok(frame)) = body.frame().await {
+                    let Ok(data) = frame.into_data() else { continue };
+                    let now = Instant::now();
+                    buf.extend_from_slice(&data);
+                    while let Some(end) = buf.iter().position(|b| *b == b'\n') {
+                        let line: Vec<u8> = buf.drain(..=end).collect();
+                        if line.windows(6).any(|w| w == b"\"stop\"") {
+                            return seen;
+                        }
+                        if let Some(rv) = rv_of(&line) {
+                            seen.push((rv, now));
+                        }
+                    }
+                }
+                seen
+            }));
+        }
     } else {
         let mut clients = Vec::new();
         for _ in 0..conns {
@@ -389,6 +426,96 @@ async fn watch_row(
         missing,
         achieved_rate: achieved,
     })
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+/// One row of the fronts' table: gRPC and HTTP samples of the same operation.
+fn front_row(name: &str, grpc: &mut [f64], http: &mut [f64]) {
+    grpc.sort_by(f64::total_cmp);
+    http.sort_by(f64::total_cmp);
+    let (g50, g99, h50, h99) = (pct(grpc, 0.5), pct(grpc, 0.99), pct(http, 0.5), pct(http, 0.99));
+    println!("| {name} | {g50:.2} | {g99:.2} | {h50:.2} | {h99:.2} | {:.2}x |", h99 / g99);
+}
+
+/// The same work through both fronts of one server, interleaved so that both see the same
+/// noise: lists of every pod (HTTP as JSON and as a Table), gets and creates. Both clients
+/// keep bodies as bytes over one TLS HTTP/2 connection with the admin's certificate.
+async fn front_rows(
+    s: &Server,
+    raw: &mut ApiClient<tonic::transport::Channel>,
+    pods: usize,
+    reps: usize,
+    ops: usize,
+) -> Result<()> {
+    use flotilla_api::proto::{CreateRequest, GetRequest, ListRequest};
+    let h2 = H2::connect(&s.kubeconfig).await?;
+    const JSON: &str = "application/json";
+    const TABLE: &str = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json";
+    println!("\n| the same operation through both fronts | gRPC p50 ms | gRPC p99 ms | HTTP p50 ms | HTTP p99 ms | HTTP/gRPC p99 |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let (mut g, mut h, mut t) = (Vec::new(), Vec::new(), Vec::new());
+    let list =
+        ListRequest { resource: "pods".into(), namespace: "bench".into(), ..Default::default() };
+    for _ in 0..reps {
+        let t0 = Instant::now();
+        let l = raw.list(list.clone()).await?.into_inner();
+        g.push(ms(t0));
+        anyhow::ensure!(l.items.len() >= pods, "gRPC list: {} pods", l.items.len());
+        let t0 = Instant::now();
+        let (code, body) = h2.call("GET", "/api/v1/namespaces/bench/pods", JSON, None).await?;
+        h.push(ms(t0));
+        anyhow::ensure!(code == 200 && body.len() > pods * 100, "HTTP list: {code}");
+        let t0 = Instant::now();
+        let (code, body) = h2.call("GET", "/api/v1/namespaces/bench/pods", TABLE, None).await?;
+        t.push(ms(t0));
+        anyhow::ensure!(
+            code == 200 && body.windows(14).any(|w| w == b"\"kind\":\"Table\""),
+            "HTTP table: {code}"
+        );
+    }
+    front_row(&format!("list {pods} pods (HTTP: JSON)"), &mut g.clone(), &mut h);
+    front_row(&format!("list {pods} pods (HTTP: Table; gRPC: objects)"), &mut g, &mut t);
+    let (mut g, mut h) = (Vec::new(), Vec::new());
+    for i in 0..ops {
+        let name = format!("pod-{:05}", (i * 7919) % pods);
+        let t0 = Instant::now();
+        let req =
+            GetRequest { resource: "pods".into(), namespace: "bench".into(), name: name.clone() };
+        raw.get(req).await?;
+        g.push(ms(t0));
+        let t0 = Instant::now();
+        let (code, _) =
+            h2.call("GET", &format!("/api/v1/namespaces/bench/pods/{name}"), JSON, None).await?;
+        h.push(ms(t0));
+        anyhow::ensure!(code == 200, "HTTP get {name}: {code}");
+    }
+    front_row("get a pod", &mut g, &mut h);
+    let (mut g, mut h) = (Vec::new(), Vec::new());
+    for i in 0..ops {
+        let mut p = pod(i, 100);
+        p["metadata"]["name"] = json!(format!("front-grpc-{i:05}"));
+        let t0 = Instant::now();
+        let req = CreateRequest {
+            resource: "pods".into(),
+            namespace: "bench".into(),
+            object: serde_json::to_vec(&p)?.into(),
+            ..Default::default()
+        };
+        raw.create(req).await?;
+        g.push(ms(t0));
+        p["metadata"]["name"] = json!(format!("front-http-{i:05}"));
+        let body = serde_json::to_vec(&p)?;
+        let t0 = Instant::now();
+        let (code, _) =
+            h2.call("POST", "/api/v1/namespaces/bench/pods", JSON, Some((JSON, body))).await?;
+        h.push(ms(t0));
+        anyhow::ensure!(code == 201, "HTTP create: {code}");
+    }
+    front_row("create a pod", &mut g, &mut h);
+    Ok(())
 }
 
 /// Encode + decode of one typed Pod (the bench's pod, defaulted by admission) in each candidate
@@ -683,9 +810,12 @@ async fn run(a: Args) -> Result<()> {
         pct(&lat, 0.99)
     );
 
+    front_rows(&s, &mut raw, a.pods, a.list_reps, a.front_ops).await.context("the front rows")?;
+
     println!("\nwatch: pods updated through the API for {} s; latency = write acknowledged → event at watcher (an event that beats the ack counts 0); e2e = write sent → event", a.seconds);
     println!("| watchers | updates/s | store p50 ms | store p99 ms | API p50 ms | API p99 ms | API/store p99 | store e2e p99 | API e2e p99 | API/store e2e p99 | API events | missing (store/API) |");
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut fronts = Vec::new();
     for &n in &a.watchers {
         let rate = a.rate.min((a.max_fanout / n as u64).max(1));
         let st = watch_row("store", &s, &c, n, rate, a.seconds, a.pods).await?;
@@ -694,6 +824,26 @@ async fn run(a: Args) -> Result<()> {
             "| {n} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2}x | {:.2} | {:.2} | {:.2}x | {} | {}/{} |",
             api.achieved_rate, st.p50, st.p99, api.p50, api.p99, api.p99 / st.p99, st.e2e_p99, api.e2e_p99,
             api.e2e_p99 / st.e2e_p99, api.delivered, st.missing, api.missing
+        );
+        // The HTTP front's watch (chunked JSON lines) at the same rate, beside gRPC's.
+        if n <= a.max_http_watchers {
+            let http = watch_row("http", &s, &c, n, rate, a.seconds, a.pods).await?;
+            fronts.push((n, api, http));
+        }
+    }
+    println!("\nwatch through both fronts (the rows above, and an HTTP watch at the same rate)");
+    println!("| watchers | gRPC p50 ms | gRPC p99 ms | HTTP p50 ms | HTTP p99 ms | HTTP/gRPC p99 | missing (gRPC/HTTP) |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    for (n, g, h) in fronts {
+        println!(
+            "| {n} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2}x | {}/{} |",
+            g.p50,
+            g.p99,
+            h.p50,
+            h.p99,
+            h.p99 / g.p99,
+            g.missing,
+            h.missing
         );
     }
     Ok(())
