@@ -410,7 +410,8 @@ async fn pod_runs_init_containers_env_and_volumes() {
 }
 
 /// pods/exec over WebSocket, by clients we did not write: kubectl (v5.channel.k8s.io, with
-/// its end-of-stdin signal) and the Python client (v4.channel.k8s.io).
+/// its end-of-stdin signal) and the Python client (v4.channel.k8s.io), which also forwards
+/// ports (pods/portforward).
 fn exec_through_the_http_api(node: &Node) {
     let kubectl = flotilla_tests::kubectl();
     if flotilla_prereq::met(kubectl.is_some(), "kubectl (cargo xtask setup installs it)") {
@@ -478,6 +479,33 @@ code = s.returncode
 assert (out, err, code) == ("out-web\ngot-typed\n", "err\n", 5), (out, err, code)
 print(stream(api.connect_get_namespaced_pod_exec, "web", "default",
              command=["cat", "/cfg/color"], stderr=True, stdin=False, stdout=True, tty=False))
+
+# pods/portforward: the app's echo server on the pod's localhost, a megabyte through it and
+# back, and a port nobody listens on, whose error arrives on its error channel.
+import time
+from kubernetes.stream import portforward
+pf = portforward(api.connect_get_namespaced_pod_portforward, "web", "default", ports="8080,9")
+s = pf.socket(8080)
+s.settimeout(20)
+def read_lines(n):
+    got = b""
+    while got.count(b"\n") < n:
+        chunk = s.recv(1 << 16)
+        assert chunk, ("closed early", got[-200:])
+        got += chunk
+    return got
+assert read_lines(1) == b"web\n"
+lines = [(b"%05d" % i) * 100 + b"\n" for i in range(2000)]
+s.sendall(b"".join(lines))
+echoed = read_lines(len(lines))
+assert echoed == b"".join(lines), len(echoed)
+s.close()
+deadline = time.time() + 20
+while pf.error(9) is None and time.time() < deadline:
+    time.sleep(0.05)
+err = pf.error(9) or ""
+assert err.startswith("error forwarding port 9 to pod web, uid ") and "localhost:9" in err, err
+pf.close()
 "#;
         let o = Command::new(PYTHON)
             .args(["-c", script])

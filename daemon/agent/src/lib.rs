@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod node;
 mod peers;
 pub mod pods;
+pub mod portforward;
 pub mod services;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};

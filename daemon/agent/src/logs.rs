@@ -185,6 +185,7 @@ type LogStream =
 impl Node for NodeApi {
     type ContainerLogsStream = LogStream;
     type ContainerExecStream = super::exec::ExecStream;
+    type PortForwardStream = super::portforward::PortForwardStream;
 
     async fn stats(
         &self,
@@ -199,6 +200,13 @@ impl Node for NodeApi {
         req: Request<tonic::Streaming<proto::ExecInput>>,
     ) -> Result<Response<Self::ContainerExecStream>, Status> {
         super::exec::start(self.ctx.clone(), req.into_inner()).await.map(Response::new)
+    }
+
+    async fn port_forward(
+        &self,
+        req: Request<tonic::Streaming<proto::PortForwardInput>>,
+    ) -> Result<Response<Self::PortForwardStream>, Status> {
+        super::portforward::start(self.ctx.clone(), req.into_inner()).await.map(Response::new)
     }
 
     async fn container_logs(

@@ -1,4 +1,4 @@
-//! The pods/log and pods/exec subresources' rules: which node serves the pod and which
+//! The pods/log, pods/exec and pods/portforward subresources' rules: which node serves the pod and which
 //! container is meant. The fronts only relay the streams to the node's agent.
 
 use super::ApiServer;
@@ -140,6 +140,18 @@ impl ApiServer {
             )));
         }
         Ok(Self::target(&pod, url, container))
+    }
+
+    /// pods/portforward: the pod's node; the agent dials the port in the pod's network.
+    pub async fn forward_target(&self, ns: &str, name: &str) -> Result<ProxyTarget, ApiError> {
+        let (pod, url) = self.pod_node(ns, name).await?;
+        let phase = pod["status"]["phase"].as_str().unwrap_or_default();
+        if phase == "Succeeded" || phase == "Failed" {
+            return Err(ApiError::bad_request(format!(
+                "cannot port-forward to a completed pod; current phase is {phase}"
+            )));
+        }
+        Ok(Self::target(&pod, url, String::new()))
     }
 }
 

@@ -5,6 +5,12 @@
 //! `{"Width":…,"Height":…}`); v5 adds 255 (`[255, channel]`: the client closed that stream,
 //! i.e. stdin reached its end). The session is relayed to the pod's agent through the same
 //! ContainerExec stream the gRPC front uses.
+//!
+//! pods/portforward speaks the kubelet's WebSocket protocol (`v4.channel.k8s.io`, or no
+//! subprotocol): for the i-th port of `?ports=`, channel 2i carries data both ways and 2i+1
+//! the server's error text; each channel's first server message is its port (2 bytes, little
+//! endian). Each port is one TCP connection, dialed by the pod's agent on the pod's localhost;
+//! the socket closes once every connection has ended.
 
 use super::request::RequestInfo;
 use super::service::{admit_logged, credentials_of};
@@ -92,9 +98,12 @@ pub(crate) async fn handle(
     let what = RequestInfo::new("create", "pods").subresource(subresource).at(namespace, name);
     let started = Instant::now();
     admit_logged(s, creds, source, what)?;
+    if subresource == "portforward" {
+        return port_forward(s, req, namespace, name, started).await;
+    }
     if subresource != "exec" {
         return Err(ApiError::bad_request(format!(
-            "pods/{subresource} is not supported by this server; pods/exec is"
+            "pods/{subresource} is not supported by this server; pods/exec and pods/portforward are"
         )));
     }
     let options = ExecOptions::parse(req.uri().query())?;
@@ -189,12 +198,6 @@ async fn relay(
         }
     };
     let writing = async move {
-        let frame = |channel: u8, data: &[u8]| {
-            let mut m = Vec::with_capacity(data.len() + 1);
-            m.push(channel);
-            m.extend_from_slice(data);
-            Message::Binary(Bytes::from(m))
-        };
         let status = loop {
             match output.next().await {
                 Some(Ok(proto::ExecOutput { msg: Some(exec_output::Msg::Stdout(d)) })) => {
@@ -256,6 +259,184 @@ fn failure(message: &str) -> serde_json::Value {
     })
 }
 
+/// `?ports=` (repeated, or comma-separated as the Python client sends it), with the kubelet's
+/// checks.
+fn forward_ports(query: Option<&str>) -> Result<Vec<u16>, ApiError> {
+    let mut ports = Vec::new();
+    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        if k != "ports" {
+            continue;
+        }
+        if v.is_empty() {
+            return Err(ApiError::bad_request("query parameter \"ports\" cannot be empty"));
+        }
+        for p in v.split(',') {
+            let port: u16 = p.trim().parse().map_err(|e| {
+                ApiError::bad_request(format!("unable to parse \"{p}\" as a port: {e}"))
+            })?;
+            if port < 1 {
+                return Err(ApiError::bad_request(format!("port \"{p}\" must be > 0")));
+            }
+            ports.push(port);
+        }
+    }
+    if ports.is_empty() {
+        return Err(ApiError::bad_request("query parameter \"ports\" is required"));
+    }
+    Ok(ports)
+}
+
+fn frame(channel: u8, data: &[u8]) -> Message {
+    let mut m = Vec::with_capacity(data.len() + 1);
+    m.push(channel);
+    m.extend_from_slice(data);
+    Message::Binary(Bytes::from(m))
+}
+
+async fn port_forward(
+    s: &Arc<ApiServer>,
+    req: Request,
+    namespace: &str,
+    name: &str,
+    started: Instant,
+) -> Result<Response, ApiError> {
+    let ports = forward_ports(req.uri().query())?;
+    if ports.len() > 127 {
+        return Err(ApiError::bad_request("at most 127 ports can be forwarded at once"));
+    }
+    let target = s.forward_target(namespace, name).await?;
+    let node =
+        s.node_client(&target.url).await.map_err(|e| ApiError::new(Reason::Unavailable, e))?;
+    // No subprotocol at all is the kubelet's legacy binary form, the same framing as v4.
+    let offered = req.headers().contains_key(axum::http::header::SEC_WEBSOCKET_PROTOCOL);
+    let (mut parts, _) = req.into_parts();
+    let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &()).await.map_err(|e| {
+        tracing::debug!(error = %e, "pods/portforward without a WebSocket upgrade");
+        ApiError::bad_request(
+            "Upgrade request required: pods/portforward speaks WebSocket (v4.channel.k8s.io)",
+        )
+    })?;
+    let upgrade = upgrade.protocols([V4]);
+    if offered && upgrade.selected_protocol().is_none() {
+        return Err(ApiError::bad_request(
+            "no supported WebSocket subprotocol: pods/portforward speaks v4.channel.k8s.io",
+        ));
+    }
+    s.record("portforward", "pods", started);
+    let start = proto::PortForwardStart {
+        namespace: target.namespace,
+        name: name.to_string(),
+        uid: target.uid,
+        port: 0,
+    };
+    Ok(upgrade.on_upgrade(move |socket| forward(socket, node, start, ports)))
+}
+
+type NodeClient = proto::node_client::NodeClient<tonic::transport::Channel>;
+
+/// One TCP connection per port through the agent; the socket's reader routes each data
+/// channel's messages to its connection.
+async fn forward(
+    socket: WebSocket,
+    node: NodeClient,
+    start: proto::PortForwardStart,
+    ports: Vec<u16>,
+) {
+    let (tx, mut rx) = socket.split();
+    let sink = Arc::new(tokio::sync::Mutex::new(tx));
+    let mut inputs = Vec::with_capacity(ports.len());
+    let mut connections = Vec::with_capacity(ports.len());
+    for (i, &port) in ports.iter().enumerate() {
+        let (data, error) = (2 * i as u8, 2 * i as u8 + 1);
+        {
+            let mut sink = sink.lock().await;
+            for c in [data, error] {
+                if sink.send(frame(c, &port.to_le_bytes())).await.is_err() {
+                    return;
+                }
+            }
+        }
+        let (in_tx, mut in_rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+        inputs.push(in_tx);
+        let (sink, mut node) = (sink.clone(), node.clone());
+        let start = proto::PortForwardStart { port: u32::from(port), ..start.clone() };
+        connections.push(async move {
+            let (name, uid) = (start.name.clone(), start.uid.clone());
+            let (to_agent, agent_rx) = tokio::sync::mpsc::channel(16);
+            let first =
+                proto::PortForwardInput { msg: Some(proto::port_forward_input::Msg::Start(start)) };
+            let _ = to_agent.send(first).await;
+            let outcome = match node
+                .port_forward(tokio_stream::wrappers::ReceiverStream::new(agent_rx))
+                .await
+            {
+                Err(e) => Err(ApiError::from(e).message),
+                Ok(out) => {
+                    let mut out = out.into_inner();
+                    let mut to_agent = Some(to_agent);
+                    loop {
+                        tokio::select! {
+                            d = in_rx.recv(), if to_agent.is_some() => match d {
+                                Some(d) => {
+                                    let m = proto::PortForwardInput {
+                                        msg: Some(proto::port_forward_input::Msg::Data(d)),
+                                    };
+                                    if let Some(t) = &to_agent {
+                                        if t.send(m).await.is_err() {
+                                            to_agent = None;
+                                        }
+                                    }
+                                }
+                                None => to_agent = None,
+                            },
+                            o = out.next() => match o {
+                                Some(Ok(o)) => {
+                                    if sink.lock().await.send(frame(data, &o.data)).await.is_err() {
+                                        break Ok(());
+                                    }
+                                }
+                                Some(Err(e)) => break Err(ApiError::from(e).message),
+                                None => break Ok(()),
+                            },
+                        }
+                    }
+                }
+            };
+            if let Err(e) = outcome {
+                let text = format!("error forwarding port {port} to pod {name}, uid {uid}: {e}");
+                let _ = sink.lock().await.send(frame(error, text.as_bytes())).await;
+            }
+        });
+    }
+    let reading = async move {
+        while let Some(Ok(m)) = rx.next().await {
+            let data = match m {
+                Message::Binary(b) => b,
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            let Some(&channel) = data.first() else { continue };
+            // Only data channels carry anything from the client.
+            if channel % 2 == 0 {
+                if let Some(input) = inputs.get(usize::from(channel / 2)) {
+                    if data.len() > 1 {
+                        let _ = input.send(data.slice(1..)).await;
+                    }
+                }
+            }
+        }
+    };
+    tokio::pin!(reading);
+    tokio::select! {
+        _ = futures::future::join_all(connections) => {
+            let close = Message::Close(Some(CloseFrame { code: 1000, reason: "".into() }));
+            let _ = sink.lock().await.send(close).await;
+        }
+        // The client went away: every connection is dropped with this future.
+        _ = &mut reading => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,5 +462,16 @@ mod tests {
         let s = exit_status(3, &["sh".into(), "-c".into(), "exit 3".into()]);
         assert_eq!(s["reason"], "NonZeroExitCode");
         assert_eq!(s["details"]["causes"][0], json!({"reason": "ExitCode", "message": "3"}));
+    }
+
+    #[test]
+    fn forwarded_ports_follow_the_kubelet() {
+        assert_eq!(forward_ports(Some("ports=8080,9&ports=80")).unwrap(), [8080, 9, 80]);
+        let e = forward_ports(Some("container=x")).unwrap_err();
+        assert_eq!(e.message, "query parameter \"ports\" is required");
+        let e = forward_ports(Some("ports=0")).unwrap_err();
+        assert_eq!(e.message, "port \"0\" must be > 0");
+        assert!(forward_ports(Some("ports=http")).unwrap_err().message.contains("\"http\""));
+        assert!(forward_ports(Some("ports=70000")).is_err());
     }
 }
