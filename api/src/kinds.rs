@@ -12,6 +12,7 @@ use k8s_openapi::api::certificates::v1 as certificates;
 use k8s_openapi::api::coordination::v1 as coord;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
+use k8s_openapi::api::policy::v1 as policy;
 use k8s_openapi::api::rbac::v1 as rbac;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector as K8sSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -1529,6 +1530,31 @@ impl Kind for coord::Lease {
         if let Some(s) = &self.spec {
             positive(errs, "spec.leaseDurationSeconds", s.lease_duration_seconds);
             non_negative(errs, "spec.leaseTransitions", s.lease_transitions);
+        }
+    }
+}
+
+// ---- policy ----
+
+impl Kind for policy::PodDisruptionBudget {
+    /// Kubernetes' ValidatePodDisruptionBudgetSpec.
+    fn validate(&self, errs: &mut Errors) {
+        let Some(s) = &self.spec else { return };
+        if s.min_available.is_some() && s.max_unavailable.is_some() {
+            errs.invalid("spec", "", "minAvailable and maxUnavailable cannot be both set");
+        }
+        int_or_percent(errs, "spec.minAvailable", s.min_available.as_ref());
+        int_or_percent(errs, "spec.maxUnavailable", s.max_unavailable.as_ref());
+        if let Some(sel) = &s.selector {
+            if let Err(e) = LabelSelector::from_k8s(sel) {
+                errs.invalid("spec.selector", "", &e);
+            }
+        }
+        if let Some(p) = s.unhealthy_pod_eviction_policy.as_deref() {
+            let allowed = ["IfHealthyBudget", "AlwaysAllow"];
+            if !allowed.contains(&p) {
+                errs.not_supported("spec.unhealthyPodEvictionPolicy", p, &allowed);
+            }
         }
     }
 }

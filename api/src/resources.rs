@@ -4,6 +4,7 @@
 use crate::admit::admit;
 pub use crate::info::{NameRule, ResourceInfo};
 use k8s_openapi::api::certificates::v1 as certificates;
+use k8s_openapi::api::policy::v1 as policy;
 use k8s_openapi::api::{apps::v1 as apps, batch::v1 as batch, coordination::v1 as coord};
 use k8s_openapi::api::{core::v1 as core, discovery::v1 as discovery, rbac::v1 as rbac};
 
@@ -68,6 +69,8 @@ resources! {
         name: Subdomain, fields: ["status.successful"] },
     batch::CronJob => { "CronJob", "batch", "cronjobs", ["cj"], namespaced: true, status: true,
         name: Subdomain, fields: [] },
+    policy::PodDisruptionBudget => { "PodDisruptionBudget", "policy", "poddisruptionbudgets",
+        ["pdb"], namespaced: true, status: true, name: Subdomain, fields: [] },
     rbac::Role => { "Role", "rbac.authorization.k8s.io", "roles", [], namespaced: true,
         status: false, name: PathSegment, fields: [] },
     rbac::ClusterRole => { "ClusterRole", "rbac.authorization.k8s.io", "clusterroles", [],

@@ -74,6 +74,9 @@ pub fn columns(info: &ResourceInfo, wide: bool) -> Vec<&'static str> {
         "Role" | "ClusterRole" => vec!["NAME", "CREATED AT"],
         "ServiceAccount" => vec!["NAME", "SECRETS", "AGE"],
         "Lease" => vec!["NAME", "HOLDER", "AGE"],
+        "PodDisruptionBudget" => {
+            vec!["NAME", "MIN AVAILABLE", "MAX UNAVAILABLE", "ALLOWED DISRUPTIONS", "AGE"]
+        }
         _ => vec!["NAME", "AGE"],
     };
     if wide {
@@ -318,6 +321,16 @@ pub fn row(info: &ResourceInfo, o: &Value, wide: bool) -> Vec<String> {
             vec![name, n.to_string(), a]
         }
         "Lease" => vec![name, s(o, "/spec/holderIdentity").to_string(), a],
+        "PodDisruptionBudget" => {
+            // An int-or-string, "N/A" when unset (kubectl's printer).
+            let n = |p: &str| match o.pointer(p) {
+                Some(Value::String(v)) => v.clone(),
+                Some(Value::Number(v)) => v.to_string(),
+                _ => "N/A".into(),
+            };
+            let allowed = i(o, "/status/disruptionsAllowed").to_string();
+            vec![name, n("/spec/minAvailable"), n("/spec/maxUnavailable"), allowed, a]
+        }
         _ => vec![name, a],
     };
     if wide {

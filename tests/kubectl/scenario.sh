@@ -290,6 +290,64 @@ want "$(k get pod on-drained 2>&1 || true)" 'not found'
 k uncordon drained >/dev/null
 k delete node drained >/dev/null
 
+step poddisruptionbudget: counted by the controller, spent by evictions
+k apply -f - >/dev/null <<'YAML'
+apiVersion: v1
+kind: Node
+metadata: {name: guarded}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: g1, labels: {app: guarded}}
+spec: {nodeName: guarded, containers: [{name: c, image: busybox}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: g2, labels: {app: guarded}}
+spec: {nodeName: guarded, containers: [{name: c, image: busybox}]}
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {name: guarded}
+spec: {minAvailable: 1, selector: {matchLabels: {app: guarded}}}
+YAML
+out=$(k create pdb bad --selector=app=x --min-available=1 --max-unavailable=1 2>&1 || true)
+want "$out" 'min-available and max-unavailable cannot be both specified|minAvailable and maxUnavailable cannot be both set'
+out=$(k apply -f - 2>&1 <<'YAML' || true
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {name: bad}
+spec: {minAvailable: 1, maxUnavailable: "150%", selector: {matchLabels: {app: x}}}
+YAML
+)
+want "$out" 'spec: Invalid value.*minAvailable and maxUnavailable cannot be both set'
+want "$out" 'spec.maxUnavailable: Invalid value: "150%": must not be greater than 100%'
+# No agent runs these pods: their status says Running and Ready as an agent's would.
+for p in g1 g2; do
+  k patch pod $p --subresource=status --type=merge \
+    -p '{"status":{"phase":"Running","conditions":[{"type":"Ready","status":"True"}]}}' >/dev/null
+done
+for _ in $(seq 50); do
+  [ "$(k get pdb guarded -o jsonpath='{.status.disruptionsAllowed}')" = 1 ] && break
+  sleep 0.2
+done
+want "$(k get pdb guarded)" 'guarded +1 +N/A +1 '
+want "$(k get pdb guarded -o jsonpath='{.status.conditions[0].reason}')" '^SufficientPods$'
+# Both evictions run at once: the budget lets exactly one pod go.
+out=$(k drain guarded --force --grace-period=0 --timeout=6s 2>&1 || true)
+want "$out" "Cannot evict pod as it would violate the pod's disruption budget"
+left=$(k get pods -l app=guarded -o name | wc -l)
+same "$left" 1 "pods left by the budget"
+for _ in $(seq 50); do
+  [ "$(k get pdb guarded -o jsonpath='{.status.currentHealthy}')" = 1 ] && break
+  sleep 0.2
+done
+want "$(k get pdb guarded -o jsonpath='{.status.disruptionsAllowed} {.status.conditions[0].reason}')" '^0 InsufficientPods$'
+k delete pdb guarded >/dev/null
+out=$(k drain guarded --force --grace-period=0 --timeout=20s 2>&1)
+want "$out" 'node/guarded drained'
+k delete node guarded >/dev/null
+
 step server-side apply: create, no-op, conflicts, force, pruning
 cat > ssa.yaml <<'YAML'
 apiVersion: apps/v1

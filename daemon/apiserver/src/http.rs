@@ -261,7 +261,9 @@ fn subresources(info: &ResourceInfo) -> Vec<(&'static str, &'static [&'static st
         "pods" => {
             out.push(("binding", &["create"]));
             out.push(("eviction", &["create"]));
+            out.push(("exec", &["create", "get"]));
             out.push(("log", &["get"]));
+            out.push(("portforward", &["create", "get"]));
         }
         "serviceaccounts" => out.push(("token", &["create"])),
         "certificatesigningrequests" => out.push(("approval", &["get", "patch", "update"])),
@@ -827,8 +829,7 @@ async fn verb(
         }
         ("create", "eviction") if info.plural == "pods" => {
             // Kubernetes' EvictionREST: a graceful delete with the Eviction's DeleteOptions,
-            // once the pod's PodDisruptionBudgets allow it. Flotilla serves no
-            // PodDisruptionBudgets yet, so none stands in the way.
+            // once the pod's PodDisruptionBudget allows it (the core's `evict`).
             let e: Value = serde_json::from_slice(body)
                 .map_err(|e| ApiError::bad_request(format!("Eviction: not valid JSON: {e}")))?;
             let named = e.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
@@ -839,7 +840,7 @@ async fn verb(
                 )));
             }
             let opts = delete_options_of(q, e.get("deleteOptions").unwrap_or(&Value::Null))?;
-            s.delete(user, info, ns, &t.name, &opts).await?;
+            s.evict(user, ns, &t.name, &opts).await?;
             Ok(Answer::value(
                 StatusCode::CREATED,
                 &json!({"kind": "Status", "apiVersion": "v1", "metadata": {},

@@ -13,6 +13,7 @@ pub mod audit;
 pub mod cache;
 mod certificates;
 pub mod encryption;
+mod eviction;
 mod http;
 mod k8s_proto;
 pub mod kv;

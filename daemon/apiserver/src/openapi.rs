@@ -7,6 +7,7 @@
 
 use flotilla_api::{ResourceInfo, RESOURCES};
 use k8s_openapi::api::certificates::v1 as certificates;
+use k8s_openapi::api::policy::v1 as policy;
 use k8s_openapi::api::{apps::v1 as apps, batch::v1 as batch, coordination::v1 as coord};
 use k8s_openapi::api::{core::v1 as core, discovery::v1 as discovery, rbac::v1 as rbac};
 use k8s_openapi::schemars::{generate::SchemaSettings, JsonSchema, SchemaGenerator};
@@ -39,6 +40,7 @@ fn schema_of(plural: &str, g: &mut SchemaGenerator) -> Option<String> {
         "controllerrevisions" => add::<apps::ControllerRevision>(g),
         "jobs" => add::<batch::Job>(g),
         "cronjobs" => add::<batch::CronJob>(g),
+        "poddisruptionbudgets" => add::<policy::PodDisruptionBudget>(g),
         "roles" => add::<rbac::Role>(g),
         "clusterroles" => add::<rbac::ClusterRole>(g),
         "rolebindings" => add::<rbac::RoleBinding>(g),

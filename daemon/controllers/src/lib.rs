@@ -8,6 +8,7 @@
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod endpoints;
 pub mod gc;
 pub mod history;
@@ -76,6 +77,7 @@ const WATCHED: &[(&str, &str)] = &[
     ("daemonsets", ""),
     ("statefulsets", ""),
     ("controllerrevisions", ""),
+    ("poddisruptionbudgets", ""),
 ];
 
 pub async fn run(client: Client, cfg: ControllerConfig) -> Result<()> {
@@ -106,6 +108,7 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<()> {
     set.spawn(cronjob::run(ctx.clone()));
     set.spawn(daemonset::run(ctx.clone()));
     set.spawn(statefulset::run(ctx.clone()));
+    set.spawn(disruption::run(ctx.clone()));
     while let Some(r) = set.join_next().await {
         r.context("a controller panicked")?;
     }
