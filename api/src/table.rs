@@ -409,19 +409,32 @@ pub fn to_table(info: &ResourceInfo, items: &[Value], list_meta: Value, include:
                 "description": "", "priority": i32::from(n >= narrow)})
         })
         .collect();
+    // Maps are built by hand: `json!` would copy every interpolated Value through a
+    // serializer, which was most of a large table's time.
+    let map = |pairs: Vec<(&str, Value)>| {
+        Value::Object(pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+    };
     let rows: Vec<Value> = items
         .iter()
         .map(|o| {
             let object = match include {
                 "Object" => o.clone(),
                 "None" => Value::Null,
-                _ => serde_json::json!({"kind": "PartialObjectMetadata",
-                    "apiVersion": "meta.k8s.io/v1",
-                    "metadata": o.get("metadata").cloned().unwrap_or(Value::Null)}),
+                _ => map(vec![
+                    ("kind", Value::from("PartialObjectMetadata")),
+                    ("apiVersion", Value::from("meta.k8s.io/v1")),
+                    ("metadata", o.get("metadata").cloned().unwrap_or(Value::Null)),
+                ]),
             };
-            serde_json::json!({"cells": row(info, o, true), "object": object})
+            let cells = row(info, o, true).into_iter().map(Value::from).collect();
+            map(vec![("cells", Value::Array(cells)), ("object", object)])
         })
         .collect();
-    serde_json::json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": list_meta,
-        "columnDefinitions": defs, "rows": rows})
+    map(vec![
+        ("kind", Value::from("Table")),
+        ("apiVersion", Value::from("meta.k8s.io/v1")),
+        ("metadata", list_meta),
+        ("columnDefinitions", Value::Array(defs)),
+        ("rows", Value::Array(rows)),
+    ])
 }

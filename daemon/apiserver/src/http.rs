@@ -1124,16 +1124,24 @@ fn shaped(
             flotilla_api::table::to_table(info, &items, meta, include)
         }
         Form::Metadata => {
+            // Maps by hand: `json!` copies interpolated Values through a serializer.
+            let map = |kind: &str, meta: Value, more: Option<(&str, Value)>| {
+                let mut m = serde_json::Map::new();
+                m.insert("kind".into(), Value::from(kind));
+                m.insert("apiVersion".into(), Value::from("meta.k8s.io/v1"));
+                m.insert("metadata".into(), meta);
+                if let Some((k, v)) = more {
+                    m.insert(k.into(), v);
+                }
+                Value::Object(m)
+            };
             let partial: Vec<Value> = items
                 .into_iter()
-                .map(|o| {
-                    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
-                        "metadata": o["metadata"]})
-                })
+                .map(|mut o| map("PartialObjectMetadata", o["metadata"].take(), None))
                 .collect();
             if is_list {
-                json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1",
-                    "metadata": meta, "items": partial})
+                let items = Some(("items", Value::Array(partial)));
+                map("PartialObjectMetadataList", meta, items)
             } else {
                 partial.into_iter().next().unwrap_or_default()
             }
