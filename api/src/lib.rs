@@ -16,6 +16,7 @@ pub mod kinds;
 pub mod managed;
 pub mod manifest;
 pub mod patch;
+pub mod pod;
 pub mod prune;
 pub mod quantity;
 pub mod resources;

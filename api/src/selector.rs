@@ -239,6 +239,18 @@ impl LabelSelector {
         Ok(LabelSelector { requirements: reqs, match_nothing: false })
     }
 
+    /// The `metav1.LabelSelector` at `pointer` in `obj` (`/spec/selector`): None when unset,
+    /// an error naming the field when it does not parse.
+    pub fn at(obj: &Value, pointer: &str) -> Result<Option<Self>, String> {
+        let Some(sel) = obj.pointer(pointer).filter(|s| !s.is_null()) else {
+            return Ok(None);
+        };
+        let field = pointer.trim_start_matches('/').replace('/', ".");
+        let s: metav1::LabelSelector =
+            serde_json::from_value(sel.clone()).map_err(|e| format!("{field}: {e}"))?;
+        Self::from_k8s(&s).map(Some).map_err(|e| format!("{field}: {e}"))
+    }
+
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         !self.match_nothing && self.requirements.iter().all(|r| r.matches(labels))
     }

@@ -392,12 +392,47 @@ pub fn row(info: &ResourceInfo, o: &Value, wide: bool) -> Vec<String> {
     r
 }
 
-/// `items` as a `meta.k8s.io/v1` Table (kubectl's server-side printing). Columns beyond the
-/// default ones have priority 1: `-o wide` shows them. Each row carries the object as
-/// `include` asks: "Object", "None", or its metadata (the default, PartialObjectMetadata).
-pub fn to_table(info: &ResourceInfo, items: &[Value], list_meta: Value, include: &str) -> Value {
+/// `items` as a `meta.k8s.io/v1` Table (kubectl's server-side printing), written as JSON
+/// to `out`. Columns beyond the default ones have priority 1: `-o wide` shows them. Each row
+/// carries the object as `include` asks: "Object", "None", or its metadata (the default,
+/// PartialObjectMetadata). Without `with_columns` the definitions are left empty, as a
+/// watch sends them only once.
+///
+/// Written straight to bytes: building a Value per row and serializing it again was most of
+/// a large table's time.
+pub fn write_table<'a>(
+    info: &ResourceInfo,
+    items: impl IntoIterator<Item = &'a Value>,
+    list_meta: &Value,
+    include: &str,
+    with_columns: bool,
+    out: &mut Vec<u8>,
+) {
+    out.extend_from_slice(br#"{"kind":"Table","apiVersion":"meta.k8s.io/v1","metadata":"#);
+    write_json(out, list_meta);
+    out.extend_from_slice(br#","columnDefinitions":"#);
+    write_json(out, &if with_columns { column_definitions(info) } else { Vec::new() });
+    out.extend_from_slice(br#","rows":["#);
+    for (n, o) in items.into_iter().enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(br#"{"cells":"#);
+        write_json(out, &row(info, o, true));
+        out.extend_from_slice(br#","object":"#);
+        match include {
+            "Object" => write_json(out, o),
+            "None" => out.extend_from_slice(b"null"),
+            _ => write_partial(o.get("metadata").unwrap_or(&Value::Null), out),
+        }
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"]}");
+}
+
+fn column_definitions(info: &ResourceInfo) -> Vec<Value> {
     let narrow = columns(info, false).len();
-    let defs: Vec<Value> = columns(info, true)
+    columns(info, true)
         .iter()
         .enumerate()
         .map(|(n, c)| {
@@ -408,33 +443,19 @@ pub fn to_table(info: &ResourceInfo, items: &[Value], list_meta: Value, include:
             serde_json::json!({"name": name, "type": "string", "format": format,
                 "description": "", "priority": i32::from(n >= narrow)})
         })
-        .collect();
-    // Maps are built by hand: `json!` would copy every interpolated Value through a
-    // serializer, which was most of a large table's time.
-    let map = |pairs: Vec<(&str, Value)>| {
-        Value::Object(pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
-    };
-    let rows: Vec<Value> = items
-        .iter()
-        .map(|o| {
-            let object = match include {
-                "Object" => o.clone(),
-                "None" => Value::Null,
-                _ => map(vec![
-                    ("kind", Value::from("PartialObjectMetadata")),
-                    ("apiVersion", Value::from("meta.k8s.io/v1")),
-                    ("metadata", o.get("metadata").cloned().unwrap_or(Value::Null)),
-                ]),
-            };
-            let cells = row(info, o, true).into_iter().map(Value::from).collect();
-            map(vec![("cells", Value::Array(cells)), ("object", object)])
-        })
-        .collect();
-    map(vec![
-        ("kind", Value::from("Table")),
-        ("apiVersion", Value::from("meta.k8s.io/v1")),
-        ("metadata", list_meta),
-        ("columnDefinitions", Value::Array(defs)),
-        ("rows", Value::Array(rows)),
-    ])
+        .collect()
+}
+
+/// An object's metadata as a `meta.k8s.io/v1` PartialObjectMetadata, written to `out`.
+pub fn write_partial(metadata: &Value, out: &mut Vec<u8>) {
+    out.extend_from_slice(
+        br#"{"kind":"PartialObjectMetadata","apiVersion":"meta.k8s.io/v1","metadata":"#,
+    );
+    write_json(out, metadata);
+    out.push(b'}');
+}
+
+fn write_json(out: &mut Vec<u8>, v: &impl serde::Serialize) {
+    // Values and strings serialize into a Vec without error.
+    let _ = serde_json::to_writer(&mut *out, v);
 }

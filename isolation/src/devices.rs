@@ -137,6 +137,24 @@ fn pinned_program(pin: &Path) -> Option<OwnedFd> {
     (r == 0 && info[0] == BPF_PROG_TYPE_CGROUP_DEVICE).then_some(fd)
 }
 
+/// A bpffs at /sys/fs/bpf when `pin` lies under it, mounted if the host has none there (not
+/// every boot mounts one): on the plain directory of sysfs nothing could be pinned, and
+/// every create would load its program again.
+fn ensure_bpffs(pin: &Path) -> Result<(), String> {
+    let root = Path::new("/sys/fs/bpf");
+    let is_bpffs = |p: &Path| {
+        nix::sys::statfs::statfs(p)
+            .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
+    };
+    if !pin.starts_with(root) || is_bpffs(root) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(root).map_err(|e| format!("creating {}: {e}", root.display()))?;
+    nix::mount::mount(Some("bpf"), root, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
+        .or_else(|e| if is_bpffs(root) { Ok(()) } else { Err(e) })
+        .map_err(|e| format!("mounting bpffs on {}: {e}", root.display()))
+}
+
 /// Loads the device program with `rules` and attaches it to the cgroup v2 directory `dir`,
 /// reusing (and adding to) the programs pinned in `cache` when it is given and on bpffs.
 pub fn attach(dir: &Path, rules: &DeviceRules, cache: Option<&Path>) -> Result<(), String> {
@@ -162,11 +180,10 @@ pub fn attach(dir: &Path, rules: &DeviceRules, cache: Option<&Path>) -> Result<(
             if let Some(p) = &pin {
                 // Best effort: another create may have pinned the same rules meanwhile, or
                 // the directory is not on bpffs; this container has its program either way.
-                let pinned = p.parent().map_or(Ok(()), std::fs::create_dir_all);
-                if let Err(e) = pinned
-                    .map_err(|e| e.to_string())
-                    .and_then(|()| prog.pin(p).map_err(|e| e.to_string()))
-                {
+                let pinned = ensure_bpffs(p).and_then(|()| {
+                    p.parent().map_or(Ok(()), std::fs::create_dir_all).map_err(|e| e.to_string())
+                });
+                if let Err(e) = pinned.and_then(|()| prog.pin(p).map_err(|e| e.to_string())) {
                     tracing::debug!(pin = %p.display(), "device program not cached: {e}");
                 }
             }

@@ -241,8 +241,18 @@ fn runtime_tests_on_cgroup_v2() -> Result<()> {
         .map_err(|e| anyhow::anyhow!("runtime tests on cgroup v2: {e:#}"))
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
+fn main() -> std::process::ExitCode {
+    // The error with its causes and no backtrace: the tail of a CI log is for the failure.
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Setup => setup::setup(),
         Cmd::Fuzz { seconds, targets } => {

@@ -57,10 +57,23 @@ pub fn cargo_test(args: &[&str]) -> Result<()> {
     let mut child = cmd.spawn().context("failed to start cargo test")?;
     let out = child.stdout.take().expect("piped stdout");
     let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    // Each binary's `failures:` section (what the failed tests printed), kept so the error
+    // repeats it at the very end: CI shows only a log's tail, which the fuzz phase fills.
+    let mut failures: Vec<String> = Vec::new();
+    let mut in_failures = false;
     for line in BufReader::new(out).lines() {
         let line = line?;
         println!("{line}");
+        if line == "failures:" && !in_failures {
+            in_failures = true;
+            failures.push(String::new());
+        } else if in_failures && !line.starts_with("test result: ") {
+            let block = failures.last_mut().expect("pushed at `failures:`");
+            block.push_str(&line);
+            block.push('\n');
+        }
         if let Some(rest) = line.strip_prefix("test result: ") {
+            in_failures = false;
             let count = |what: &str| -> u64 {
                 rest.split(';')
                     .find_map(|part| part.trim().strip_suffix(what))
@@ -85,9 +98,34 @@ pub fn cargo_test(args: &[&str]) -> Result<()> {
         (passed.saturating_sub(skips.len() as u64), ignored + skips.len() as u64);
     println!("\n{passed} passed, {failed} failed, {ignored} skipped");
     if !status.success() {
-        bail!("cargo test failed with {status}");
+        bail!("cargo test failed with {status}{}", failure_digest(&failures));
     }
     Ok(())
+}
+
+/// The failed tests' output, each test's part cut to its last lines (where the panic is).
+fn failure_digest(failures: &[String]) -> String {
+    const KEEP: usize = 30;
+    let mut digest = String::new();
+    for block in failures {
+        let mut sections: Vec<Vec<&str>> = Vec::new();
+        for line in block.lines() {
+            if line.starts_with("---- ") || sections.is_empty() {
+                sections.push(Vec::new());
+            }
+            sections.last_mut().expect("pushed above").push(line);
+        }
+        for lines in sections {
+            let cut = lines.len().saturating_sub(KEEP);
+            digest.push('\n');
+            if cut > 0 {
+                digest.push_str(&format!("{}\n[{cut} lines cut, see the log]\n", lines[0]));
+            }
+            digest.push_str(lines[cut..].join("\n").trim_end());
+            digest.push('\n');
+        }
+    }
+    digest
 }
 
 /// Whether a program is on PATH and answers `--version`.
@@ -106,4 +144,30 @@ pub fn exec(mut cmd: Command) -> Result<()> {
     eprintln!("xtask: exec {cmd:?}");
     let err = cmd.exec();
     Err(err).context("exec failed")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_digest_keeps_each_failed_tests_last_lines() {
+        let mut out = String::from("\n---- a::long stdout ----\n");
+        for n in 0..50 {
+            out.push_str(&format!("line {n}\n"));
+        }
+        out.push_str(
+            "\n---- b stdout ----\npanicked at b.rs:1:1\n\nfailures:\n    a::long\n    b\n",
+        );
+        let d = super::failure_digest(&[out]);
+        assert!(
+            d.contains("---- a::long stdout ----\n[22 lines cut, see the log]\nline 21\n"),
+            "{d}"
+        );
+        assert!(!d.contains("line 20\n"), "{d}");
+        assert!(
+            d.contains(
+                "---- b stdout ----\npanicked at b.rs:1:1\n\nfailures:\n    a::long\n    b\n"
+            ),
+            "{d}"
+        );
+    }
 }

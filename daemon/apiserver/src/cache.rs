@@ -263,7 +263,9 @@ pub struct Subscription {
 }
 
 pub struct ListPage {
-    pub items: Vec<Bytes>,
+    /// The cached objects themselves: their bytes go out as they are, and readers that need
+    /// fields (tables, evictions, metrics) need not parse them again.
+    pub items: Vec<Arc<CachedObject>>,
     pub rev: i64,
     /// The key to continue after, when the page was cut by `limit`.
     pub next: Option<String>,
@@ -282,14 +284,14 @@ impl PageBuilder {
         PageBuilder { limit, page: ListPage { items: Vec::new(), rev, next: None, remaining: 0 } }
     }
 
-    pub fn offer(&mut self, f: &Filter, o: &CachedObject) {
+    pub fn offer(&mut self, f: &Filter, o: &Arc<CachedObject>) {
         if !f.matches(o) {
             return;
         }
         if self.limit > 0 && self.page.items.len() >= self.limit {
             self.page.remaining += 1;
         } else {
-            self.page.items.push(o.bytes.clone());
+            self.page.items.push(o.clone());
             self.page.next = Some(o.key.clone());
         }
     }

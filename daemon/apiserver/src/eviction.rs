@@ -6,6 +6,7 @@
 use super::request::User;
 use super::{ApiServer, DeleteOptions, ListOptions};
 use flotilla_api::error::{ApiError, Reason};
+use flotilla_api::pod::pod_ready;
 use flotilla_api::selector::LabelSelector;
 use serde_json::{json, Value};
 
@@ -13,19 +14,7 @@ use serde_json::{json, Value};
 const MAX_DISRUPTED_PODS: usize = 2000;
 
 fn budget_selects(pdb: &Value, labels: &std::collections::BTreeMap<String, String>) -> bool {
-    let Some(sel) = pdb.pointer("/spec/selector").filter(|s| !s.is_null()) else { return false };
-    serde_json::from_value(sel.clone())
-        .ok()
-        .and_then(|s| LabelSelector::from_k8s(&s).ok())
-        .is_some_and(|s| s.matches(labels))
-}
-
-fn pod_ready(pod: &Value) -> bool {
-    pod.pointer("/status/conditions")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    LabelSelector::at(pdb, "/spec/selector").is_ok_and(|s| s.is_some_and(|s| s.matches(labels)))
 }
 
 fn too_many(message: String) -> ApiError {
@@ -59,8 +48,8 @@ impl ApiServer {
             let mut matching: Vec<Value> = list
                 .items
                 .iter()
-                .filter_map(|b| serde_json::from_slice::<Value>(b).ok())
-                .filter(|b| budget_selects(b, &labels))
+                .filter(|b| budget_selects(&b.value, &labels))
+                .map(|b| b.value.clone())
                 .collect();
             let mut pdb = match matching.len() {
                 0 => break,

@@ -22,6 +22,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use flotilla_api::error::{ApiError, Errors, Reason};
 use flotilla_api::patch::PatchKind;
+use flotilla_api::table::{write_partial, write_table};
 use flotilla_api::{ResourceInfo, RESOURCES};
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -800,7 +801,7 @@ async fn verb(
                 super::status_subresource(info, sub)?;
             }
             let v = s.get(info, ns, &t.name).await?;
-            Ok(shaped(info, vec![v], None, form, q))
+            Ok(shaped(info, &[&v], None, form, q))
         }
         ("list", "") => list(s, info, ns, q, form).await,
         ("create", "") => {
@@ -913,7 +914,7 @@ async fn verb(
             };
             let page = s.list_objects(info, ns, &list_opts).await?;
             for item in &page.items {
-                let v: Value = serde_json::from_slice(item).unwrap_or_default();
+                let v = &item.value;
                 let item_ns = v["metadata"]["namespace"].as_str().unwrap_or_default();
                 let name = v["metadata"]["name"].as_str().unwrap_or_default();
                 match s.delete(user, info, item_ns, name, &opts).await {
@@ -1078,9 +1079,8 @@ async fn list(
         }
     }
     if form != Form::Object {
-        let items: Vec<Value> =
-            page.items.iter().filter_map(|b| serde_json::from_slice(b).ok()).collect();
-        return Ok(shaped(info, items, Some(meta), form, q));
+        let items: Vec<&Value> = page.items.iter().map(|o| &o.value).collect();
+        return Ok(shaped(info, &items, Some(meta), form, q));
     }
     // The items' bytes as the cache holds them: no decoding, no re-encoding.
     let head = json!({"kind": format!("{}List", info.kind), "apiVersion": info.api_version(),
@@ -1092,7 +1092,7 @@ async fn list(
         if n > 0 {
             out.push(b',');
         }
-        out.extend_from_slice(item);
+        out.extend_from_slice(&item.bytes);
     }
     out.extend_from_slice(b"]}");
     let mut a = Answer::json(StatusCode::OK, Bytes::from(out));
@@ -1100,11 +1100,15 @@ async fn list(
     Ok(a)
 }
 
+fn metadata_of(o: &Value) -> &Value {
+    o.get("metadata").unwrap_or(&Value::Null)
+}
+
 /// One object or a list's items in the form the client asked: as they are, as a Table, or as
 /// metadata only. `list_meta` is Some for a list.
 fn shaped(
     info: &ResourceInfo,
-    items: Vec<Value>,
+    items: &[&Value],
     list_meta: Option<Value>,
     form: Form,
     q: &Query,
@@ -1113,41 +1117,38 @@ fn shaped(
     let meta = list_meta.unwrap_or_else(|| {
         json!({"resourceVersion": items.first().map(|o| o["metadata"]["resourceVersion"].clone())})
     });
-    let v = match form {
+    let mut out = Vec::new();
+    match form {
         Form::Object if is_list => unreachable!("lists of objects are assembled from bytes"),
-        Form::Object => items.into_iter().next().unwrap_or_default(),
+        Form::Object => {
+            return Answer::value(StatusCode::OK, items.first().unwrap_or(&&Value::Null))
+        }
         Form::Table => {
             let include = match q.get("includeObject") {
                 "" => "Metadata",
                 v => v,
             };
-            flotilla_api::table::to_table(info, &items, meta, include)
+            write_table(info, items.iter().copied(), &meta, include, true, &mut out);
+        }
+        Form::Metadata if is_list => {
+            let head = json!({"kind": "PartialObjectMetadataList",
+                "apiVersion": "meta.k8s.io/v1", "metadata": meta});
+            out = serde_json::to_vec(&head).unwrap_or_default();
+            out.pop();
+            out.extend_from_slice(b",\"items\":[");
+            for (n, o) in items.iter().enumerate() {
+                if n > 0 {
+                    out.push(b',');
+                }
+                write_partial(metadata_of(o), &mut out);
+            }
+            out.extend_from_slice(b"]}");
         }
         Form::Metadata => {
-            // Maps by hand: `json!` copies interpolated Values through a serializer.
-            let map = |kind: &str, meta: Value, more: Option<(&str, Value)>| {
-                let mut m = serde_json::Map::new();
-                m.insert("kind".into(), Value::from(kind));
-                m.insert("apiVersion".into(), Value::from("meta.k8s.io/v1"));
-                m.insert("metadata".into(), meta);
-                if let Some((k, v)) = more {
-                    m.insert(k.into(), v);
-                }
-                Value::Object(m)
-            };
-            let partial: Vec<Value> = items
-                .into_iter()
-                .map(|mut o| map("PartialObjectMetadata", o["metadata"].take(), None))
-                .collect();
-            if is_list {
-                let items = Some(("items", Value::Array(partial)));
-                map("PartialObjectMetadataList", meta, items)
-            } else {
-                partial.into_iter().next().unwrap_or_default()
-            }
+            write_partial(items.first().map_or(&Value::Null, |o| metadata_of(o)), &mut out)
         }
-    };
-    let mut a = Answer::value(StatusCode::OK, &v);
+    }
+    let mut a = Answer::json(StatusCode::OK, Bytes::from(out));
     a.audited = !is_list;
     a
 }

@@ -148,7 +148,7 @@ pub struct ListOptions {
 /// A list as served: the items' JSON, the list's resourceVersion, and where the next page
 /// starts ("" when this is the last).
 pub struct List {
-    pub items: Vec<Bytes>,
+    pub items: Vec<Arc<cache::CachedObject>>,
     pub resource_version: String,
     pub continue_token: String,
     pub remaining_item_count: i64,
@@ -1260,7 +1260,8 @@ impl ApiServer {
         for kv in kvs {
             let Ok(v) = serde_json::from_slice::<Value>(&kv.value) else { continue };
             let key = String::from_utf8_lossy(&kv.key[prefix.len()..]).into_owned();
-            page.offer(f, &cache::CachedObject::stored(key, v, kv.mod_revision, &kv.value));
+            let o = cache::CachedObject::stored(key, v, kv.mod_revision, &kv.value);
+            page.offer(f, &Arc::new(o));
         }
         Ok(page.finish())
     }

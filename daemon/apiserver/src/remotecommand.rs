@@ -334,6 +334,71 @@ async fn port_forward(
 
 type NodeClient = proto::node_client::NodeClient<tonic::transport::Channel>;
 
+type Sink = Arc<tokio::sync::Mutex<futures::stream::SplitSink<WebSocket, Message>>>;
+
+/// One port's connection through the agent: the client's bytes on `input` go to the pod,
+/// the pod's come back on channel `data`; a failure is written on channel `error` in the
+/// kubelet's words.
+async fn forward_port(
+    mut node: NodeClient,
+    start: proto::PortForwardStart,
+    mut input: tokio::sync::mpsc::Receiver<Bytes>,
+    sink: Sink,
+    data: u8,
+    error: u8,
+) {
+    use proto::port_forward_input::Msg;
+    let (port, name, uid) = (start.port, start.name.clone(), start.uid.clone());
+    let (to_agent, agent_rx) = tokio::sync::mpsc::channel(16);
+    let _ = to_agent.send(proto::PortForwardInput { msg: Some(Msg::Start(start)) }).await;
+    let agent_rx = tokio_stream::wrappers::ReceiverStream::new(agent_rx);
+    let outcome = match node.port_forward(agent_rx).await {
+        Err(e) => Err(ApiError::from(e).message),
+        Ok(out) => forward_both_ways(&mut input, to_agent, out.into_inner(), &sink, data).await,
+    };
+    if let Err(e) = outcome {
+        let text = format!("error forwarding port {port} to pod {name}, uid {uid}: {e}");
+        let _ = sink.lock().await.send(frame(error, text.as_bytes())).await;
+    }
+}
+
+/// Both directions of one port's connection until the pod's side ends; the client's side
+/// ending only half-closes it (the agent's stream ends when `to_agent` is dropped).
+async fn forward_both_ways(
+    input: &mut tokio::sync::mpsc::Receiver<Bytes>,
+    to_agent: tokio::sync::mpsc::Sender<proto::PortForwardInput>,
+    mut out: tonic::Streaming<proto::PortForwardOutput>,
+    sink: &Sink,
+    data: u8,
+) -> Result<(), String> {
+    use proto::port_forward_input::Msg;
+    let mut to_agent = Some(to_agent);
+    loop {
+        tokio::select! {
+            d = input.recv(), if to_agent.is_some() => {
+                let sent = match (d, &to_agent) {
+                    (Some(d), Some(t)) => {
+                        t.send(proto::PortForwardInput { msg: Some(Msg::Data(d)) }).await.is_ok()
+                    }
+                    _ => false,
+                };
+                if !sent {
+                    to_agent = None;
+                }
+            }
+            o = out.next() => match o {
+                Some(Ok(o)) => {
+                    if sink.lock().await.send(frame(data, &o.data)).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                Some(Err(e)) => return Err(ApiError::from(e).message),
+                None => return Ok(()),
+            },
+        }
+    }
+}
+
 /// One TCP connection per port through the agent; the socket's reader routes each data
 /// channel's messages to its connection.
 async fn forward(
@@ -356,57 +421,10 @@ async fn forward(
                 }
             }
         }
-        let (in_tx, mut in_rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+        let (in_tx, in_rx) = tokio::sync::mpsc::channel::<Bytes>(16);
         inputs.push(in_tx);
-        let (sink, mut node) = (sink.clone(), node.clone());
         let start = proto::PortForwardStart { port: u32::from(port), ..start.clone() };
-        connections.push(async move {
-            let (name, uid) = (start.name.clone(), start.uid.clone());
-            let (to_agent, agent_rx) = tokio::sync::mpsc::channel(16);
-            let first =
-                proto::PortForwardInput { msg: Some(proto::port_forward_input::Msg::Start(start)) };
-            let _ = to_agent.send(first).await;
-            let outcome = match node
-                .port_forward(tokio_stream::wrappers::ReceiverStream::new(agent_rx))
-                .await
-            {
-                Err(e) => Err(ApiError::from(e).message),
-                Ok(out) => {
-                    let mut out = out.into_inner();
-                    let mut to_agent = Some(to_agent);
-                    loop {
-                        tokio::select! {
-                            d = in_rx.recv(), if to_agent.is_some() => match d {
-                                Some(d) => {
-                                    let m = proto::PortForwardInput {
-                                        msg: Some(proto::port_forward_input::Msg::Data(d)),
-                                    };
-                                    if let Some(t) = &to_agent {
-                                        if t.send(m).await.is_err() {
-                                            to_agent = None;
-                                        }
-                                    }
-                                }
-                                None => to_agent = None,
-                            },
-                            o = out.next() => match o {
-                                Some(Ok(o)) => {
-                                    if sink.lock().await.send(frame(data, &o.data)).await.is_err() {
-                                        break Ok(());
-                                    }
-                                }
-                                Some(Err(e)) => break Err(ApiError::from(e).message),
-                                None => break Ok(()),
-                            },
-                        }
-                    }
-                }
-            };
-            if let Err(e) = outcome {
-                let text = format!("error forwarding port {port} to pod {name}, uid {uid}: {e}");
-                let _ = sink.lock().await.send(frame(error, text.as_bytes())).await;
-            }
-        });
+        connections.push(forward_port(node.clone(), start, in_rx, sink.clone(), data, error));
     }
     let reading = async move {
         while let Some(Ok(m)) = rx.next().await {

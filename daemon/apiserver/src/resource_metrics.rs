@@ -24,7 +24,7 @@ impl ApiServer {
     ) -> Result<(Vec<Value>, Vec<String>), ApiError> {
         let s = self;
         let decode = |page: crate::cache::ListPage| -> Vec<serde_json::Value> {
-            page.items.iter().filter_map(|b| serde_json::from_slice(b).ok()).collect()
+            page.items.iter().map(|o| o.value.clone()).collect()
         };
         let fields = if name.is_empty() { String::new() } else { format!("metadata.name={name}") };
         let (node_labels, pod_filter) = match resource {

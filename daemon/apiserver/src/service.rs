@@ -300,7 +300,7 @@ impl Api for Service {
             };
             let page = s.list_objects(info, &r.namespace, &opts).await?;
             Ok(Response::new(proto::ListResponse {
-                items: page.items,
+                items: page.items.iter().map(|o| o.bytes.clone()).collect(),
                 resource_version: page.resource_version,
                 continue_token: page.continue_token,
                 remaining_item_count: page.remaining_item_count,

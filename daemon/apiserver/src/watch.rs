@@ -78,11 +78,10 @@ impl Watch {
     fn table_event(&self, kind: EventKind, obj: &CachedObject) -> Bytes {
         let info = self.cache.info;
         let meta = json!({"resourceVersion": obj.value["metadata"]["resourceVersion"]});
-        let mut t = table::to_table(info, std::slice::from_ref(&obj.value), meta, "Metadata");
-        if self.table_headers_sent.swap(true, Ordering::Relaxed) {
-            t["columnDefinitions"] = json!([]);
-        }
-        json_event(kind.as_str(), &encode(&t))
+        let columns = !self.table_headers_sent.swap(true, Ordering::Relaxed);
+        let mut t = Vec::new();
+        table::write_table(info, [&obj.value], &meta, "Metadata", columns, &mut t);
+        json_event(kind.as_str(), &t)
     }
 
     async fn send(&self, events: Vec<Bytes>, seen: Option<Instant>) -> bool {

@@ -53,12 +53,7 @@ pub async fn run(ctx: Arc<Ctx>) {
 /// The budget's selector: None (no pods) when unset; in policy/v1 an empty one selects every
 /// pod in the namespace.
 pub fn selector(pdb: &Value) -> Result<Option<LabelSelector>, String> {
-    let Some(sel) = pdb.pointer("/spec/selector").filter(|s| !s.is_null()) else {
-        return Ok(None);
-    };
-    let s: k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector =
-        serde_json::from_value(sel.clone()).map_err(|e| format!("spec.selector: {e}"))?;
-    LabelSelector::from_k8s(&s).map(Some).map_err(|e| format!("spec.selector: {e}"))
+    LabelSelector::at(pdb, "/spec/selector")
 }
 
 /// An int-or-percent of `total`, rounded up (Kubernetes' GetScaledValueFromIntOrPercent).

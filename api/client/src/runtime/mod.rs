@@ -239,16 +239,7 @@ pub fn pod_active(p: &Value) -> bool {
     !matches!(pod_phase(p), "Succeeded" | "Failed") && !terminating(p)
 }
 
-pub fn pod_condition<'a>(p: &'a Value, kind: &str) -> Option<&'a Value> {
-    p.pointer("/status/conditions")
-        .and_then(Value::as_array)?
-        .iter()
-        .find(|c| c["type"].as_str() == Some(kind))
-}
-
-pub fn pod_ready(p: &Value) -> bool {
-    pod_condition(p, "Ready").is_some_and(|c| c["status"] == "True")
-}
+pub use flotilla_api::pod::{pod_condition, pod_ready};
 
 /// Ready for at least `min_ready` (Kubernetes' "available").
 pub fn pod_available(p: &Value, min_ready: i64, now: jiff::Timestamp) -> bool {
