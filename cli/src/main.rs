@@ -1126,6 +1126,7 @@ async fn run(cli: Cli) -> Result<()> {
                 since_seconds: since,
                 since_time: since_time.unwrap_or_default(),
                 limit_bytes,
+                stream: String::new(),
             };
             let mut s = ctx.client.pod_logs(req).await.map_err(server_error)?;
             let mut out = std::io::stdout().lock();

@@ -409,6 +409,74 @@ async fn pod_runs_init_containers_env_and_volumes() {
     }
 }
 
+/// Runs kubectl with arguments and stdin: its exit code, stdout and stderr.
+type Kubectl<'a> = dyn Fn(&[&str], &[u8]) -> (Option<i32>, String, String) + 'a;
+
+/// `kubectl attach`: what the container writes from then on (here through its PID 1's
+/// stdout and stderr, from an exec) reaches the attached client, each on its stream; stdin
+/// is refused with a reason.
+fn attach_follows_the_output(
+    node: &Node,
+    kubectl: &std::path::Path,
+    home: &std::path::Path,
+    run: &Kubectl<'_>,
+) {
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut attached = Killed(
+        Command::new(kubectl)
+            .arg("--kubeconfig")
+            .arg(node.member.kubeconfig())
+            .args(["attach", "web", "-c", "app"])
+            .env("HOME", home)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let collect = |mut from: Box<dyn std::io::Read + Send>| {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let into = seen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = from.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                into.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        seen
+    };
+    let seen = collect(Box::new(attached.0.stdout.take().unwrap()));
+    let seen_err = collect(Box::new(attached.0.stderr.take().unwrap()));
+    // Written until seen: the attach may still be connecting when the first line goes out.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let script = "echo attached-line >> /proc/1/fd/1; echo attached-err >> /proc/1/fd/2";
+    let write = ["exec", "web", "-c", "app", "--", "sh", "-c", script];
+    loop {
+        let (code, _, err) = run(&write, b"");
+        assert_eq!(code, Some(0), "writing to the container's stdout: {err}");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let (out, err) = (seen.lock().unwrap().clone(), seen_err.lock().unwrap().clone());
+        assert!(!out.contains("attached-err"), "stderr came on stdout: {out:?}");
+        if out.contains("attached-line\n") && err.contains("attached-err\n") {
+            break;
+        }
+        let status = attached.0.try_wait().unwrap();
+        assert!(status.is_none(), "kubectl attach ended ({status:?}): {out:?} {err:?}");
+        assert!(std::time::Instant::now() < deadline, "kubectl attach saw {out:?} {err:?}");
+    }
+    drop(attached);
+    let (code, _, err) = run(&["attach", "-i", "web", "-c", "app"], b"");
+    assert!(code != Some(0) && err.contains("attaching to the stdin of container app"), "{err}");
+}
+
 /// pods/exec over WebSocket, by clients we did not write: kubectl (v5.channel.k8s.io, with
 /// its end-of-stdin signal) and the Python client (v4.channel.k8s.io), which also forwards
 /// ports (pods/portforward).
@@ -453,6 +521,16 @@ fn exec_through_the_http_api(node: &Node) {
         );
         let (code, _, err) = run(&["exec", "web", "--", "/no/such/program"], b"");
         assert!(code != Some(0) && err.contains("/no/such/program"), "{err}");
+        attach_follows_the_output(node, &kubectl, &home, &run);
+        // Kubernetes 1.32's split log streams: what the attach test wrote to stderr, alone.
+        let log = "/api/v1/namespaces/default/pods/web/log?container=app";
+        let (code, out, err) = run(&["get", "--raw", &format!("{log}&stream=Stderr")], b"");
+        assert_eq!(code, Some(0), "{err}");
+        assert!(out.contains("attached-err\n") && !out.contains("greeting="), "{out}");
+        let (_, out, _) = run(&["get", "--raw", &format!("{log}&stream=Stdout")], b"");
+        assert!(out.contains("greeting=") && !out.contains("attached-err"), "{out}");
+        let (_, _, err) = run(&["get", "--raw", &format!("{log}&stream=Both")], b"");
+        assert!(err.contains("stream: Unsupported value: \"Both\""), "{err}");
     }
     const PYTHON: &str = "/usr/bin/python3";
     let has_client = Command::new(PYTHON)

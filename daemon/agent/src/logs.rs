@@ -46,6 +46,14 @@ pub fn render(lines: &[&str], timestamps: bool) -> String {
     out
 }
 
+/// The lines of one stream ("stdout", "stderr"), or all of them for "".
+pub fn of_stream<'a>(lines: Vec<&'a str>, stream: &str) -> Vec<&'a str> {
+    if stream.is_empty() {
+        return lines;
+    }
+    lines.into_iter().filter(|l| parse_line(l).is_some_and(|(_, s, ..)| s == stream)).collect()
+}
+
 /// The last `n` full log lines (a partial run counts with the line it ends in).
 pub fn tail<'a>(lines: &[&'a str], n: i64) -> Vec<&'a str> {
     if n < 0 {
@@ -221,7 +229,11 @@ impl Node for NodeApi {
         file.read_to_string(&mut text).map_err(|e| Status::internal(e.to_string()))?;
         // Only whole lines now; a line still being written waits for the follow loop.
         let whole = text.rfind('\n').map(|i| i + 1).unwrap_or(0);
-        let lines: Vec<&str> = text[..whole].lines().collect();
+        if !matches!(r.stream.as_str(), "" | "stdout" | "stderr") {
+            let msg = format!("stream {:?}: not stdout or stderr", r.stream);
+            return Err(status_err(tonic::Code::InvalidArgument, msg));
+        }
+        let lines = of_stream(text[..whole].lines().collect(), &r.stream);
         // As the kubelet: the tail first, then the time filter, then the byte limit.
         let start = since_of(&r)?;
         let mut left = r.limit_bytes.map(|b| b.max(0) as u64);
@@ -231,7 +243,7 @@ impl Node for NodeApi {
         );
         let (tx, rx) = mpsc::channel(16);
         let rt = self.ctx.runtime.clone();
-        let (follow, timestamps) = (r.follow, r.timestamps);
+        let (follow, timestamps, stream) = (r.follow, r.timestamps, r.stream);
         let mut offset = whole as u64;
         tokio::spawn(async move {
             if !first.is_empty()
@@ -255,7 +267,7 @@ impl Node for NodeApi {
                 pending.push_str(&more);
                 if let Some(i) = pending.rfind('\n') {
                     let rest = pending.split_off(i + 1);
-                    let lines = since(pending.lines().collect(), start);
+                    let lines = since(of_stream(pending.lines().collect(), &stream), start);
                     let chunk = within_limit(render(&lines, timestamps), &mut left);
                     pending = rest;
                     if !chunk.is_empty()
@@ -295,6 +307,8 @@ mod tests {
     #[test]
     fn renders_cri_lines() {
         assert_eq!(render(LOG, false), "one\ntwo\nthree\n");
+        assert_eq!(render(&of_stream(LOG.to_vec(), "stderr"), false), "two\n");
+        assert_eq!(render(&of_stream(LOG.to_vec(), "stdout"), false), "one\nthree\n");
         assert_eq!(render(&LOG[..1], true), "2026-01-01T00:00:00.000000001Z one\n");
     }
 

@@ -260,6 +260,7 @@ fn subresources(info: &ResourceInfo) -> Vec<(&'static str, &'static [&'static st
     }
     match info.plural {
         "pods" => {
+            out.push(("attach", &["create", "get"]));
             out.push(("binding", &["create"]));
             out.push(("eviction", &["create"]));
             out.push(("exec", &["create", "get"]));
@@ -1279,6 +1280,17 @@ async fn logs(s: &Arc<ApiServer>, req: Request, ask: &Ask<'_>, q: &Query) -> Res
             since_seconds: q.int("sinceSeconds")?,
             since_time: q.get("sinceTime").to_string(),
             limit_bytes: q.int("limitBytes")?,
+            // PodLogOptions.stream (Kubernetes 1.32's split streams).
+            stream: match q.get("stream") {
+                "" | "All" => String::new(),
+                "Stdout" => "stdout".into(),
+                "Stderr" => "stderr".into(),
+                other => {
+                    let mut e = Errors::default();
+                    e.not_supported("stream", other, &["All", "Stderr", "Stdout"]);
+                    return Err(ApiError::invalid("PodLogOptions", &t.name, e.0));
+                }
+            },
         };
         crate::proxy::validate_log_options(&t.name, &request)?;
         let target = s.log_target(&t.namespace, &t.name, &request.container).await?;

@@ -178,6 +178,9 @@ pub fn validate_log_options(
         }
         _ => {}
     }
+    if !r.stream.is_empty() && r.tail_lines >= 0 {
+        e.forbidden("", "`tailLines` and specific `stream` are mutually exclusive for now");
+    }
     if e.is_empty() {
         Ok(())
     } else {

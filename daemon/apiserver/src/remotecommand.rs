@@ -6,6 +6,10 @@
 //! i.e. stdin reached its end). The session is relayed to the pod's agent through the same
 //! ContainerExec stream the gRPC front uses.
 //!
+//! pods/attach speaks the same protocols and follows the container's output from the moment
+//! it attaches (the agent's log stream of each of stdout and stderr, on their channels); the
+//! container's stdin is not attachable yet.
+//!
 //! pods/portforward speaks the kubelet's WebSocket protocol (`v4.channel.k8s.io`, or no
 //! subprotocol): for the i-th port of `?ports=`, channel 2i carries data both ways and 2i+1
 //! the server's error text; each channel's first server message is its port (2 bytes, little
@@ -48,8 +52,19 @@ struct ExecOptions {
 }
 
 impl ExecOptions {
-    /// Kubernetes' PodExecOptions validation (its texts, as a 400).
+    /// Kubernetes' PodExecOptions validation (its texts, as a 400); attach's options are the
+    /// same without a command.
     fn parse(query: Option<&str>) -> Result<Self, ApiError> {
+        let o = Self::parse_streams(query)?;
+        if o.command.is_empty() {
+            return Err(ApiError::bad_request(
+                "you must specify at least one command for the container",
+            ));
+        }
+        Ok(o)
+    }
+
+    fn parse_streams(query: Option<&str>) -> Result<Self, ApiError> {
         let mut o = ExecOptions::default();
         for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
             // Go's strconv.ParseBool, as the HTTP front's other flags.
@@ -63,11 +78,6 @@ impl ExecOptions {
                 "tty" => o.tty = flag(),
                 _ => {}
             }
-        }
-        if o.command.is_empty() {
-            return Err(ApiError::bad_request(
-                "you must specify at least one command for the container",
-            ));
         }
         if !(o.stdin || o.stdout || o.stderr) {
             return Err(ApiError::bad_request(
@@ -101,9 +111,12 @@ pub(crate) async fn handle(
     if subresource == "portforward" {
         return port_forward(s, req, namespace, name, started).await;
     }
+    if subresource == "attach" {
+        return attach(s, req, namespace, name, started).await;
+    }
     if subresource != "exec" {
         return Err(ApiError::bad_request(format!(
-            "pods/{subresource} is not supported by this server; pods/exec and pods/portforward are"
+            "pods/{subresource} is not supported by this server; pods/exec, pods/attach and pods/portforward are"
         )));
     }
     let options = ExecOptions::parse(req.uri().query())?;
@@ -112,21 +125,7 @@ pub(crate) async fn handle(
     let target = s.exec_target(namespace, name, &options.container).await?;
     let mut node =
         s.node_client(&target.url).await.map_err(|e| ApiError::new(Reason::Unavailable, e))?;
-    let (mut parts, _) = req.into_parts();
-    let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &()).await.map_err(|e| {
-        // SPDY (kubectl before 1.30) lands here too.
-        tracing::debug!(error = %e, "pods/exec without a WebSocket upgrade");
-        ApiError::bad_request(
-            "Upgrade request required: pods/exec speaks WebSocket (v5.channel.k8s.io, v4.channel.k8s.io)",
-        )
-    })?;
-    let upgrade = upgrade.protocols([V5, V4]);
-    let Some(protocol) = upgrade.selected_protocol().and_then(|p| p.to_str().ok()) else {
-        return Err(ApiError::bad_request(
-            "no supported WebSocket subprotocol: pods/exec speaks v5.channel.k8s.io and v4.channel.k8s.io",
-        ));
-    };
-    let v5 = protocol == V5;
+    let (upgrade, v5) = upgrade_channels(req, "exec").await?;
     let start = proto::ExecStart {
         namespace: target.namespace,
         name: name.to_string(),
@@ -147,6 +146,108 @@ pub(crate) async fn handle(
     let output = node.container_exec(outbound).await.map_err(ApiError::from)?.into_inner();
     s.record("exec", "pods", started);
     Ok(upgrade.on_upgrade(move |socket| relay(socket, input, output, options, v5)))
+}
+
+/// The WebSocket upgrade of pods/exec and pods/attach, with the subprotocol it settled on
+/// (v5 or v4). Errors are answered before the upgrade: kubectl retries any failed WebSocket
+/// upgrade with SPDY, and shows only that second answer.
+async fn upgrade_channels(
+    req: Request,
+    subresource: &str,
+) -> Result<(WebSocketUpgrade, bool), ApiError> {
+    let (mut parts, _) = req.into_parts();
+    let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &()).await.map_err(|e| {
+        // SPDY (kubectl before 1.30) lands here too.
+        tracing::debug!(error = %e, "pods/{subresource} without a WebSocket upgrade");
+        ApiError::bad_request(format!(
+            "Upgrade request required: pods/{subresource} speaks WebSocket (v5.channel.k8s.io, v4.channel.k8s.io)"
+        ))
+    })?;
+    let upgrade = upgrade.protocols([V5, V4]);
+    let Some(protocol) = upgrade.selected_protocol().and_then(|p| p.to_str().ok()) else {
+        return Err(ApiError::bad_request(format!(
+            "no supported WebSocket subprotocol: pods/{subresource} speaks v5.channel.k8s.io and v4.channel.k8s.io"
+        )));
+    };
+    let v5 = protocol == V5;
+    Ok((upgrade, v5))
+}
+
+/// pods/attach: the container's output from now on, until it exits (then a Success status,
+/// as the kubelet's) or the client goes.
+async fn attach(
+    s: &Arc<ApiServer>,
+    req: Request,
+    namespace: &str,
+    name: &str,
+    started: Instant,
+) -> Result<Response, ApiError> {
+    let options = ExecOptions::parse_streams(req.uri().query())?;
+    let target = s.exec_target(namespace, name, &options.container).await?;
+    if options.stdin {
+        return Err(ApiError::bad_request(format!(
+            "attaching to the stdin of container {} is not supported by this server yet; attach without stdin follows its output",
+            target.container
+        )));
+    }
+    let mut node =
+        s.node_client(&target.url).await.map_err(|e| ApiError::new(Reason::Unavailable, e))?;
+    let (upgrade, _) = upgrade_channels(req, "attach").await?;
+    // One log stream per output stream, so stderr stays on its own channel (a terminal
+    // merges the two, as the kubelet's).
+    let mut outputs = Vec::new();
+    let wanted = [(options.stdout, "stdout", STDOUT), (options.stderr, "stderr", STDERR)];
+    for (_, stream, channel) in wanted.into_iter().filter(|w| w.0) {
+        let request = proto::PodLogsRequest {
+            namespace: target.namespace.clone(),
+            name: name.to_string(),
+            container: target.container.clone(),
+            follow: true,
+            // Only what is written from now on, as an attached terminal sees it.
+            tail_lines: 0,
+            stream: if options.tty { String::new() } else { stream.to_string() },
+            ..Default::default()
+        };
+        let output = node.container_logs(request).await.map_err(ApiError::from)?.into_inner();
+        outputs.push(output.map(move |chunk| (channel, chunk)));
+    }
+    s.record("attach", "pods", started);
+    Ok(upgrade.on_upgrade(move |socket| follow_output(socket, outputs)))
+}
+
+async fn follow_output<S>(socket: WebSocket, outputs: Vec<S>)
+where
+    S: futures::Stream<Item = (u8, Result<proto::LogChunk, tonic::Status>)> + Unpin + Send,
+{
+    let (mut tx, mut rx) = socket.split();
+    let mut output = futures::stream::select_all(outputs);
+    let writing = async move {
+        let status = loop {
+            match output.next().await {
+                Some((channel, Ok(chunk))) => {
+                    if tx.send(frame(channel, &chunk.data)).await.is_err() {
+                        return;
+                    }
+                }
+                Some((_, Err(e))) => break failure(&ApiError::from(e).message),
+                None => break json!({"metadata": {}, "status": "Success"}),
+            }
+        };
+        let _ = tx.send(frame(ERROR, status.to_string().as_bytes())).await;
+        let _ = tx.send(Message::Close(Some(CloseFrame { code: 1000, reason: "".into() }))).await;
+    };
+    // Nothing the client sends matters but its going away.
+    let reading = async move {
+        while let Some(Ok(m)) = rx.next().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    };
+    tokio::select! {
+        _ = writing => {}
+        _ = reading => {}
+    }
 }
 
 /// Copies the socket's stdin and resizes to the agent and the agent's output to the socket,
