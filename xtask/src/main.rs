@@ -189,6 +189,8 @@ fn fuzz(seconds: u64, targets: &[String], sanitizer: &str) -> Result<()> {
             .args(["--", &format!("-max_total_time={seconds}")])
             .current_dir(root.join("api/fuzz"))
             .env("CARGO_TARGET_DIR", root.join("target/fuzz"))
+            .env_remove("RUSTC_WORKSPACE_WRAPPER")
+            .env_remove("CLIPPY_ARGS")
             .env_remove("RUSTUP_TOOLCHAIN")
             .env_remove("RUSTC")
             .env_remove("CARGO");
@@ -273,19 +275,14 @@ fn run(cli: Cli) -> Result<()> {
             if !no_lint {
                 timed("lint", &mut || {
                     util::cargo(&["fmt", "--all", "--", "--check"])?;
-                    util::cargo(&[
-                        "clippy",
-                        "--workspace",
-                        "--all-targets",
-                        "--",
-                        "-D",
-                        "warnings",
-                    ])?;
                     lint_fuzz()?;
                     lint_ebpf()
                 })?;
+                // Clippy runs inside the test build (every target `cargo clippy --workspace
+                // --all-targets` checks is built there): one compile of the tree, not two.
+                util::clippy_in_builds()?;
             }
-            timed("build tests", &mut || {
+            timed(if no_lint { "build tests" } else { "build tests + clippy" }, &mut || {
                 util::cargo(&["test", "--workspace", "--no-run"])?;
                 // The binaries the tests start (flotillad, flotilla-runtime, flotilla), with
                 // the tests' feature set, so that no test builds them itself.

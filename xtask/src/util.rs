@@ -128,6 +128,27 @@ fn failure_digest(failures: &[String]) -> String {
     digest
 }
 
+/// Makes every later cargo command of this process (and of the tests it starts) compile the
+/// workspace's crates through clippy-driver with `-D warnings`, as `cargo clippy` does for a
+/// check. The test build then lints what it compiles: CI compiled the whole dependency tree
+/// twice before, once for clippy's check and once for the tests (~15 minutes of the run).
+/// The wrapper is part of cargo's fingerprints, so every later build must keep it (it is in
+/// the environment of all of them); the nested eBPF and fuzz builds remove it.
+pub fn clippy_in_builds() -> Result<()> {
+    let out = Command::new("rustup")
+        .args(["which", "clippy-driver"])
+        .current_dir(workspace_root())
+        .output()
+        .context("rustup which clippy-driver")?;
+    if !out.status.success() {
+        bail!("no clippy-driver: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let driver = String::from_utf8(out.stdout)?.trim().to_string();
+    std::env::set_var("RUSTC_WORKSPACE_WRAPPER", driver);
+    std::env::set_var("CLIPPY_ARGS", "-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__");
+    Ok(())
+}
+
 /// Whether a program is on PATH and answers `--version`.
 pub fn have(program: &str) -> bool {
     Command::new(program)
