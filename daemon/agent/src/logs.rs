@@ -222,6 +222,10 @@ impl Node for NodeApi {
         req: Request<proto::PodLogsRequest>,
     ) -> Result<Response<LogStream>, Status> {
         let r = req.into_inner();
+        if !matches!(r.stream.as_str(), "" | "stdout" | "stderr") {
+            let msg = format!("stream {:?}: not stdout or stderr", r.stream);
+            return Err(status_err(tonic::Code::InvalidArgument, msg));
+        }
         let (path, id) = log_file(&self.ctx.logs_dir, &r)?;
         let mut file = std::fs::File::open(&path)
             .map_err(|e| status_err(tonic::Code::NotFound, format!("{}: {e}", path.display())))?;
@@ -229,10 +233,6 @@ impl Node for NodeApi {
         file.read_to_string(&mut text).map_err(|e| Status::internal(e.to_string()))?;
         // Only whole lines now; a line still being written waits for the follow loop.
         let whole = text.rfind('\n').map(|i| i + 1).unwrap_or(0);
-        if !matches!(r.stream.as_str(), "" | "stdout" | "stderr") {
-            let msg = format!("stream {:?}: not stdout or stderr", r.stream);
-            return Err(status_err(tonic::Code::InvalidArgument, msg));
-        }
         let lines = of_stream(text[..whole].lines().collect(), &r.stream);
         // As the kubelet: the tail first, then the time filter, then the byte limit.
         let start = since_of(&r)?;

@@ -1086,19 +1086,25 @@ async fn list(
     // The items' bytes as the cache holds them: no decoding, no re-encoding.
     let head = json!({"kind": format!("{}List", info.kind), "apiVersion": info.api_version(),
         "metadata": meta});
-    let mut out = serde_json::to_vec(&head).unwrap_or_default();
-    out.pop();
-    out.extend_from_slice(b",\"items\":[");
-    for (n, item) in page.items.iter().enumerate() {
-        if n > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(&item.bytes);
-    }
-    out.extend_from_slice(b"]}");
+    let out = list_body(&head, &page.items, |item, out| out.extend_from_slice(&item.bytes));
     let mut a = Answer::json(StatusCode::OK, Bytes::from(out));
     a.audited = false;
     Ok(a)
+}
+
+/// A list's JSON: `head` (kind, apiVersion, metadata) with `items`, each written by `item`.
+fn list_body<T>(head: &Value, items: &[T], item: impl Fn(&T, &mut Vec<u8>)) -> Vec<u8> {
+    let mut out = serde_json::to_vec(head).unwrap_or_default();
+    out.pop();
+    out.extend_from_slice(b",\"items\":[");
+    for (n, o) in items.iter().enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        item(o, &mut out);
+    }
+    out.extend_from_slice(b"]}");
+    out
 }
 
 fn metadata_of(o: &Value) -> &Value {
@@ -1134,16 +1140,7 @@ fn shaped(
         Form::Metadata if is_list => {
             let head = json!({"kind": "PartialObjectMetadataList",
                 "apiVersion": "meta.k8s.io/v1", "metadata": meta});
-            out = serde_json::to_vec(&head).unwrap_or_default();
-            out.pop();
-            out.extend_from_slice(b",\"items\":[");
-            for (n, o) in items.iter().enumerate() {
-                if n > 0 {
-                    out.push(b',');
-                }
-                write_partial(metadata_of(o), &mut out);
-            }
-            out.extend_from_slice(b"]}");
+            out = list_body(&head, items, |o, out| write_partial(metadata_of(o), out));
         }
         Form::Metadata => {
             write_partial(items.first().map_or(&Value::Null, |o| metadata_of(o)), &mut out)
